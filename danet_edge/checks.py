@@ -1,0 +1,539 @@
+"""Accuracy check of deployed artifacts against the PyTorch reference checkpoint.
+
+For every artifact (``.pt`` checkpoint, ONNX FP32/FP16/INT8 graph, TensorRT engine), opened
+through ``runtime.backends.open_backend`` and seen only through the backend protocol:
+
+* **mIoU and pixel accuracy** on the evaluation set, by the same path as ``infer``: each image
+  ``(H, W, 3) uint8`` is resized to the artifact's static size, predicted, and the label map is
+  brought back to ``(H, W)`` with nearest neighbour before it meets the ground truth;
+* **change in mIoU** against the reference checkpoint run at the same static size (points of mIoU,
+  ``artifact - reference``; the threshold bounds the drop);
+* **pixel agreement** with the reference's predictions, at the artifact's size (percent);
+* where the artifact gives logits: their error against the reference logits (max absolute,
+  relative L2 ``||a - r|| / ||r||``, cosine similarity, over all frames) and a count of inf/NaN;
+* the **precision the artifact really holds**: read from the ONNX graph
+  (``precision.precision_report``), from the engine manifest for engines, ``fp32`` for
+  checkpoints. A manifest that claims another precision than the graph fails the check.
+
+Thresholds default per precision (:data:`DEFAULT_THRESHOLDS`) and can be overridden. The report
+is returned as :class:`CheckReport`; ``CheckReport.raise_for_failure`` raises ``CheckFailed``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from .errors import CheckFailed, ConfigError, DataError, ManifestError
+from .manifest import PRECISIONS, Manifest
+from .metrics import ConfusionMatrix
+from .preprocess import resize_image, resize_labels
+from .utils import atomic_path, write_json
+
+__all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
+           "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits for one precision.
+
+    Attributes:
+        min_agreement: minimum pixel agreement with the reference's predictions, percent.
+        max_miou_drop: largest allowed drop of mIoU against the reference, mIoU points (percent).
+    """
+
+    min_agreement: float
+    max_miou_drop: float
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(min_agreement=99.9, max_miou_drop=0.1),
+    "fp16": Thresholds(min_agreement=99.5, max_miou_drop=0.2),
+    "int8": Thresholds(min_agreement=98.0, max_miou_drop=1.0),
+}
+
+
+@dataclass
+class CheckConfig:
+    """Options of :func:`check_artifacts`.
+
+    Attributes:
+        limit: evaluate at most this many images (None: all).
+        thresholds: limits per precision (``fp32``/``fp16``/``int8``); missing keys use the defaults.
+        json_path: write the report as JSON here (atomic) when set.
+        report_dir: write ``report.md`` and one disagreement PNG per artifact here when set.
+        pictures: frames per artifact in the disagreement picture (those with most disagreement).
+        backend: backend name passed to ``open_backend`` (None: from the file suffix).
+    """
+
+    limit: int | None = None
+    thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    json_path: Path | None = None
+    report_dir: Path | None = None
+    pictures: int = 3
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.pictures < 0:
+            raise ConfigError(f"pictures must be >= 0, got {self.pictures}")
+        unknown = set(self.thresholds) - set(PRECISIONS)
+        if unknown:
+            raise ConfigError(f"thresholds for unknown precision(s) {sorted(unknown)}; use {PRECISIONS}")
+        self.thresholds = {**DEFAULT_THRESHOLDS, **self.thresholds}
+
+
+@dataclass
+class ArtifactCheck:
+    """Result for one artifact. Percentages are 0..100; mIoU in points.
+
+    ``miou_delta`` is ``artifact - reference`` at the artifact's size; ``agreement`` is the share
+    of pixels whose label equals the reference's; the logit fields are None when the artifact
+    outputs labels only. ``precision`` is what the artifact really holds, ``manifest_precision``
+    what its manifest claims.
+    """
+
+    path: str
+    kind: str
+    precision: str
+    manifest_precision: str
+    precision_source: str
+    image_size: list[int]
+    batch_size: int
+    frames: int
+    miou: float
+    pixel_accuracy: float
+    reference_miou: float
+    reference_pixel_accuracy: float
+    miou_delta: float
+    agreement: float
+    max_abs_error: float | None
+    rel_l2_error: float | None
+    cosine_similarity: float | None
+    nonfinite: int | None
+    thresholds: dict[str, float]
+    passed: bool
+    failures: list[str]
+    notes: list[str] = field(default_factory=list)
+    per_class_iou: list[float | None] = field(default_factory=list)
+    picture: str | None = None
+
+
+@dataclass
+class CheckReport:
+    """All artifact results plus the reference and data description."""
+
+    reference: str
+    dataset: str
+    frames: int
+    classes: list[str]
+    artifacts: list[ArtifactCheck]
+    json_path: str | None = None
+    markdown_path: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(a.passed for a in self.artifacts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+    def raise_for_failure(self) -> None:
+        """Raises:
+            CheckFailed: when any artifact failed; the message names each failure.
+        """
+        bad = [a for a in self.artifacts if not a.passed]
+        if bad:
+            detail = "; ".join(f"{Path(a.path).name}: {', '.join(a.failures)}" for a in bad)
+            raise CheckFailed(f"{len(bad)} of {len(self.artifacts)} artifact(s) failed the check ({detail})")
+
+
+# ---------------------------------------------------------------------------------- thresholds
+def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Thresholds]:
+    """Read thresholds from JSON: ``{"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}, ...}``.
+
+    Raises:
+        ConfigError: unreadable file, unknown precision or field, non-numeric value.
+    """
+    from .utils import read_json
+
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"thresholds file: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: thresholds must be a JSON object keyed by precision")
+    out: dict[str, Thresholds] = {}
+    for prec, vals in data.items():
+        if prec not in PRECISIONS:
+            raise ConfigError(f"{path}: unknown precision {prec!r}; use {PRECISIONS}")
+        if not isinstance(vals, dict) or set(vals) - {"min_agreement", "max_miou_drop"}:
+            raise ConfigError(f"{path}: {prec} must hold only min_agreement and max_miou_drop")
+        base = asdict(DEFAULT_THRESHOLDS[prec])
+        for k, v in vals.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(f"{path}: {prec}.{k} must be a number")
+            base[k] = float(v)
+        out[prec] = Thresholds(**base)
+    return out
+
+
+def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: Sequence[str] = ()
+                              ) -> dict[str, Thresholds]:
+    """Turn CLI values ``"99.0"`` (every precision) or ``"fp16=99.0"`` into thresholds.
+
+    Raises:
+        ConfigError: malformed value or unknown precision.
+    """
+    table = {p: asdict(t) for p, t in DEFAULT_THRESHOLDS.items()}
+    for key, values in (("min_agreement", min_agreement), ("max_miou_drop", max_miou_drop)):
+        for raw in values:
+            prec, _, num = raw.rpartition("=")
+            targets = PRECISIONS if not prec else (prec.strip().lower(),)
+            if targets[0] not in PRECISIONS:
+                raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: unknown precision {prec!r}; use {PRECISIONS}")
+            try:
+                value = float(num)
+            except ValueError:
+                raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: not a number") from None
+            for p in targets:
+                table[p][key] = value
+    return {p: Thresholds(**v) for p, v in table.items()}
+
+
+# ---------------------------------------------------------------------------------- precision
+def _onnx_graph_precision(path: Path) -> tuple[str, str]:
+    """Precision held by an ONNX graph: ``int8`` if it has Q/DQ nodes, ``fp16`` if float16 tensors
+    carry the computation, else ``fp32``. Uses ``precision.precision_report`` when available."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        from .precision import precision_report  # helper B's module
+    except ImportError:
+        precision_report = None
+    if precision_report is not None:
+        rep = precision_report(model)
+        value = rep.get("precision") if isinstance(rep, dict) else getattr(rep, "precision", None)
+        if value in PRECISIONS:
+            return str(value), "graph (precision.precision_report)"
+    ops = {n.op_type for n in model.graph.node}
+    if {"QuantizeLinear", "DequantizeLinear"} & ops or any(
+            init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for init in model.graph.initializer):
+        return "int8", "graph (Q/DQ nodes)"
+    f16 = onnx.TensorProto.FLOAT16
+    if any(init.data_type == f16 for init in model.graph.initializer) or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute) for n in model.graph.node):
+        return "fp16", "graph (float16 tensors)"
+    return "fp32", "graph (no float16 or Q/DQ)"
+
+
+def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tuple[str, str]:
+    """``(precision, source)``: what the artifact really holds and where that was read.
+
+    ONNX: from the graph. Engines: the engine manifest (its ``precision_report`` when present,
+    since an engine cannot be inspected without TensorRT). Checkpoints: ``fp32``.
+    """
+    p = Path(path)
+    if p.suffix == ".onnx":
+        return _onnx_graph_precision(p)
+    if p.suffix in (".engine", ".plan"):
+        rep = manifest.precision_report or {}
+        value = rep.get("precision") if isinstance(rep, dict) else None
+        if value in PRECISIONS:
+            return str(value), "engine manifest (precision_report)"
+        return manifest.precision, "engine manifest"
+    return "fp32", "checkpoint (float32 weights)"
+
+
+# ---------------------------------------------------------------------------------- running
+def _open_backend(path: Path, backend: str | None):
+    from .runtime.backends import open_backend  # helper C's module
+
+    return open_backend(path, backend=backend) if backend else open_backend(path)
+
+
+def _frames(dataset: Iterable[Any], limit: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    items: Iterable[Any] = dataset
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        count = len(dataset) if limit is None else min(len(dataset), limit)
+        items = (dataset[i] for i in range(count))
+    for i, item in enumerate(items):
+        if limit is not None and i >= limit:
+            return
+        image, mask = item[0], item[1]
+        image, mask = np.asarray(image), np.asarray(mask)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DataError(f"dataset item {i}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"dataset item {i}: mask {mask.shape} does not match image {image.shape[:2]}")
+        yield i, image, mask
+
+
+def _chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def _open_reference(path: Path, size: tuple[int, int], batch: int):
+    """The reference checkpoint run eagerly in FP32 at ``size`` (the torch backend, as ``infer`` runs it)."""
+    from .runtime.backends import open_backend
+
+    return open_backend(path, backend="torch", image_size=size, batch=batch)
+
+
+@dataclass
+class _Acc:
+    """Running sums for one artifact."""
+
+    cm: ConfusionMatrix
+    agree: int = 0
+    pixels: int = 0
+    max_abs: float = 0.0
+    sq_err: float = 0.0
+    sq_ref: float = 0.0
+    sq_art: float = 0.0
+    dot: float = 0.0
+    nonfinite: int = 0
+    has_logits: bool = True
+    worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str | os.PathLike[str],
+                    dataset: Any, cfg: CheckConfig | None = None) -> CheckReport:
+    """Check each artifact against the reference checkpoint on ``dataset``.
+
+    Args:
+        artifacts: paths of ``.pt``/``.onnx``/``.engine``/``.plan`` files, each with its manifest.
+        reference: the PyTorch checkpoint the artifacts were made from.
+        dataset: iterable of ``(image (H, W, 3) uint8 RGB, mask (H, W) int)`` with ``.info``
+            (``classes``, ``ignore_index``), as ``data.build_dataset`` returns.
+        cfg: options; writes the JSON / Markdown report when their paths are set.
+
+    Returns:
+        CheckReport (``passed`` False when any artifact misses a threshold, holds another precision
+        than its manifest claims, or outputs inf/NaN). Does not raise on failure: call
+        ``report.raise_for_failure()``.
+
+    Raises:
+        ConfigError: no artifacts; DataError: empty or malformed data set, class count mismatch;
+        ManifestError / CheckpointError / EngineError from loading the artifacts.
+    """
+    cfg = cfg or CheckConfig()
+    if not artifacts:
+        raise ConfigError("no artifacts to check")
+    paths = [Path(a) for a in artifacts]
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"artifact {p} not found")
+    reference = Path(reference)
+    backends: list[Any] = []
+    refs: dict[tuple[tuple[int, int], int], Any] = {}
+    try:
+        for p in paths:
+            backends.append(_open_backend(p, cfg.backend))
+        keys = sorted({(b.manifest.image_size, b.manifest.batch_size) for b in backends})
+        for key in keys:
+            refs[key] = _open_reference(reference, *key)
+        ref_m = refs[keys[0]].manifest
+        k = ref_m.num_classes
+        info = getattr(dataset, "info", None)
+        ignore = int(info.ignore_index) if info is not None else ref_m.ignore_index
+        classes = list(getattr(info, "classes", None) or ref_m.classes)
+        if len(classes) != k:
+            raise DataError(f"the data set has {len(classes)} classes, the reference model {k}")
+        for p, b in zip(paths, backends):
+            if b.manifest.num_classes != k:
+                raise ManifestError(f"{p}: {b.manifest.num_classes} classes, the reference {k}")
+        ref_cms = {key: ConfusionMatrix(k, ignore) for key in keys}
+        accs = [_Acc(ConfusionMatrix(k, ignore)) for _ in paths]
+        chunk = max(bs for _, bs in keys)
+        frames = 0
+        for group in _chunks(_frames(dataset, cfg.limit), chunk):
+            frames += len(group)
+            for key in keys:
+                size, bs = key
+                for start in range(0, len(group), bs):
+                    piece = group[start:start + bs]
+                    n = len(piece)
+                    batch = np.stack([resize_image(im, size) for _, im, _ in piece])
+                    if n < bs:  # static batch: pad with the last frame, drop its outputs
+                        batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
+                    ref_pred = refs[key].predict(batch)
+                    ref_logits, ref_labels = ref_pred.logits[:n], ref_pred.labels[:n]
+                    for (_, _, mask), lab in zip(piece, ref_labels):
+                        ref_cms[key].update(resize_labels(lab, mask.shape), mask)
+                    for j, b in enumerate(backends):
+                        if (b.manifest.image_size, b.manifest.batch_size) == key:
+                            _accumulate(accs[j], b.predict(batch), n, piece, batch, ref_logits, ref_labels, cfg)
+        if frames == 0:
+            raise DataError("the evaluation set is empty")
+        results = []
+        for p, b, acc in zip(paths, backends, accs):
+            key = (b.manifest.image_size, b.manifest.batch_size)
+            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg))
+    finally:
+        for b in [*backends, *refs.values()]:
+            b.close()
+
+    report = CheckReport(reference=str(reference), dataset=str(getattr(info, "name", "") or ""), frames=frames,
+                         classes=classes, artifacts=results)
+    if cfg.report_dir is not None:
+        _write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir))
+        report.markdown_path = str(Path(cfg.report_dir) / "report.md")
+    if cfg.json_path is not None:
+        report.json_path = str(cfg.json_path)
+        write_json(cfg.json_path, report.to_dict())
+    if cfg.report_dir is not None:
+        _write_markdown(report, Path(report.markdown_path))
+    return report
+
+
+def _accumulate(acc: _Acc, pred: Any, n: int, piece: list[tuple[int, np.ndarray, np.ndarray]], batch: np.ndarray,
+                ref_logits: np.ndarray, ref_labels: np.ndarray, cfg: CheckConfig) -> None:
+    labels = np.asarray(pred.labels)[:n]
+    for (_, _, mask), lab in zip(piece, labels):
+        acc.cm.update(resize_labels(lab.astype(np.int64), mask.shape), mask)
+    same = labels == ref_labels
+    acc.agree += int(same.sum())
+    acc.pixels += same.size
+    logits = None if pred.logits is None else np.asarray(pred.logits)[:n]
+    if logits is None:
+        acc.has_logits = False
+    else:
+        bad = ~np.isfinite(logits)
+        acc.nonfinite += int(bad.sum())
+        a = np.where(bad, 0.0, logits).astype(np.float64)
+        r = ref_logits.astype(np.float64)
+        acc.max_abs = max(acc.max_abs, float(np.abs(a - r).max()))
+        acc.sq_err += float(((a - r) ** 2).sum())
+        acc.sq_ref += float((r ** 2).sum())
+        acc.sq_art += float((a ** 2).sum())
+        acc.dot += float((a * r).sum())
+    if cfg.pictures and cfg.report_dir is not None:
+        for (idx, _, _), img, lab, rl, s in zip(piece, batch, labels, ref_labels, same):
+            item = (int((~s).sum()), -idx, img, rl.astype(np.uint8), lab.astype(np.uint8))
+            if len(acc.worst) < cfg.pictures:
+                heapq.heappush(acc.worst, item)
+            elif item[:2] > acc.worst[0][:2]:
+                heapq.heapreplace(acc.worst, item)
+
+
+def _pct(x: float) -> float:
+    return 100.0 * x if math.isfinite(x) else float("nan")
+
+
+def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: Manifest,
+            cfg: CheckConfig) -> ArtifactCheck:
+    precision, source = artifact_precision(path, m)
+    th = cfg.thresholds[precision]
+    miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
+    agreement = 100.0 * acc.agree / max(acc.pixels, 1)
+    delta = miou - ref_miou
+    failures, notes = [], []
+    if precision != m.precision:
+        failures.append(f"manifest claims {m.precision} but the {source.split(' ')[0]} holds {precision}")
+    if agreement < th.min_agreement:
+        failures.append(f"agreement {agreement:.3f} % < {th.min_agreement} %")
+    if math.isnan(delta) or -delta > th.max_miou_drop:
+        failures.append(f"mIoU drop {-delta:.3f} > {th.max_miou_drop}")
+    if acc.has_logits and acc.nonfinite:
+        failures.append(f"{acc.nonfinite} inf/NaN logits")
+    if m.source_checkpoint_sha256 and m.source_checkpoint_sha256 != ref_m.source_checkpoint_sha256:
+        notes.append("made from another checkpoint than the reference (SHA-256 differs)")
+    if not acc.has_logits:
+        notes.append("outputs labels only: no logit error")
+    logit_fields = dict(max_abs_error=None, rel_l2_error=None, cosine_similarity=None, nonfinite=None)
+    if acc.has_logits:
+        logit_fields = dict(
+            max_abs_error=acc.max_abs,
+            rel_l2_error=math.sqrt(acc.sq_err) / math.sqrt(acc.sq_ref) if acc.sq_ref > 0 else 0.0,
+            cosine_similarity=acc.dot / math.sqrt(acc.sq_ref * acc.sq_art) if acc.sq_ref * acc.sq_art > 0 else 1.0,
+            nonfinite=acc.nonfinite)
+    return ArtifactCheck(
+        path=str(path), kind=m.kind, precision=precision, manifest_precision=m.precision, precision_source=source,
+        image_size=list(m.image_size), batch_size=m.batch_size, frames=frames, miou=miou,
+        pixel_accuracy=_pct(acc.cm.pixel_accuracy()), reference_miou=ref_miou,
+        reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
+        thresholds=asdict(th), passed=not failures, failures=failures, notes=notes,
+        per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()], **logit_fields)
+
+
+# ---------------------------------------------------------------------------------- reports
+def _colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return palette[np.clip(labels, 0, len(palette) - 1)]
+
+
+def _panel_row(img: np.ndarray, ref: np.ndarray, art: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    diff = ref != art
+    highlight = (img.astype(np.float32) * 0.35).astype(np.uint8)
+    highlight[diff] = (255, 0, 255)
+    return np.concatenate([img, _colour(ref, palette), _colour(art, palette), highlight], axis=1)
+
+
+def _write_pictures(report: CheckReport, accs: list[_Acc], palette: list[list[int]], out: Path) -> None:
+    """One PNG per artifact: rows of ``image | reference | artifact | disagreement (magenta)``."""
+    from PIL import Image, ImageDraw
+
+    pal = np.asarray(palette, np.uint8)
+    for i, (res, acc) in enumerate(zip(report.artifacts, accs)):
+        if not acc.worst:
+            continue
+        rows = [_panel_row(img, r, a, pal) for _, _, img, r, a in sorted(acc.worst, reverse=True)]
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+        header = np.full((16, width, 3), 255, np.uint8)
+        pic = Image.fromarray(np.concatenate([header, *rows], axis=0))
+        draw = ImageDraw.Draw(pic)
+        w = rows[0].shape[1] // 4
+        for j, title in enumerate(("image", "reference", Path(res.path).name, "disagreement")):
+            draw.text((j * w + 2, 2), title, fill=(0, 0, 0))
+        name = out / f"{i:02d}_{Path(res.path).name}_disagreement.png"
+        with atomic_path(name) as tmp:
+            pic.save(tmp, format="PNG")
+        res.picture = str(name)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _write_markdown(report: CheckReport, path: Path) -> None:
+    lines = [f"# danet-edge accuracy check: {'PASSED' if report.passed else 'FAILED'}", "",
+             f"Reference `{report.reference}`, data set {report.dataset or '-'}, {report.frames} images, "
+             f"{len(report.classes)} classes. Images resized to each artifact's static size, labels brought back "
+             "to the image size (the `infer` path); agreement and logit errors at the artifact's size.", "",
+             "| artifact | precision (source) | mIoU | ref mIoU | ΔmIoU | pixel acc | agreement % | max abs | rel L2 "
+             "| cosine | inf/NaN | result |", "|" + "---|" * 12]
+    for a in report.artifacts:
+        lines.append(
+            f"| `{Path(a.path).name}` | {a.precision} ({a.precision_source}) | {a.miou:.2f} | {a.reference_miou:.2f} | "
+            f"{a.miou_delta:+.3f} | {a.pixel_accuracy:.2f} | {a.agreement:.3f} | {_fmt(a.max_abs_error, '.3g')} | "
+            f"{_fmt(a.rel_l2_error, '.2e')} | {_fmt(a.cosine_similarity, '.6f')} | {_fmt(a.nonfinite, 'd')} | "
+            f"{'pass' if a.passed else 'FAIL: ' + '; '.join(a.failures)} |")
+    for a in report.artifacts:
+        lines += ["", f"## `{a.path}`", "",
+                  f"Thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
+                  f"mIoU drop <= {a.thresholds['max_miou_drop']}. Manifest precision: {a.manifest_precision}."]
+        lines += [f"- note: {n}" for n in a.notes]
+        if a.picture:
+            lines += ["", f"![disagreement]({Path(a.picture).name})",
+                      "", "Columns: image | reference | artifact | disagreement (magenta); frames with most disagreement."]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
