@@ -1,0 +1,514 @@
+"""Speed benchmark of artifacts side by side with the PyTorch FP32 eager reference.
+
+What one entry measures (every backend through the same protocol, ``Backend.predict``):
+
+* input: a fixed batch of synthetic street scenes ``(N, h, w, 3) uint8`` at the artifact's static
+  size; the time covers normalisation (or the fused uint8 input), the forward pass, the argmax and
+  the copy back to host ``numpy``, i.e. what ``infer`` pays per batch apart from decode, resize
+  and drawing (see ``runtime`` for per-stage video timing);
+* set-up (session creation, engine deserialisation, model load) is done before timing and
+  reported apart (``setup_s``); then ``warmup`` untimed runs, then ``runs`` timed runs;
+* latency: mean, p50, p90, p99, min in ms per batch (``time.perf_counter``; ``predict`` returns
+  host arrays, so GPU work is finished when it returns); throughput ``FPS = N * 1000 / mean``;
+* peak host memory: the increase of the process's peak resident set (Linux ``VmHWM``, reset
+  through ``/proc/self/clear_refs`` before each entry; elsewhere a psutil sampling thread) over
+  the RSS before the artifact was opened, in MiB;
+* peak GPU memory, where a GPU exists: ``torch.cuda.max_memory_allocated`` for PyTorch entries,
+  the drop of free device memory (``torch.cuda.mem_get_info``) for others, in MiB;
+* speed-up: reference p50 / entry p50 at the same image size and batch.
+
+On a GPU, PyTorch variants are timed model-only with CUDA events (FP32 with SDPA PAM, FP32 with
+the explicit PAM, FP16 and bf16 autocast); on CPU they are skipped with the reason stated.
+
+Accuracy in the plot: mIoU from a ``danet-edge check`` JSON when given (``check_json``); else the
+pixel agreement with the reference's labels on the benchmark batch (synthetic scenes, a quick proxy
+labelled as such); else the point is left out.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+from .preprocess import resize_image
+from .utils import atomic_path, read_json, write_json
+
+__all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
+
+MiB = 2.0**20
+
+
+@dataclass
+class BenchConfig:
+    """Options of :func:`bench_artifacts`.
+
+    Attributes:
+        reference: PyTorch checkpoint timed as the FP32 eager reference (None: no reference, no ratios).
+        warmup: untimed runs before timing (>= 0). runs: timed runs (>= 1).
+        batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
+            run at their own batch. None: the artifacts' batches.
+        threads: CPU threads for PyTorch and ONNX Runtime (None: library defaults).
+        device: torch device for PyTorch entries (None: CUDA when available, else CPU).
+        gpu_variants: time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).
+        check_json: a ``danet-edge check`` JSON whose mIoU the plot uses.
+        json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there.
+        seed: seed of the synthetic input scenes.
+    """
+
+    reference: Path | None = None
+    warmup: int = 3
+    runs: int = 20
+    batches: tuple[int, ...] | None = None
+    threads: int | None = None
+    device: str | None = None
+    gpu_variants: bool = True
+    check_json: Path | None = None
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.runs < 1:
+            raise ConfigError(f"need warmup >= 0 and runs >= 1, got {self.warmup} and {self.runs}")
+        if self.batches is not None:
+            self.batches = tuple(int(b) for b in self.batches)
+            if not self.batches or any(b < 1 for b in self.batches):
+                raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class BenchEntry:
+    """One timed configuration. Times in ms per batch, memory in MiB, throughput in images/s (FPS)."""
+
+    name: str
+    path: str | None
+    backend: str
+    precision: str
+    image_size: list[int]
+    batch: int
+    runs: int
+    setup_s: float | None = None
+    latency_mean_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_p99_ms: float | None = None
+    latency_min_ms: float | None = None
+    throughput_fps: float | None = None
+    host_peak_mib: float | None = None
+    gpu_peak_mib: float | None = None
+    speedup_vs_reference: float | None = None
+    is_reference: bool = False
+    timing: str = "perf_counter around predict() (host arrays in and out)"
+    agreement: float | None = None
+    miou: float | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class BenchReport:
+    """All entries plus the machine they ran on."""
+
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    entries: list[BenchEntry] = field(default_factory=list)
+    json_path: str | None = None
+    plot_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_stats(times_ms: Sequence[float]) -> dict[str, float]:
+    """``mean, p50, p90, p99, min`` (ms) of per-run times (linear-interpolated percentiles)."""
+    t = np.asarray(times_ms, np.float64)
+    return {"mean": float(t.mean()), "p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
+            "p99": float(np.percentile(t, 99)), "min": float(t.min())}
+
+
+# ---------------------------------------------------------------------------------- memory
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _release_freed_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the
+    next entry's RSS growth is its own and not hidden by memory an earlier entry freed."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _PeakRSS:
+    """Peak resident set size inside a ``with`` block, in bytes (``peak``), and its baseline."""
+
+    _status = Path("/proc/self/status")
+
+    def __enter__(self) -> "_PeakRSS":
+        _release_freed_memory()
+        self.base = _rss()
+        self.peak = self.base
+        self._hwm = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            self._hwm = self._read_hwm() is not None
+        except OSError:
+            pass
+        if not self._hwm:
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _read_hwm(self) -> int | None:
+        try:
+            m = re.search(r"VmHWM:\s+(\d+)\s*kB", self._status.read_text())
+        except OSError:
+            return None
+        return int(m.group(1)) * 1024 if m else None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        if self._hwm:
+            self.peak = max(self.peak, self._read_hwm() or 0)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, _rss())
+
+    @property
+    def delta_mib(self) -> float:
+        return max(0, self.peak - self.base) / MiB
+
+
+# ---------------------------------------------------------------------------------- inputs
+def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """``(n, h, w, 3) uint8`` synthetic street scenes (random noise if the generator is absent)."""
+    try:
+        from .synthetic import render_scene
+    except ImportError:
+        rng = np.random.default_rng(seed)
+        return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
+    out = [render_scene(np.random.default_rng([seed, i]), 2 * size[0], 2 * size[1])[0] for i in range(n)]
+    return np.stack([resize_image(im, size) for im in out])
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    return info
+
+
+# ---------------------------------------------------------------------------------- timing
+def _gpu_reset() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.mem_get_info()[0])
+
+
+def _gpu_peak(free_before: int | None, torch_backend: bool) -> float | None:
+    if free_before is None:
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    if torch_backend:
+        return torch.cuda.max_memory_allocated() / MiB
+    return max(0, free_before - int(torch.cuda.mem_get_info()[0])) / MiB
+
+
+def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
+                  size: tuple[int, int] | None = None, is_reference: bool = False) -> tuple[BenchEntry, np.ndarray]:
+    """Open, warm up and time one artifact (or the reference) through ``open_backend``."""
+    from .runtime.backends import open_backend
+
+    kwargs: dict[str, Any] = {}
+    torch_backend = path.suffix in (".pt", ".pth")
+    if torch_backend:
+        kwargs.update(device=cfg.device, batch=batch)
+        if size is not None:
+            kwargs["image_size"] = size
+    elif path.suffix == ".onnx" and cfg.threads:
+        kwargs["threads"] = cfg.threads
+    free = _gpu_reset()
+    with _PeakRSS() as mem:
+        t0 = time.perf_counter()
+        backend = open_backend(path, **kwargs)
+        setup = time.perf_counter() - t0
+        try:
+            m = backend.manifest
+            n = batch or m.batch_size
+            images = _scenes(n, m.image_size, cfg.seed)
+            labels = backend.predict(images).labels  # first run: also the labels for agreement
+            for _ in range(max(0, cfg.warmup - 1)):
+                backend.predict(images)
+            times = []
+            for _ in range(cfg.runs):
+                t = time.perf_counter()
+                backend.predict(images)
+                times.append((time.perf_counter() - t) * 1e3)
+        finally:
+            backend.close()
+    s = latency_stats(times)
+    entry = BenchEntry(
+        name=name, path=str(path), backend=getattr(backend, "name", path.suffix.lstrip(".")), precision=m.precision,
+        image_size=list(m.image_size), batch=n, runs=cfg.runs, setup_s=setup, latency_mean_ms=s["mean"],
+        latency_p50_ms=s["p50"], latency_p90_ms=s["p90"], latency_p99_ms=s["p99"], latency_min_ms=s["min"],
+        throughput_fps=n * 1e3 / s["mean"], host_peak_mib=mem.delta_mib, gpu_peak_mib=_gpu_peak(free, torch_backend),
+        is_reference=is_reference)
+    return entry, labels
+
+
+def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: BenchConfig,
+                    ref_labels: np.ndarray | None) -> list[BenchEntry]:
+    """FP32 SDPA / FP32 explicit PAM / FP16 and bf16 autocast, model-only, CUDA events. GPU only."""
+    import torch
+
+    from .checkpoint import load_model
+    from .preprocess import normalize
+
+    base = dict(path=str(reference), backend="torch", image_size=list(size), batch=batch, runs=cfg.runs,
+                timing="CUDA events around model(x) (device tensors, no host copies)")
+    names = [("pytorch-fp32-sdpa", "fp32", None, "sdpa"), ("pytorch-fp32-explicit-pam", "fp32", None, "explicit"),
+             ("pytorch-fp16-autocast", "fp16", torch.float16, "sdpa"),
+             ("pytorch-bf16-autocast", "bf16", torch.bfloat16, "sdpa")]
+    if not torch.cuda.is_available() or (cfg.device is not None and not str(cfg.device).startswith("cuda")):
+        reason = "no CUDA GPU here: autocast and PAM variants are GPU measurements"
+        return [BenchEntry(name=n, precision=p, skipped=reason, **base) for n, p, _, _ in names]
+    loaded = load_model(reference)
+    model = loaded.model.to(cfg.device or "cuda").eval()
+    dev = next(model.parameters()).device
+    x = torch.from_numpy(normalize(_scenes(batch, size, cfg.seed), loaded.data["mean"], loaded.data["std"])).to(dev)
+    out = []
+    for name, prec, dtype, impl in names:
+        model.set_attention(impl)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                labels = model(x).argmax(1).cpu().numpy()
+                for _ in range(cfg.warmup):
+                    model(x)
+                times = []
+                for _ in range(cfg.runs):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    model(x)
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+        except torch.cuda.OutOfMemoryError:
+            out.append(BenchEntry(name=name, precision=prec, skipped="CUDA out of memory", **base))
+            torch.cuda.empty_cache()
+            continue
+        s = latency_stats(times)
+        agreement = None if ref_labels is None or ref_labels.shape != labels.shape else \
+            100.0 * float((labels == ref_labels).mean())
+        out.append(BenchEntry(
+            name=name, precision=prec, latency_mean_ms=s["mean"], latency_p50_ms=s["p50"], latency_p90_ms=s["p90"],
+            latency_p99_ms=s["p99"], latency_min_ms=s["min"], throughput_fps=batch * 1e3 / s["mean"],
+            gpu_peak_mib=torch.cuda.max_memory_allocated() / MiB, agreement=agreement, **base))
+    model.set_attention("sdpa")
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def _prime(paths: Sequence[Path], cfg: BenchConfig) -> None:
+    """Pay one-time library initialisation (lazy imports, kernel registries, thread pools) once per
+    backend kind before any entry is measured, so it is charged to none of them."""
+    from .runtime.backends import backend_for, open_backend
+
+    seen: set[str] = set()
+    for p in [*([Path(cfg.reference)] if cfg.reference else []), *paths]:
+        kind = backend_for(p)
+        if kind in seen:
+            continue
+        seen.add(kind)
+        kwargs: dict[str, Any] = {"device": cfg.device} if kind == "torch" else {}
+        if kind == "torch":
+            kwargs["image_size"] = (64, 64)
+        with open_backend(p, **kwargs) as b:
+            b.predict(_scenes(1, b.manifest.image_size, cfg.seed))
+
+
+def _check_mious(path: Path | None) -> dict[str, float]:
+    """``resolved artifact path -> mIoU`` from a check JSON (empty when absent)."""
+    if path is None:
+        return {}
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"check JSON: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+        raise ConfigError(f"{path}: not a danet-edge check report (no 'artifacts' list)")
+    return {str(Path(a["path"]).resolve()): float(a["miou"]) for a in data["artifacts"]
+            if isinstance(a, dict) and "path" in a and "miou" in a}
+
+
+def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = None) -> BenchReport:
+    """Time every artifact, and the PyTorch FP32 eager reference when ``cfg.reference`` is set.
+
+    Args:
+        artifacts: ``.pt``/``.onnx``/``.engine``/``.plan`` paths with their manifests.
+        cfg: options (see :class:`BenchConfig`).
+
+    Returns:
+        BenchReport: one entry per (artifact, batch), reference entries first (``is_reference``),
+        ``speedup_vs_reference`` filled where a reference ran at the same size and batch. Writes
+        the JSON and the plot when their paths are set.
+
+    Raises:
+        ConfigError: no artifacts, missing file, bad options; plus what ``open_backend`` raises.
+    """
+    cfg = cfg or BenchConfig()
+    paths = [Path(a) for a in artifacts]
+    if not paths and cfg.reference is None:
+        raise ConfigError("nothing to benchmark: give artifacts or a reference checkpoint")
+    for p in [*paths, *([Path(cfg.reference)] if cfg.reference else [])]:
+        if not p.is_file():
+            raise ConfigError(f"{p}: file not found")
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    from .manifest import read_manifest
+
+    report = BenchReport(machine=_machine(), config={k: (str(v) if isinstance(v, Path) else v)
+                                                     for k, v in asdict(cfg).items()})
+    # (size, batch) pairs to run: static artifacts at their batch, PyTorch checkpoints at cfg.batches
+    plan: list[tuple[Path, tuple[int, int] | None, int | None]] = []
+    static = sorted({read_manifest(p).batch_size for p in paths if p.suffix not in (".pt", ".pth")})
+    for p in paths:
+        if p.suffix in (".pt", ".pth"):
+            for b in cfg.batches or tuple(static) or (1,):
+                plan.append((p, None, b))
+        else:
+            m = read_manifest(p)
+            if cfg.batches and m.batch_size not in cfg.batches:
+                report.entries.append(BenchEntry(
+                    name=p.name, path=str(p), backend=p.suffix.lstrip("."), precision=m.precision,
+                    image_size=list(m.image_size), batch=m.batch_size, runs=0,
+                    skipped=f"static batch {m.batch_size} is not among the requested batches {list(cfg.batches)}"))
+                continue
+            plan.append((p, m.image_size, m.batch_size))
+    ref_keys = sorted({(s, b) for p, s, b in plan if s is not None})
+    if cfg.reference is not None and not ref_keys:
+        from .checkpoint import checkpoint_manifest, load_model
+
+        size = checkpoint_manifest(load_model(cfg.reference)).image_size
+        ref_keys = [(size, b) for b in (cfg.batches or (1,))]
+    elif cfg.reference is not None:  # checkpoints in the list run at their own size: time the reference there too
+        for p, s, b in plan:
+            if s is None:
+                from .checkpoint import checkpoint_manifest, load_model
+
+                key = (checkpoint_manifest(load_model(p)).image_size, b)
+                if key not in ref_keys:
+                    ref_keys.append(key)
+
+    _prime(paths, cfg)
+    ref_entries: dict[tuple[tuple[int, int], int], tuple[BenchEntry, np.ndarray]] = {}
+    if cfg.reference is not None:
+        for size, b in ref_keys:
+            e, labels = _time_backend(f"pytorch-fp32-eager (reference) {size[0]}x{size[1]}", Path(cfg.reference),
+                                      cfg, b, size=size, is_reference=True)
+            e.speedup_vs_reference = 1.0
+            ref_entries[(size, b)] = (e, labels)
+            report.entries.append(e)
+    mious = _check_mious(cfg.check_json)
+    for p, size, b in plan:
+        e, labels = _time_backend(p.name, p, cfg, b, size=None)
+        ref = ref_entries.get((tuple(e.image_size), e.batch))
+        if ref is not None:
+            e.speedup_vs_reference = ref[0].latency_p50_ms / e.latency_p50_ms
+            e.agreement = 100.0 * float((labels == ref[1]).mean())
+        e.miou = mious.get(str(p.resolve()))
+        report.entries.append(e)
+    if cfg.reference is not None and cfg.gpu_variants:
+        for (size, b), (_, labels) in ref_entries.items():
+            report.entries.extend(_torch_variants(Path(cfg.reference), size, b, cfg, labels))
+    if cfg.reference is not None and mious:
+        for e, _ in ref_entries.values():
+            e.miou = mious.get(str(Path(cfg.reference).resolve()))
+    if cfg.plot_path is not None:
+        report.plot_path = str(write_plot(report, Path(cfg.plot_path)))
+    if cfg.json_path is not None:
+        report.json_path = str(cfg.json_path)
+        write_json(cfg.json_path, report.to_dict())
+    return report
+
+
+def write_plot(report: BenchReport, path: Path) -> Path:
+    """Accuracy (mIoU from the check JSON, else agreement with the reference on the benchmark batch)
+    against p50 latency, one point per timed entry; entries with neither are left out (listed in
+    the title). Writes a PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [e for e in report.entries if e.skipped is None and e.latency_p50_ms is not None]
+    use_miou = any(e.miou is not None for e in timed)
+    pts = [(e, e.miou if use_miou else e.agreement) for e in timed]
+    left_out = [e.name for e, y in pts if y is None]
+    pts = [(e, y) for e, y in pts if y is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for e, y in pts:
+        ax.scatter(e.latency_p50_ms, y, s=40, marker="*" if e.is_reference else "o")
+        ax.annotate(f"{e.name} (b{e.batch})", (e.latency_p50_ms, y), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("latency p50 per batch (ms)")
+    ax.set_ylabel("mIoU (%) from the check report" if use_miou
+                  else "agreement with the reference on the bench batch (%), a proxy, not accuracy")
+    title = "danet-edge bench: accuracy vs latency"
+    if report.machine.get("gpu") or report.machine.get("cpu"):
+        title += f"\n{report.machine.get('gpu') or report.machine.get('cpu')}"
+    if left_out:
+        title += f"\nnot plotted (no accuracy): {', '.join(left_out)[:90]}"
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
