@@ -1,0 +1,99 @@
+"""Run a serialized TensorRT engine with the TensorRT 10+ named-tensor API.
+
+Buffers (pinned host + device, one per I/O tensor) and the CUDA stream are allocated once at open
+through :mod:`danet_edge.runtime.cuda`; ``infer`` only copies and enqueues (no allocation per frame).
+
+NOT EXECUTED on the development machine (TensorRT cannot be installed there, no GPU). Written against:
+- ``tensorrt.Runtime``, ``Runtime.DLA_core``, ``deserialize_cuda_engine``:
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Runtime.html
+- ``ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode / get_tensor_shape / get_tensor_dtype``,
+  ``create_execution_context``: .../python-api/infer/Core/Engine.html
+- ``IExecutionContext.set_tensor_address`` and ``execute_async_v3(stream_handle) -> bool``:
+  .../python-api/infer/Core/ExecutionContext.html
+- buffer pattern: "Migrating Python Code from TensorRT 8.x to 10.x",
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-patterns.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._optional import import_tensorrt
+from ..engine import check_engine_compat
+from ..errors import EngineError, ManifestError
+from ..manifest import Manifest
+from .cuda import cuda_api
+
+__all__ = ["TrtRunner"]
+
+
+class TrtRunner:
+    """Deserialize ``path`` and run it on one CUDA stream.
+
+    Raises:
+        MissingDependencyError: tensorrt or a CUDA API is missing.
+        EngineError: engine for another GPU / TensorRT version, or not deserializable.
+        ManifestError: engine I/O tensors differ from the manifest.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, cuda_backend: str | None = None) -> None:
+        trt = import_tensorrt()
+        self.cuda = cuda_api(cuda_backend)
+        device = self.cuda.device_info(0)
+        check_engine_compat(manifest.tensorrt, trt.__version__, device.compute_capability, device.name)
+        self.manifest = manifest
+        self._buffers: dict[str, Any] = {}
+        self.stream = None
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        dla_core = (manifest.tensorrt or {}).get("dla_core")
+        if dla_core is not None:
+            self.runtime.DLA_core = int(dla_core)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise EngineError(f"{path}: TensorRT {trt.__version__} could not deserialize this engine "
+                              "(corrupt file, or built with another TensorRT): rebuild it on this device")
+        self.context = self.engine.create_execution_context()
+        self.stream = self.cuda.create_stream()
+        self.input_name = self.output_name = None
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+            expected = manifest.input_shape if is_input else manifest.output_shape
+            if name != (manifest.input_name if is_input else manifest.output_name) or list(shape) != list(expected):
+                self.close()
+                raise ManifestError(f"{path}: engine {'input' if is_input else 'output'} is {name!r} {list(shape)}, "
+                                    f"the manifest says {manifest.input_name if is_input else manifest.output_name!r} "
+                                    f"{expected}")
+            buf = self.cuda.alloc(shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+            self._buffers[name] = buf
+            self.context.set_tensor_address(name, buf.device)
+            if is_input:
+                self.input_name = name
+            else:
+                self.output_name = name
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """``x``: the engine input (manifest shape; cast to the engine's dtype). Returns a copy of the output."""
+        inp, out = self._buffers[self.input_name], self._buffers[self.output_name]
+        np.copyto(inp.host, x, casting="unsafe")
+        self.cuda.h2d_async(inp, self.stream)
+        if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
+            raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        self.cuda.d2h_async(out, self.stream)
+        self.cuda.synchronize(self.stream)
+        return out.host.copy()
+
+    def close(self) -> None:
+        """Free device buffers and the stream (idempotent)."""
+        for buf in self._buffers.values():
+            self.cuda.free(buf)
+        self._buffers = {}
+        if self.stream is not None:
+            self.cuda.destroy_stream(self.stream)
+            self.stream = None
+        self.context = self.engine = None
