@@ -1,0 +1,135 @@
+"""``danet-edge check``, ``bench`` and ``demo``: options -> config dataclass -> one library call."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+from ._common import console as _console
+
+# Tables stay readable when piped (rich falls back to 80 columns off a terminal).
+console = _console if _console.is_terminal else Console(width=220)
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def print_check_table(report) -> None:
+    """The check report as a rich table on the terminal."""
+    t = Table(title=f"accuracy check vs {Path(report.reference).name} ({report.frames} images)")
+    for col in ("artifact", "precision", "mIoU", "ΔmIoU", "pixel acc", "agreement %", "max abs", "rel L2",
+                "cosine", "inf/NaN", "result"):
+        t.add_column(col, justify="left" if col in ("artifact", "result") else "right")
+    for a in report.artifacts:
+        prec = a.precision if a.precision == a.manifest_precision else f"{a.precision} (manifest {a.manifest_precision})"
+        result = "[green]pass[/]" if a.passed else "[red]FAIL[/] " + "; ".join(a.failures)
+        t.add_row(Path(a.path).name, prec, _num(a.miou, ".2f"), _num(a.miou_delta, "+.3f"),
+                  _num(a.pixel_accuracy, ".2f"), _num(a.agreement, ".3f"), _num(a.max_abs_error, ".3g"),
+                  _num(a.rel_l2_error, ".2e"), _num(a.cosine_similarity, ".6f"), _num(a.nonfinite, "d"), result)
+    console.print(t)
+
+
+def print_bench_table(report) -> None:
+    """The bench report as a rich table on the terminal."""
+    m = report.machine
+    t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')} ({m.get('torch_threads')} torch threads)")
+    for col in ("entry", "precision", "size", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "FPS",
+                "host MiB", "GPU MiB", "speed-up", "note"):
+        t.add_column(col, justify="left" if col in ("entry", "note") else "right")
+    for e in report.entries:
+        size = f"{e.image_size[0]}x{e.image_size[1]}" if e.image_size else "-"
+        t.add_row(e.name, e.precision, size, str(e.batch), _num(e.latency_mean_ms, ".1f"),
+                  _num(e.latency_p50_ms, ".1f"), _num(e.latency_p90_ms, ".1f"), _num(e.latency_p99_ms, ".1f"),
+                  _num(e.throughput_fps, ".2f"), _num(e.host_peak_mib, ".0f"), _num(e.gpu_peak_mib, ".0f"),
+                  _num(e.speedup_vs_reference, ".2f") + ("x" if e.speedup_vs_reference else ""),
+                  f"skipped: {e.skipped}" if e.skipped else "")
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``check``, ``bench`` and ``demo`` to the app."""
+
+    @app.command()
+    def check(
+        artifacts: list[Path] = typer.Argument(..., help="Artifacts to check: .onnx, .engine/.plan, .pt (with manifests)."),
+        reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came from."),
+        dataset: str = typer.Option("synthetic", "--dataset", "-d", help="Data set name (synthetic, camvid, cityscapes, folder)."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
+        split: str = typer.Option("val", help="Split to evaluate on."),
+        limit: Optional[int] = typer.Option(None, help="Evaluate at most N images."),
+        thresholds: Optional[Path] = typer.Option(None, help="JSON thresholds per precision "
+                                                  '({"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}}).'),
+        min_agreement: list[str] = typer.Option([], help="Minimum agreement %%: '99.0' (all) or 'fp16=99.0'; repeatable."),
+        max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+        report: Optional[Path] = typer.Option(None, "--report", help="Folder for report.md and disagreement PNGs."),
+        pictures: int = typer.Option(3, help="Frames per artifact in the disagreement picture."),
+    ) -> None:
+        """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
+
+        Exit code 1 when any artifact misses its thresholds (after writing the reports).
+        """
+        from ..checks import CheckConfig, check_artifacts, load_thresholds, parse_threshold_overrides
+        from ..data import build_dataset
+
+        if thresholds is not None and (min_agreement or max_miou_drop):
+            raise ConfigError("give thresholds either as --thresholds FILE or as --min-agreement/--max-miou-drop, not both")
+        th = load_thresholds(thresholds) if thresholds is not None else \
+            parse_threshold_overrides(min_agreement, max_miou_drop)
+        cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures)
+        ds = build_dataset(dataset, data, split=split, limit=limit)
+        result = check_artifacts(artifacts, reference, ds, cfg)
+        print_check_table(result)
+        for label, path in (("JSON", result.json_path), ("report", result.markdown_path)):
+            if path:
+                console.print(f"{label}: {path}")
+        result.raise_for_failure()
+
+    @app.command()
+    def bench(
+        artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
+        reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="PyTorch checkpoint timed as the FP32 eager reference."),
+        warmup: int = typer.Option(3, help="Untimed runs before timing."),
+        runs: int = typer.Option(20, help="Timed runs."),
+        batch: list[int] = typer.Option([], help="Batch sizes for PyTorch (static graphs run at their own batch); repeatable."),
+        threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime."),
+        device: Optional[str] = typer.Option(None, help="Torch device for PyTorch entries (cpu, cuda)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+        plot: Optional[Path] = typer.Option(None, help="Accuracy-vs-latency plot (PNG)."),
+        check_json: Optional[Path] = typer.Option(None, help="A check JSON: its mIoU goes into the plot."),
+    ) -> None:
+        """Latency (mean, p50, p90, p99 ms), FPS and peak memory per artifact, with speed-up vs PyTorch FP32."""
+        from ..bench import BenchConfig, bench_artifacts
+
+        cfg = BenchConfig(reference=reference, warmup=warmup, runs=runs, batches=tuple(batch) or None,
+                          threads=threads, device=device, check_json=check_json, json_path=json_out, plot_path=plot)
+        result = bench_artifacts(artifacts or [], cfg)
+        print_bench_table(result)
+        for label, path in (("JSON", result.json_path), ("plot", result.plot_path)):
+            if path:
+                console.print(f"{label}: {path}")
+
+    @app.command()
+    def demo(
+        out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+        quick: bool = typer.Option(False, help="Tiny sizes and one epoch (a smoke run of every stage)."),
+    ) -> None:
+        """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""
+        from ..demo import DemoConfig, run_demo
+
+        result = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
+        table = Table(title=f"danet-edge demo: {result.wall_s:.0f} s")
+        table.add_column("what")
+        table.add_column("path")
+        for what, path in result.paths.items():
+            table.add_row(what, str(path))
+        console.print(table)
+        if result.failed:
+            console.print(f"[red]check failed:[/] {result.failed}")
