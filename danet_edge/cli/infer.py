@@ -1,0 +1,72 @@
+"""``danet-edge build`` (TensorRT engine) and ``danet-edge infer`` (video / image inference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import console, err_console
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``build`` and ``infer`` commands to ``app``."""
+
+    @app.command()
+    def build(
+        model: Path = typer.Argument(..., help="static-shape ONNX graph (with its .onnx.json manifest)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="engine path (default MODEL with .engine)"),
+        workspace_mib: int = typer.Option(1024, "--workspace-mib", help="builder workspace limit, MiB"),
+        opt_level: Optional[int] = typer.Option(None, "--opt-level", help="builder optimisation level 0..5"),
+        timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (reused)"),
+        dla_core: Optional[int] = typer.Option(None, "--dla-core", help="run on this DLA core (GPU fallback on)"),
+        no_gpu_fallback: bool = typer.Option(False, "--no-gpu-fallback", help="with --dla-core: no GPU fallback"),
+        fp16: bool = typer.Option(False, "--fp16", help="TensorRT 10 only: weakly typed build allowing FP16"),
+        int8_calib: Optional[Path] = typer.Option(None, "--int8-calib",
+                                                  help="TensorRT 10 only: implicit INT8, calibration image folder"),
+        calib_images: int = typer.Option(500, "--calib-images", help="images of --int8-calib to use"),
+        verbose: bool = typer.Option(False, "--verbose", help="TensorRT verbose log"),
+    ) -> None:
+        """Build a TensorRT engine (plain file + .json manifest) on this device."""
+        from ..engine import EngineConfig, build_engine
+
+        cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
+                           dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
+                           calib_images=calib_images, verbose=verbose)
+        path = build_engine(model, out, cfg)
+        console.print(f"engine: {path}")
+        from ..manifest import read_manifest
+
+        console.print(f"equivalent: {read_manifest(path).tensorrt['trtexec']}")
+
+    @app.command()
+    def infer(
+        model: Path = typer.Argument(..., help=".pt/.pth checkpoint, .onnx graph or .engine/.plan"),
+        source: str = typer.Argument(..., help="video, image, folder, glob, camera index, URL or GStreamer pipeline"),
+        backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (default: by suffix)"),
+        providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, e.g. cuda,cpu"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device (checkpoints only)"),
+        out: Path = typer.Option(Path("runs/infer"), "--out", help="output folder"),
+        save_video: bool = typer.Option(True, "--save-video/--no-save-video", help="write the overlay video"),
+        save_labels: bool = typer.Option(False, "--save-labels", help="write palette PNG class maps"),
+        show: bool = typer.Option(False, "--show", help="show the overlay in a window"),
+        letterbox: bool = typer.Option(False, "--letterbox", help="keep the aspect ratio (pad) instead of stretching"),
+        alpha: float = typer.Option(0.5, "--alpha", help="mask opacity 0..1"),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", help="stop after N frames"),
+        batch: Optional[int] = typer.Option(None, "--batch", help="frames per forward pass (checkpoints only)"),
+    ) -> None:
+        """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
+        from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table
+
+        cfg = InferConfig(backend=backend, providers=[p.strip() for p in providers.split(",") if p.strip()]
+                          if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
+                          save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames)
+        try:
+            summary = run_inference(model, source, cfg)
+        except SourceBroken as e:
+            err_console.print(summary_table(e.summary))
+            raise
+        console.print(summary_table(summary))
+        for name, path in summary.outputs.items():
+            console.print(f"{name}: {path}")

@@ -1,0 +1,395 @@
+"""Video / image inference pipeline: decode -> preprocess + infer + postprocess -> encode, overlapped.
+
+Three threads joined by bounded queues, so the slowest stage sets the pace and memory stays flat:
+
+    decode thread     source -> RGB frames                         (queue of ``queue_size``)
+    main thread       fit to the model size, backend.predict in batches, class maps back to frame size
+    encode thread     overlay video (mp4v), palette PNGs, --show window
+
+Outputs are written under temporary names and renamed when closed, so a fault or Ctrl-C leaves
+playable files with the frames processed so far and never a half-written one. Every run writes
+``summary.json`` (frames, FPS, latency p50/p99 per stage and end to end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError, DataError
+from ..manifest import Manifest
+from ..utils import atomic_path, write_json
+from .backends import fit_frames, open_backend, restore_labels
+from .sources import FrameSource, open_source
+
+__all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
+           "save_label_png", "summary_table", "STAGES"]
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+_END = object()
+
+
+class SourceBroken(DataError):
+    """The source broke off mid-way; ``summary`` describes the frames processed before the break."""
+
+    def __init__(self, message: str, summary: "InferSummary") -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+@dataclass
+class InferConfig:
+    """Options of ``danet-edge infer``.
+
+    Attributes:
+        backend, providers, device: backend choice (see ``runtime.backends.open_backend``).
+        batch: frames per ``predict`` call (checkpoints only; ONNX / engines use their static batch).
+        out_dir: where ``<source>_overlay.mp4``, ``labels/`` and ``summary.json`` go.
+        save_video: write the overlay video (colour mask blended over the frame, legend of classes present).
+        save_labels: write one palette PNG per frame (PIL mode P, value = class index).
+        show: display the overlay in a window (needs OpenCV with GUI support).
+        letterbox: keep the aspect ratio (pad) instead of stretching frames to the model size.
+        alpha: mask opacity in the overlay, 0..1.
+        max_frames: stop after this many frames (None = all).
+        queue_size: bound of each inter-thread queue (frames).
+    """
+
+    backend: str | None = None
+    providers: Sequence[str] | None = None
+    device: str | None = None
+    batch: int | None = None
+    out_dir: Path = Path("runs/infer")
+    save_video: bool = True
+    save_labels: bool = False
+    show: bool = False
+    letterbox: bool = False
+    alpha: float = 0.5
+    max_frames: int | None = None
+    queue_size: int = 8
+
+    def validate(self) -> None:
+        """Raises ConfigError on out-of-range values."""
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in 0..1, got {self.alpha}")
+        if self.max_frames is not None and self.max_frames <= 0:
+            raise ConfigError(f"max-frames must be positive, got {self.max_frames}")
+        if self.batch is not None and self.batch <= 0:
+            raise ConfigError(f"batch must be positive, got {self.batch}")
+        if self.queue_size <= 0:
+            raise ConfigError(f"queue size must be positive, got {self.queue_size}")
+
+
+@dataclass
+class InferSummary:
+    """What one run did. Times in ms, throughput in FPS.
+
+    Attributes:
+        frames: frames written / processed. fps: frames / wall time (end-to-end throughput).
+        stages: per stage ``{"p50_ms", "p99_ms", "mean_ms"}``, per frame (infer: batch time / batch size).
+        end_to_end: latency from decode start to encode end of each frame, ``{"p50_ms", "p99_ms", "mean_ms"}``.
+        broken: None, or why the source stopped early.
+        outputs: paths written (``video``, ``labels``, ``summary``).
+    """
+
+    model: str
+    backend: str
+    source: str
+    frames: int = 0
+    wall_s: float = 0.0
+    fps: float = 0.0
+    source_fps: float = 0.0
+    batch: int = 1
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    end_to_end: dict[str, float] = field(default_factory=dict)
+    broken: str | None = None
+    interrupted: bool = False
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
+    a = np.asarray(values) * 1e3
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "mean_ms": round(float(a.mean()), 3)}
+
+
+def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float,
+            classes: Sequence[str] | None = None) -> np.ndarray:
+    """Blend the class colours over ``frame: (H, W, 3) uint8 RGB``; ``labels: (H, W)`` class indices.
+
+    With ``classes``, a legend of the classes present is drawn at the top left. Returns RGB uint8.
+    """
+    colour = palette[np.clip(labels, 0, len(palette) - 1)]
+    out = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
+    if classes:
+        present = np.unique(labels)
+        scale = max(0.35, min(frame.shape[:2]) / 900)
+        step = int(22 * scale / 0.5)
+        for row, k in enumerate(present[present < len(classes)][:20]):
+            y = 6 + row * step
+            cv2.rectangle(out, (6, y), (6 + step - 4, y + step - 4), tuple(int(v) for v in palette[k]), -1)
+            cv2.putText(out, str(classes[k]), (10 + step, y + step - 8), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
+    """Write ``labels (H, W)`` as a palette PNG (mode P, pixel value = class index), atomically."""
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    flat = [int(v) for c in palette for v in c]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+class _VideoOut:
+    """mp4v writer to a temporary name, renamed on close; nothing is left when no frame was written."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = path, fps
+        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.writer: cv2.VideoWriter | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.size = (rgb.shape[1], rgb.shape[0])
+            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+            if not self.writer.isOpened():
+                raise DataError(f"{self.path}: OpenCV cannot write an mp4v video here")
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        if self.writer is None:
+            return None
+        self.writer.release()
+        self.writer = None
+        if self.frames == 0:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put with back-pressure; gives up (False) when ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    """Get with a timeout loop; returns ``_END`` once ``stop`` is set and nothing is queued."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name: str = "model") -> InferSummary:
+    """Run ``backend`` over ``source`` with overlapped decode / infer / encode; see the module docstring.
+
+    Raises:
+        SourceBroken: the source stopped early (outputs hold the frames before the break).
+        ConfigError: ``show`` without GUI support. KeyboardInterrupt: outputs are closed first.
+    """
+    cfg.validate()
+    manifest: Manifest = backend.manifest
+    size = manifest.image_size
+    batch = max(1, manifest.batch_size)
+    palette = np.asarray(manifest.palette, np.uint8)
+    out_dir = Path(cfg.out_dir)
+    stem = Path(source.name).stem if source.kind in ("video", "image") else source.kind
+    summary = InferSummary(model=model_name, backend=getattr(backend, "name", "?"), source=source.name,
+                           source_fps=source.fps, batch=batch)
+    if cfg.show:
+        try:
+            cv2.namedWindow("danet-edge", cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise ConfigError("--show needs OpenCV with GUI support (opencv-python, not opencv-python-headless)") \
+                from None
+    video = _VideoOut(out_dir / f"{stem}_overlay.mp4", source.fps) if cfg.save_video else None
+    labels_dir = out_dir / "labels"
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    e2e: list[float] = []
+    stop = threading.Event()
+    frames_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    results_q: queue.Queue = queue.Queue(maxsize=cfg.queue_size)
+    errors: list[BaseException] = []
+
+    def decode() -> None:
+        try:
+            it = iter(source)
+            i = 0
+            while not stop.is_set() and (cfg.max_frames is None or i < cfg.max_frames):
+                t0 = time.perf_counter()
+                frame = next(it, None)
+                if frame is None:
+                    break
+                times["decode"].append(time.perf_counter() - t0)
+                if not _put(frames_q, (i, t0, frame), stop):
+                    return
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+        finally:
+            source.close()
+            _put(frames_q, _END, stop)
+
+    def encode() -> None:
+        try:
+            while True:
+                item = results_q.get()
+                if item is _END:
+                    return
+                i, t_start, frame, labels = item
+                t0 = time.perf_counter()
+                if video is not None or cfg.show:
+                    vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes)
+                    if video is not None:
+                        video.write(vis)
+                    if cfg.show:
+                        cv2.imshow("danet-edge", cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+                        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                            stop.set()
+                if cfg.save_labels:
+                    name = source.names[i] if source.names else f"{i:06d}"
+                    save_label_png(labels_dir / f"{name}.png", labels, manifest.palette)
+                now = time.perf_counter()
+                times["encode"].append(now - t0)
+                e2e.append(now - t_start)
+                summary.frames += 1
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+            while results_q.get() is not _END:  # drain so the main thread never blocks
+                pass
+
+    decoder = threading.Thread(target=decode, name="danet-decode", daemon=True)
+    encoder = threading.Thread(target=encode, name="danet-encode", daemon=True)
+    t_run = time.perf_counter()
+    decoder.start()
+    encoder.start()
+    try:
+        done = False
+        while not done and not stop.is_set():
+            items = []
+            while len(items) < batch:
+                item = _get(frames_q, stop)
+                if item is _END:
+                    done = True
+                    break
+                items.append(item)
+            if not items:
+                break
+            t0 = time.perf_counter()
+            fitted = [fit_frames(f, size, cfg.letterbox) for _, _, f in items]
+            t1 = time.perf_counter()
+            pred = backend.predict(np.stack([img for img, _ in fitted]))
+            t2 = time.perf_counter()
+            maps = [restore_labels(lab, pl, f.shape[:2]) for lab, (_, pl), (_, _, f) in zip(pred.labels, fitted, items)]
+            t3 = time.perf_counter()
+            n = len(items)
+            times["preprocess"] += [(t1 - t0) / n] * n
+            times["infer"] += [(t2 - t1) / n] * n
+            times["postprocess"] += [(t3 - t2) / n] * n
+            for (i, t_start, frame), labels in zip(items, maps):
+                if not _put(results_q, (i, t_start, frame, labels), stop):
+                    break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        raise
+    finally:
+        stop.set()  # the decoder gives up its pending put; the encoder still drains what is queued
+        while decoder.is_alive():
+            try:
+                frames_q.get_nowait()
+            except queue.Empty:
+                pass
+            decoder.join(timeout=0.05)
+        results_q.put(_END)
+        encoder.join()
+        summary.wall_s = round(time.perf_counter() - t_run, 4)
+        summary.fps = round(summary.frames / summary.wall_s, 3) if summary.wall_s > 0 else 0.0
+        summary.stages = {s: _stats(times[s]) for s in STAGES}
+        summary.end_to_end = _stats(e2e)
+        summary.broken = source.broken
+        if video is not None and (path := video.close()) is not None:
+            summary.outputs["video"] = str(path)
+        if cfg.save_labels and summary.frames:
+            summary.outputs["labels"] = str(labels_dir)
+        if cfg.show:
+            cv2.destroyAllWindows()
+        summary.outputs["summary"] = str(out_dir / "summary.json")
+        write_json(out_dir / "summary.json", summary.to_dict())
+    if errors:
+        raise errors[0]
+    if summary.broken:
+        kept = f"; the {summary.frames} frames before the break are in {summary.outputs.get('video', out_dir)}"
+        raise SourceBroken(summary.broken + kept, summary)
+    return summary
+
+
+def run_inference(model_path: str | os.PathLike[str], source: str | int | os.PathLike[str],
+                  cfg: InferConfig | None = None) -> InferSummary:
+    """Segment every frame of ``source`` with the model at ``model_path``; see :func:`run_pipeline`.
+
+    Raises:
+        DataError / ManifestError / EngineError / ConfigError / MissingDependencyError: one-line problems
+        with the model or the source; SourceBroken: the source broke off (outputs kept).
+    """
+    cfg = cfg or InferConfig()
+    cfg.validate()
+    src = open_source(source)
+    try:
+        backend = open_backend(model_path, backend=cfg.backend, providers=cfg.providers, device=cfg.device,
+                               batch=cfg.batch)
+    except BaseException:
+        src.close()
+        raise
+    with backend:
+        return run_pipeline(backend, src, cfg, model_name=str(model_path))
+
+
+def summary_table(summary: InferSummary):
+    """A rich Table of the per-stage latencies (ms) and throughput (FPS)."""
+    from rich.table import Table
+
+    t = Table(title=f"{summary.frames} frames, {summary.fps:.2f} FPS end to end ({summary.backend}, batch {summary.batch})")
+    t.add_column("stage")
+    t.add_column("p50 ms", justify="right")
+    t.add_column("p99 ms", justify="right")
+    t.add_column("mean ms", justify="right")
+    for name, s in [*summary.stages.items(), ("end-to-end", summary.end_to_end)]:
+        t.add_row(name, f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['mean_ms']:.2f}")
+    return t
+
+
+def _load_summary(path: str | os.PathLike[str]) -> dict[str, Any]:  # small helper for tools and tests
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,157 @@
+"""Frame sources: video file, image file, folder or glob of images, camera index, stream URL, GStreamer pipeline.
+
+Every source yields ``(H, W, 3) uint8 RGB`` frames (OpenCV's BGR converted here, at the edge) and
+knows its fps and, when the container says so, its frame count. A video that breaks off mid-way
+stops the iteration and sets :attr:`FrameSource.broken` to a one-line reason; the frames before
+the break have been yielded.
+
+Source strings (:func:`open_source`):
+    ``0``, ``1``                      camera index (V4L2 / USB)
+    ``"nvarguscamerasrc ! ... ! appsink"``  GStreamer pipeline (contains ``!``), ``cv2.CAP_GSTREAMER``
+                                      -- a Jetson CSI camera
+    ``rtsp://...``, ``http://...``    stream URL (FFmpeg backend)
+    ``clip.mp4`` (``VIDEO_SUFFIXES``) video file
+    ``frame.png`` (``IMAGE_SUFFIXES``) one image
+    ``dir/``, ``"dir/*.png"``         images in name order
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["FrameSource", "open_source", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FPS = 25.0
+MAX_PIXELS = 8192 * 8192  # refuse absurd frame sizes from untrusted files
+
+
+class FrameSource:
+    """An iterable of RGB frames with ``fps``, ``frame_count`` (None when unknown) and ``kind``.
+
+    Attributes:
+        name: what the user passed. kind: ``video``, ``image``, ``images``, ``camera``, ``stream``, ``gstreamer``.
+        fps: frames per second (source's own, or 25 for images and streams that do not say).
+        frame_count: frames announced by the container / number of images; None for live sources.
+        broken: None, or why decoding stopped before ``frame_count`` (set after iteration).
+        names: per-frame names for image sources (file stems), else None.
+    """
+
+    def __init__(self, name: str, kind: str, fps: float, frame_count: int | None,
+                 capture: cv2.VideoCapture | None = None, files: list[Path] | None = None) -> None:
+        self.name, self.kind, self.fps, self.frame_count = name, kind, fps, frame_count
+        self._cap, self._files = capture, files
+        self.broken: str | None = None
+        self.names = [p.stem for p in files] if files else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._iter_images() if self._files is not None else self._iter_capture()
+
+    def _iter_capture(self) -> Iterator[np.ndarray]:
+        n = 0
+        try:
+            while True:
+                ok, bgr = self._cap.read()
+                if not ok or bgr is None:
+                    break
+                n += 1
+                yield _to_rgb(bgr, f"{self.name} frame {n}")
+        finally:
+            self.close()
+        if self.kind == "video" and self.frame_count and n < self.frame_count:
+            self.broken = (f"{self.name}: video broke off after {n} of {self.frame_count} frames "
+                           "(file truncated or corrupt)")
+
+    def _iter_images(self) -> Iterator[np.ndarray]:
+        for i, path in enumerate(self._files):
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                self.broken = f"{path}: not a readable image (stopped after {i} images)"
+                return
+            yield _to_rgb(bgr, str(path))
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+
+
+def _to_rgb(bgr: np.ndarray, what: str) -> np.ndarray:
+    if bgr.ndim == 2:
+        bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+    if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:
+        raise DataError(f"{what}: {bgr.shape[1]}x{bgr.shape[0]} frame is larger than the supported maximum")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _fps(cap: cv2.VideoCapture) -> float:
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    return float(fps) if fps and math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
+
+
+def _open_capture(spec: str | int, kind: str, api: int | None = None) -> FrameSource:
+    cap = cv2.VideoCapture(spec, api) if api is not None else cv2.VideoCapture(spec)
+    if not cap.isOpened():
+        what = {"video": "video file cannot be opened (truncated, corrupt, not a video, or a codec OpenCV lacks)",
+                "camera": "camera cannot be opened (wrong index, busy, or no permission)",
+                "gstreamer": "GStreamer pipeline cannot be opened (OpenCV built without GStreamer, or a bad pipeline; "
+                             "end it with '! appsink')",
+                "stream": "stream cannot be opened (unreachable URL or unsupported protocol)"}[kind]
+        if kind == "video" and str(spec).lower().endswith((".mp4", ".mov", ".m4v")):
+            what += "; an .mp4 cut short loses its index (moov atom) and cannot be read at all"
+        raise DataError(f"{spec}: {what}")
+    count = None
+    if kind == "video":
+        c = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        count = int(c) if c and math.isfinite(c) and c > 0 else None
+    return FrameSource(str(spec), kind, _fps(cap), count, capture=cap)
+
+
+def _image_source(name: str, files: list[Path]) -> FrameSource:
+    if not files:
+        raise DataError(f"{name}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return FrameSource(name, "images" if len(files) > 1 else "image", DEFAULT_FPS, len(files), files=files)
+
+
+def open_source(source: str | int | os.PathLike[str]) -> FrameSource:
+    """Open ``source`` (see the module docstring).
+
+    Raises:
+        DataError: missing file, unsupported extension, video/camera/stream that cannot be opened,
+            folder or glob without images.
+    """
+    if isinstance(source, int):
+        return _open_capture(source, "camera")
+    spec = str(source)
+    if spec.isdigit():
+        return _open_capture(int(spec), "camera")
+    if "!" in spec:
+        return _open_capture(spec, "gstreamer", cv2.CAP_GSTREAMER)
+    if "://" in spec:
+        return _open_capture(spec, "stream")
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return _image_source(spec, files)
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        return _image_source(spec, files)
+    if not path.exists():
+        raise DataError(f"{spec}: source not found (a video, an image, a folder, a glob, a camera index, "
+                        "a stream URL or a GStreamer pipeline)")
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return _image_source(spec, [path])
+    if suffix in VIDEO_SUFFIXES:
+        return _open_capture(spec, "video")
+    raise DataError(f"{spec}: unsupported extension {suffix or '(none)'!r}; videos: {' '.join(VIDEO_SUFFIXES)}; "
+                    f"images: {' '.join(IMAGE_SUFFIXES)}")
