@@ -21,6 +21,10 @@ class DataError(DanetEdgeError):
     """A data set, image, mask or video that is missing, unreadable or inconsistent."""
 
 
+class TrainingError(DanetEdgeError):
+    """A training run that cannot go on (loss not finite...)."""
+
+
 class CheckpointError(DanetEdgeError):
     """A checkpoint that is missing, unsafe, malformed or does not fit the model."""
 

@@ -1,0 +1,107 @@
+"""``danet-edge train`` and ``danet-edge eval``: options -> config dataclass -> one library call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ConfigError
+from ._common import console
+
+_DATASETS = "synthetic, camvid, cityscapes, folder"
+
+
+def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size: Optional[list[int]]) -> dict:
+    opts: dict = {}
+    if num_classes is not None:
+        opts["num_classes"] = num_classes
+    if ignore_index is not None:
+        opts["ignore_index"] = ignore_index
+    if size:
+        if len(size) != 2:
+            raise ConfigError("--synthetic-size takes two numbers: H W")
+        opts["size"] = tuple(size)
+    return opts
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train`` and ``eval`` to the app."""
+
+    @app.command("train")
+    def train_cmd(
+        dataset: str = typer.Option("synthetic", "--dataset", "-d", help=f"Data set: {_DATASETS}."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
+        backbone: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50 or resnet101."),
+        epochs: int = typer.Option(10, help="Epochs."),
+        batch_size: int = typer.Option(8, "--batch-size", "-b", help="Global batch size (split over --devices)."),
+        crop_size: Optional[tuple[int, int]] = typer.Option(None, "--crop-size", help="Training crop H W "
+                                                            "(default: the data set's image size)."),
+        out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder (last.pt, best.pt, metrics.jsonl)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+        limit_train: Optional[int] = typer.Option(None, help="Use only the first N training images."),
+        limit_val: Optional[int] = typer.Option(None, help="Use only the first N validation images."),
+        output_stride: int = typer.Option(8, help="Output stride: 8 (paper) or 16."),
+        multi_grid: bool = typer.Option(False, "--multi-grid", help="layer4 dilations 4, 8, 16."),
+        deep_stem: bool = typer.Option(False, "--deep-stem", help="Three-conv stem (PyTorch-Encoding)."),
+        aux: bool = typer.Option(False, "--aux", help="FCN auxiliary head on layer3 (loss weight 0.2)."),
+        lr: float = typer.Option(0.01, help="Base learning rate (head: 10x), poly schedule."),
+        weight_decay: float = typer.Option(1e-4, help="Weight decay."),
+        aux_weight: float = typer.Option(1.0, help="Weight of the PAM and CAM auxiliary losses."),
+        grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
+        amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
+        seed: int = typer.Option(0, help="Random seed (initialisation, data order, augmentation)."),
+        workers: int = typer.Option(2, help="DataLoader worker processes."),
+        backbone_weights: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet ResNet weights (.pth)."),
+        eval_every: int = typer.Option(1, help="Validate every N epochs."),
+        devices: int = typer.Option(1, help="Processes (DDP); under torchrun the launcher decides."),
+        num_classes: Optional[int] = typer.Option(None, help="Classes of a 'folder' data set without classes.txt."),
+        ignore_index: Optional[int] = typer.Option(None, help="Ignore index of a 'folder' data set (default 255)."),
+        synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (plain log lines)."),
+    ) -> None:
+        """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
+        from ..train import TrainConfig, train
+
+        cfg = TrainConfig(
+            dataset=dataset, data_root=str(data) if data else None, backbone=backbone, output_stride=output_stride,
+            multi_grid=multi_grid, deep_stem=deep_stem, aux=aux, epochs=epochs, batch_size=batch_size,
+            crop_size=tuple(crop_size) if crop_size else None, lr=lr, weight_decay=weight_decay,
+            aux_weight=aux_weight, grad_clip=grad_clip, amp=amp, seed=seed, workers=workers, out_dir=str(out),
+            resume=resume, limit_train=limit_train, limit_val=limit_val,
+            backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
+            devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
+            progress=not no_progress)
+        best = train(cfg)
+        console.print(f"best checkpoint: {best}")
+
+    @app.command("eval")
+    def eval_cmd(
+        checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
+        dataset: str = typer.Option("synthetic", "--dataset", "-d", help=f"Data set: {_DATASETS}."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
+        split: str = typer.Option("val", help="Split to evaluate."),
+        multi_scale: bool = typer.Option(False, "--multi-scale", help="Average over scales 0.5-1.75 (paper MS)."),
+        flip: bool = typer.Option(False, "--flip", help="Also average the left-right mirrored image."),
+        limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
+        multi_grid: bool = typer.Option(False, "--multi-grid", help="Official checkpoints only: trained with multi-grid."),
+        num_classes: Optional[int] = typer.Option(None, help="Classes of a 'folder' data set without classes.txt."),
+        ignore_index: Optional[int] = typer.Option(None, help="Ignore index of a 'folder' data set."),
+        synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
+    ) -> None:
+        """mIoU, per-class IoU and pixel accuracy of a checkpoint, each image at its own size."""
+        from ..data import build_dataset
+        from ..evaluate import evaluate, write_result
+
+        if dataset != "synthetic" and data is None:
+            raise ConfigError(f"--data is required for data set {dataset!r}")
+        ds = build_dataset(dataset, data, split, limit,
+                           **_data_options(num_classes, ignore_index, list(synthetic_size or [])))
+        result = evaluate(checkpoint, ds, multi_scale=multi_scale, flip=flip, multi_grid=multi_grid,
+                          show_progress=True)
+        console.print(result.table())
+        if json_out is not None:
+            write_result(result, json_out)
+            console.print(f"wrote {json_out}")

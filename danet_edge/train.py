@@ -1,0 +1,402 @@
+"""Training DANet: SGD with poly learning rate, multi-loss cross-entropy, checkpoints, resume, DDP.
+
+Recipe (Fu et al. 2019, section 4.1, and the official PyTorch-Encoding code):
+
+* SGD, momentum 0.9, weight decay 1e-4, base lr 0.01, poly schedule ``lr * (1 - it/max_it)^0.9``
+  stepped every iteration; the head (and FCN aux head) learn at ``head_lr_mult`` = 10 x the base
+  lr, the backbone at 1 x, as the official ``train.py`` does.
+* Loss: ``CE(fused) + aux_weight * (CE(pam) + CE(cam)) [+ fcn_aux_weight * CE(fcn)]`` with the
+  data set's ignore index. The official ``SegmentationMultiLosses`` sums the three DANet outputs
+  with weight 1 each, hence ``aux_weight = 1.0``; PyTorch-Encoding's ``--aux`` FCN head uses 0.2.
+* Augmentation: random scale 0.5-2.0, crop (padded with the ignore index), flip, colour jitter.
+
+Files in ``out_dir`` (written by rank 0 only, atomically): ``last.pt`` after every epoch,
+``best.pt`` whenever val mIoU improves, ``metrics.jsonl`` (one JSON line per epoch),
+``config.json``. A killed run loses at most the current epoch; ``resume=True`` continues from
+``last.pt`` at the same learning-rate schedule position with the same data order (the data order
+and augmentation of epoch ``e`` depend only on ``seed`` and ``e``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DATASET_NAMES, TrainTransform, TransformedDataset, build_dataset
+from .distributed import DistContext, in_torchrun, init_from_env, spawn
+from .errors import CheckpointError, ConfigError, TrainingError
+from .evaluate import confusion_on
+from .model import ModelConfig, build_model, load_backbone_weights
+from .utils import write_json
+
+__all__ = ["TrainConfig", "train", "multi_loss"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored in every checkpoint (``train_config``).
+
+    Attributes:
+        dataset, data_root: data set name (``danet_edge.data.DATASET_NAMES``) and folder.
+        backbone, output_stride, multi_grid, deep_stem, aux: the model (``ModelConfig``).
+        epochs, batch_size: ``batch_size`` is the global batch, split over ``devices`` processes.
+        crop_size: training crop ``(H, W)``; None = the data set's image size.
+        lr, momentum, weight_decay, poly_power, head_lr_mult: the optimiser (see module docstring).
+        aux_weight: weight of the PAM and CAM auxiliary losses (1.0 as official).
+        fcn_aux_weight: weight of the FCN aux head's loss (with ``aux``; 0.2 as PyTorch-Encoding).
+        grad_clip: max global gradient norm, or None.
+        amp: mixed precision (CUDA only).
+        seed: fixes initialisation, data order and augmentation.
+        workers: DataLoader worker processes.
+        out_dir: where checkpoints and metrics go.
+        resume: continue from ``out_dir/last.pt``.
+        limit_train, limit_val: use only the first N samples.
+        backbone_weights: local torchvision ImageNet ResNet file.
+        eval_every: validate every N epochs (and after the last).
+        devices: processes (DDP); >1 spawns them unless already under torchrun.
+        data_options: extra options for ``build_dataset`` (e.g. ``num_classes`` for ``folder``).
+        progress: show a progress bar.
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    backbone: str = "resnet18"
+    output_stride: int = 8
+    multi_grid: bool = False
+    deep_stem: bool = False
+    aux: bool = False
+    epochs: int = 10
+    batch_size: int = 8
+    crop_size: tuple[int, int] | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 10.0
+    aux_weight: float = 1.0
+    fcn_aux_weight: float = 0.2
+    grad_clip: float | None = None
+    amp: bool = False
+    seed: int = 0
+    workers: int = 2
+    out_dir: str = "runs/train"
+    resume: bool = False
+    limit_train: int | None = None
+    limit_val: int | None = None
+    backbone_weights: str | None = None
+    eval_every: int = 1
+    devices: int = 1
+    data_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raises ConfigError on values that cannot work or contradict each other."""
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ConfigError(f"--data is required for data set {self.dataset!r}")
+        for name in ("epochs", "batch_size", "eval_every", "devices"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.devices:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by {self.devices} devices")
+        if self.batch_size // self.devices < 2:
+            raise ConfigError("each process needs a batch of at least 2 (BatchNorm)")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("need lr > 0, weight decay >= 0, 0 <= momentum < 1")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad clip must be > 0, got {self.grad_clip}")
+        if self.amp and not torch.cuda.is_available():
+            raise ConfigError("--amp needs a CUDA GPU (none found)")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16):
+            raise ConfigError(f"crop size must be two numbers >= 16, got {self.crop_size}")
+        if self.workers < 0:
+            raise ConfigError("workers must be >= 0")
+        try:
+            self.model_config(2)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        return ModelConfig(backbone=self.backbone, num_classes=num_classes, output_stride=self.output_stride,
+                           multi_grid=self.multi_grid, deep_stem=self.deep_stem, aux=self.aux)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["crop_size"] = list(self.crop_size) if self.crop_size else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("crop_size") is not None:
+            kw["crop_size"] = tuple(kw["crop_size"])
+        return cls(**kw)
+
+
+def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_index: int,
+               aux_weight: float = 1.0, fcn_aux_weight: float = 0.2) -> torch.Tensor:
+    """DANet's training loss from train-mode outputs ``(fused, pam, cam[, fcn])`` ``(N, K, H, W)``
+    and ``target (N, H, W) int64``: ``CE(fused) + aux_weight*(CE(pam)+CE(cam)) + fcn_aux_weight*CE(fcn)``."""
+    def ce(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(x.float(), target, ignore_index=ignore_index)
+
+    loss = ce(outputs[0]) + aux_weight * (ce(outputs[1]) + ce(outputs[2]))
+    if len(outputs) > 3:
+        loss = loss + fcn_aux_weight * ce(outputs[3])
+    return loss
+
+
+# ------------------------------------------------------------------------------------ state
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors / lists so ``torch.load(weights_only=True)`` can read them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "python": {"version": int(py_state[0]), "state": list(py_state[1]),
+                        "gauss": py_state[2] if py_state[2] is None else float(py_state[2])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult}]
+
+
+# ------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig) -> Path:
+    """Train DANet as ``cfg`` says; returns the path of the best checkpoint (``out_dir/best.pt``).
+
+    With ``cfg.devices > 1`` (and not under torchrun) spawns that many processes (DDP; gloo on
+    CPU, NCCL + SyncBatchNorm on CUDA). Under torchrun, each process calls ``train`` itself.
+
+    Raises:
+        ConfigError: invalid or contradicting options, resume without ``last.pt``.
+        DataError: missing or bad data. CheckpointError: bad backbone weights or ``last.pt``.
+    """
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    if cfg.resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
+    # Build the data sets once here so that bad data fails before any process starts.
+    _datasets(cfg)
+    if cfg.devices > 1 and not in_torchrun():
+        spawn(_run, cfg.devices, cfg)
+    else:
+        ctx = init_from_env()
+        if ctx.world_size != cfg.devices and in_torchrun():
+            cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
+            cfg.validate()
+        _run(ctx, cfg)
+    return out / "best.pt"
+
+
+def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, "train", cfg.limit_train, **cfg.data_options)
+    val_ds = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.limit_val, **cfg.data_options)
+    if len(train_ds) < cfg.batch_size:
+        raise ConfigError(f"{len(train_ds)} training images are fewer than one batch of {cfg.batch_size}")
+    return train_ds, val_ds
+
+
+def _run(ctx: DistContext, cfg: TrainConfig) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    out = Path(cfg.out_dir)
+    train_raw, val_raw = _datasets(cfg)
+    info = train_raw.info
+    val_size = list(info.image_size) if info.image_size else list(val_raw[0][0].shape[:2])
+    crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(val_size)
+    _seed_all(cfg.seed)
+    model = build_model(cfg.model_config(info.num_classes))
+    if cfg.backbone_weights:
+        load_backbone_weights(model, cfg.backbone_weights)
+    model.to(ctx.device)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    per_proc = cfg.batch_size // ctx.world_size
+    train_ds = TransformedDataset(train_raw, TrainTransform(crop, ignore_index=info.ignore_index,
+                                                            mean=info.mean, std=info.std))
+    iters_per_epoch = len(train_ds) // cfg.batch_size
+    max_iter = cfg.epochs * iters_per_epoch
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_iter, power=cfg.poly_power)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
+
+    start_epoch, best_miou = 0, -1.0
+    if cfg.resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        old = ckpt.get("model_config", {})
+        if ModelConfig.from_dict(old) != model.config:
+            raise CheckpointError(f"{out / 'last.pt'}: model {old} differs from the requested {model.config.to_dict()}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scheduler.total_iters = max_iter  # --epochs may have been raised to train longer
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_miou = int(ckpt["epoch"]) + 1, float(ckpt.get("best_miou", -1.0))
+        if "rng" in ckpt:
+            _set_rng_state(ckpt["rng"])
+
+    if ctx.distributed:
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net: nn.Module = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    else:
+        net = model
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", cfg.to_dict())
+
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # augmentation / dropout of epoch e depend only on (seed, e)
+        if ctx.distributed:
+            sampler: Any = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed,
+                                              drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        loader = DataLoader(train_ds, per_proc, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                            pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        stats = _train_epoch(net, loader, optimizer, scheduler, scaler, cfg, ctx, epoch, info.ignore_index,
+                             iters_per_epoch)
+        record: dict[str, Any] = {"epoch": epoch, **stats}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            record.update(_validate(model, val_raw, ctx))
+        model.train()
+        if ctx.is_main:
+            improved = record.get("val_miou") is not None and record["val_miou"] > best_miou
+            if improved:
+                best_miou = record["val_miou"]
+            payload = {
+                "model": _plain_state_dict(model),
+                "model_config": model.config.to_dict(),
+                "data": info.to_checkpoint_data(val_size),
+                "train_config": cfg.to_dict(), "epoch": epoch, "best_miou": best_miou,
+                "metrics": {k: v for k, v in record.items() if k != "val_per_class_iou"},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(),
+            }
+            save_checkpoint(out / "last.pt", payload)
+            if improved or not (out / "best.pt").exists():
+                save_checkpoint(out / "best.pt", payload)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            _log_epoch(record, cfg.epochs)
+        if ctx.distributed:
+            torch.distributed.barrier()
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """SyncBatchNorm keeps BatchNorm2d's parameter names, so the state dict loads into a plain DANet."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, cfg: TrainConfig, ctx: DistContext, epoch: int, ignore_index: int,
+                 iters: int) -> dict[str, Any]:
+    net.train()
+    show = cfg.progress and ctx.is_main
+    bar = None
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+        task = bar.add_task("train", total=iters, info="")
+        bar.start()
+    total_loss, n_img, t0 = 0.0, 0, time.perf_counter()
+    log_plain = ctx.is_main and (bar is None or not bar.console.is_terminal)
+    try:
+        for it, (x, y) in enumerate(loader):
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.amp):
+                outputs = net(x)
+            loss = multi_loss(outputs, y, ignore_index, cfg.aux_weight, cfg.fcn_aux_weight)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1}; "
+                                         "lower --lr or set --grad-clip")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.item() * x.shape[0]
+            n_img += x.shape[0] * ctx.world_size
+            ips = n_img / (time.perf_counter() - t0)
+            lr = optimizer.param_groups[0]["lr"]
+            if bar is not None:
+                bar.update(task, advance=1, info=f"loss {loss.item():.3f}  lr {lr:.2e}  {ips:.1f} img/s")
+            if log_plain and ((it + 1) % 10 == 0 or it + 1 == iters):
+                print(f"epoch {epoch + 1}/{cfg.epochs} it {it + 1}/{iters} loss {loss.item():.4f} "
+                      f"lr {lr:.3e} {ips:.2f} img/s", flush=True)
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = time.perf_counter() - t0
+    mean_loss = torch.tensor([total_loss, n_img / ctx.world_size], dtype=torch.float64)
+    if ctx.distributed:
+        torch.distributed.all_reduce(mean_loss)
+    return {"train_loss": float(mean_loss[0] / max(mean_loss[1], 1)), "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": n_img / seconds if seconds > 0 else None, "epoch_seconds": round(seconds, 2)}
+
+
+def _validate(model: nn.Module, val_raw: Any, ctx: DistContext) -> dict[str, Any]:
+    """Single-scale val mIoU; each process takes every world_size-th image, matrices summed."""
+    model.eval()
+    info = val_raw.info
+    t0 = time.perf_counter()
+    cm, _ = confusion_on(model, val_raw, range(ctx.rank, len(val_raw), ctx.world_size), info.num_classes,
+                         info.ignore_index, info.mean, info.std, device=ctx.device)
+    cm.all_reduce()
+    d = cm.to_dict(info.classes)
+    return {"val_miou": d["miou"], "val_pixel_accuracy": d["pixel_accuracy"],
+            "val_mean_class_accuracy": d["mean_class_accuracy"], "val_seconds": round(time.perf_counter() - t0, 2),
+            "val_per_class_iou": d["per_class_iou"]}
+
+
+def _log_epoch(r: dict[str, Any], epochs: int) -> None:
+    from rich.console import Console
+
+    val = (f"  val mIoU {100 * r['val_miou']:.2f} %  pixel acc {100 * r['val_pixel_accuracy']:.2f} %"
+           if r.get("val_miou") is not None else "")
+    Console(soft_wrap=True).print(f"epoch {r['epoch'] + 1}/{epochs}  loss {r['train_loss']:.4f}  lr {r['lr']:.2e}  "
+                    f"{r['images_per_s']:.2f} img/s  {r['epoch_seconds']:.0f} s{val}", highlight=False)
+
