@@ -1,0 +1,449 @@
+"""Export a checkpoint to static-shape ONNX (FP32), then FP16 and INT8 Q/DQ graphs, each verified.
+
+``export_model(checkpoint, ExportConfig)`` runs the stages and returns an ``ExportResult``; each stage
+is its own function from artifact to artifact: ``export_onnx`` (here), ``precision.convert_fp16``,
+``calib.quantize_int8``, ``engine.build_engine`` (TensorRT, on the target).
+
+FP32 graph choices (torch 2.15):
+
+* ``torch.onnx.export(..., dynamo=False)`` (TorchScript path): the dynamo path needs onnxscript and
+  gives nothing the static graph needs; the TorchScript path with fixed input shapes, then onnxslim's
+  constant folding, leaves no ``Shape`` arithmetic and no symbolic dimension.
+* PAM exported with ``set_attention("explicit")``: MatMul -> Softmax -> (Transpose) -> MatMul, the
+  pattern TensorRT fuses; the SDPA path adds scale Muls around the MatMuls.
+* eval mode: only the fused logits (auxiliary heads and Dropout are not in the graph).
+* input ``images`` ``(N, 3, H, W) float32`` normalised, output ``logits`` ``(N, K, H, W) float32``;
+  with ``fused_io``: input ``images`` ``(N, H, W, 3) uint8`` RGB (Cast, Transpose, Sub, Mul in the graph)
+  and output ``labels`` ``(N, H, W) int32`` (ArgMax, Cast in the graph).
+
+Every graph is checked (``onnx.checker`` full check, ``trtcheck``), carries its manifest in
+``metadata_props['danet_edge_manifest']`` and in a ``.json`` sidecar, and is verified against the
+PyTorch model on real images (the calibration set when given, else synthetic street scenes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set, quantize_int8
+from .checkpoint import LoadedModel, checkpoint_manifest, load_model
+from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
+from .manifest import Manifest, write_manifest
+from .precision import convert_fp16, format_report, precision_report, verify_precision
+from .preprocess import preprocess
+from .trtcheck import OPSET_RANGE, enforce_tensorrt_compat
+from .utils import atomic_path
+
+__all__ = ["ExportConfig", "Artifact", "ExportResult", "export_model", "export_onnx", "attention_memory_mib",
+           "relative_l2", "METADATA_KEY"]
+
+METADATA_KEY = "danet_edge_manifest"
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportConfig:
+    """Options of ``danet-edge export`` (None = not given; defaults are resolved in ``export_model``).
+
+    Attributes:
+        imgsz: ``(H, W)`` in pixels, multiples of the output stride (default: checkpoint's data.image_size).
+        batch: static batch size N.
+        fp16, int8: also write the FP16 / INT8 Q/DQ graph.
+        calib: calibration folder (default ``calib/`` with ``int8``; also the verification images).
+        calib_method: ``entropy`` (default), ``percentile`` or ``minmax``; INT8 only.
+        calib_size: images drawn from the calibration folder (default 100); INT8 only.
+        seed: seed of that draw and of synthetic verification images.
+        target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ).
+        opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11).
+        engine: also build the TensorRT engine (needs tensorrt and ``danet_edge.engine``).
+        fused_io: uint8 NHWC input, class-index output.
+        include_attention: quantize the attention MatMuls too (INT8 only).
+        memory_limit_mib: warn when PAM's attention map needs more (MiB).
+        out: output folder (default ``export/<checkpoint stem>/``).
+        tolerance: FP32 ONNX vs PyTorch relative L2 limit.
+        fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit.
+        verify_images: images used for verification.
+    """
+
+    imgsz: tuple[int, int] | None = None
+    batch: int = 1
+    fp16: bool = False
+    int8: bool = False
+    calib: Path | None = None
+    calib_method: str | None = None
+    calib_size: int | None = None
+    seed: int = 0
+    target: str = "tensorrt"
+    opset: int = 17
+    engine: bool = False
+    fused_io: bool = False
+    include_attention: bool = False
+    memory_limit_mib: float = 1024.0
+    out: Path | None = None
+    tolerance: float = 1e-4
+    fp16_tolerance: float = 5e-2
+    verify_images: int = 2
+
+
+@dataclass
+class Artifact:
+    """One written file: path, manifest, seconds it took, precision report and verification figures."""
+
+    path: Path
+    manifest: Manifest
+    seconds: float
+    report: dict[str, Any] | None = None
+    verification: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ExportResult:
+    """Artifacts written (FP32 first), the PAM attention-map memory (MiB) per precision, warnings."""
+
+    artifacts: list[Artifact]
+    attention_mib: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+
+
+def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, bytes_per_value: int = 4) -> float:
+    """PAM's attention map size in MiB: ``N^2 * bytes * batch`` with ``N = (H/OS) * (W/OS)``."""
+    n = (h // output_stride) * (w // output_stride)
+    return n * n * bytes_per_value * batch / 2**20
+
+
+def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
+    """``||a - ref|| / ||ref||`` in float64."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-12))
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _validate(cfg: ExportConfig) -> None:
+    if cfg.batch < 1 or cfg.batch > 64:
+        raise ConfigError(f"--batch must be in 1..64, got {cfg.batch}")
+    if cfg.target not in TARGETS:
+        raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
+    if not max(11, OPSET_RANGE[0]) <= cfg.opset <= OPSET_RANGE[1]:
+        raise ConfigError(f"--opset must be in {max(11, OPSET_RANGE[0])}..{OPSET_RANGE[1]} "
+                          f"(TensorRT 10.3's ONNX parser; Resize align_corners needs 11), got {cfg.opset}")
+    if not cfg.int8:
+        for name, value in (("--calib-method", cfg.calib_method), ("--calib-size", cfg.calib_size)):
+            if value is not None:
+                raise ConfigError(f"{name} applies to INT8 only; add --int8 or drop {name}")
+        if cfg.include_attention:
+            raise ConfigError("--include-attention applies to INT8 only; add --int8 or drop it")
+    if cfg.calib_method is not None and cfg.calib_method not in CALIB_METHODS:
+        raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {cfg.calib_method!r}")
+    if cfg.engine and cfg.int8 and cfg.target == "cpu":
+        raise ConfigError("--engine builds a TensorRT engine; --target cpu makes a graph for ONNX Runtime on CPU")
+    if cfg.memory_limit_mib <= 0:
+        raise ConfigError(f"--memory-limit-mib must be positive, got {cfg.memory_limit_mib}")
+    if cfg.imgsz is not None and (len(cfg.imgsz) != 2 or min(cfg.imgsz) < 1 or max(cfg.imgsz) > 8192):
+        raise ConfigError(f"--imgsz must be two sizes H W in 1..8192, got {cfg.imgsz}")
+
+
+def _resolve_size(cfg: ExportConfig, loaded: LoadedModel) -> tuple[int, int]:
+    size = cfg.imgsz or loaded.data.get("image_size")
+    if size is None:
+        raise ConfigError(f"{loaded.path}: the checkpoint records no image size; give --imgsz H W")
+    h, w = int(size[0]), int(size[1])
+    os_ = loaded.config.output_stride
+    if h % os_ or w % os_:
+        raise ConfigError(f"image size {h}x{w} is not divisible by the output stride {os_}: use e.g. "
+                          f"--imgsz {max(os_, round(h / os_) * os_)} {max(os_, round(w / os_) * os_)}")
+    return h, w
+
+
+def _engine_builder() -> Callable[..., Any]:
+    """``danet_edge.engine.build_engine``, imported lazily, or a clear MissingDependencyError."""
+    from ._optional import import_tensorrt
+
+    import_tensorrt()  # raises MissingDependencyError naming what to install
+    try:
+        from .engine import build_engine
+    except ImportError as e:
+        raise MissingDependencyError(f"--engine needs danet_edge.engine (the TensorRT builder): {e}") from None
+    return build_engine
+
+
+# ------------------------------------------------------------------------------------------- FP32
+class _FusedIO(nn.Module):
+    """uint8 NHWC RGB -> normalise -> DANet -> ArgMax -> int32 class indices (N, H, W)."""
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("scale", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32).permute(0, 3, 1, 2)
+        logits = self.model((x - self.shift) * self.scale)
+        return logits.argmax(dim=1).to(torch.int32)
+
+
+def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """Smooth street-like RGB frames (low-frequency noise), ``(H, W, 3) uint8``."""
+    rng = np.random.default_rng(seed)
+    import cv2
+
+    h, w = size
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+        out.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+    return out
+
+
+def _ort_session(model: onnx.ModelProto | str | os.PathLike[str]):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def _feed(manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
+    size = manifest.image_size
+    if manifest.input_dtype == "uint8":
+        from .preprocess import resize_image
+
+        return np.stack([resize_image(f, size) for f in frames])
+    return preprocess(frames, size, manifest.mean, manifest.std)
+
+
+def _batches(frames: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    frames = list(frames)
+    while len(frames) % batch:
+        frames.append(frames[len(frames) % max(1, len(frames))])
+    return [frames[i:i + batch] for i in range(0, len(frames), batch)]
+
+
+def _run(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
+    outs = [session.run(None, {manifest.input_name: _feed(manifest, b)})[0]
+            for b in _batches(frames, manifest.batch_size)]
+    return np.concatenate(outs)[:len(frames)]
+
+
+def _finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str) -> None:
+    """Embed the manifest, run the full checker and the TensorRT rules, write graph + sidecar atomically."""
+    enforce_tensorrt_compat(model, target)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(manifest.to_dict())
+    model.producer_name = "danet-edge"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path.name}: ONNX checker failed: {str(e).splitlines()[0]}") from None
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+    write_manifest(path, manifest)
+
+
+def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int = 1,
+                opset: int = 17, fused_io: bool = False, frames: list[np.ndarray] | None = None,
+                tolerance: float = 1e-4, target: str = "tensorrt") -> Artifact:
+    """PyTorch model -> verified static-shape FP32 ONNX at ``out`` (+ ``out.json``).
+
+    Args:
+        loaded: ``checkpoint.load_model`` result.
+        size: ``(H, W)``, multiples of the output stride.
+        frames: verification images ``(H, W, 3) uint8 RGB`` (any size); default synthetic.
+        tolerance: ONNX Runtime vs PyTorch logits relative L2 limit (fused I/O: label agreement >= 99.9 %).
+
+    Raises:
+        ExportError: export, checker or verification failure (says by how much).
+        CompatibilityError: TensorRT rule broken (``target="tensorrt"``).
+    """
+    import onnxslim
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    h, w = size
+    model = loaded.model.eval()
+    old_impl = model.head.sa.impl
+    model.set_attention("explicit")
+    k = loaded.config.num_classes
+    base = checkpoint_manifest(loaded, (h, w), batch)
+    if fused_io:
+        net: nn.Module = _FusedIO(model, loaded.data["mean"], loaded.data["std"]).eval()
+        dummy = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
+        manifest = replace(base, kind="onnx", input_shape=[batch, h, w, 3], input_dtype="uint8",
+                           output_name="labels", output_shape=[batch, h, w], output_dtype="int32",
+                           output_kind="labels", opset=opset, target=target)
+    else:
+        net, dummy = model, torch.zeros(batch, 3, h, w)
+        manifest = replace(base, kind="onnx", opset=opset, target=target)
+    try:
+        with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            with torch.no_grad():
+                torch.onnx.export(net, (dummy,), str(raw), input_names=[manifest.input_name],
+                                  output_names=[manifest.output_name], opset_version=opset, dynamo=False,
+                                  do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+            graph = onnxslim.slim(onnx.load(str(raw)))
+    except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as e:
+        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
+    finally:
+        model.set_attention(old_impl)
+    graph.graph.name = "danet"
+    # verification against PyTorch on real (or synthetic) images
+    frames = frames or _synthetic_frames(2, (h, w), 0)
+    session = _ort_session(graph)
+    got = _run(session, manifest, frames)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(preprocess(b, (h, w), manifest.mean, manifest.std)))
+                         for b in _batches(frames, batch)]).numpy()[:len(frames)]
+    if fused_io:
+        agree = float((got == ref.argmax(1)).mean())
+        verification = {"label_agreement": agree}
+        if agree < 0.999:
+            raise ExportError(f"fused-I/O ONNX labels agree with PyTorch on {agree:.4%} of pixels (< 99.9 %)")
+    else:
+        err = relative_l2(got, ref)
+        verification = {"rel_l2_vs_torch": err, "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+        if not err < tolerance:
+            raise ExportError(f"FP32 ONNX differs from PyTorch by relative L2 {err:.3g} (limit {tolerance:g}) "
+                              f"on {len(frames)} images")
+    report = precision_report(graph)
+    verify_precision(report, "fp32")
+    manifest.precision_report = report.to_dict()
+    manifest.extra = {**manifest.extra, "verification": verification}
+    _finalize(graph, out, manifest, target)
+    return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification)
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
+    got = _run(_ort_session(path), manifest, frames)
+    if got.dtype.kind == "f" and not np.isfinite(got).all():
+        raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
+    if manifest.output_kind == "labels":
+        return {"label_agreement_vs_fp32": float((got == ref).mean())}
+    return {"rel_l2_vs_fp32": relative_l2(got, ref), "label_agreement_vs_fp32": float((got.argmax(1) == ref.argmax(1)).mean())}
+
+
+def _derived(fp32: Artifact, path: Path, precision: str, target: str, extra_manifest: dict[str, Any],
+             include_attention: bool, t0: float) -> tuple[onnx.ModelProto, Manifest, Any]:
+    model = onnx.load(str(path))
+    report = precision_report(model)
+    verify_precision(report, precision, include_attention)
+    manifest = replace(fp32.manifest, precision=precision, precision_report=report.to_dict(), **extra_manifest)
+    return model, manifest, report
+
+
+def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log | None = None) -> ExportResult:
+    """Checkpoint -> FP32 ONNX (+ FP16, INT8 Q/DQ, engine as asked), each verified, with manifests.
+
+    Everything the user gave is checked before anything is written: a bad option, checkpoint, size
+    or calibration folder leaves the output folder untouched.
+
+    Raises:
+        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input (before writing).
+        ExportError, CompatibilityError, PrecisionError: a graph that does not meet its contract.
+    """
+    log = log or (lambda _msg: None)
+    _validate(cfg)
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    loaded = load_model(ckpt)
+    h, w = _resolve_size(cfg, loaded)
+    calib_set: CalibrationSet | None = None
+    calib_dir = cfg.calib if cfg.calib is not None else (Path("calib") if cfg.int8 else None)
+    if calib_dir is not None:
+        count = cfg.calib_size if cfg.calib_size is not None else (100 if cfg.int8 else cfg.verify_images)
+        calib_set = load_calibration_set(calib_dir, count, cfg.seed)
+    build_engine = _engine_builder() if cfg.engine else None
+    out_dir = Path(cfg.out) if cfg.out is not None else Path("export") / ckpt.stem
+    warnings: list[str] = []
+
+    os_ = loaded.config.output_stride
+    n_pos = (h // os_) * (w // os_)
+    att = {"fp32": attention_memory_mib(h, w, os_, cfg.batch, 4), "fp16": attention_memory_mib(h, w, os_, cfg.batch, 2)}
+    log(f"PAM attention map: N = {n_pos} positions ({h}x{w} / OS {os_}), N^2 x batch {cfg.batch} = "
+        f"{att['fp32']:.1f} MiB in FP32 (kept FP32 in every graph here), {att['fp16']:.1f} MiB if FP16")
+    if att["fp32"] > cfg.memory_limit_mib:
+        msg = (f"PAM attention map needs {att['fp32']:.0f} MiB at {h}x{w}, above --memory-limit-mib "
+               f"{cfg.memory_limit_mib:g}: use a smaller --imgsz or output stride 16")
+        warnings.append(msg)
+        log("warning: " + msg)
+
+    frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
+        _synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
+    artifacts: list[Artifact] = []
+    fp32 = export_onnx(loaded, out_dir / "model.onnx", (h, w), cfg.batch, cfg.opset, cfg.fused_io, frames,
+                       cfg.tolerance, cfg.target)
+    artifacts.append(fp32)
+    log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
+    log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
+    ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
+
+    if cfg.fp16:
+        t0 = time.perf_counter()
+        path = convert_fp16(fp32.path, out_dir / "model_fp16.onnx")
+        model, manifest, report = _derived(fp32, path, "fp16", cfg.target, {}, False, t0)
+        _finalize(model, path, manifest, cfg.target)
+        ver = _compare(path, manifest, frames, ref, "FP16")
+        if ver.get("rel_l2_vs_fp32", 0.0) > cfg.fp16_tolerance:
+            raise ExportError(f"FP16 graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
+                              f"(limit {cfg.fp16_tolerance:g})")
+        manifest.extra = {**manifest.extra, "verification": ver}
+        write_manifest(path, manifest)
+        artifacts.append(Artifact(path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
+        log(f"wrote {path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
+        log(format_report(report, "fp16"))
+
+    calibration = None
+    if cfg.int8:
+        assert calib_set is not None
+        t0 = time.perf_counter()
+        method = cfg.calib_method or "entropy"
+        name = "model_int8_trt.onnx" if cfg.target == "tensorrt" else "model_int8_cpu.onnx"
+        res = quantize_int8(fp32.path, calib_set, out_dir / name, cfg.target, method, cfg.include_attention,
+                            fp32.manifest.mean, fp32.manifest.std)
+        calibration = {**res.record, "record": res.record_path.name}
+        model, manifest, report = _derived(fp32, res.path, "int8", cfg.target, {"calibration": calibration},
+                                           cfg.include_attention, t0)
+        _finalize(model, res.path, manifest, cfg.target)
+        ver = _compare(res.path, manifest, frames, ref, "INT8")
+        manifest.extra = {**manifest.extra, "verification": ver}
+        write_manifest(res.path, manifest)
+        artifacts.append(Artifact(res.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
+        log(f"wrote {res.path} ({artifacts[-1].seconds:.1f} s, calibration {method} on {len(calib_set)} images"
+            f"{', ranges reused' if res.reused else ''}) verification {_fmt(ver)}")
+        log(f"calibration record {res.record_path}, TensorRT cache {res.trt_cache_path}")
+        log(format_report(report, "int8"))
+
+    if build_engine is not None:
+        src = artifacts[-1]
+        t0 = time.perf_counter()
+        try:
+            from .engine import EngineConfig  # helper C's config; built with its defaults
+
+            engine_cfg = EngineConfig()
+        except ImportError:
+            engine_cfg = None
+        engine = Path(build_engine(src.path, out_dir, engine_cfg) if engine_cfg is not None
+                      else build_engine(src.path, out_dir))
+        log(f"wrote {engine} ({time.perf_counter() - t0:.1f} s) from {src.path.name}")
+    return ExportResult(artifacts, att, warnings, calibration)
+
+
+def _fmt(ver: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3g}" if "l2" in k else f"{k} {v:.4%}" for k, v in ver.items())
