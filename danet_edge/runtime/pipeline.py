@@ -30,7 +30,7 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from ..manifest import Manifest
 from ..utils import atomic_path, write_json
-from .backends import fit_frames, open_backend, restore_labels
+from .backends import backend_for, fit_frames, open_backend, restore_labels
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -366,6 +366,9 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     """
     cfg = cfg or InferConfig()
     cfg.validate()
+    backend_for(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
+    if not Path(model_path).is_file():
+        raise DataError(f"{model_path}: model file not found")
     src = open_source(source)
     try:
         backend = open_backend(model_path, backend=cfg.backend, providers=cfg.providers, device=cfg.device,

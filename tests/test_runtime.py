@@ -1,0 +1,176 @@
+"""Sources and the threaded pipeline: frame count/fps/size of outputs, label PNGs, faults, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from _runtime_helpers import export_tiny, random_frames
+from danet_edge.errors import ConfigError, DataError, ManifestError
+from danet_edge.runtime.backends import open_backend, segment_frames
+from danet_edge.runtime.pipeline import InferConfig, SourceBroken, overlay, run_inference, run_pipeline
+from danet_edge.runtime.sources import open_source
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 12.0, fourcc: str = "mp4v") -> Path:
+    h, w = frames.shape[1:3]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    for f in frames:
+        wr.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    wr.release()
+    return path
+
+
+def read_video(path: Path) -> tuple[int, float, tuple[int, int], list[np.ndarray]]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return len(frames), fps, frames[0].shape[:2] if frames else (0, 0), frames
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_checkpoint, tmp_path_factory):
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("rt") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    # frame size differs from the model's 64x96: exercises resize in and out
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", random_frames(10, 80, 112))
+
+
+def test_open_source_kinds_and_errors(tmp_path, clip):
+    src = open_source(clip)
+    assert src.kind == "video" and src.frame_count == 10 and src.fps == pytest.approx(12.0)
+    assert sum(1 for _ in src) == 10 and src.broken is None
+    for i, f in enumerate(random_frames(3, 40, 50)):
+        cv2.imwrite(str(tmp_path / f"im{i}.png"), f)
+    src = open_source(tmp_path)
+    assert src.kind == "images" and src.frame_count == 3 and src.names == ["im0", "im1", "im2"]
+    frames = list(src)
+    assert frames[0].shape == (40, 50, 3) and frames[0].dtype == np.uint8
+    assert open_source(str(tmp_path / "im*.png")).frame_count == 3
+    assert open_source(tmp_path / "im1.png").kind == "image"
+    with pytest.raises(DataError, match="source not found"):
+        open_source(tmp_path / "nope.mp4")
+    (tmp_path / "notes.xyz").write_text("x")
+    with pytest.raises(DataError, match="unsupported extension '.xyz'"):
+        open_source(tmp_path / "notes.xyz")
+    (tmp_path / "text.mp4").write_text("this is not a video")
+    with pytest.raises(DataError, match="cannot be opened"):
+        open_source(tmp_path / "text.mp4")
+    with pytest.raises(DataError, match="no images"):
+        open_source(str(tmp_path / "*.jpg"))
+    with pytest.raises(DataError, match="GStreamer pipeline cannot be opened"):
+        open_source("videotestsrc num-buffers=1 ! fakesink")
+
+
+def test_images_come_back_rgb(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    cv2.imwrite(str(tmp_path / "red.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    (frame,) = list(open_source(tmp_path / "red.png"))
+    assert frame[0, 0].tolist() == [200, 0, 0]
+
+
+def test_pipeline_outputs_match_source_and_segment_frames(onnx_model, clip, tmp_path):
+    cfg = InferConfig(out_dir=tmp_path / "out", save_labels=True)
+    summary = run_inference(onnx_model, clip, cfg)
+    assert summary.frames == 10 and summary.broken is None and summary.fps > 0
+    n, fps, size, _ = read_video(Path(summary.outputs["video"]))
+    assert (n, size) == (10, (80, 112)) and fps == pytest.approx(12.0)
+    pngs = sorted((tmp_path / "out" / "labels").glob("*.png"))
+    assert len(pngs) == 10
+    with open_backend(onnx_model) as b:
+        expected = segment_frames(b, [f for f in open_source(clip)])
+    for png, exp in zip(pngs, expected):
+        img = Image.open(png)
+        assert img.mode == "P"
+        np.testing.assert_array_equal(np.asarray(img), exp)
+    assert Image.open(pngs[0]).getpalette()[:15] == [v for c in b.manifest.palette for v in c]
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(data["stages"]) == {"decode", "preprocess", "infer", "postprocess", "encode"}
+    assert data["end_to_end"]["p99_ms"] >= data["end_to_end"]["p50_ms"] > 0
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left
+
+
+def test_max_frames_letterbox_and_no_video(onnx_model, clip, tmp_path):
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path, max_frames=3, letterbox=True, save_video=False,
+                                                    save_labels=True))
+    assert s.frames == 3 and "video" not in s.outputs
+    assert np.asarray(Image.open(tmp_path / "labels" / "000000.png")).shape == (80, 112)
+
+
+def test_truncated_video_keeps_frames_before_the_break(onnx_model, tmp_path):
+    avi = write_video(tmp_path / "clip.avi", random_frames(10, 64, 96), fourcc="MJPG")
+    data = avi.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceBroken, match=r"broke off after \d+ of 10 frames.*frames before the break are in") as ei:
+        run_inference(onnx_model, cut, InferConfig(out_dir=tmp_path / "out"))
+    kept = ei.value.summary.frames
+    assert 0 < kept < 10
+    n, _, size, _ = read_video(tmp_path / "out" / "cut_overlay.mp4")  # playable, closed properly
+    assert n == kept and size == (64, 96)
+    # an mp4 cut in half has lost its index: refused up front with a clear line
+    mp4 = write_video(tmp_path / "clip.mp4", random_frames(10, 64, 96))
+    half = tmp_path / "half.mp4"
+    half.write_bytes(mp4.read_bytes()[: mp4.stat().st_size // 2])
+    with pytest.raises(DataError, match="moov atom"):
+        run_inference(onnx_model, half, InferConfig(out_dir=tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()
+
+
+def test_missing_manifest_and_bad_options(onnx_model, clip, tmp_path):
+    lone = tmp_path / "lone.onnx"
+    lone.write_bytes(onnx_model.read_bytes())
+    with pytest.raises(ManifestError, match="not found beside it"):
+        run_inference(lone, clip, InferConfig(out_dir=tmp_path / "o"))
+    with pytest.raises(ConfigError, match="alpha"):
+        run_inference(onnx_model, clip, InferConfig(alpha=2.0))
+    with pytest.raises(ConfigError, match="GUI support"):
+        run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "o", show=True))
+
+
+class _InterruptingBackend:
+    """Wraps a backend and raises KeyboardInterrupt on the 4th predict (a Ctrl-C mid-run)."""
+
+    def __init__(self, inner):
+        self.inner, self.manifest, self.name, self.calls = inner, inner.manifest, "wrapped", 0
+
+    def predict(self, images):
+        self.calls += 1
+        if self.calls == 4:
+            raise KeyboardInterrupt
+        return self.inner.predict(images)
+
+
+def test_ctrl_c_leaves_a_playable_video(onnx_model, clip, tmp_path):
+    with open_backend(onnx_model) as b:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(_InterruptingBackend(b), open_source(clip), InferConfig(out_dir=tmp_path))
+    n, _, _, _ = read_video(tmp_path / "clip_overlay.mp4")
+    assert n == 3
+    assert json.loads((tmp_path / "summary.json").read_text())["interrupted"] is True
+
+
+def test_overlay_blends_and_draws_legend():
+    frame = np.zeros((60, 80, 3), np.uint8)
+    labels = np.zeros((60, 80), np.int64)
+    labels[:, 40:] = 1
+    pal = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    out = overlay(frame, labels, pal, 0.5)
+    assert out[30, 70].tolist() == [100, 50, 0] and out[30, 10].tolist() == [0, 0, 0]
+    assert not np.array_equal(overlay(frame, labels, pal, 0.5, ["road", "car"]), out)  # legend drawn
