@@ -1,0 +1,64 @@
+"""``danet-edge export`` and ``danet-edge calib fill``: options -> config dataclass -> one library call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import console
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export`` and the ``calib`` group to ``app``."""
+
+    @app.command("export")
+    def export_cmd(
+        checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
+        imgsz: Optional[tuple[int, int]] = typer.Option(
+            None, "--imgsz", help="Static input size H W, multiples of the output stride (default: the checkpoint's)."),
+        batch: int = typer.Option(1, "--batch", help="Static batch size."),
+        fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph (FP32 I/O, FP32 attention islands)."),
+        int8: bool = typer.Option(False, "--int8", help="Also write the INT8 Q/DQ graph (calibrated)."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration folder (default calib/ with --int8)."),
+        calib_method: Optional[str] = typer.Option(None, "--calib-method", help="entropy (default), percentile or minmax."),
+        calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration images to draw (default 100)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the calibration draw."),
+        target: str = typer.Option("tensorrt", "--target", help="tensorrt (symmetric Q/DQ, rules enforced) or cpu."),
+        opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
+        engine: bool = typer.Option(False, "--engine", help="Also build the TensorRT engine (needs TensorRT)."),
+        fused_io: bool = typer.Option(False, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
+        include_attention: bool = typer.Option(False, "--include-attention", help="Quantize attention MatMuls too."),
+        memory_limit_mib: float = typer.Option(1024.0, "--memory-limit-mib", help="Warn above this PAM map size (MiB)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default export/<checkpoint stem>/)."),
+    ) -> None:
+        """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
+        from ..export import ExportConfig, export_model
+
+        cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8, calib=calib,
+                           calib_method=calib_method, calib_size=calib_size, seed=seed, target=target, opset=opset,
+                           engine=engine, fused_io=fused_io, include_attention=include_attention,
+                           memory_limit_mib=memory_limit_mib, out=out)
+        result = export_model(checkpoint, cfg, log=lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
+        for a in result.artifacts:
+            console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)
+
+    calib_app = typer.Typer(help="Calibration folder for INT8 export.", no_args_is_help=True)
+
+    @calib_app.command("fill")
+    def calib_fill(
+        dataset: str = typer.Option(..., "--dataset", help="Data set: camvid, cityscapes, folder or synthetic."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Data set root folder."),
+        count: int = typer.Option(100, "--count", help="Images to pick."),
+        out: Path = typer.Option(Path("calib"), "--out", help="Calibration folder to fill."),
+        split: str = typer.Option("train", "--split", help="Split to pick from."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
+    ) -> None:
+        """Fill the calibration folder with a class-balanced sample of a data set (copies + calib.txt)."""
+        from ..calib import fill_calib_dir
+
+        path = fill_calib_dir(dataset, data, count, out, split, seed)
+        console.print(f"filled {path} (list {path / 'calib.txt'})", markup=False, highlight=False, soft_wrap=True)
+
+    app.add_typer(calib_app, name="calib")
