@@ -307,8 +307,12 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     manifest is the ONNX's, with ``kind="engine"`` and ``tensorrt = {version, gpu_name,
     compute_capability, flags, dla_core, trtexec}``.
 
+    Args:
+        out_path: engine file (``.engine`` / ``.plan``), or a folder to put ``<onnx stem>.engine`` in;
+            default: the ONNX path with suffix ``.engine``.
+
     Returns:
-        The engine path (default: the ONNX path with suffix ``.engine``).
+        The engine path.
 
     Raises:
         DataError: ONNX file missing. ManifestError: its manifest missing or not matching the graph.
@@ -320,7 +324,11 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
 
     cfg = cfg or EngineConfig()
     onnx_path = Path(onnx_path)
-    out_path = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
+    if out_path is None:
+        out_path = onnx_path.with_suffix(".engine")
+    elif Path(out_path).is_dir() or not Path(out_path).suffix:
+        out_path = Path(out_path) / f"{onnx_path.stem}.engine"  # a folder: <stem>.engine inside it
+    out_path = Path(out_path)
     if not onnx_path.is_file():
         raise DataError(f"{onnx_path}: ONNX file not found")
     if onnx_path.suffix != ".onnx":

@@ -30,9 +30,22 @@ class _Fused(torch.nn.Module):
         return self.model((x - self.mean) / self.std).argmax(1)
 
 
-def export_tiny(ckpt: Path, out: Path, fused: bool = False, batch: int = 1) -> Path:
-    """Export ``ckpt`` to ``out`` (static shape) and write ``out.json``."""
+def export_tiny(ckpt: Path, out: Path, fused: bool = False, batch: int = 1, own: bool = False) -> Path:
+    """Export ``ckpt`` to ``out`` (static shape) and write ``out.json``.
+
+    Uses the project's exporter (``danet_edge.export.export_onnx``) when it is importable, else
+    (or with ``own=True``) a plain ``torch.onnx.export`` with a hand-written manifest.
+    """
     lm = load_model(ckpt)
+    if not own:
+        try:
+            from danet_edge.export import export_onnx
+        except ImportError:
+            export_onnx = None
+        if export_onnx is not None:
+            h, w = lm.data["image_size"]
+            export_onnx(lm, out, (h, w), batch=batch, fused_io=fused, tolerance=1e-3)
+            return out
     man = checkpoint_manifest(lm, batch=batch)
     h, w = man.image_size
     if fused:

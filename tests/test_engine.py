@@ -92,6 +92,9 @@ def test_build_without_tensorrt_says_where_to_build(tmp_path, tiny_checkpoint):
                                                      r"over.*trtexec --onnx="):
         build_engine(onnx, tmp_path / "m.engine")
     assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+    (tmp_path / "engines").mkdir()  # a folder as out (export --engine passes its out_dir): <stem>.engine inside
+    with pytest.raises(MissingDependencyError, match=r"--saveEngine=\S*engines/m\.engine"):
+        build_engine(onnx, tmp_path / "engines")
 
 
 def test_build_rejects_bad_paths(tmp_path):
