@@ -27,6 +27,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -292,7 +293,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     try:
         with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
             raw = Path(tmp) / "raw.onnx"
-            with torch.no_grad():
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript path is chosen on purpose
                 torch.onnx.export(net, (dummy,), str(raw), input_names=[manifest.input_name],
                                   output_names=[manifest.output_name], opset_version=opset, dynamo=False,
                                   do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)

@@ -1,0 +1,143 @@
+"""FP32 / fused-I/O ONNX export: static shapes, PyTorch agreement, manifests, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from danet_edge.checkpoint import load_model
+from danet_edge.export import ExportConfig, attention_memory_mib, export_model, relative_l2
+from danet_edge.manifest import read_manifest
+from danet_edge.precision import attention_nodes
+from danet_edge.preprocess import preprocess
+
+
+def _frames(n=2, size=(64, 96), seed=1):
+    rng = np.random.default_rng(seed)
+    return [cv2.resize(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), (size[1], size[0])) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    plain = export_model(tiny_checkpoint, ExportConfig(out=out / "plain"))
+    fused = export_model(tiny_checkpoint, ExportConfig(out=out / "fused", fused_io=True))
+    return plain.artifacts[0].path, fused.artifacts[0].path
+
+
+def test_static_shapes_and_names(exported):
+    path, _ = exported
+    model = onnx.load(str(path))
+    text = str(model.graph)
+    assert "dim_param" not in text
+    assert not [n for n in model.graph.node if n.op_type in ("Shape", "Dropout")]
+    assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == ["logits"]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 64, 96]
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for v in inferred.graph.value_info:
+        assert all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim), v.name
+
+
+def test_pam_exports_as_matmul_softmax_matmul(exported):
+    att = attention_nodes(onnx.load(str(exported[0])))
+    assert len(att.pam_energy) == len(att.pam_softmax) == len(att.pam_out) == 1
+    assert len(att.cam_energy) == 1 and len(att.cam_reduce) == 2
+
+
+def test_onnx_matches_pytorch(exported, tiny_checkpoint):
+    loaded = load_model(tiny_checkpoint)
+    x = preprocess(_frames(), (64, 96))
+    sess = ort.InferenceSession(str(exported[0]), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {"images": x[i:i + 1]})[0] for i in range(len(x))])
+    with torch.no_grad():
+        ref = loaded.model(torch.from_numpy(x)).numpy()
+    assert relative_l2(got, ref) < 1e-4
+
+
+def test_manifest_beside_and_inside(exported, tiny_checkpoint):
+    path, fused = exported
+    m = read_manifest(path)
+    assert m.precision == "fp32" and m.kind == "onnx" and m.opset == 17
+    assert m.input_shape == [1, 3, 64, 96] and m.output_shape == [1, 5, 64, 96]
+    assert m.source_checkpoint_sha256 == load_model(tiny_checkpoint).sha256
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    inside = json.loads(meta["danet_edge_manifest"])
+    assert inside["classes"] == m.classes and inside["mean"] == m.mean
+    f = read_manifest(fused)
+    assert f.input_dtype == "uint8" and f.output_kind == "labels" and f.input_shape == [1, 64, 96, 3]
+
+
+def test_fused_io_labels_equal_argmax_of_plain(exported):
+    plain, fused = exported
+    frames = _frames(3, seed=7)
+    s_plain = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    s_fused = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    assert s_fused.get_outputs()[0].name == "labels" and s_fused.get_inputs()[0].type == "tensor(uint8)"
+    for f in frames:
+        logits = s_plain.run(None, {"images": preprocess([f], (64, 96))})[0]
+        labels = s_fused.run(None, {"images": f[None]})[0]
+        assert labels.dtype == np.int32 and labels.shape == (1, 64, 96)
+        assert (labels == logits.argmax(1)).mean() > 0.999
+
+
+def test_attention_memory_and_warning(tiny_checkpoint, tmp_path):
+    assert attention_memory_mib(512, 1024, 8) == pytest.approx(256.0)  # N = 8192, 268 MB
+    res = export_model(tiny_checkpoint, ExportConfig(out=tmp_path, memory_limit_mib=1e-6))
+    assert res.warnings and "memory-limit-mib" in res.warnings[0]
+
+
+def _cli(args, capsys):
+    from danet_edge.cli import main
+
+    old = sys.argv
+    sys.argv = ["danet-edge", *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err.strip().splitlines()
+    return e.value.code, err
+
+
+@pytest.mark.parametrize("case", ["missing", "size", "empty_calib", "bad_image"])
+def test_cli_bad_input_one_line_no_file(case, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["export", str(tiny_checkpoint), "--out", str(out)]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    if case == "missing":
+        args[1] = str(tmp_path / "nope.pt")
+    elif case == "size":
+        args += ["--imgsz", "64", "90"]
+    elif case == "empty_calib":
+        args += ["--int8", "--calib", str(calib)]
+    else:
+        cv2.imwrite(str(calib / "good.png"), np.zeros((8, 8, 3), np.uint8))
+        (calib / "broken.jpg").write_bytes(b"not an image")
+        args += ["--int8", "--calib", str(calib)]
+    code, err = _cli(args, capsys)
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("error: ")
+    expect = {"missing": "nope.pt", "size": "divisible", "empty_calib": "no image", "bad_image": "broken.jpg"}[case]
+    assert expect in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_conflicting_options_refused(tiny_checkpoint, tmp_path):
+    from danet_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="INT8 only"):
+        export_model(tiny_checkpoint, ExportConfig(out=tmp_path, calib_method="minmax"))
+    with pytest.raises(ConfigError, match="opset"):
+        export_model(tiny_checkpoint, ExportConfig(out=tmp_path, opset=21))
+    assert not any(Path(tmp_path).iterdir())
