@@ -125,6 +125,12 @@ def register(app: typer.Typer) -> None:
         from ..demo import DemoConfig, run_demo
 
         result = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
+        print_check_table(result.check)
+        print_bench_table(result.bench)
+        if result.infer is not None:
+            from ..runtime.pipeline import summary_table
+
+            console.print(summary_table(result.infer))
         table = Table(title=f"danet-edge demo: {result.wall_s:.0f} s")
         table.add_column("what")
         table.add_column("path")
