@@ -209,11 +209,15 @@ def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarr
     return out
 
 
-def _ort_session(model: onnx.ModelProto | str | os.PathLike[str]):
+def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], optimize: bool = True):
+    """CPU session. ``optimize=False`` for FP16 graphs: ORT's CPU provider runs ops without FP16 kernels in
+    FP32 and, when optimising, merges the Casts around them, which would hide an FP16 overflow."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
@@ -332,7 +336,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
 
 # ------------------------------------------------------------------------------------------ stages
 def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
-    got = _run(_ort_session(path), manifest, frames)
+    got = _run(_ort_session(path, optimize=manifest.precision != "fp16"), manifest, frames)
     if got.dtype.kind == "f" and not np.isfinite(got).all():
         raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
     if manifest.output_kind == "labels":
