@@ -33,7 +33,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DATASET_NAMES, TrainTransform, TransformedDataset, build_dataset
-from .distributed import DistContext, in_torchrun, init_from_env, spawn
+from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import confusion_on
 from .model import ModelConfig, build_model, load_backbone_weights
@@ -219,7 +219,10 @@ def train(cfg: TrainConfig) -> Path:
         if ctx.world_size != cfg.devices and in_torchrun():
             cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
             cfg.validate()
-        _run(ctx, cfg)
+        try:
+            _run(ctx, cfg)
+        finally:
+            cleanup()
     return out / "best.pt"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -74,7 +75,8 @@ def register(app: typer.Typer) -> None:
             devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
             progress=not no_progress)
         best = train(cfg)
-        console.print(f"best checkpoint: {best}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+            console.print(f"best checkpoint: {best}")
 
     @app.command("eval")
     def eval_cmd(
