@@ -125,6 +125,7 @@ class ArtifactCheck:
     notes: list[str] = field(default_factory=list)
     per_class_iou: list[float | None] = field(default_factory=list)
     picture: str | None = None
+    precision_detail: dict[str, Any] | None = None
 
 
 @dataclass
@@ -212,7 +213,7 @@ def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: 
 
 
 # ---------------------------------------------------------------------------------- precision
-def _onnx_graph_precision(path: Path) -> tuple[str, str]:
+def _onnx_graph_precision(path: Path) -> tuple[str, str, dict[str, Any] | None]:
     """Precision held by an ONNX graph: ``int8`` if it has Q/DQ nodes, ``fp16`` if float16 tensors
     carry the computation, else ``fp32``. Uses ``precision.precision_report`` when available."""
     import onnx
@@ -226,16 +227,18 @@ def _onnx_graph_precision(path: Path) -> tuple[str, str]:
         rep = precision_report(model)
         value = rep.get("precision") if isinstance(rep, dict) else getattr(rep, "precision", None)
         if value in PRECISIONS:
-            return str(value), "graph (precision.precision_report)"
+            detail = rep if isinstance(rep, dict) else rep.to_dict() if hasattr(rep, "to_dict") else {}
+            detail = {k: detail.get(k) for k in ("counts", "attention_quantized") if k in detail}
+            return str(value), "graph (precision.precision_report)", detail
     ops = {n.op_type for n in model.graph.node}
     if {"QuantizeLinear", "DequantizeLinear"} & ops or any(
             init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for init in model.graph.initializer):
-        return "int8", "graph (Q/DQ nodes)"
+        return "int8", "graph (Q/DQ nodes)", None
     f16 = onnx.TensorProto.FLOAT16
     if any(init.data_type == f16 for init in model.graph.initializer) or any(
             n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute) for n in model.graph.node):
-        return "fp16", "graph (float16 tensors)"
-    return "fp32", "graph (no float16 or Q/DQ)"
+        return "fp16", "graph (float16 tensors)", None
+    return "fp32", "graph (no float16 or Q/DQ)", None
 
 
 def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tuple[str, str]:
@@ -244,16 +247,19 @@ def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tupl
     ONNX: from the graph. Engines: the engine manifest (its ``precision_report`` when present,
     since an engine cannot be inspected without TensorRT). Checkpoints: ``fp32``.
     """
-    p = Path(path)
+    return _precision_info(Path(path), manifest)[:2]
+
+
+def _precision_info(p: Path, manifest: Manifest) -> tuple[str, str, dict[str, Any] | None]:
     if p.suffix == ".onnx":
         return _onnx_graph_precision(p)
     if p.suffix in (".engine", ".plan"):
         rep = manifest.precision_report or {}
         value = rep.get("precision") if isinstance(rep, dict) else None
         if value in PRECISIONS:
-            return str(value), "engine manifest (precision_report)"
-        return manifest.precision, "engine manifest"
-    return "fp32", "checkpoint (float32 weights)"
+            return str(value), "engine manifest (precision_report)", None
+        return manifest.precision, "engine manifest", None
+    return "fp32", "checkpoint (float32 weights)", None
 
 
 # ---------------------------------------------------------------------------------- running
@@ -441,7 +447,7 @@ def _pct(x: float) -> float:
 
 def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: Manifest,
             cfg: CheckConfig) -> ArtifactCheck:
-    precision, source = artifact_precision(path, m)
+    precision, source, detail = _precision_info(path, m)
     th = cfg.thresholds[precision]
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
     agreement = 100.0 * acc.agree / max(acc.pixels, 1)
@@ -471,7 +477,7 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         image_size=list(m.image_size), batch_size=m.batch_size, frames=frames, miou=miou,
         pixel_accuracy=_pct(acc.cm.pixel_accuracy()), reference_miou=ref_miou,
         reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
-        thresholds=asdict(th), passed=not failures, failures=failures, notes=notes,
+        thresholds=asdict(th), passed=not failures, failures=failures, notes=notes, precision_detail=detail,
         per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()], **logit_fields)
 
 
@@ -531,6 +537,11 @@ def _write_markdown(report: CheckReport, path: Path) -> None:
         lines += ["", f"## `{a.path}`", "",
                   f"Thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
                   f"mIoU drop <= {a.thresholds['max_miou_drop']}. Manifest precision: {a.manifest_precision}."]
+        if a.precision_detail:
+            counts = a.precision_detail.get("counts") or {}
+            lines.append("Compute nodes per precision in the graph: "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+                         + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}.")
         lines += [f"- note: {n}" for n in a.notes]
         if a.picture:
             lines += ["", f"![disagreement]({Path(a.picture).name})",
