@@ -489,12 +489,13 @@ def _colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 def _panel_row(img: np.ndarray, ref: np.ndarray, art: np.ndarray, palette: np.ndarray) -> np.ndarray:
     diff = ref != art
     highlight = (img.astype(np.float32) * 0.35).astype(np.uint8)
-    highlight[diff] = (255, 0, 255)
+    highlight[diff] = (255, 255, 255)
     return np.concatenate([img, _colour(ref, palette), _colour(art, palette), highlight], axis=1)
 
 
 def _write_pictures(report: CheckReport, accs: list[_Acc], palette: list[list[int]], out: Path) -> None:
-    """One PNG per artifact: rows of ``image | reference | artifact | disagreement (magenta)``."""
+    """One PNG per artifact: rows of ``image | reference | artifact | disagreement`` (disagreeing
+    pixels white on the darkened image), the frames with most disagreement first."""
     from PIL import Image, ImageDraw
 
     pal = np.asarray(palette, np.uint8)
@@ -545,6 +546,7 @@ def _write_markdown(report: CheckReport, path: Path) -> None:
         lines += [f"- note: {n}" for n in a.notes]
         if a.picture:
             lines += ["", f"![disagreement]({Path(a.picture).name})",
-                      "", "Columns: image | reference | artifact | disagreement (magenta); frames with most disagreement."]
+                      "", "Columns: image | reference | artifact | disagreement (white on the darkened image); "
+                      "the frames with most disagreement."]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")

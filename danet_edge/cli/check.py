@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, help="Evaluate at most N images."),
         thresholds: Optional[Path] = typer.Option(None, help="JSON thresholds per precision "
                                                   '({"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}}).'),
-        min_agreement: list[str] = typer.Option([], help="Minimum agreement %%: '99.0' (all) or 'fp16=99.0'; repeatable."),
+        min_agreement: list[str] = typer.Option([], help="Minimum agreement (%): '99.0' (all) or 'fp16=99.0'; repeatable."),
         max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
         report: Optional[Path] = typer.Option(None, "--report", help="Folder for report.md and disagreement PNGs."),
