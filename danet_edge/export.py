@@ -344,8 +344,9 @@ def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.n
     return {"rel_l2_vs_fp32": relative_l2(got, ref), "label_agreement_vs_fp32": float((got.argmax(1) == ref.argmax(1)).mean())}
 
 
-def _derived(fp32: Artifact, path: Path, precision: str, target: str, extra_manifest: dict[str, Any],
-             include_attention: bool, t0: float) -> tuple[onnx.ModelProto, Manifest, Any]:
+def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[str, Any],
+             include_attention: bool) -> tuple[onnx.ModelProto, Manifest, Any]:
+    """Load a derived graph, check its precision is what was asked, build its manifest from FP32's."""
     model = onnx.load(str(path))
     report = precision_report(model)
     verify_precision(report, precision, include_attention)
@@ -403,7 +404,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     if cfg.fp16:
         t0 = time.perf_counter()
         path = convert_fp16(fp32.path, out_dir / "model_fp16.onnx")
-        model, manifest, report = _derived(fp32, path, "fp16", cfg.target, {}, False, t0)
+        model, manifest, report = _derived(fp32, path, "fp16", {}, False)
         _finalize(model, path, manifest, cfg.target)
         ver = _compare(path, manifest, frames, ref, "FP16")
         if ver.get("rel_l2_vs_fp32", 0.0) > cfg.fp16_tolerance:
@@ -416,16 +417,15 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         log(format_report(report, "fp16"))
 
     calibration = None
-    if cfg.int8:
-        assert calib_set is not None
+    if cfg.int8 and calib_set is not None:
         t0 = time.perf_counter()
         method = cfg.calib_method or "entropy"
         name = "model_int8_trt.onnx" if cfg.target == "tensorrt" else "model_int8_cpu.onnx"
         res = quantize_int8(fp32.path, calib_set, out_dir / name, cfg.target, method, cfg.include_attention,
                             fp32.manifest.mean, fp32.manifest.std)
         calibration = {**res.record, "record": res.record_path.name}
-        model, manifest, report = _derived(fp32, res.path, "int8", cfg.target, {"calibration": calibration},
-                                           cfg.include_attention, t0)
+        model, manifest, report = _derived(fp32, res.path, "int8", {"calibration": calibration},
+                                           cfg.include_attention)
         _finalize(model, res.path, manifest, cfg.target)
         ver = _compare(res.path, manifest, frames, ref, "INT8")
         manifest.extra = {**manifest.extra, "verification": ver}
