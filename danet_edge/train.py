@@ -37,7 +37,7 @@ from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import confusion_on
 from .model import ModelConfig, build_model, load_backbone_weights
-from .utils import write_json
+from .utils import atomic_path, write_json
 
 __all__ = ["TrainConfig", "train", "multi_loss"]
 
@@ -283,6 +283,7 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", cfg.to_dict())
+        _trim_metrics(out / "metrics.jsonl", start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # augmentation / dropout of epoch e depend only on (seed, e)
@@ -314,14 +315,29 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(),
             }
-            save_checkpoint(out / "last.pt", payload)
+            with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
+                f.write(json.dumps(record) + "\n")
             if improved or not (out / "best.pt").exists():
                 save_checkpoint(out / "best.pt", payload)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            save_checkpoint(out / "last.pt", payload)
             _log_epoch(record, cfg.epochs)
         if ctx.distributed:
             torch.distributed.barrier()
+
+
+def _trim_metrics(path: Path, start_epoch: int) -> None:
+    """Keep only the metrics rows of epochs before ``start_epoch`` (all of them for a fresh run: none)."""
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", -1) < start_epoch:
+                rows.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(r + "\n" for r in rows))
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
