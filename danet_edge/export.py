@@ -437,17 +437,12 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         log(format_report(report, "int8"))
 
     if build_engine is not None:
-        src = artifacts[-1]
-        t0 = time.perf_counter()
-        try:
-            from .engine import EngineConfig  # helper C's config; built with its defaults
+        from .engine import EngineConfig
 
-            engine_cfg = EngineConfig()
-        except ImportError:
-            engine_cfg = None
-        engine = Path(build_engine(src.path, out_dir, engine_cfg) if engine_cfg is not None
-                      else build_engine(src.path, out_dir))
-        log(f"wrote {engine} ({time.perf_counter() - t0:.1f} s) from {src.path.name}")
+        for src in list(artifacts):
+            t0 = time.perf_counter()
+            engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig()))
+            log(f"wrote {engine} ({time.perf_counter() - t0:.1f} s) from {src.path.name}")
     return ExportResult(artifacts, att, warnings, calibration)
 
 
