@@ -59,7 +59,9 @@ class TrainConfig:
         seed: fixes initialisation, data order and augmentation.
         workers: DataLoader worker processes.
         out_dir: where checkpoints and metrics go.
-        resume: continue from ``out_dir/last.pt``.
+        resume: continue from ``out_dir/last.pt`` at the same iteration of the poly schedule; with
+            a larger ``epochs`` than before the schedule is stretched to the new length (the lr
+            rises again to the new curve's value and decays to 0 at the new end).
         limit_train, limit_val: use only the first N samples.
         backbone_weights: local torchvision ImageNet ResNet file.
         eval_every: validate every N epochs (and after the last).
@@ -255,7 +257,9 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
                                                             mean=info.mean, std=info.std))
     iters_per_epoch = len(train_ds) // cfg.batch_size
     max_iter = cfg.epochs * iters_per_epoch
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max_iter, power=cfg.poly_power)
+    power = cfg.poly_power
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # closed form: lr depends only on the iteration
+        optimizer, lambda it: max(0.0, 1.0 - it / max_iter) ** power)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
 
     start_epoch, best_miou = 0, -1.0
@@ -266,8 +270,8 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
             raise CheckpointError(f"{out / 'last.pt'}: model {old} differs from the requested {model.config.to_dict()}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scheduler.total_iters = max_iter  # --epochs may have been raised to train longer
+        _seek_schedule(scheduler, int(ckpt["scheduler"]["last_epoch"]))  # same position; a raised
+        # --epochs stretches the schedule from here on
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_miou = int(ckpt["epoch"]) + 1, float(ckpt.get("best_miou", -1.0))
@@ -323,6 +327,14 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
             _log_epoch(record, cfg.epochs)
         if ctx.distributed:
             torch.distributed.barrier()
+
+
+def _seek_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> None:
+    """Put a closed-form LambdaLR at ``iteration`` and set each group's lr accordingly."""
+    scheduler.last_epoch = iteration
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(iteration)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
 def _trim_metrics(path: Path, start_epoch: int) -> None:

@@ -62,6 +62,21 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
 
 
+def test_resume_with_more_epochs_extends_schedule(tmp_path):
+    out = tmp_path / "ext"
+    train(tiny_config(out, epochs=1))
+    first = load_checkpoint(out / "last.pt")
+    assert first["optimizer"]["param_groups"][0]["lr"] == 0.0  # a finished 1-epoch schedule
+    train(tiny_config(out, epochs=3, resume=True))
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 2 and last["scheduler"]["last_epoch"] == 6
+    rows = _metrics(out)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert rows[1]["lr"] == pytest.approx(0.01 * (1 - 4 / 6) ** 0.9)  # on the stretched curve
+    w = "backbone.layer1.0.conv1.weight"
+    assert not torch.equal(first["model"][w], last["model"][w])
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="last.pt"):
         train(tiny_config(tmp_path / "none", resume=True))
