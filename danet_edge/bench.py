@@ -17,6 +17,10 @@ What one entry measures (every backend through the same protocol, ``Backend.pred
   the drop of free device memory (``torch.cuda.mem_get_info``) for others, in MiB;
 * speed-up: reference p50 / entry p50 at the same image size and batch.
 
+On a busy CPU (load above the core count) PyTorch's OpenMP threads spin-wait for peers that are
+descheduled and one forward pass can take 50x longer; ONNX Runtime suffers far less. The report
+records the load average and warns; run it on a quiet machine, or with ``OMP_WAIT_POLICY=PASSIVE``.
+
 On a GPU, PyTorch variants are timed model-only with CUDA events (FP32 with SDPA PAM, FP32 with
 the explicit PAM, FP16 and bf16 autocast); on CPU they are skipped with the reason stated.
 
@@ -124,6 +128,7 @@ class BenchReport:
     machine: dict[str, Any]
     config: dict[str, Any]
     entries: list[BenchEntry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     json_path: str | None = None
     plot_path: str | None = None
 
@@ -226,7 +231,12 @@ def _machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15min": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     return info
@@ -415,6 +425,11 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
 
     report = BenchReport(machine=_machine(), config={k: (str(v) if isinstance(v, Path) else v)
                                                      for k, v in asdict(cfg).items()})
+    load = report.machine.get("load_average_1_5_15min")
+    if load and load[0] > (os.cpu_count() or 1):
+        report.warnings.append(
+            f"machine busy: load average {load[0]} on {os.cpu_count()} CPUs; times are inflated, PyTorch's most "
+            "(OpenMP threads spin-wait for descheduled peers; OMP_WAIT_POLICY=PASSIVE or --threads 1 avoid it)")
     # (size, batch) pairs to run: static artifacts at their batch, PyTorch checkpoints at cfg.batches
     plan: list[tuple[Path, tuple[int, int] | None, int | None]] = []
     static = sorted({read_manifest(p).batch_size for p in paths if p.suffix not in (".pt", ".pth")})

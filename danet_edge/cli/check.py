@@ -51,6 +51,8 @@ def print_bench_table(report) -> None:
                   _num(e.speedup_vs_reference, ".2f") + ("x" if e.speedup_vs_reference else ""),
                   f"skipped: {e.skipped}" if e.skipped else "")
     console.print(t)
+    for w in getattr(report, "warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
 
 
 def register(app: typer.Typer) -> None:
