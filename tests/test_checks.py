@@ -208,3 +208,21 @@ def test_int8_calibrated_on_noise_fails(setup, tmp_path):
     print(f"agreement real {real_r.agreement:.2f} %, noise {noise_r.agreement:.2f} %")
     assert not noise_r.passed
     assert noise_r.agreement < real_r.agreement
+
+
+def test_check_follows_the_infer_path(setup):
+    """Images of another size than the artifact: mIoU equals segment_frames' labels (what infer
+    writes) scored at the image size."""
+    from danet_edge.metrics import ConfusionMatrix
+    from danet_edge.runtime.backends import open_backend, segment_frames
+
+    ds = _dataset(3, size=(80, 112))
+    rep = check_artifacts([setup["onnx"]], setup["ckpt"], ds, CheckConfig())
+    cm = ConfusionMatrix(8, ds.info.ignore_index)
+    with open_backend(setup["onnx"]) as b:
+        frames = [ds[i] for i in range(3)]
+        for lab, (_, mask) in zip(segment_frames(b, [f for f, _ in frames]), frames):
+            assert lab.shape == mask.shape
+            cm.update(lab, mask)
+    assert rep.artifacts[0].miou == pytest.approx(100.0 * cm.miou(), abs=1e-9)
+    assert rep.artifacts[0].image_size == list(SIZE)
