@@ -427,9 +427,10 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
                                                      for k, v in asdict(cfg).items()})
     load = report.machine.get("load_average_1_5_15min")
     if load and load[0] > (os.cpu_count() or 1):
-        report.warnings.append(
-            f"machine busy: load average {load[0]} on {os.cpu_count()} CPUs; times are inflated, PyTorch's most "
-            "(OpenMP threads spin-wait for descheduled peers; OMP_WAIT_POLICY=PASSIVE or --threads 1 avoid it)")
+        advice = "" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else \
+            ", PyTorch's most (OpenMP threads spin-wait for descheduled peers; OMP_WAIT_POLICY=PASSIVE avoids it)"
+        report.warnings.append(f"machine busy: load average {load[0]} on {os.cpu_count()} CPUs; "
+                               f"times are inflated{advice}")
     # (size, batch) pairs to run: static artifacts at their batch, PyTorch checkpoints at cfg.batches
     plan: list[tuple[Path, tuple[int, int] | None, int | None]] = []
     static = sorted({read_manifest(p).batch_size for p in paths if p.suffix not in (".pt", ".pth")})

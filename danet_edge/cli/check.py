@@ -45,7 +45,11 @@ def print_bench_table(report) -> None:
     for col in ("entry", "precision", "size", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "FPS",
                 "host MiB", "GPU MiB", "speed-up", "note"):
         t.add_column(col, justify="left" if col in ("entry", "note") else "right")
+    skipped: dict[str, list[str]] = {}
     for e in report.entries:
+        if e.skipped and e.latency_p50_ms is None and "GPU" in e.skipped:  # one line for the GPU-only variants
+            skipped.setdefault(e.skipped, []).append(e.name)
+            continue
         size = f"{e.image_size[0]}x{e.image_size[1]}" if e.image_size else "-"
         t.add_row(e.name, e.precision, size, str(e.batch), _num(e.latency_mean_ms, ".1f"),
                   _num(e.latency_p50_ms, ".1f"), _num(e.latency_p90_ms, ".1f"), _num(e.latency_p99_ms, ".1f"),
@@ -53,6 +57,8 @@ def print_bench_table(report) -> None:
                   _num(e.speedup_vs_reference, ".2f") + ("x" if e.speedup_vs_reference else ""),
                   f"skipped: {e.skipped}" if e.skipped else "")
     console.print(t)
+    for reason, names in skipped.items():
+        console.print(f"skipped {', '.join(names)}: {reason}")
     for w in getattr(report, "warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
 
