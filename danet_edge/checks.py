@@ -536,14 +536,15 @@ def _write_markdown(report: CheckReport, path: Path) -> None:
             f"{'pass' if a.passed else 'FAIL: ' + '; '.join(a.failures)} |")
     for a in report.artifacts:
         lines += ["", f"## `{a.path}`", "",
-                  f"Thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
-                  f"mIoU drop <= {a.thresholds['max_miou_drop']}. Manifest precision: {a.manifest_precision}."]
+                  f"- thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
+                  f"mIoU drop <= {a.thresholds['max_miou_drop']}; manifest precision: {a.manifest_precision}"]
         if a.precision_detail:
             counts = a.precision_detail.get("counts") or {}
-            lines.append("Compute nodes per precision in the graph: "
+            lines.append("- compute nodes per precision in the graph: "
                          + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                         + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}.")
+                         + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}")
         lines += [f"- note: {n}" for n in a.notes]
+        lines += [f"- FAIL: {f}" for f in a.failures]
         if a.picture:
             lines += ["", f"![disagreement]({Path(a.picture).name})",
                       "", "Columns: image | reference | artifact | disagreement (white on the darkened image); "
