@@ -80,3 +80,20 @@ def test_bad_config_raises():
         ModelConfig(backbone="vgg16")
     with pytest.raises(ValueError, match="output stride"):
         ModelConfig(output_stride=32)
+
+
+def test_unsafe_or_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
+    import argparse
+
+    from danet_edge.errors import CheckpointError
+    from danet_edge.model.weights import safe_torch_load
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": {}}, unsafe)
+    with pytest.raises(CheckpointError, match="argparse.Namespace.*unsafe unpickling") as e:
+        safe_torch_load(unsafe)
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        safe_torch_load(corrupt)

@@ -15,6 +15,7 @@ wrong logits silently; ``load_official_checkpoint`` says so in its error and doc
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,16 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be loaded safely as a PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: {_load_failure(str(e))}") from None
+
+
+def _load_failure(message: str) -> str:
+    """One honest line from torch.load's multi-paragraph error (never advise weights_only=False)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"holds a Python object ({found.group(1)}) besides tensors; refused, since loading it would "
+                "need unsafe unpickling: re-save only the state_dict (torch.save(model.state_dict(), path))")
+    return "not a readable PyTorch checkpoint (corrupt, truncated or another file type)"
 
 
 def _tensor_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
