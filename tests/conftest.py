@@ -55,6 +55,20 @@ def make_tiny_checkpoint(path: Path, num_classes: int = 5, image_size=(64, 96), 
     return path
 
 
+def make_sensitive_checkpoint(path: Path, num_classes: int = 8, image_size=(64, 96)) -> Path:
+    """The tiny random checkpoint with a bias-free classifier and 10x weights, so that its labels
+    follow the image (a random head predicts one class almost everywhere, and then any broken
+    artifact would still agree with it)."""
+    from danet_edge.checkpoint import load_checkpoint, save_checkpoint
+
+    make_tiny_checkpoint(path, num_classes=num_classes, image_size=image_size)
+    ckpt = load_checkpoint(path)
+    ckpt["model"]["head.conv8.1.bias"].zero_()
+    ckpt["model"]["head.conv8.1.weight"].mul_(10.0)
+    del ckpt["format"]
+    return save_checkpoint(path, ckpt)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Path of a ResNet-18 DANet checkpoint, 5 classes, image size 64x96 (random weights)."""

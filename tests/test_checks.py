@@ -18,23 +18,14 @@ from danet_edge.checks import (DEFAULT_THRESHOLDS, CheckConfig, Thresholds, chec
 from danet_edge.errors import CheckFailed, ConfigError
 from danet_edge.manifest import read_manifest, write_manifest
 
-from conftest import make_tiny_checkpoint
+from conftest import make_sensitive_checkpoint
 
 SIZE = (64, 96)  # multiple of the output stride: evaluate() needs no padding at this size
 
 
 def sensitive_checkpoint(path: Path) -> Path:
-    """The tiny random checkpoint with 8 classes (the synthetic ones) whose classifier has no bias
-    and 10x weights, so that its labels follow the image (a random head predicts one class almost
-    everywhere, and then any broken artifact would still agree with it)."""
-    from danet_edge.checkpoint import load_checkpoint, save_checkpoint
-
-    make_tiny_checkpoint(path, num_classes=8, image_size=SIZE)
-    ckpt = load_checkpoint(path)
-    ckpt["model"]["head.conv8.1.bias"].zero_()
-    ckpt["model"]["head.conv8.1.weight"].mul_(10.0)
-    del ckpt["format"]
-    return save_checkpoint(path, ckpt)
+    """An 8-class (the synthetic classes) checkpoint whose labels follow the image."""
+    return make_sensitive_checkpoint(path, num_classes=8, image_size=SIZE)
 
 
 @pytest.fixture(scope="module")
