@@ -51,6 +51,8 @@ LIST_FILE = "calib.txt"
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("tensorrt", "cpu")
 TRT_CACHE_VERSION = "100300"  # TensorRT 10.3 (JetPack 6): NV_TENSORRT_VERSION = 10*10000 + 3*100 + 0
+CALIB_CHUNK = 4  # calibration batches held in memory at once
+
 _TRT_ALGO = {"entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 _MAX_IMAGES = 10_000
 
@@ -163,12 +165,14 @@ class _Reader:
         self.size = (dims[1], dims[2]) if self.fused else (dims[2], dims[3])
         self.calib, self.mean, self.std = calib, mean, std
         self._it: Iterator[dict[str, np.ndarray]] | None = None
+        self._range = (0, len(self))
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         paths = list(self.calib.paths)
         while len(paths) % self.batch:
             paths.append(paths[len(paths) % len(self.calib.paths)])
-        for i in range(0, len(paths), self.batch):
+        start, end = self._range
+        for i in range(start * self.batch, min(end, len(self)) * self.batch, self.batch):
             frames = [_read_rgb(p) for p in paths[i:i + self.batch]]
             if self.fused:
                 x = np.stack([resize_image(f, self.size) for f in frames])
@@ -184,8 +188,19 @@ class _Reader:
     def rewind(self) -> None:
         self._it = None
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only batches ``start_index:end_index`` (ORT's chunked collection, ``CalibStridedMinMax``)."""
+        self._range = (start_index, end_index)
+        self._it = None
+
     def __len__(self) -> int:
         return -(-len(self.calib.paths) // self.batch)
+
+
+def calibration_chunk(batches: int, max_chunk: int = CALIB_CHUNK) -> int:
+    """Largest divisor of ``batches`` not above ``max_chunk``: batches whose activations ONNX Runtime
+    holds at once before folding them into the ranges / histograms (memory bound of calibration)."""
+    return max(d for d in range(1, min(batches, max_chunk) + 1) if batches % d == 0)
 
 
 def write_trt_cache(tensors_range: Any, path: str | os.PathLike[str], method: str,
@@ -300,13 +315,16 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         att = set(attention_nodes(model).matmuls)
         nodes_to_exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in att]
     extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
+    reader = _Reader(calib_set, model, mean, std)
+    # Collect activations a few batches at a time: all at once, 64 images at 512x1024 need > 20 GiB.
+    # ORT's strided collection merges min/max and histograms chunk by chunk for every method.
+    extra["CalibStridedMinMax"] = calibration_chunk(len(reader))
     if target == "tensorrt":
         extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False,
                      OpTypesToExcludeOutputQuantization=op_types)
         act_type = QuantType.QInt8
     else:
         act_type = QuantType.QUInt8
-    reader = _Reader(calib_set, model, mean, std)
     with tempfile.TemporaryDirectory(prefix="danet-edge-int8-") as tmp:
         tmp_ranges = Path(tmp) / "ranges.json"
         if reused:

@@ -121,3 +121,55 @@ def test_fill_calib_dir_camvid_class_balanced(camvid_root, tmp_path):
     out = fill_calib_dir("camvid", camvid_root, 12, tmp_path / "calib")
     info = json.loads((out / "calib.json").read_text())
     assert len(info["images"]) == 12 and len(info["classes_covered"]) >= 10
+
+
+def test_calibration_chunk_bounds_memory_and_divides():
+    from danet_edge.calib import calibration_chunk
+
+    assert calibration_chunk(64) == 4 and calibration_chunk(6) == 3 and calibration_chunk(7) == 1
+    assert calibration_chunk(2) == 2 and calibration_chunk(1) == 1
+    for n in range(1, 40):
+        c = calibration_chunk(n)
+        assert n % c == 0 and 1 <= c <= 4
+
+
+def test_chunked_minmax_ranges_equal_all_at_once(tmp_path):
+    """ORT's strided collection (a few batches in memory at a time) keeps MinMax ranges exact."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    from danet_edge.calib import _Reader, load_calibration_set
+    from danet_edge.export import ExportConfig, export_model
+    from conftest import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(tmp_path / "m.pt", image_size=(32, 48))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    onnx_path = export_model(ckpt, ExportConfig(out=tmp_path / "export")).artifacts[0].path
+    model = onnx.load(str(onnx_path))
+    calib = load_calibration_set(frames)
+
+    def ranges(chunk):
+        cal = create_calibrator(onnx_path, ["Conv"], augmented_model_path=str(tmp_path / f"aug{chunk}.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax)
+        reader = _Reader(calib, model, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        for start in range(0, len(reader), chunk):
+            reader.set_range(start, start + chunk)
+            cal.collect_data(reader)
+        return {k: np.concatenate([np.ravel(r) for r in v.range_value]) for k, v in cal.compute_data().data.items()}
+
+    reader = _Reader(calib, model, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    every = list(iter(reader.get_next, None))
+    reader.set_range(2, 4)
+    part = list(iter(reader.get_next, None))
+    assert len(every) == 6 and len(part) == 2
+    np.testing.assert_array_equal(part[0]["images"], every[2]["images"])
+
+    whole, chunked = ranges(6), ranges(2)
+    assert whole.keys() == chunked.keys() and len(whole) > 10
+    for k in whole:
+        np.testing.assert_allclose(chunked[k], whole[k], rtol=1e-6, atol=1e-7)
