@@ -174,3 +174,23 @@ def test_overlay_blends_and_draws_legend():
     out = overlay(frame, labels, pal, 0.5)
     assert out[30, 70].tolist() == [100, 50, 0] and out[30, 10].tolist() == [0, 0, 0]
     assert not np.array_equal(overlay(frame, labels, pal, 0.5, ["road", "car"]), out)  # legend drawn
+
+
+def test_onnxruntime_threads_leave_a_core_for_decode_and_encode(onnx_model, clip, tmp_path, monkeypatch):
+    import danet_edge.runtime.pipeline as pipeline
+
+    seen = {}
+    real = pipeline.open_backend
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "open_backend", spy)
+    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)
+    run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "a", max_frames=2, save_video=False))
+    assert seen["threads"] == 3
+    run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "b", max_frames=2, save_video=False, threads=1))
+    assert seen["threads"] == 1
+    with pytest.raises(ConfigError, match="threads"):
+        InferConfig(threads=-1).validate()

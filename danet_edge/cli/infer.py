@@ -55,13 +55,16 @@ def register(app: typer.Typer) -> None:
         alpha: float = typer.Option(0.5, "--alpha", help="mask opacity 0..1"),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", help="stop after N frames"),
         batch: Optional[int] = typer.Option(None, "--batch", help="frames per forward pass (checkpoints only)"),
+        threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads (default: cores - 1)"),
+        queue_size: int = typer.Option(8, "--queue-size", help="frames buffered between stages (lower: less latency)"),
     ) -> None:
         """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
         from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table
 
         cfg = InferConfig(backend=backend, providers=[p.strip() for p in providers.split(",") if p.strip()]
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
-                          save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames)
+                          save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames,
+                          threads=threads, queue_size=queue_size)
         try:
             summary = run_inference(model, source, cfg)
         except SourceBroken as e:

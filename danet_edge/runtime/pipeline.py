@@ -62,7 +62,10 @@ class InferConfig:
         letterbox: keep the aspect ratio (pad) instead of stretching frames to the model size.
         alpha: mask opacity in the overlay, 0..1.
         max_frames: stop after this many frames (None = all).
-        queue_size: bound of each inter-thread queue (frames).
+        queue_size: bound of each inter-thread queue (frames); smaller means lower latency on live sources.
+        threads: ONNX Runtime intra-op threads. None: all cores but one, so decode and encode keep a
+            core and the pipeline hides them (CamVid 360x480 on 2 cores: 3.16 FPS end to end with 1
+            thread against 2.82 FPS with 2, whose model-only rate is 3.53 FPS; see NOTES.md).
     """
 
     backend: str | None = None
@@ -77,6 +80,7 @@ class InferConfig:
     alpha: float = 0.5
     max_frames: int | None = None
     queue_size: int = 8
+    threads: int | None = None
 
     def validate(self) -> None:
         """Raises ConfigError on out-of-range values."""
@@ -88,6 +92,8 @@ class InferConfig:
             raise ConfigError(f"batch must be positive, got {self.batch}")
         if self.queue_size <= 0:
             raise ConfigError(f"queue size must be positive, got {self.queue_size}")
+        if self.threads is not None and self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 = ONNX Runtime's default), got {self.threads}")
 
 
 @dataclass
@@ -371,8 +377,13 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
         raise DataError(f"{model_path}: model file not found")
     src = open_source(source)
     try:
+        extra = {}
+        if backend_for(model_path, cfg.backend) == "onnxruntime":
+            extra["threads"] = cfg.threads if cfg.threads is not None else max(1, (os.cpu_count() or 2) - 1)
+        elif cfg.threads is not None:
+            raise ConfigError("--threads applies to the onnxruntime backend only")
         backend = open_backend(model_path, backend=cfg.backend, providers=cfg.providers, device=cfg.device,
-                               batch=cfg.batch)
+                               batch=cfg.batch, **extra)
     except BaseException:
         src.close()
         raise
