@@ -511,9 +511,8 @@ def write_plot(report: BenchReport, path: Path) -> Path:
     pts = [(e, y) for e, y in pts if y is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for e, y in pts:
-        ax.scatter(e.latency_p50_ms, y, s=40, marker="*" if e.is_reference else "o")
-        ax.annotate(f"{e.name} (b{e.batch})", (e.latency_p50_ms, y), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+        ax.scatter(e.latency_p50_ms, y, s=60 if e.is_reference else 40, marker="*" if e.is_reference else "o",
+                   label=f"{e.name} (b{e.batch}): {e.latency_p50_ms:.1f} ms, {y:.2f}")
     ax.set_xlabel("latency p50 per batch (ms)")
     ax.set_ylabel("mIoU (%)" if use_miou else "agreement with the reference (%)")
     ax.margins(x=0.25, y=0.15)
@@ -525,6 +524,8 @@ def write_plot(report: BenchReport, path: Path) -> Path:
         title += f"\nnot plotted (no accuracy): {', '.join(left_out)[:90]}"
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
+    if pts:  # a legend, not labels beside the points: points of near-equal accuracy overlap
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
