@@ -34,7 +34,7 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .utils import atomic_path, sha256_file
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "LoadedModel",
-           "default_palette", "checkpoint_manifest"]
+           "default_palette", "checkpoint_manifest", "import_official"]
 
 CHECKPOINT_FORMAT = "danet-edge-checkpoint/1"
 
@@ -162,3 +162,39 @@ def checkpoint_manifest(loaded: LoadedModel, image_size: tuple[int, int] | None 
         input_shape=[batch, 3, h, w], output_shape=[batch, loaded.config.num_classes, h, w],
         ignore_index=loaded.data["ignore_index"], source_checkpoint_sha256=loaded.sha256,
     )
+
+
+def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], multi_grid: bool = False,
+                    output_stride: int = 8, classes: list[str] | None = None,
+                    palette: list[list[int]] | None = None, image_size: tuple[int, int] | None = None) -> Path:
+    """Convert an official DANet / PyTorch-Encoding checkpoint into a danet-edge checkpoint.
+
+    The result records what the weights cannot tell (multi-grid, output stride), the class names,
+    palette and export size, so ``export``, ``check`` and ``infer`` need no further options. The
+    logits are unchanged (the same state_dict under this model's names).
+
+    Raises:
+        CheckpointError: the source is missing, unsafe or not an official DANet checkpoint;
+            ``classes`` / ``palette`` of the wrong length, or an image size not divisible by the
+            output stride.
+    """
+    src, dst = Path(src), Path(dst)
+    model = load_official_checkpoint(src, multi_grid, output_stride)
+    k = model.config.num_classes
+    data: dict[str, Any] = {"dataset": "official"}
+    if classes is not None:
+        if len(classes) != k:
+            raise CheckpointError(f"{src}: the checkpoint has {k} classes, {len(classes)} names were given")
+        data["classes"] = list(classes)
+    if palette is not None:
+        if len(palette) != k:
+            raise CheckpointError(f"{src}: the checkpoint has {k} classes, {len(palette)} colours were given")
+        data["palette"] = [list(c) for c in palette]
+    if image_size is not None:
+        if image_size[0] % output_stride or image_size[1] % output_stride:
+            raise CheckpointError(f"image size {image_size[0]}x{image_size[1]} is not divisible by the "
+                                  f"output stride {output_stride}")
+        data["image_size"] = [int(image_size[0]), int(image_size[1])]
+    _validate_data(data, k, src)
+    return save_checkpoint(dst, {"model": model.state_dict(), "model_config": model.config.to_dict(), "data": data,
+                                 "source": {"official_checkpoint": src.name, "sha256": sha256_file(src)}})

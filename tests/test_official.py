@@ -271,3 +271,28 @@ def test_truncated_and_foreign_state_dicts(tmp_path, r50_reference):
     (tmp_path / "garbage.pth").write_bytes(b"\x00" * 100)
     with pytest.raises(CheckpointError, match="garbage.pth"):
         load_model(tmp_path / "garbage.pth")
+
+
+def test_import_official_records_multigrid_and_classes(tmp_path):
+    """`danet-edge import-official` keeps the logits and records what the weights cannot tell."""
+    from typer.testing import CliRunner
+
+    from danet_edge.checkpoint import load_model
+    from danet_edge.cli import app
+    from danet_edge.data import CITYSCAPES_CLASSES
+
+    ref = make_reference(50, deep_stem=False, multi_grid=True, k=19)
+    src = tmp_path / "official.pth"
+    torch.save({"state_dict": ref.state_dict()}, src)
+    dst = tmp_path / "imported.pt"
+    res = CliRunner().invoke(app, ["import-official", str(src), "--out", str(dst), "--multi-grid",
+                                   "--dataset", "cityscapes", "--imgsz", "64", "64"])
+    assert res.exit_code == 0, res.output
+    loaded = load_model(dst)
+    assert loaded.config.multi_grid and loaded.data["classes"] == CITYSCAPES_CLASSES
+    assert loaded.data["image_size"] == [64, 64]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = ref(x)[0]
+        got = loaded.model(x)
+    assert rel_l2(got, want) < 1e-5

@@ -117,3 +117,25 @@ def register(app: typer.Typer) -> None:
         if json_out is not None:
             write_result(result, json_out)
             console.print(f"wrote {json_out}")
+
+    @app.command("import-official")
+    def import_official_cmd(
+        checkpoint: Path = typer.Argument(..., help="Official DANet / PyTorch-Encoding checkpoint (.pth)."),
+        out: Path = typer.Option(..., "--out", "-o", help="danet-edge checkpoint to write (.pt)."),
+        multi_grid: bool = typer.Option(False, "--multi-grid", help="Trained with --multi-grid (layer4 4, 8, 16); "
+                                        "the released Cityscapes DANet-101 was. Weights cannot tell."),
+        output_stride: int = typer.Option(8, "--output-stride", help="Output stride it was trained with."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Take class names and palette from "
+                                              "camvid or cityscapes."),
+        imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="Default export size H W."),
+    ) -> None:
+        """Convert an official DANet checkpoint once; export, check and infer then need no extra options."""
+        from ..checkpoint import import_official
+        from ..data import CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+        known = {"camvid": (CAMVID_CLASSES, CAMVID_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}
+        if dataset is not None and dataset not in known:
+            raise ConfigError(f"--dataset must be one of {', '.join(known)}, got {dataset!r}")
+        classes, palette = known[dataset] if dataset else (None, None)
+        path = import_official(checkpoint, out, multi_grid, output_stride, classes, palette, imgsz)
+        console.print(f"wrote {path}")
