@@ -16,7 +16,7 @@ A TensorRT engine is not built (TensorRT is not installable here: build it on th
 ``danet-edge build``). The default sizes keep the whole job under 10 minutes on 2 CPU cores.
 
 On a CPU shared with other work, PyTorch's OpenMP threads spin-wait for descheduled peers and
-training slows by up to 10x; ``danet-edge demo`` therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (unless
+training slows by up to 10x; the ``danet-edge`` CLI therefore sets ``OMP_WAIT_POLICY=PASSIVE`` (unless
 already set) before torch is loaded. Measured on 2 busy cores: 455 s without, 45 s with it.
 """
 

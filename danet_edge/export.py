@@ -283,7 +283,6 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     model = loaded.model.eval()
     old_impl = model.head.sa.impl
     model.set_attention("explicit")
-    k = loaded.config.num_classes
     base = checkpoint_manifest(loaded, (h, w), batch)
     if fused_io:
         net: nn.Module = _FusedIO(model, loaded.data["mean"], loaded.data["std"]).eval()

@@ -9,7 +9,8 @@ import pytest
 
 # Passive OpenMP waiting: on a busy or shared CPU the default spin-waiting makes torch 10-50x
 # slower (measured here); it must be set before torch loads its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if not os.environ.get("OMP_WAIT_POLICY"):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 

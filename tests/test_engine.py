@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from danet_edge.engine import (BuildPlan, EngineConfig, build_engine, calibration_files, check_engine_compat,

@@ -7,11 +7,19 @@ builds the app and turns ``DanetEdgeError`` into one line on stderr and a non-ze
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
-import typer
+# Idle OpenMP threads sleep instead of spinning, unless the user chose: on a CPU shared with other
+# work (decode threads, other jobs) PyTorch's spinning pool stalls 4-50x (measured: ResNet-18 DANet
+# training at load ~4.7 on 2 cores, 0.26 img/s by default vs 1.16 img/s passive; the demo 455 s vs
+# 45 s). Read once, when torch loads its OpenMP runtime, so it is set before any command imports torch.
+if not os.environ.get("OMP_WAIT_POLICY"):
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
-from ..errors import DanetEdgeError
+import typer  # noqa: E402
+
+from ..errors import DanetEdgeError  # noqa: E402
 
 app = typer.Typer(
     name="danet-edge",

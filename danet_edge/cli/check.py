@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -131,12 +129,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
         quick: bool = typer.Option(False, help="Tiny sizes and one epoch (a smoke run of every stage)."),
     ) -> None:
-        """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video.
-
-        Sets OMP_WAIT_POLICY=PASSIVE (unless set) so that PyTorch does not stall on a busy CPU.
-        """
-        if "torch" not in sys.modules:  # read once, when torch's OpenMP runtime loads
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""
         from ..demo import DemoConfig, run_demo
 
         result = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))

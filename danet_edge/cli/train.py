@@ -27,14 +27,6 @@ def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size:
     return opts
 
 
-def _passive_omp() -> None:
-    """Let idle OpenMP threads sleep instead of spin (unless the user chose): on a shared CPU the
-    spinning threads of PyTorch's OpenMP pool stall training 4x (measured: ResNet-18 DANet,
-    360x480, batch 2, load average ~4.7 on 2 cores: 0.26 img/s default vs 1.16 img/s PASSIVE).
-    Must run before torch is imported (the CLI imports it lazily)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``eval`` to the app."""
 
@@ -71,7 +63,6 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (plain log lines)."),
     ) -> None:
         """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
-        _passive_omp()
         from ..train import TrainConfig, train
 
         cfg = TrainConfig(
@@ -103,7 +94,6 @@ def register(app: typer.Typer) -> None:
         synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
     ) -> None:
         """mIoU, per-class IoU and pixel accuracy of a checkpoint, each image at its own size."""
-        _passive_omp()
         from ..data import build_dataset
         from ..evaluate import evaluate, write_result
 
