@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 
 from .errors import CalibrationError, ConfigError, DataError
+from .data import read_image
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_image
 from .utils import atomic_path, read_json, write_json
 
@@ -58,10 +59,11 @@ _MAX_IMAGES = 10_000
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CalibrationError(f"calibration image {path} cannot be read (missing, empty or not an image)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """``data.read_image`` (``(H, W, 3) uint8 RGB``), its failure told as a calibration error."""
+    try:
+        return read_image(path)
+    except DataError:
+        raise CalibrationError(f"calibration image {path} cannot be read (missing, empty or not an image)") from None
 
 
 @dataclass

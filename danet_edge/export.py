@@ -197,16 +197,11 @@ class _FusedIO(nn.Module):
 
 
 def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
-    """Smooth street-like RGB frames (low-frequency noise), ``(H, W, 3) uint8``."""
-    rng = np.random.default_rng(seed)
-    import cv2
+    """``n`` synthetic street scenes ``(H, W, 3) uint8`` RGB (``danet_edge.synthetic``), seeded."""
+    from .synthetic import render_scene
 
-    h, w = size
-    out = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
-        out.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
-    return out
+    rng = np.random.default_rng([seed, 7])
+    return [render_scene(rng, size[0], size[1])[0] for _ in range(n)]
 
 
 def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], optimize: bool = True):
