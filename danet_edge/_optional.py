@@ -13,7 +13,10 @@ from typing import Any
 
 from .errors import MissingDependencyError
 
-__all__ = ["import_tensorrt", "import_cuda_backend", "import_cuda", "import_modelopt", "tensorrt_version"]
+__all__ = ["CUDA_PYTHON_HINT", "import_tensorrt", "import_cuda_backend", "import_cuda", "import_modelopt", "tensorrt_version"]
+
+# cuda-python 13.x needs a CUDA 13 driver, newer than JetPack 6's CUDA 12.6 (cuda-python release notes).
+CUDA_PYTHON_HINT = "`pip install 'cuda-python>=12,<13'` (JetPack 6, CUDA 12.x; cuda-python 13 needs CUDA 13 drivers)"
 
 _TRT_HINT = ("tensorrt is not installed: on a Jetson it ships with JetPack 6 (TensorRT 10.3, "
              "`sudo apt install python3-libnvinfer`); on a desktop GPU host `pip install tensorrt`")
@@ -49,7 +52,9 @@ def import_cuda_backend(prefer: str | None = None) -> tuple[str, Any]:
     """Find a CUDA host API for device memory and streams.
 
     Order: pycuda (the design card's choice), then cuda-python's runtime module
-    (``cuda.bindings.runtime`` in cuda-python 13.x, ``cuda.cudart`` in 12.x).
+    (``cuda.bindings.runtime`` in cuda-python 13.x, ``cuda.cudart`` in 12.x). ``pycuda.autoinit``
+    creates a context on import and, without a usable GPU, raises ``pycuda._driver.Error`` (not an
+    ImportError): that too moves on to cuda-python, whose calls then report the CUDA error.
 
     Args:
         prefer: ``"pycuda"`` or ``"cuda-python"`` to ask for one; None tries both.
@@ -71,6 +76,8 @@ def import_cuda_backend(prefer: str | None = None) -> tuple[str, Any]:
                 return "pycuda", driver
             except ImportError as e:
                 errors.append(f"pycuda ({e})")
+            except Exception as e:  # noqa: BLE001 - pycuda._driver.Error / RuntimeError: no GPU or driver
+                errors.append(f"pycuda.autoinit ({type(e).__name__}: {e})")
         elif name == "cuda-python":
             for mod in ("cuda.bindings.runtime", "cuda.cudart"):
                 try:
@@ -80,8 +87,8 @@ def import_cuda_backend(prefer: str | None = None) -> tuple[str, Any]:
         else:
             raise MissingDependencyError(f"unknown CUDA backend {name!r}: choose 'pycuda' or 'cuda-python'")
     raise MissingDependencyError(
-        "no CUDA Python API found: `pip install pycuda` (on a Jetson build it against JetPack's CUDA) or "
-        "`pip install cuda-python`; tried " + ", ".join(errors))
+        f"no usable CUDA Python API: {CUDA_PYTHON_HINT} (or `pip install pycuda`, built against the local "
+        "CUDA); tried " + ", ".join(errors))
 
 
 import_cuda = import_cuda_backend  # the name DESIGN.md uses

@@ -13,10 +13,11 @@ checks every one, ``quantize_int8`` calibrates on them through exactly
 
 Calibration is reproducible and reused: a JSON record names the images (paths), their count, the
 method, the seed and the SHA-256 of the graph (``graph_sha256``: the graph proto, metadata excluded);
-the tensor ranges (ORT's calibration cache), the record and a TensorRT calibration cache (for
-TensorRT 10 implicit calibration, ``TRT-<ver>-EntropyCalibration2`` then ``tensor: <hex float32
-scale, big-endian>`` lines) are named after that hash, and a later run with the same graph, images,
-method and seed reuses the ranges instead of calibrating again.
+the tensor ranges (ORT's calibration cache) and the record are named after that hash, and a later run
+with the same graph, images, method and seed reuses the ranges instead of calibrating again.
+
+No TensorRT calibration cache is written here: the Q/DQ graph carries its scales, and TensorRT 10's
+implicit calibration (``danet-edge build --int8-calib``) writes and keys its own cache.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import logging
 import os
 import random
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,16 +45,14 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_image
 from .utils import atomic_path, read_json, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
-           "graph_sha256", "Int8Result", "quantize_int8", "write_trt_cache", "fill_calib_dir"]
+           "graph_sha256", "Int8Result", "quantize_int8", "fill_calib_dir"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LIST_FILE = "calib.txt"
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("tensorrt", "cpu")
-TRT_CACHE_VERSION = "100300"  # TensorRT 10.3 (JetPack 6): NV_TENSORRT_VERSION = 10*10000 + 3*100 + 0
 CALIB_CHUNK = 4  # calibration batches held in memory at once
 
-_TRT_ALGO = {"entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 _MAX_IMAGES = 10_000
 
 
@@ -205,32 +203,15 @@ def calibration_chunk(batches: int, max_chunk: int = CALIB_CHUNK) -> int:
     return max(d for d in range(1, min(batches, max_chunk) + 1) if batches % d == 0)
 
 
-def write_trt_cache(tensors_range: Any, path: str | os.PathLike[str], method: str,
-                    trt_version: str = TRT_CACHE_VERSION) -> Path:
-    """Write a TensorRT calibration cache from ORT tensor ranges: header ``TRT-<ver>-<Algorithm>``, then
-    ``<tensor name>: <hex of the float32 scale amax/127, big-endian>`` per tensor (TensorRT 10's
-    text cache; read by an ``IInt8EntropyCalibrator2`` / ``IInt8MinMaxCalibrator`` of that version)."""
-    lines = [f"TRT-{trt_version}-{_TRT_ALGO[method]}"]
-    for name in sorted(tensors_range.data):
-        lo, hi = (float(np.max(np.abs(v))) for v in tensors_range[name].range_value)
-        amax = max(lo, hi)
-        scale = amax / 127.0 if amax > 0 else 1.0 / 127.0
-        lines.append(f"{name}: {struct.pack('>f', scale).hex()}")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    return Path(path)
-
-
 @dataclass
 class Int8Result:
     """What ``quantize_int8`` wrote: the Q/DQ graph, the calibration record (JSON dict and file),
-    the ORT ranges cache, the TensorRT cache, and whether the ranges were reused."""
+    the ORT ranges cache, and whether the ranges were reused."""
 
     path: Path
     record: dict[str, Any]
     record_path: Path
     ranges_path: Path
-    trt_cache_path: Path
     reused: bool = False
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -295,12 +276,10 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent
     stem = f"calib_{digest[:16]}_{method}" + ("_att" if include_attention else "")
     record_path, ranges_path = cache_dir / f"{stem}.json", cache_dir / f"{stem}.ranges.json"
-    trt_cache_path = cache_dir / f"{stem}.cache"
     record = {"format": "danet-edge-calibration/1", "graph_sha256": digest, "method": method,
               "count": len(calib_set), "available": calib_set.available, "seed": calib_set.seed,
               "root": str(calib_set.root), "images": calib_set.relative_paths(),
-              "include_attention": include_attention, "ranges_cache": ranges_path.name,
-              "trt_cache": trt_cache_path.name}
+              "include_attention": include_attention, "ranges_cache": ranges_path.name}
     if method == "percentile":
         record["percentile"] = percentile
     reused = False
@@ -345,17 +324,13 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
             raise CalibrationError(f"INT8 calibration/quantization of {onnx_path} failed: {e}") from None
         qmodel = onnx.load(str(tmp_out))
         enforce_tensorrt_compat(qmodel, target)
-        from onnxruntime.quantization.calibrate import load_tensors_data
-
-        tensors_range = load_tensors_data(tmp_ranges)
         with atomic_path(out) as dst:
             shutil.copyfile(tmp_out, dst)
         if not reused:
             with atomic_path(ranges_path) as dst:
                 shutil.copyfile(tmp_ranges, dst)
-    write_trt_cache(tensors_range, trt_cache_path, method)
     write_json(record_path, record)
-    return Int8Result(out, record, record_path, ranges_path, trt_cache_path, reused, time.perf_counter() - t0)
+    return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0)
 
 
 def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int, out: str | os.PathLike[str],

@@ -244,8 +244,8 @@ def _onnx_graph_precision(path: Path) -> tuple[str, str, dict[str, Any] | None]:
 def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tuple[str, str]:
     """``(precision, source)``: what the artifact really holds and where that was read.
 
-    ONNX: from the graph. Engines: the engine manifest (its ``precision_report`` when present,
-    since an engine cannot be inspected without TensorRT). Checkpoints: ``fp32``.
+    ONNX: from the graph. Engines: the per-layer precision ``build`` read from TensorRT's engine
+    inspector into the manifest's ``precision_report``. Checkpoints: ``fp32``.
     """
     return _precision_info(Path(path), manifest)[:2]
 
@@ -256,8 +256,9 @@ def _precision_info(p: Path, manifest: Manifest) -> tuple[str, str, dict[str, An
     if p.suffix in (".engine", ".plan"):
         rep = manifest.precision_report or {}
         value = rep.get("precision") if isinstance(rep, dict) else None
-        if value in PRECISIONS:
-            return str(value), "engine manifest (precision_report)", None
+        if value in PRECISIONS:  # written by build_engine from the engine inspector's per-layer formats
+            detail = {"counts": rep.get("counts"), "attention": rep.get("attention")}
+            return str(value), f"engine layers ({rep.get('source', 'engine manifest')})", detail
         return manifest.precision, "engine manifest", None
     return "fp32", "checkpoint (float32 weights)", None
 
@@ -538,7 +539,13 @@ def _write_markdown(report: CheckReport, path: Path) -> None:
         lines += ["", f"## `{a.path}`", "",
                   f"- thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
                   f"mIoU drop <= {a.thresholds['max_miou_drop']}; manifest precision: {a.manifest_precision}"]
-        if a.precision_detail:
+        if a.precision_detail and "attention" in a.precision_detail:  # an engine: its layers
+            counts = a.precision_detail.get("counts") or {}
+            att = a.precision_detail.get("attention") or {}
+            lines.append("- engine layers per precision (TensorRT engine inspector): "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+                         + "; attention layers: " + (", ".join(f"{k} {v}" for k, v in sorted(att.items())) or "none found"))
+        elif a.precision_detail:
             counts = a.precision_detail.get("counts") or {}
             lines.append("- compute nodes per precision in the graph: "
                          + ", ".join(f"{k} {v}" for k, v in counts.items() if v)

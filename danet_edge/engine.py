@@ -32,22 +32,20 @@ there); written against the TensorRT Python API reference, 10.x and 11.x:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
-
-from .errors import CalibrationError, ConfigError, EngineError, ManifestError, MissingDependencyError
-from .manifest import Manifest, read_manifest, write_manifest
+from .errors import CalibrationError, ConfigError, DataError, EngineError, ManifestError, MissingDependencyError
+from .manifest import Manifest, manifest_path, read_manifest
+from .engine_info import check_engine_compat  # noqa: F401 - part of this module's API
 from .utils import atomic_path, sha256_file
 
-__all__ = ["EngineConfig", "BuildPlan", "plan_build", "build_engine", "check_engine_compat",
-           "calibration_files", "trt_major", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+__all__ = ["EngineConfig", "BuildPlan", "plan_build", "build_engine", "check_engine_compat", "trt_major",
+           "trt_version_tuple"]
 
 
 @dataclass
@@ -61,10 +59,13 @@ class EngineConfig:
         dla_core: DLA core index (Jetson Orin/Xavier); None = GPU only.
         gpu_fallback: with DLA, run layers DLA cannot take on the GPU.
         fp16: TensorRT 10.x only: weakly typed build that may pick FP16 kernels (``BuilderFlag.FP16``).
-        int8_calib: TensorRT 10.x only: folder of calibration images for implicit INT8
-            (``IInt8EntropyCalibrator2``); the graph must be FP32 without Q/DQ.
-        calib_images: how many images of ``int8_calib`` to use (sorted by name).
-        calib_cache: calibration cache file (default ``<onnx>.<sha8>.calib.cache`` beside the ONNX).
+        int8_calib: TensorRT 10.x only: calibration folder for implicit INT8 (``IInt8EntropyCalibrator2``),
+            read as ``danet-edge export`` reads it (``calib.txt`` or every image under it, a seeded draw of
+            ``calib_images``: ``calib.load_calibration_set``); the graph must be FP32 without Q/DQ.
+        calib_images: how many images of ``int8_calib`` to draw (default 100, as export).
+        calib_seed: seed of that draw.
+        calib_cache: calibration cache file (default ``<onnx stem>.int8-calib.<key>.cache`` beside the ONNX,
+            the key naming graph, images, batch and method; see ``engine_calib``).
         verbose: TensorRT logger at VERBOSE instead of WARNING.
     """
 
@@ -75,7 +76,8 @@ class EngineConfig:
     gpu_fallback: bool = True
     fp16: bool = False
     int8_calib: Path | None = None
-    calib_images: int = 500
+    calib_images: int = 100
+    calib_seed: int = 0
     calib_cache: Path | None = None
     verbose: bool = False
 
@@ -121,18 +123,25 @@ def trt_major(version: str) -> int:
         raise ConfigError(f"cannot read a TensorRT version from {version!r}") from None
 
 
-def _default_calib_cache(onnx_path: Path) -> Path:
-    digest = sha256_file(onnx_path)[:8] if onnx_path.is_file() else "nohash"
-    return onnx_path.with_name(f"{onnx_path.stem}.{digest}.calib.cache")
+def trt_version_tuple(version: str) -> tuple[int, ...]:
+    """``"11.4.0.106"`` -> ``(11, 4, 0, 106)``; non-numeric parts stop the tuple."""
+    out = []
+    for part in str(version).split("."):
+        if not part.isdigit():
+            break
+        out.append(int(part))
+    return tuple(out)
 
 
 def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version: str,
                out_path: str | os.PathLike[str] | None = None, manifest: Manifest | None = None) -> BuildPlan:
-    """Decide flags, refusals and the trtexec command for ``trt_version`` (pure; no TensorRT).
+    """Decide flags, refusals and the trtexec command for ``trt_version`` (no TensorRT needed).
 
     Rules: TensorRT < 10 is refused; on 11.x ``fp16`` and ``int8_calib`` are refused (weak typing and
     implicit calibration were removed: bake the precision into the ONNX); implicit INT8 on a graph
     that already is FP16 or INT8 (Q/DQ) is refused, as is FP16 on an INT8 graph; option ranges are checked.
+    The printed ``trtexec --int8 --calib=CACHE`` names the calibration cache only when that file exists
+    (without it trtexec calibrates on random data); ``cfg.calib_cache`` is the cache to name.
     """
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
@@ -143,10 +152,11 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         refusals.append(f"TensorRT {trt_version} is not supported: danet-edge needs 10.x (JetPack 6) or 11.x")
     if major >= 11 and cfg.fp16:
         refusals.append(f"--fp16 is a weakly typed build, removed in TensorRT 11 (this is {trt_version}): "
-                        "export an FP16 graph (danet-edge export --precision fp16) and build it as is")
+                        "export an FP16 graph (danet-edge export CHECKPOINT --fp16) and build model_fp16.onnx as is")
     if major >= 11 and cfg.int8_calib is not None:
         refusals.append(f"--int8-calib is implicit INT8 calibration, removed in TensorRT 11 (this is {trt_version}): "
-                        "quantize the graph with Q/DQ (danet-edge export --precision int8) and build it as is")
+                        "quantize the graph with Q/DQ (danet-edge export CHECKPOINT --int8 --calib DIR) and build "
+                        "model_int8_trt.onnx as is")
     precision = manifest.precision if manifest is not None else "fp32"
     if manifest is not None and cfg.int8_calib is not None and manifest.precision != "fp32":
         refusals.append(f"--int8-calib needs an FP32 graph; {onnx_path.name} is {manifest.precision} "
@@ -172,8 +182,12 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         if cfg.int8_calib is not None:
             flags.append("INT8")
             precision = "int8"
-            calib_cache = Path(cfg.calib_cache) if cfg.calib_cache else _default_calib_cache(onnx_path)
+            calib_cache = Path(cfg.calib_cache) if cfg.calib_cache else None
     if cfg.dla_core is not None:
+        if (11, 0) <= trt_version_tuple(trt_version)[:3] < (11, 4, 1):
+            warnings.append(f"TensorRT {trt_version} does not support JetPack (11.0 to 11.4.0): no DLA there; "
+                            "Jetson Orin stays on TensorRT 10.3 (JetPack 6), AGX Orin / Thor need 11.4.1+ on "
+                            "JetPack 7.2.2+")
         if cfg.gpu_fallback:
             flags.append("GPU_FALLBACK")
         if precision == "fp32" and strongly_typed:
@@ -195,54 +209,13 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
     if "FP16" in flags:
         cmd.append("--fp16")
     if "INT8" in flags:
-        cmd += ["--int8", f"--calib={calib_cache}"]  # trtexec reads the cache written by build_engine
+        cmd.append("--int8")
+        if calib_cache is not None and calib_cache.is_file():
+            cmd.append(f"--calib={calib_cache}")  # the cache build_engine wrote
+        else:
+            warnings.append("no calibration cache yet: trtexec --int8 without --calib calibrates on random data; "
+                            "run danet-edge build --int8-calib first, it writes the cache trtexec can then read")
     return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, cmd, refusals, warnings)
-
-
-def check_engine_compat(built: dict[str, Any] | None, trt_version: str, compute_capability: tuple[int, int],
-                        gpu_name: str = "") -> None:
-    """Refuse an engine built for another GPU or TensorRT version (engines are not portable).
-
-    Args:
-        built: the manifest's ``tensorrt`` entry (``version``, ``compute_capability`` as ``"8.7"``).
-        trt_version: TensorRT here; compute_capability: this GPU's ``(major, minor)``.
-
-    Raises:
-        ManifestError: the manifest has no ``tensorrt`` entry.
-        EngineError: e.g. "engine built for sm_87 with TensorRT 10.3.0, this GPU is sm_89 with
-            TensorRT 10.7.0: rebuild on this device".
-    """
-    if not built or "version" not in built or "compute_capability" not in built:
-        raise ManifestError("engine manifest has no 'tensorrt' entry with version and compute_capability "
-                            "(build engines with danet-edge build)")
-    try:
-        b_cc = tuple(int(v) for v in str(built["compute_capability"]).split("."))
-    except ValueError:
-        raise ManifestError(f"engine manifest compute_capability {built['compute_capability']!r} is not 'major.minor'") \
-            from None
-    b_ver = ".".join(str(built["version"]).split(".")[:3])
-    here_ver = ".".join(str(trt_version).split(".")[:3])
-    here_cc = tuple(int(v) for v in compute_capability)
-    if b_ver != here_ver or b_cc != here_cc:
-        gpu = f" ({gpu_name})" if gpu_name else ""
-        raise EngineError(f"engine built for sm_{''.join(map(str, b_cc))} with TensorRT {b_ver}, this GPU{gpu} is "
-                          f"sm_{''.join(map(str, here_cc))} with TensorRT {here_ver}: rebuild on this device "
-                          "(danet-edge build MODEL.onnx)")
-
-
-def calibration_files(folder: str | os.PathLike[str], limit: int) -> list[Path]:
-    """The first ``limit`` images (by name) of ``folder`` for calibration.
-
-    Raises:
-        CalibrationError: folder missing or without images.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CalibrationError(f"{folder}: calibration folder not found")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise CalibrationError(f"{folder}: no calibration images ({', '.join(IMAGE_SUFFIXES)})")
-    return files[:limit]
 
 
 def _no_tensorrt_hint(onnx_path: Path, plan: BuildPlan) -> str:
@@ -250,66 +223,58 @@ def _no_tensorrt_hint(onnx_path: Path, plan: BuildPlan) -> str:
             f"`danet-edge build {onnx_path.name}` or `{plan.trtexec_command}`")
 
 
-def _make_calibrator(trt: Any, cuda: Any, files: list[Path], manifest: Manifest, cache: Path) -> Any:
-    """An ``IInt8EntropyCalibrator2`` feeding ``files`` through ``preprocess.preprocess`` (TensorRT 10.x only)."""
-    import cv2
+def _attach_timing_cache(trt: Any, config: Any, path: Path | None, log: Callable[[str], None]) -> str:
+    """Attach the timing cache read from ``path`` (or a new one); returns its status for the manifest.
 
-    from .preprocess import preprocess, resize_image
+    A cache from another GPU or TensorRT version is rejected by ``set_timing_cache`` (returns False) and
+    a corrupt one by ``create_timing_cache`` (returns None): both are replaced by a fresh cache, which the
+    build then fills and :func:`build_engine` writes back (TensorRT docs, "Optimizing Builder Performance").
+    """
+    blob = path.read_bytes() if path is not None and path.is_file() else b""
+    status = "reused" if blob else "new"
+    cache = config.create_timing_cache(blob)
+    if cache is None or not config.set_timing_cache(cache, False):
+        why = "is unreadable" if cache is None else "was made on another GPU or TensorRT version"
+        status = f"rejected: {why}; started a new one"
+        log(f"warning: timing cache {path} {why}: starting a fresh one (written back after the build)")
+        cache = config.create_timing_cache(b"")
+        if cache is None or not config.set_timing_cache(cache, False):
+            raise EngineError("TensorRT refused a new, empty timing cache")
+    return status
 
-    batch = manifest.batch_size
-    shape = tuple(manifest.input_shape)
-    in_dtype = np.uint8 if manifest.input_dtype == "uint8" else np.float32
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.index = 0
-            self.stream = cuda.create_stream()
-            self.buf = cuda.alloc(shape, in_dtype)
+def _inspect(trt: Any, logger: Any, serialized: Any, dla_core: int | None, attention: set[str]) -> Any:
+    """Deserialize the fresh engine and read each layer's precision from the engine inspector."""
+    from .engine_info import parse_layer_info, summarize_layers
 
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index + batch > len(files):
-                return None
-            frames = []
-            for p in files[self.index:self.index + batch]:
-                bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
-                if bgr is None:
-                    raise CalibrationError(f"{p}: not a readable image")
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            self.index += batch
-            if in_dtype == np.uint8:
-                x = np.stack([resize_image(f, manifest.image_size) for f in frames])
-            else:
-                x = preprocess(frames, manifest.image_size, manifest.mean, manifest.std)
-            np.copyto(self.buf.host, x.reshape(shape))
-            cuda.h2d_async(self.buf, self.stream)
-            cuda.synchronize(self.stream)
-            return [self.buf.device]
-
-        def read_calibration_cache(self) -> bytes | None:
-            return cache.read_bytes() if cache.is_file() else None
-
-        def write_calibration_cache(self, data: Any) -> None:
-            with atomic_path(cache) as tmp:
-                tmp.write_bytes(bytes(data))
-
-    return EntropyCalibrator()
+    try:
+        runtime = trt.Runtime(logger)
+    except TypeError as e:  # pybind11: "factory function returned nullptr"
+        raise EngineError(f"TensorRT could not create a runtime to inspect the engine ({e})") from None
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise EngineError("TensorRT could not deserialize the engine it just built (see the TensorRT log)")
+    text = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    layers = parse_layer_info(text)
+    return layers, summarize_layers(layers, attention)
 
 
 def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None,
-                 cfg: EngineConfig | None = None) -> Path:
+                 cfg: EngineConfig | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Build a TensorRT engine from a static-shape ONNX graph; writes ``out`` and ``out.json``.
 
     The engine file is the plain serialized engine (no header: trtexec and DeepStream load it). The
-    manifest is the ONNX's, with ``kind="engine"`` and ``tensorrt = {version, gpu_name,
-    compute_capability, flags, dla_core, trtexec}``.
+    manifest is the ONNX's with ``kind="engine"``, ``precision`` and ``precision_report`` read from the
+    built engine's layers (engine inspector), and ``tensorrt = {version, gpu_name, compute_capability,
+    flags, dla_core, layers (per-layer precision, type, formats, tactic), timing_cache, calibration,
+    trtexec}``. Engine and manifest are written together at the end (both or neither).
 
     Args:
         out_path: engine file (``.engine`` / ``.plan``), or a folder to put ``<onnx stem>.engine`` in;
             default: the ONNX path with suffix ``.engine``.
+        log: where warnings and progress go (default: nowhere).
 
     Returns:
         The engine path.
@@ -318,11 +283,12 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         DataError: ONNX file missing. ManifestError: its manifest missing or not matching the graph.
         ConfigError: options refused for this TensorRT version (see :func:`plan_build`).
         MissingDependencyError: tensorrt or a CUDA Python API missing (says where to build instead).
-        EngineError: no GPU, ONNX parser errors (with node names), build failure.
+        CalibrationError: calibration folder unusable, or an image failed during calibration.
+        EngineError: no GPU, ONNX parser errors (with node names), build failure, or an FP16 / INT8 graph
+            whose engine has no FP16 / INT8 layer.
     """
-    from .errors import DataError
-
     cfg = cfg or EngineConfig()
+    log = log or (lambda msg: None)
     onnx_path = Path(onnx_path)
     if out_path is None:
         out_path = onnx_path.with_suffix(".engine")
@@ -344,22 +310,33 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     except MissingDependencyError as e:
         plan = plan_build(onnx_path, cfg, "10.3.0", out_path, manifest)
         raise MissingDependencyError(f"{e}; or {_no_tensorrt_hint(onnx_path, plan)}") from None
+    calib_set = calib_key = None
+    if cfg.int8_calib is not None and trt_major(trt.__version__) < 11:
+        from .calib import load_calibration_set
+        from .engine_calib import calibration_key, default_cache_path
+
+        calib_set = load_calibration_set(cfg.int8_calib, cfg.calib_images, cfg.calib_seed)
+        if len(calib_set) < manifest.batch_size:
+            raise CalibrationError(f"{cfg.int8_calib}: {len(calib_set)} images, fewer than one batch of "
+                                   f"{manifest.batch_size}")
+        calib_key = calibration_key(onnx_path, calib_set, manifest.batch_size)
+        cfg = dataclasses.replace(cfg, calib_cache=Path(cfg.calib_cache or default_cache_path(onnx_path, calib_key)))
     plan = plan_build(onnx_path, cfg, trt.__version__, out_path, manifest)
     if plan.refusals:
         raise ConfigError("; ".join(plan.refusals))
+    for w in plan.warnings:
+        if "no calibration cache yet" not in w:  # build_engine writes that cache itself
+            log(f"warning: {w}")
+    from .runtime.cuda import open_device
 
-    from .runtime.cuda import cuda_api
-
-    cuda = cuda_api()
-    try:
-        device = cuda.device_info(0)
-    except Exception as e:  # no driver / no GPU: the CUDA API raises its own error types
-        raise EngineError(f"no usable CUDA GPU here ({e}); {_no_tensorrt_hint(onnx_path, plan)}") from None
+    cuda, device = open_device(hint=_no_tensorrt_hint(onnx_path, plan))
 
     logger = trt.Logger(trt.Logger.VERBOSE if cfg.verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise EngineError(f"TensorRT could not create a builder (no GPU?); {_no_tensorrt_hint(onnx_path, plan)}")
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as e:  # pybind11 raises TypeError when libnvinfer returns no builder
+        raise EngineError(f"TensorRT could not create a builder ({e}): is the GPU visible and the driver "
+                          f"loaded? {_no_tensorrt_hint(onnx_path, plan)}") from None
     net_flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
     network = builder.create_network(net_flags)
     parser = trt.OnnxParser(network, logger)
@@ -368,16 +345,16 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         for i in range(parser.num_errors):
             err = parser.get_error(i)
             errs.append(f"node {err.node_name() or err.node()} ({err.node_operator() or '?'}): {err.desc()}")
-        raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: " + "; ".join(errs[:5]))
+        raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: " + "; ".join(errs[:5])
+                          + (f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""))
     _check_network_io(network, manifest, onnx_path)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precision in the inspector
     if cfg.opt_level is not None:
         config.builder_optimization_level = cfg.opt_level
-    cache_blob = cfg.timing_cache.read_bytes() if cfg.timing_cache and Path(cfg.timing_cache).is_file() else b""
-    timing_cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(timing_cache, False)
+    timing_status = _attach_timing_cache(trt, config, cfg.timing_cache, log)
     if cfg.dla_core is not None:
         if builder.num_DLA_cores <= cfg.dla_core:
             raise EngineError(f"DLA core {cfg.dla_core} asked for, this device has {builder.num_DLA_cores} DLA cores")
@@ -387,33 +364,65 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if "FP16" in plan.flags:
         config.set_flag(trt.BuilderFlag.FP16)
-    if "INT8" in plan.flags:
-        config.set_flag(trt.BuilderFlag.INT8)
-        files = calibration_files(cfg.int8_calib, cfg.calib_images)
-        if len(files) < manifest.batch_size:
-            raise CalibrationError(f"{cfg.int8_calib}: {len(files)} images, fewer than one batch "
-                                   f"of {manifest.batch_size}")
-        config.int8_calibrator = _make_calibrator(trt, cuda, files, manifest, plan.calib_cache)
+    calibrator = None
+    try:
+        if "INT8" in plan.flags:
+            from .engine_calib import make_calibrator
 
-    serialized = builder.build_serialized_network(network, config)
+            config.set_flag(trt.BuilderFlag.INT8)
+            calibrator = make_calibrator(trt, cuda, calib_set, manifest, plan.calib_cache, calib_key)
+            config.int8_calibrator = calibrator
+        log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
+        serialized = builder.build_serialized_network(network, config)
+        if calibrator is not None and calibrator.error is not None:
+            where = f" at {calibrator.failed_at}" if calibrator.failed_at else ""
+            raise CalibrationError(f"calibration stopped{where} after {calibrator.batches} batches: "
+                                   f"{calibrator.error}; no engine and no calibration cache written")
+    finally:
+        if calibrator is not None:
+            calibrator.close()
     if serialized is None:
         raise EngineError(f"{onnx_path}: TensorRT build failed (see the TensorRT log above); "
                           f"equivalent command: {plan.trtexec_command}")
-    with atomic_path(out_path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(serialized)
+
+    import onnx
+
+    from .precision import attention_nodes
+
+    att = set(attention_nodes(onnx.load(str(onnx_path), load_external_data=False)).matmuls)
+    layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, att)
+    asked = plan.precision
+    if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
+        raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
+                          f"layer in FP32 ({summary.total} layers): check the graph's precision "
+                          "(danet-edge check) or the build flags; nothing written")
+    timing_blob = None
     if cfg.timing_cache is not None:
+        tc = config.get_timing_cache()
+        timing_blob = bytes(tc.serialize()) if tc is not None else None
+    final_plan = plan_build(onnx_path, cfg, trt.__version__, out_path, manifest) if calibrator is not None else plan
+    trt_entry = {"version": str(trt.__version__), "gpu_name": device.name,
+                 "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
+                 "flags": plan.flags, "dla_core": cfg.dla_core, "workspace_mib": cfg.workspace_mib,
+                 "opt_level": cfg.opt_level, "timing_cache": {"path": str(cfg.timing_cache) if cfg.timing_cache
+                                                              else None, "status": timing_status},
+                 "layers": [layer.to_dict() for layer in layers],
+                 "source_onnx_sha256": sha256_file(onnx_path), "trtexec": final_plan.trtexec_command}
+    if calibrator is not None:
+        trt_entry["calibration"] = {"method": "EntropyCalibration2 (implicit, TensorRT 10)", "batches": calibrator.batches,
+                                    "images": [rel for rel, _ in calib_key["images"]], "seed": calib_set.seed,
+                                    "cache": str(plan.calib_cache), "cache_reused": calibrator.cache_reused,
+                                    "key": calib_key["key"]}
+    engine_manifest = dataclasses.replace(manifest, kind="engine", precision=summary.precision,
+                                          precision_report=summary.to_dict(), tensorrt=trt_entry)
+    with atomic_path(out_path) as tmp_engine, atomic_path(manifest_path(out_path)) as tmp_manifest:
+        with open(tmp_engine, "wb") as f:
+            f.write(serialized)
+        tmp_manifest.write_text(json.dumps(engine_manifest.to_dict(), indent=2) + "\n")
+    if timing_blob is not None:
         with atomic_path(cfg.timing_cache) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(config.get_timing_cache().serialize())
-    engine_manifest = dataclasses.replace(
-        manifest, kind="engine", precision=plan.precision,
-        tensorrt={"version": str(trt.__version__), "gpu_name": device.name,
-                  "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
-                  "flags": plan.flags, "dla_core": cfg.dla_core, "workspace_mib": cfg.workspace_mib,
-                  "opt_level": cfg.opt_level, "calib_cache": str(plan.calib_cache) if plan.calib_cache else None,
-                  "source_onnx_sha256": sha256_file(onnx_path), "trtexec": plan.trtexec_command})
-    write_manifest(out_path, engine_manifest)
+            tmp.write_bytes(timing_blob)
+    log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'})")
     return out_path
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set, quantize_int8
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
-from .manifest import Manifest, write_manifest
+from .manifest import Manifest, read_manifest, write_manifest
 from .precision import convert_fp16, format_report, precision_report, verify_precision
 from .preprocess import preprocess
 from .trtcheck import OPSET_RANGE, enforce_tensorrt_compat
@@ -111,7 +111,8 @@ class Artifact:
 
 @dataclass
 class ExportResult:
-    """Artifacts written (FP32 first), the PAM attention-map memory (MiB) per precision, warnings."""
+    """Artifacts written (FP32 first, engines last with --engine), the PAM attention-map memory (MiB) per
+    precision, warnings."""
 
     artifacts: list[Artifact]
     attention_mib: dict[str, float]
@@ -427,7 +428,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         artifacts.append(Artifact(res.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
         log(f"wrote {res.path} ({artifacts[-1].seconds:.1f} s, calibration {method} on {len(calib_set)} images"
             f"{', ranges reused' if res.reused else ''}) verification {_fmt(ver)}")
-        log(f"calibration record {res.record_path}, TensorRT cache {res.trt_cache_path}")
+        log(f"calibration record {res.record_path}")
         log(format_report(report, "int8"))
 
     if build_engine is not None:
@@ -435,8 +436,9 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
 
         for src in list(artifacts):
             t0 = time.perf_counter()
-            engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig()))
-            log(f"wrote {engine} ({time.perf_counter() - t0:.1f} s) from {src.path.name}")
+            engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig(), log=log))
+            artifacts.append(Artifact(engine, read_manifest(engine), time.perf_counter() - t0))
+            log(f"wrote {engine} ({artifacts[-1].seconds:.1f} s) from {src.path.name}")
     return ExportResult(artifacts, att, warnings, calibration)
 
 

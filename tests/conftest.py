@@ -14,10 +14,13 @@ if not os.environ.get("OMP_WAIT_POLICY"):
 
 import torch  # noqa: E402
 
+from _runtime_helpers import CAMVID, make_sensitive_checkpoint, make_tiny_checkpoint  # noqa: E402,F401 - re-exported
+
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
-CAMVID = Path(os.environ.get("DANET_EDGE_CAMVID", CAMVID))
+# tests/trt_suite runs in its own process per TensorRT version (tests/test_tensorrt_suite.py).
+collect_ignore = [] if os.environ.get("DANET_EDGE_TRT_SUITE") else ["trt_suite"]
+
 
 
 @pytest.fixture(scope="session")
@@ -28,49 +31,19 @@ def camvid_root() -> Path:
     return CAMVID
 
 
-def make_tiny_checkpoint(path: Path, num_classes: int = 5, image_size=(64, 96), backbone: str = "resnet18",
-                         seed: int = 0) -> Path:
-    """A danet-edge checkpoint with random weights, non-zero attention gammas and BN statistics
-    that are not the identity, so that every part of the graph matters."""
-    from danet_edge.checkpoint import default_palette, save_checkpoint
-    from danet_edge.model import ModelConfig, build_model
-
-    torch.manual_seed(seed)
-    cfg = ModelConfig(backbone=backbone, num_classes=num_classes)
-    model = build_model(cfg)
-    model.head.sa.gamma.data.fill_(0.5)
-    model.head.sc.gamma.data.fill_(0.3)
-    model.train()
-    with torch.no_grad():  # a few forward passes give realistic BN running stats
-        for _ in range(3):
-            model(torch.randn(2, 3, *image_size))
-    model.eval()
-    save_checkpoint(path, {
-        "model": model.state_dict(),
-        "model_config": cfg.to_dict(),
-        "data": {"dataset": "synthetic", "classes": [f"c{i}" for i in range(num_classes)],
-                 "palette": default_palette(num_classes), "mean": [0.485, 0.456, 0.406],
-                 "std": [0.229, 0.224, 0.225], "ignore_index": 255, "image_size": list(image_size)},
-        "epoch": 0,
-    })
-    return path
-
-
-def make_sensitive_checkpoint(path: Path, num_classes: int = 8, image_size=(64, 96)) -> Path:
-    """The tiny random checkpoint with a bias-free classifier and 10x weights, so that its labels
-    follow the image (a random head predicts one class almost everywhere, and then any broken
-    artifact would still agree with it)."""
-    from danet_edge.checkpoint import load_checkpoint, save_checkpoint
-
-    make_tiny_checkpoint(path, num_classes=num_classes, image_size=image_size)
-    ckpt = load_checkpoint(path)
-    ckpt["model"]["head.conv8.1.bias"].zero_()
-    ckpt["model"]["head.conv8.1.weight"].mul_(10.0)
-    del ckpt["format"]
-    return save_checkpoint(path, ckpt)
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Path of a ResNet-18 DANet checkpoint, 5 classes, image size 64x96 (random weights)."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the per-version counts of the TensorRT suite (tests/test_tensorrt_suite.py)."""
+    try:
+        from test_tensorrt_suite import RESULTS
+    except ImportError:
+        return
+    if RESULTS:
+        terminalreporter.write_sep("-", "TensorRT suites (real bindings + stand-in)")
+        for line in RESULTS:
+            terminalreporter.write_line(line)

@@ -3,7 +3,6 @@ calibration record and caches keyed to the graph hash, calibration folder handli
 
 from __future__ import annotations
 
-import struct
 
 import cv2
 import numpy as np
@@ -74,15 +73,13 @@ def test_record_and_caches_keyed_to_graph_hash(fp32_graph, tmp_path):
     digest = graph_sha256(onnx.load(str(src)))
     first = quantize_int8(src, calib, tmp_path / "a.onnx", "tensorrt", "entropy")
     assert not first.reused
-    for p in (first.record_path, first.ranges_path, first.trt_cache_path):
+    for p in (first.record_path, first.ranges_path):
         assert p.is_file() and digest[:16] in p.name
+    # no TensorRT calibration cache from export (issue 8, defect 8): build --int8-calib keys its own
+    assert not list(tmp_path.glob("*.cache")) and "trt_cache" not in first.record
     rec = first.record
     assert rec["graph_sha256"] == digest and rec["method"] == "entropy" and rec["count"] == 4
     assert rec["images"] == [f"img{i}.png" for i in range(4)] and rec["seed"] == 0
-    lines = first.trt_cache_path.read_text().splitlines()
-    assert lines[0] == "TRT-100300-EntropyCalibration2"
-    name, hexscale = lines[1].rsplit(": ", 1)
-    assert struct.unpack(">f", bytes.fromhex(hexscale))[0] > 0
     second = quantize_int8(src, calib, tmp_path / "b.onnx", "tensorrt", "entropy")
     assert second.reused
     other = load_calibration_set(calib.root, count=2, seed=1)

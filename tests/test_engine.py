@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from danet_edge.engine import (BuildPlan, EngineConfig, build_engine, calibration_files, check_engine_compat,
-                               plan_build)
-from danet_edge.errors import CalibrationError, ConfigError, EngineError, ManifestError, MissingDependencyError
+from danet_edge.engine import BuildPlan, EngineConfig, build_engine, check_engine_compat, plan_build
+from danet_edge.errors import ConfigError, EngineError, ManifestError, MissingDependencyError
 from danet_edge.manifest import Manifest
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -37,11 +36,18 @@ def test_plan_weak_typing_allowed_on_10_refused_on_11(tmp_path):
     assert not p10.strongly_typed and p10.flags == ["FP16"] and p10.precision == "fp16" and "--fp16" in p10.trtexec
     p11 = plan_build("m.onnx", cfg, "11.0.0")
     assert p11.refusals and "removed in TensorRT 11" in p11.refusals[0]
-    calib = EngineConfig(int8_calib=tmp_path)
+    cache = tmp_path / "m.int8-calib.0123.cache"
+    calib = EngineConfig(int8_calib=tmp_path, calib_cache=cache)
     p10 = plan_build(tmp_path / "m.onnx", calib, "10.7.0")
-    assert "INT8" in p10.flags and p10.precision == "int8" and p10.calib_cache.name.endswith(".calib.cache")
-    assert f"--calib={p10.calib_cache}" in p10.trtexec and "--int8" in p10.trtexec
-    assert any("implicit INT8" in r for r in plan_build("m.onnx", calib, "11.4.0").refusals)
+    assert "INT8" in p10.flags and p10.precision == "int8" and p10.calib_cache == cache
+    # issue 8 defect 3: trtexec names the cache only once it exists (without it trtexec calibrates on noise)
+    assert "--int8" in p10.trtexec and not any(a.startswith("--calib") for a in p10.trtexec)
+    assert any("calibrates on random data" in w for w in p10.warnings)
+    cache.write_text("TRT-100700-EntropyCalibration2\n")
+    assert f"--calib={cache}" in plan_build(tmp_path / "m.onnx", calib, "10.7.0").trtexec
+    refusal = plan_build("m.onnx", calib, "11.4.0").refusals
+    assert any("implicit INT8" in r and "export CHECKPOINT --int8" in r for r in refusal)  # a flag that exists
+    assert "export CHECKPOINT --fp16" in plan_build("m.onnx", cfg, "11.0.0").refusals[0]
 
 
 def test_plan_refuses_conflicts_and_bad_ranges(tmp_path):
@@ -55,6 +61,13 @@ def test_plan_refuses_conflicts_and_bad_ranges(tmp_path):
     p = plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=_manifest("fp32"))
     assert "GPU_FALLBACK" in p.flags and "--useDLACore=0" in p.trtexec and "--allowGPUFallback" in p.trtexec
     assert p.warnings  # FP32 graph on the DLA falls back to the GPU
+    # TensorRT 11.0 .. 11.4.0 do not support JetPack (so no DLA); 11.4.1 does on JetPack 7.2.2+
+    fp16 = _manifest("fp16")
+    assert not plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=fp16).warnings
+    for v in ("11.0.0.114", "11.4.0.106"):
+        assert any("does not support JetPack" in w for w in plan_build("m.onnx", EngineConfig(dla_core=0), v,
+                                                                          manifest=fp16).warnings)
+    assert not plan_build("m.onnx", EngineConfig(dla_core=0), "11.4.1", manifest=fp16).warnings
     with pytest.raises(ConfigError):
         plan_build("m.onnx", EngineConfig(), "ten")
 
@@ -69,16 +82,6 @@ def test_engine_compat_check():
         check_engine_compat(built, "10.3.0", (8, 6))
     with pytest.raises(ManifestError, match="no 'tensorrt' entry"):
         check_engine_compat(None, "10.3.0", (8, 7))
-
-
-def test_calibration_files(tmp_path):
-    with pytest.raises(CalibrationError, match="not found"):
-        calibration_files(tmp_path / "none", 10)
-    with pytest.raises(CalibrationError, match="no calibration images"):
-        calibration_files(tmp_path, 10)
-    for name in ("b.png", "a.jpg", "c.txt", "d.PNG"):
-        (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in calibration_files(tmp_path, 2)] == ["a.jpg", "b.png"]
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tests the path where tensorrt is missing")

@@ -25,20 +25,24 @@ def register(app: typer.Typer) -> None:
         fp16: bool = typer.Option(False, "--fp16", help="TensorRT 10 only: weakly typed build allowing FP16"),
         int8_calib: Optional[Path] = typer.Option(None, "--int8-calib",
                                                   help="TensorRT 10 only: implicit INT8, calibration image folder"),
-        calib_images: int = typer.Option(500, "--calib-images", help="images of --int8-calib to use"),
+        calib_size: int = typer.Option(100, "--calib-size", "--calib-images",
+                                       help="images drawn from --int8-calib (as export draws them)"),
+        seed: int = typer.Option(0, "--seed", help="seed of the calibration draw"),
+        calib_cache: Optional[Path] = typer.Option(None, "--calib-cache",
+                                                   help="implicit INT8 cache file (default: keyed, beside MODEL)"),
         verbose: bool = typer.Option(False, "--verbose", help="TensorRT verbose log"),
     ) -> None:
         """Build a TensorRT engine (plain file + .json manifest) on this device."""
         from ..engine import EngineConfig, build_engine
+        from ..manifest import read_manifest
 
         cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
-                           calib_images=calib_images, verbose=verbose)
-        path = build_engine(model, out, cfg)
-        console.print(f"engine: {path}")
-        from ..manifest import read_manifest
-
-        console.print(f"equivalent: {read_manifest(path).tensorrt['trtexec']}")
+                           calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose)
+        path = build_engine(model, out, cfg, log=lambda msg: err_console.print(msg, markup=False, highlight=False))
+        trt_info = read_manifest(path).tensorrt or {}
+        console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"equivalent: {trt_info.get('trtexec')}", markup=False, highlight=False, soft_wrap=True)
 
     @app.command()
     def infer(

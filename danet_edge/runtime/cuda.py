@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import EngineError
 
-__all__ = ["CudaApi", "PyCudaApi", "CudaPythonApi", "HostDeviceBuffer", "cuda_api", "DeviceInfo"]
+__all__ = ["CudaApi", "PyCudaApi", "CudaPythonApi", "HostDeviceBuffer", "cuda_api", "open_device", "DeviceInfo"]
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class CudaPythonApi(CudaApi):
     def _check(self, result: Any, what: str) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
         if err != self.rt.cudaError_t.cudaSuccess:
-            raise EngineError(f"CUDA {what} failed: {err}")
+            raise EngineError(f"CUDA {what} failed: {getattr(err, 'name', err)}")
         return rest[0] if len(rest) == 1 else rest
 
     def device_info(self, index: int = 0) -> DeviceInfo:
@@ -193,3 +193,18 @@ def cuda_api(prefer: str | None = None) -> CudaApi:
 
     name, module = import_cuda_backend(prefer)
     return PyCudaApi(module) if name == "pycuda" else CudaPythonApi(module)
+
+
+def open_device(prefer: str | None = None, hint: str = "") -> tuple[CudaApi, DeviceInfo]:
+    """The CUDA adapter and device 0, or one clear error (never the CUDA package's own traceback).
+
+    Raises:
+        MissingDependencyError: no CUDA Python API installed.
+        EngineError: no usable GPU or driver (pycuda and cuda-python report it in their own ways);
+            ``hint`` is appended to the message.
+    """
+    cuda = cuda_api(prefer)
+    try:
+        return cuda, cuda.device_info(0)
+    except Exception as e:  # noqa: BLE001 - pycuda._driver.Error, cudaError_t via EngineError, ...
+        raise EngineError(f"no usable CUDA GPU here ({e}){'; ' + hint if hint else ''}") from None

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from .._optional import import_tensorrt
-from ..engine import check_engine_compat
+from ..engine_info import check_engine_compat
 from ..errors import EngineError, ManifestError
 from ..manifest import Manifest
-from .cuda import cuda_api
+from .cuda import open_device
 
 __all__ = ["TrtRunner"]
 
@@ -41,14 +41,17 @@ class TrtRunner:
 
     def __init__(self, path: Path, manifest: Manifest, cuda_backend: str | None = None) -> None:
         trt = import_tensorrt()
-        self.cuda = cuda_api(cuda_backend)
-        device = self.cuda.device_info(0)
+        self.cuda, device = open_device(cuda_backend)
         check_engine_compat(manifest.tensorrt, trt.__version__, device.compute_capability, device.name)
         self.manifest = manifest
         self._buffers: dict[str, Any] = {}
         self.stream = None
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
+        try:
+            self.runtime = trt.Runtime(self.logger)
+        except TypeError as e:  # pybind11: libnvinfer returned no runtime
+            raise EngineError(f"TensorRT could not create a runtime ({e}): is the GPU visible and the driver "
+                              "loaded?") from None
         dla_core = (manifest.tensorrt or {}).get("dla_core")
         if dla_core is not None:
             self.runtime.DLA_core = int(dla_core)
@@ -59,19 +62,33 @@ class TrtRunner:
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.create_stream()
         self.input_name = self.output_name = None
+        try:
+            self._bind(path, trt, manifest)
+        except BaseException:
+            self.close()  # free what was allocated before the failure
+            raise
+
+    def _bind(self, path: Path, trt: Any, manifest: Manifest) -> None:
+        """Allocate one host + device buffer per I/O tensor and give its address to the context."""
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
             expected = manifest.input_shape if is_input else manifest.output_shape
             if name != (manifest.input_name if is_input else manifest.output_name) or list(shape) != list(expected):
-                self.close()
                 raise ManifestError(f"{path}: engine {'input' if is_input else 'output'} is {name!r} {list(shape)}, "
                                     f"the manifest says {manifest.input_name if is_input else manifest.output_name!r} "
                                     f"{expected}")
-            buf = self.cuda.alloc(shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
+            trt_dtype = self.engine.get_tensor_dtype(name)
+            try:
+                dtype = np.dtype(trt.nptype(trt_dtype))
+            except TypeError:  # BF16, FP8, INT4...: no numpy type
+                raise EngineError(f"{path}: tensor {name!r} is {trt_dtype}, which has no numpy type: export the "
+                                  "graph with FP32 (or uint8 / int) inputs and outputs") from None
+            buf = self.cuda.alloc(shape, dtype)
             self._buffers[name] = buf
-            self.context.set_tensor_address(name, buf.device)
+            if not self.context.set_tensor_address(name, buf.device):
+                raise EngineError(f"{path}: TensorRT refused the buffer address of tensor {name!r}")
             if is_input:
                 self.input_name = name
             else:

@@ -1,0 +1,268 @@
+"""danet-edge's TensorRT builder through the real bindings and the stand-in, on 10.3 and 11.x."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import LIB, MAJOR, TRT
+from danet_edge.engine import EngineConfig, build_engine, plan_build
+from danet_edge.errors import CalibrationError, ConfigError, EngineError, MissingDependencyError
+from danet_edge.manifest import read_manifest
+from danet_edge.runtime.backends import open_backend
+from trt_standin.hostmem import GPU
+
+
+def _copy(src: Path, dst_dir: Path) -> Path:
+    """The graph and its manifest in a fresh folder (builds write caches beside the graph)."""
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for p in (src, src.with_name(src.name + ".json")):
+        shutil.copy(p, dst_dir / p.name)
+    return dst_dir / src.name
+
+
+def _labels(path: Path, frames: np.ndarray) -> np.ndarray:
+    with open_backend(path) as b:
+        return np.concatenate([b.predict(frames[i:i + 1]).labels for i in range(len(frames))])
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16", "int8"])
+def test_strongly_typed_build_runs_like_the_onnx(exported, tmp_path, which):
+    src = _copy(getattr(exported, which), tmp_path)
+    logs: list[str] = []
+    eng = build_engine(src, None, EngineConfig(), log=logs.append)
+    m = read_manifest(eng)
+    t = m.tensorrt
+    assert eng.suffix == ".engine" and m.kind == "engine" and t["version"] == TRT.__version__
+    assert t["flags"] == ["STRONGLY_TYPED"] and t["compute_capability"] == "8.7"
+    assert ("--stronglyTyped" in t["trtexec"]) == (MAJOR == 10)  # a no-op flag in trtexec 11
+    # the engine's real precision, read from the inspector's per-layer formats
+    rep = m.precision_report
+    assert rep["source"] == "TensorRT engine inspector" and rep["precision"] == which == m.precision
+    counts = rep["counts"]
+    if which == "fp32":
+        assert counts["fp16"] == counts["int8"] == 0 and counts["fp32"] > 0
+    if which == "fp16":  # FP16 with the FP32 islands the graph keeps (CAM energy, softmaxes, PAM energy)
+        assert counts["fp16"] > counts["fp32"] > 0 and counts["int8"] == 0
+    if which == "int8":
+        assert counts["int8"] > 0
+    att = rep["attention"]
+    assert len(att) == 4  # PAM and CAM energy and output MatMuls
+    if which in ("fp16", "int8"):  # attention energy stays FP32; nothing of it quantized by default
+        assert "int8" not in att.values() and "fp32" in att.values()
+    layers = t["layers"]
+    assert len(layers) == rep["total"] and all({"name", "type", "precision", "tactic"} <= set(row) for row in layers)
+    assert logs and "engine layers" in logs[-1]
+    # class maps of the engine equal those of the same graph in ONNX Runtime
+    assert np.array_equal(_labels(eng, exported.frames), _labels(src, exported.frames))
+
+
+def test_fused_io_uint8_in_class_map_out(exported, tmp_path):
+    src = _copy(exported.fused, tmp_path)
+    eng = build_engine(src)
+    m = read_manifest(eng)
+    assert m.input_dtype == "uint8" and m.output_kind == "labels"
+    with open_backend(eng) as b:
+        assert b.predict(exported.frames[:1]).logits is None
+    assert np.array_equal(_labels(eng, exported.frames), _labels(src, exported.frames))
+
+
+def test_dla_core_with_gpu_fallback(exported, tmp_path):
+    GPU.dla_cores = 2
+    eng = build_engine(_copy(exported.fp16, tmp_path), None, EngineConfig(dla_core=1))
+    t = read_manifest(eng).tensorrt
+    assert t["dla_core"] == 1 and "GPU_FALLBACK" in t["flags"] and "--useDLACore=1" in t["trtexec"]
+    assert any(layer["tactic"].startswith("dla_") for layer in t["layers"])
+    assert np.array_equal(_labels(eng, exported.frames[:2]), _labels(exported.fp16, exported.frames[:2]))
+    with pytest.raises(EngineError, match="this device has 2 DLA cores"):
+        build_engine(_copy(exported.fp16, tmp_path / "c"), None, EngineConfig(dla_core=2))
+    with pytest.raises(EngineError, match="TensorRT build failed"):  # FP32 layers, no fallback
+        build_engine(_copy(exported.fp32, tmp_path / "d"), None, EngineConfig(dla_core=0, gpu_fallback=False))
+    assert not (tmp_path / "d" / "model.engine").exists()
+
+
+def test_timing_cache_new_reused_and_rejected(exported, tmp_path):
+    """Defect 4: a cache from another device was ignored, then ``get_timing_cache()`` gave None and
+    ``.serialize()`` raised after the engine was written, leaving an engine without its manifest."""
+    cache = tmp_path / "timing.cache"
+    src = _copy(exported.fp16, tmp_path)
+    eng = build_engine(src, None, EngineConfig(timing_cache=cache))
+    assert cache.is_file() and read_manifest(eng).tensorrt["timing_cache"]["status"] == "new"
+    first = cache.read_bytes()
+    eng = build_engine(src, None, EngineConfig(timing_cache=cache))
+    assert read_manifest(eng).tensorrt["timing_cache"]["status"] == "reused" and cache.read_bytes() != first
+    GPU.compute_capability = (8, 9)  # another GPU: the cache's verification header does not match
+    eng.unlink()
+    eng.with_name(eng.name + ".json").unlink()
+    logs: list[str] = []
+    eng = build_engine(src, None, EngineConfig(timing_cache=cache), log=logs.append)
+    m = read_manifest(eng)
+    assert eng.is_file() and m.tensorrt["compute_capability"] == "8.9"
+    assert m.tensorrt["timing_cache"]["status"].startswith("rejected")
+    assert any("another GPU or TensorRT version" in line for line in logs)
+    assert b'"cc": [8, 9]' in cache.read_bytes()  # rewritten for this device
+    cache.write_bytes(b"garbage")  # unreadable: a fresh cache too
+    eng = build_engine(src, None, EngineConfig(timing_cache=cache))
+    assert "unreadable" in read_manifest(eng).tensorrt["timing_cache"]["status"]
+
+
+def test_parser_failure_names_the_nodes(exported, tmp_path):
+    """The cpu-target INT8 graph has uint8 activations: TensorRT's parser takes INT8 Q/DQ only."""
+    src = _copy(exported.int8_cpu, tmp_path)
+    with pytest.raises(EngineError, match=r"TensorRT's ONNX parser failed: node .*\(QuantizeLinear\): uint8 zero point"):
+        build_engine(src)
+    assert not src.with_suffix(".engine").exists()
+
+
+def test_engine_for_another_gpu_or_version_is_refused(exported, tmp_path):
+    eng = build_engine(_copy(exported.fp32, tmp_path))
+    GPU.compute_capability = (8, 6)
+    with pytest.raises(EngineError, match=r"engine built for sm_87 .* this GPU .* is sm_86 .* rebuild on this device"):
+        open_backend(eng)
+    GPU.compute_capability = (8, 7)
+    m = json.loads(eng.with_name(eng.name + ".json").read_text())
+    m["tensorrt"]["version"] = "10.0.1"
+    eng.with_name(eng.name + ".json").write_text(json.dumps(m))
+    with pytest.raises(EngineError, match=f"TensorRT 10.0.1, this GPU .* TensorRT {TRT.__version__[:4]}"):
+        open_backend(eng)
+    m["tensorrt"]["version"] = TRT.__version__
+    eng.with_name(eng.name + ".json").write_text(json.dumps(m))
+    eng.write_bytes(b"not an engine")
+    with pytest.raises(EngineError, match="could not deserialize"):
+        open_backend(eng)
+
+
+def test_weak_typing_on_10_refused_on_11(exported, tmp_path):
+    src = _copy(exported.fp32, tmp_path)
+    if MAJOR >= 11:
+        with pytest.raises(ConfigError, match=r"--fp16 is a weakly typed build, removed in TensorRT 11 .*"
+                                              r"danet-edge export CHECKPOINT --fp16"):
+            build_engine(src, None, EngineConfig(fp16=True))
+        with pytest.raises(ConfigError, match=r"implicit INT8 calibration, removed in TensorRT 11 .*--int8 --calib"):
+            build_engine(src, None, EngineConfig(int8_calib=exported.calib))
+        return
+    eng = build_engine(src, None, EngineConfig(fp16=True))
+    m = read_manifest(eng)
+    assert m.tensorrt["flags"] == ["FP16"] and m.precision == "fp16" and "--fp16" in m.tensorrt["trtexec"]
+    assert m.precision_report["counts"]["fp16"] > 0
+
+
+def test_implicit_int8_calibration_keyed_cache_and_trtexec(exported, tmp_path):
+    """Defects 2 and 3: the cache was keyed only by the graph (another folder or count reused it), and
+    trtexec was told ``--calib=<cache>`` for a cache that might not exist."""
+    if MAJOR >= 11:
+        assert plan_build("m.onnx", EngineConfig(int8_calib=tmp_path), TRT.__version__).refusals
+        return
+    src = _copy(exported.fp32, tmp_path)
+    plan = plan_build(src, EngineConfig(int8_calib=exported.calib), TRT.__version__)
+    assert "--int8" in plan.trtexec and not any(a.startswith("--calib") for a in plan.trtexec)
+    assert any("calibrates on random data" in w for w in plan.warnings)
+    eng = build_engine(src, None, EngineConfig(int8_calib=exported.calib, calib_images=4))
+    m = read_manifest(eng)
+    cal = m.tensorrt["calibration"]
+    cache = Path(cal["cache"])
+    assert m.tensorrt["flags"] == ["INT8"] and m.precision == "int8" and cal["batches"] == 4
+    assert cache.is_file() and cache.read_bytes().startswith(b"TRT-1003") and not cal["cache_reused"]
+    assert f"--calib={cache}" in m.tensorrt["trtexec"]  # named now that it exists
+    assert len(cal["images"]) == 4 and len(LIB.calibration_batches) == 4
+    again = read_manifest(build_engine(src, None, EngineConfig(int8_calib=exported.calib, calib_images=4)))
+    assert again.tensorrt["calibration"]["cache_reused"] and again.tensorrt["calibration"]["cache"] == str(cache)
+    other = read_manifest(build_engine(src, None, EngineConfig(int8_calib=exported.calib, calib_images=3)))
+    assert other.tensorrt["calibration"]["cache"] != str(cache) and not other.tensorrt["calibration"]["cache_reused"]
+    assert len(LIB.calibration_batches) == 3
+    # the same cache file named by the user but another image set: recalibrated, not reused
+    forced = EngineConfig(int8_calib=exported.calib, calib_images=3, calib_seed=5, calib_cache=cache)
+    assert not read_manifest(build_engine(src, None, forced)).tensorrt["calibration"]["cache_reused"]
+
+
+def test_calibration_error_fails_the_build(exported, tmp_path, monkeypatch):
+    """Defect 1: an image failing inside get_batch was swallowed by TensorRT's wrapper and read as the
+    end of the data; the engine was calibrated on a truncated set and the cache written and reused."""
+    if MAJOR >= 11:
+        assert not hasattr(TRT, "IInt8EntropyCalibrator2")
+        return
+    import danet_edge.calib as calib_mod
+
+    src = _copy(exported.fp32, tmp_path)
+    real = calib_mod._read_rgb
+    seen: dict[str, int] = {}
+
+    def flaky(p):  # readable when the set is loaded, gone when the builder asks for it
+        seen[p.name] = seen.get(p.name, 0) + 1
+        if p.name == "img2.png" and seen[p.name] > 1:
+            raise calib_mod.CalibrationError(f"{p}: not a readable image")
+        return real(p)
+
+    monkeypatch.setattr(calib_mod, "_read_rgb", flaky)
+    with pytest.raises(CalibrationError, match=r"calibration stopped at .*img2.png after 2 batches: .*not a readable"):
+        build_engine(src, None, EngineConfig(int8_calib=exported.calib, calib_images=6))
+    assert not src.with_suffix(".engine").exists() and not list(tmp_path.glob("*.cache"))
+
+
+def test_engine_without_reduced_precision_layers_is_refused(exported, tmp_path):
+    LIB.force_fp32_layers = True
+    src = _copy(exported.fp16, tmp_path)
+    with pytest.raises(EngineError, match="asked for FP16 but the engine TensorRT built runs every layer in FP32"):
+        build_engine(src)
+    assert not src.with_suffix(".engine").exists()
+
+
+def test_no_gpu_and_no_builder_are_one_line_errors(exported, tmp_path):
+    """Defects 6 and 7: pycuda.autoinit raises pycuda's own error (not ImportError) and trt.Builder
+    raises TypeError (never returns None)."""
+    src = _copy(exported.fp32, tmp_path)
+    GPU.trt_usable = False
+    with pytest.raises(EngineError, match="TensorRT could not create a builder"):
+        build_engine(src)
+    from trt_standin import cuda_fakes
+
+    GPU.trt_usable = True
+    GPU.present = False
+    cuda_fakes.install({"pycuda"})  # a fresh import of pycuda.autoinit
+    with pytest.raises(MissingDependencyError, match=r"pycuda.autoinit \(RuntimeError: cuInit failed: no CUDA-capable"):
+        build_engine(src)
+    cuda_fakes.install({"pycuda", "cuda-python-13"})
+    with pytest.raises(EngineError, match="no usable CUDA GPU here .*cudaErrorNoDevice.* build it on the target"):
+        build_engine(src)
+
+
+def test_broken_pycuda_falls_back_to_cuda_python(exported, tmp_path):
+    from trt_standin import cuda_fakes
+
+    cuda_fakes.install({"pycuda", "cuda-python-12"})
+    GPU.pycuda_broken = True
+    eng = build_engine(_copy(exported.fp32, tmp_path))
+    with open_backend(eng) as b:
+        assert type(b._runner.cuda).__name__ == "CudaPythonApi"
+    assert np.array_equal(_labels(eng, exported.frames[:2]), _labels(exported.fp32, exported.frames[:2]))
+
+
+def test_bf16_output_frees_its_buffers(exported, tmp_path):
+    """An output dtype without a numpy type raised after the input buffers were allocated."""
+    src = _copy(exported.fp32, tmp_path)
+    model = onnx.load(str(src))
+    out = model.graph.output[0]
+    model.graph.node[-1].output[0] = out.name + "_f32"
+    model.graph.node.append(onnx.helper.make_node("Cast", [out.name + "_f32"], [out.name], to=onnx.TensorProto.BFLOAT16,
+                                                  name="to_bf16"))
+    out.type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
+    onnx.save(model, str(src))
+    eng = build_engine(src)
+    with pytest.raises(EngineError, match="has no numpy type"):
+        open_backend(eng)
+    # the machine fixture asserts that no device allocation leaked
+
+
+def test_export_engine_lists_the_engines(exported, tmp_path):
+    """``export --engine`` built engines but left them out of its result and printed table."""
+    from danet_edge.export import ExportConfig, export_model
+
+    res = export_model(exported.checkpoint, ExportConfig(fp16=True, engine=True, out=tmp_path))
+    engines = [a for a in res.artifacts if a.path.suffix == ".engine"]
+    assert [a.path.name for a in engines] == ["model.engine", "model_fp16.engine"]
+    assert [a.manifest.precision for a in engines] == ["fp32", "fp16"] and all(a.path.is_file() for a in engines)

@@ -1,0 +1,109 @@
+"""The engine at run time: CUDA adapters (pycuda, cuda-python 12.x and 13.x layouts, the real
+cuda-bindings without a GPU) and ``build -> infer -> check -> bench`` from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import TRT
+from danet_edge.engine import build_engine
+from danet_edge.runtime.backends import open_backend
+from trt_standin import cuda_fakes
+from trt_standin.hostmem import GPU
+from test_build import _copy, _labels
+
+
+@pytest.mark.parametrize("layout", ["pycuda", "cuda-python-12", "cuda-python-13"])
+def test_engine_runs_through_each_cuda_adapter(exported, tmp_path, layout):
+    eng = build_engine(_copy(exported.int8, tmp_path))
+    cuda_fakes.install({layout})
+    with open_backend(eng) as b:
+        runner = b._runner
+        assert type(runner.cuda).__name__ == ("PyCudaApi" if layout == "pycuda" else "CudaPythonApi")
+        first = b.predict(exported.frames[:1])
+        streams = set(GPU.streams)
+    assert runner.stream is None and not runner._buffers  # closed: stream and buffers given back
+    assert streams and not (streams & GPU.streams) or layout == "pycuda"  # cuda-python destroys its stream
+    assert np.array_equal(first.labels, _labels(exported.int8, exported.frames[:1]))
+    assert np.array_equal(_labels(eng, exported.frames), _labels(exported.int8, exported.frames))
+
+
+def _cli(*args: str) -> int:
+    from danet_edge.cli import main
+
+    old = sys.argv
+    sys.argv = ["danet-edge", *args]
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsys):
+    """The user's sequence on an engine: every step goes through danet-edge's own TensorRT code."""
+    src = _copy(exported.fp16, tmp_path / "export")
+    assert _cli("build", str(src), "--timing-cache", str(tmp_path / "timing.cache")) == 0
+    out = capsys.readouterr().out
+    eng = src.with_suffix(".engine")
+    assert f"engine: {eng}" in out and "equivalent: trtexec --onnx=" in out and eng.is_file()
+    video = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (96, 64))
+    for f in exported.frames:
+        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    vw.release()
+    assert _cli("infer", str(eng), str(video), "--out", str(tmp_path / "infer"), "--save-labels") == 0
+    summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
+    assert summary["frames"] == len(exported.frames)
+    pngs = sorted((tmp_path / "infer").rglob("*.png"))
+    assert len(pngs) == len(exported.frames)
+    check_json = tmp_path / "check.json"
+    rc = _cli("check", str(eng), str(src), "--reference", str(exported.checkpoint), "--limit", "4",
+              "--json", str(check_json), "--report", str(tmp_path / "report"))
+    capsys.readouterr()
+    report = json.loads(check_json.read_text())
+    by = {Path(a["path"]).suffix: a for a in report["artifacts"]}
+    assert by[".engine"]["precision"] == "fp16" and "engine layers" in by[".engine"]["precision_source"]
+    assert by[".engine"]["agreement"] == by[".onnx"]["agreement"]  # same class maps as the graph
+    assert rc == (0 if all(a["passed"] for a in report["artifacts"]) else 1)
+    assert "engine layers per precision" in (tmp_path / "report" / "report.md").read_text()
+    bench_json = tmp_path / "bench.json"
+    assert _cli("bench", str(eng), "--runs", "2", "--warmup", "1", "--json", str(bench_json)) == 0
+    entries = json.loads(bench_json.read_text())["entries"]
+    (entry,) = [e for e in entries if e["path"] == str(eng)]
+    assert entry["backend"] == "tensorrt" and entry["precision"] == "fp16" and entry["latency_p50_ms"] > 0
+
+
+def test_cli_errors_are_one_line(exported, tmp_path, capsys):
+    src = _copy(exported.int8_cpu, tmp_path)
+    assert _cli("build", str(src)) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "ONNX parser failed" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_real_cuda_bindings_without_a_gpu(exported, tmp_path):
+    """The real cuda-python 12.x (cuda-bindings) imports without a GPU and answers with an error code:
+    `danet-edge build` must say so in one line (real TensorRT bindings, no stand-in, no pycuda)."""
+    site = os.environ["DANET_EDGE_CUDA_BINDINGS_SITE"]
+    src = _copy(exported.fp32, tmp_path)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent / "shims"), site, os.environ["DANET_EDGE_TRT_SITE"]])
+    r = subprocess.run([sys.executable, "-c", "from danet_edge.cli import main; main()", "build", str(src)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "no usable CUDA GPU here (CUDA cudaGetDeviceProperties failed: cudaError" in lines[0]
+    assert "danet-edge build model.onnx" in lines[0]
+    assert not src.with_suffix(".engine").exists()
+    assert TRT.__version__  # the same bindings version as the rest of this suite
