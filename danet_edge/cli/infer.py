@@ -39,7 +39,8 @@ def register(app: typer.Typer) -> None:
         cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
                            calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose)
-        path = build_engine(model, out, cfg, log=lambda msg: err_console.print(msg, markup=False, highlight=False))
+        path = build_engine(model, out, cfg,
+                            log=lambda msg: err_console.print(msg, markup=False, highlight=False, soft_wrap=True))
         trt_info = read_manifest(path).tensorrt or {}
         console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"equivalent: {trt_info.get('trtexec')}", markup=False, highlight=False, soft_wrap=True)

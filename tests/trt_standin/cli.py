@@ -2,6 +2,7 @@
 
     python tests/trt_standin/cli.py --trt 10.3.0 build export/model_fp16.onnx
     python tests/trt_standin/cli.py --trt 11.4.0.106 infer export/model_fp16.engine clip.mp4
+    python tests/trt_standin/cli.py --trt 10.3.0 benchmarks/engine_vs_onnx.py ...   # a script instead
 
 For developers and reviewers without a GPU: engines "built" here carry the ONNX graph and run it with
 ONNX Runtime (see ``library.py`` for what that can and cannot show). They are not TensorRT engines;
@@ -28,6 +29,12 @@ def _child(args: list[str]) -> None:
 
     library.install(tensorrt_bindings)
     cuda_fakes.install({"pycuda"})
+    if args and args[0].endswith(".py"):  # a script (a benchmark) run in this process
+        import runpy
+
+        sys.argv = list(args)
+        runpy.run_path(args[0], run_name="__main__")
+        return
     from danet_edge.cli import main
 
     sys.argv = ["danet-edge", *args]
