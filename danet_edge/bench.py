@@ -119,6 +119,7 @@ class BenchEntry:
     agreement: float | None = None
     miou: float | None = None
     skipped: str | None = None
+    provider: str = ""  # what it really ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "TensorRT 10.3.0 on Orin"
 
 
 @dataclass
@@ -266,18 +267,32 @@ def _gpu_peak(free_before: int | None, torch_backend: bool) -> float | None:
     return max(0, free_before - int(torch.cuda.mem_get_info()[0])) / MiB
 
 
+def _backend_name(path: Path) -> str:
+    from .runtime.backends import backend_for
+
+    return backend_for(path)
+
+
+def _resizable(path: Path) -> bool:
+    """A model whose input size and batch are chosen when it is opened (checkpoints), not fixed by it."""
+    from .runtime.backends import backend_spec
+
+    return "image_size" in backend_spec(path).options
+
+
 def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
                   size: tuple[int, int] | None = None, is_reference: bool = False) -> tuple[BenchEntry, np.ndarray]:
     """Open, warm up and time one artifact (or the reference) through ``open_backend``."""
-    from .runtime.backends import open_backend
+    from .runtime.backends import backend_spec, open_backend
 
+    spec = backend_spec(path)
     kwargs: dict[str, Any] = {}
-    torch_backend = path.suffix in (".pt", ".pth")
-    if torch_backend:
+    torch_backend = spec.name == "torch"  # GPU memory is read from torch's allocator for it
+    if _resizable(path):
         kwargs.update(device=cfg.device, batch=batch)
         if size is not None:
             kwargs["image_size"] = size
-    elif path.suffix == ".onnx" and cfg.threads:
+    elif "threads" in spec.options and cfg.threads:
         kwargs["threads"] = cfg.threads
     free = _gpu_reset()
     with _PeakRSS() as mem:
@@ -300,7 +315,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
             backend.close()
     s = latency_stats(times)
     entry = BenchEntry(
-        name=name, path=str(path), backend=getattr(backend, "name", path.suffix.lstrip(".")), precision=m.precision,
+        name=name, path=str(path), backend=backend.name, provider=getattr(backend, "provider", ""), precision=m.precision,
         image_size=list(m.image_size), batch=n, runs=cfg.runs, setup_s=setup, latency_mean_ms=s["mean"],
         latency_p50_ms=s["p50"], latency_p90_ms=s["p90"], latency_p99_ms=s["p99"], latency_min_ms=s["min"],
         throughput_fps=n * 1e3 / s["mean"], host_peak_mib=mem.delta_mib, gpu_peak_mib=_gpu_peak(free, torch_backend),
@@ -374,9 +389,7 @@ def _prime(paths: Sequence[Path], cfg: BenchConfig) -> None:
         if kind in seen:
             continue
         seen.add(kind)
-        kwargs: dict[str, Any] = {"device": cfg.device} if kind == "torch" else {}
-        if kind == "torch":
-            kwargs["image_size"] = (64, 64)
+        kwargs: dict[str, Any] = {"device": cfg.device, "image_size": (64, 64)} if _resizable(p) else {}
         with open_backend(p, **kwargs) as b:
             b.predict(_scenes(1, b.manifest.image_size, cfg.seed))
 
@@ -417,10 +430,18 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     for p in [*paths, *([Path(cfg.reference)] if cfg.reference else [])]:
         if not p.is_file():
             raise ConfigError(f"{p}: file not found")
-    if cfg.threads:
-        import torch
+    import torch
 
+    threads = torch.get_num_threads()
+    if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _bench(paths, cfg)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, whatever this run used
+
+
+def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
     from .manifest import read_manifest
 
     report = BenchReport(machine=_machine(), config={k: (str(v) if isinstance(v, Path) else v)
@@ -433,16 +454,19 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
                                f"times are inflated{advice}")
     # (size, batch) pairs to run: static artifacts at their batch, PyTorch checkpoints at cfg.batches
     plan: list[tuple[Path, tuple[int, int] | None, int | None]] = []
-    static = sorted({read_manifest(p).batch_size for p in paths if p.suffix not in (".pt", ".pth")})
+    static = sorted({read_manifest(p).batch_size for p in paths if not _resizable(p)})
+    # checkpoints beside static artifacts run at the artifacts' size(s), so their rows compare
+    sizes = sorted({tuple(read_manifest(p).image_size) for p in paths if not _resizable(p)})
     for p in paths:
-        if p.suffix in (".pt", ".pth"):
-            for b in cfg.batches or tuple(static) or (1,):
-                plan.append((p, None, b))
+        if _resizable(p):
+            for size in sizes or [None]:
+                for b in cfg.batches or tuple(static) or (1,):
+                    plan.append((p, size, b))
         else:
             m = read_manifest(p)
             if cfg.batches and m.batch_size not in cfg.batches:
                 report.entries.append(BenchEntry(
-                    name=p.name, path=str(p), backend=p.suffix.lstrip("."), precision=m.precision,
+                    name=p.name, path=str(p), backend=_backend_name(p), precision=m.precision,
                     image_size=list(m.image_size), batch=m.batch_size, runs=0,
                     skipped=f"static batch {m.batch_size} is not among the requested batches {list(cfg.batches)}"))
                 continue
@@ -474,7 +498,7 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
             report.entries.append(e)
     mious = _check_mious(cfg.check_json)
     for p, size, b in plan:
-        e, labels = _time_backend(p.name, p, cfg, b, size=None)
+        e, labels = _time_backend(p.name, p, cfg, b, size=size if _resizable(p) else None)
         ref = ref_entries.get((tuple(e.image_size), e.batch))
         if ref is not None:
             e.speedup_vs_reference = ref[0].latency_p50_ms / e.latency_p50_ms

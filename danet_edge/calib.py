@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import random
@@ -40,14 +39,13 @@ import numpy as np
 import onnx
 
 from .errors import CalibrationError, ConfigError, DataError
-from .data import read_image
+from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_image
 from .utils import atomic_path, read_json, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
            "graph_sha256", "Int8Result", "quantize_int8", "fill_calib_dir"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LIST_FILE = "calib.txt"
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 TARGETS = ("tensorrt", "cpu")
@@ -87,6 +85,25 @@ class CalibrationSet:
         """Each image as ``(H, W, 3) uint8 RGB`` (decoded again on every pass)."""
         for p in self.paths:
             yield _read_rgb(p)
+
+    def num_batches(self, batch: int) -> int:
+        """Batches of ``batch`` images that cover the set (the last one completed, see :meth:`model_batch`)."""
+        return -(-len(self.paths) // batch)
+
+    def model_batch(self, index: int, batch: int, size: tuple[int, int], mean: Any, std: Any,
+                    fused: bool = False) -> np.ndarray:
+        """Batch ``index`` as the graph's input: ``(batch, 3, h, w)`` float32 through
+        ``preprocess.preprocess``, or ``(batch, h, w, 3)`` uint8 for fused I/O. The last batch is
+        completed with images from the start of the set, so no image is dropped. The one rule for both
+        ONNX Runtime's calibration reader and TensorRT's calibrator.
+
+        Raises:
+            CalibrationError: an image cannot be read (named).
+        """
+        frames = [_read_rgb(self.paths[(index * batch + k) % len(self.paths)]) for k in range(batch)]
+        if fused:
+            return np.stack([resize_image(f, size) for f in frames])
+        return preprocess(frames, size, mean, std)
 
     def relative_paths(self) -> list[str]:
         out = []
@@ -168,17 +185,9 @@ class _Reader:
         self._range = (0, len(self))
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        paths = list(self.calib.paths)
-        while len(paths) % self.batch:
-            paths.append(paths[len(paths) % len(self.calib.paths)])
         start, end = self._range
-        for i in range(start * self.batch, min(end, len(self)) * self.batch, self.batch):
-            frames = [_read_rgb(p) for p in paths[i:i + self.batch]]
-            if self.fused:
-                x = np.stack([resize_image(f, self.size) for f in frames])
-            else:
-                x = preprocess(frames, self.size, self.mean, self.std)
-            yield {self.name: x}
+        for i in range(start, min(end, len(self))):
+            yield {self.name: self.calib.model_batch(i, self.batch, self.size, self.mean, self.std, self.fused)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
@@ -194,7 +203,7 @@ class _Reader:
         self._it = None
 
     def __len__(self) -> int:
-        return -(-len(self.calib.paths) // self.batch)
+        return self.calib.num_batches(self.batch)
 
 
 def calibration_chunk(batches: int, max_chunk: int = CALIB_CHUNK) -> int:
@@ -217,17 +226,31 @@ class Int8Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class _FromOrtQuantization(logging.Filter):
+    """Drops records that ONNX Runtime's quantization code logs on the root logger (its advice about
+    pre-processing and per-channel weights), and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "onnxruntime/quantization" not in record.pathname.replace(os.sep, "/")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence ORT quantization's prints and root-logger advice for the duration of the call."""
+    """Silence ORT quantization's own prints and root-logger advice for the duration of the call,
+    without touching the root logger's level or ``sys.stdout`` (other code keeps its output)."""
+    import onnxruntime.quantization.calibrate as ort_calibrate
+
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    flt = _FromOrtQuantization()
+    root.addFilter(flt)
+    had_print = "print" in vars(ort_calibrate)
+    ort_calibrate.print = lambda *args, **kwargs: None  # its histogram summaries; shadows the builtin there only
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(flt)
+        if not had_print:
+            del ort_calibrate.print
 
 
 def _method_enum(method: str):

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .manifest import Manifest
 from .model import DANet, ModelConfig, load_official_checkpoint
 from .model.weights import safe_torch_load
+from .palettes import default_palette
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .utils import atomic_path, sha256_file
 
@@ -37,21 +38,6 @@ __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_mode
            "default_palette", "checkpoint_manifest", "import_official"]
 
 CHECKPOINT_FORMAT = "danet-edge-checkpoint/1"
-
-
-def default_palette(num_classes: int) -> list[list[int]]:
-    """A deterministic, well-separated colour per class (PASCAL VOC's bit-interleaving scheme)."""
-    palette = []
-    for i in range(num_classes):
-        r = g = b = 0
-        c = i + 1
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
@@ -134,7 +120,7 @@ def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_st
         ckpt = load_checkpoint(path)
         try:
             config = ModelConfig.from_dict(ckpt["model_config"])
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{path}: bad model_config ({e})") from None
         model = DANet(config)
         try:

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from .errors import CheckFailed, ConfigError, DataError, ManifestError
 from .manifest import PRECISIONS, Manifest
 from .metrics import ConfusionMatrix
 from .preprocess import resize_image, resize_labels
+from .recipes import DEFAULT_THRESHOLDS as RECIPE_DEFAULTS
 from .utils import atomic_path, write_json
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
@@ -53,11 +55,9 @@ class Thresholds:
     max_miou_drop: float
 
 
-DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(min_agreement=99.9, max_miou_drop=0.1),
-    "fp16": Thresholds(min_agreement=99.5, max_miou_drop=0.2),
-    "int8": Thresholds(min_agreement=98.0, max_miou_drop=1.0),
-}
+#: Defaults per precision (``recipes.DEFAULT_THRESHOLDS``, their one home); an artifact made by a
+#: precision recipe gets that recipe's thresholds unless the user overrode its precision's.
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {p: Thresholds(**v) for p, v in RECIPE_DEFAULTS.items()}
 
 
 @dataclass
@@ -66,7 +66,8 @@ class CheckConfig:
 
     Attributes:
         limit: evaluate at most this many images (None: all).
-        thresholds: limits per precision (``fp32``/``fp16``/``int8``); missing keys use the defaults.
+        thresholds: limits per precision (``fp32``/``fp16``/``int8``) given by the user; they win over a
+            recipe's own thresholds. Missing precisions use the recipe's, else :data:`DEFAULT_THRESHOLDS`.
         json_path: write the report as JSON here (atomic) when set.
         report_dir: write ``report.md`` and one disagreement PNG per artifact here when set.
         pictures: frames per artifact in the disagreement picture (those with most disagreement).
@@ -74,7 +75,7 @@ class CheckConfig:
     """
 
     limit: int | None = None
-    thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
     json_path: Path | None = None
     report_dir: Path | None = None
     pictures: int = 3
@@ -88,7 +89,19 @@ class CheckConfig:
         unknown = set(self.thresholds) - set(PRECISIONS)
         if unknown:
             raise ConfigError(f"thresholds for unknown precision(s) {sorted(unknown)}; use {PRECISIONS}")
+        self.overrides = dict(self.thresholds)
         self.thresholds = {**DEFAULT_THRESHOLDS, **self.thresholds}
+
+    def thresholds_for(self, precision: str, manifest: Manifest) -> Thresholds:
+        """The user's limits for ``precision``, else the artifact's recipe's, else the defaults."""
+        from .recipes import RECIPES
+
+        if precision in self.overrides:
+            return self.overrides[precision]
+        recipe = RECIPES.get(str((manifest.extra or {}).get("recipe")))
+        if recipe is not None and recipe.precision == precision and recipe.thresholds:
+            return Thresholds(**recipe.thresholds)
+        return self.thresholds[precision]
 
 
 @dataclass
@@ -213,34 +226,6 @@ def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: 
 
 
 # ---------------------------------------------------------------------------------- precision
-def _onnx_graph_precision(path: Path) -> tuple[str, str, dict[str, Any] | None]:
-    """Precision held by an ONNX graph: ``int8`` if it has Q/DQ nodes, ``fp16`` if float16 tensors
-    carry the computation, else ``fp32``. Uses ``precision.precision_report`` when available."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    try:
-        from .precision import precision_report  # helper B's module
-    except ImportError:
-        precision_report = None
-    if precision_report is not None:
-        rep = precision_report(model)
-        value = rep.get("precision") if isinstance(rep, dict) else getattr(rep, "precision", None)
-        if value in PRECISIONS:
-            detail = rep if isinstance(rep, dict) else rep.to_dict() if hasattr(rep, "to_dict") else {}
-            detail = {k: detail.get(k) for k in ("counts", "attention_quantized") if k in detail}
-            return str(value), "graph (precision.precision_report)", detail
-    ops = {n.op_type for n in model.graph.node}
-    if {"QuantizeLinear", "DequantizeLinear"} & ops or any(
-            init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for init in model.graph.initializer):
-        return "int8", "graph (Q/DQ nodes)", None
-    f16 = onnx.TensorProto.FLOAT16
-    if any(init.data_type == f16 for init in model.graph.initializer) or any(
-            n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute) for n in model.graph.node):
-        return "fp16", "graph (float16 tensors)", None
-    return "fp32", "graph (no float16 or Q/DQ)", None
-
-
 def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tuple[str, str]:
     """``(precision, source)``: what the artifact really holds and where that was read.
 
@@ -251,16 +236,9 @@ def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tupl
 
 
 def _precision_info(p: Path, manifest: Manifest) -> tuple[str, str, dict[str, Any] | None]:
-    if p.suffix == ".onnx":
-        return _onnx_graph_precision(p)
-    if p.suffix in (".engine", ".plan"):
-        rep = manifest.precision_report or {}
-        value = rep.get("precision") if isinstance(rep, dict) else None
-        if value in PRECISIONS:  # written by build_engine from the engine inspector's per-layer formats
-            detail = {"counts": rep.get("counts"), "attention": rep.get("attention")}
-            return str(value), f"engine layers ({rep.get('source', 'engine manifest')})", detail
-        return manifest.precision, "engine manifest", None
-    return "fp32", "checkpoint (float32 weights)", None
+    from .runtime.backends import backend_spec
+
+    return backend_spec(p).load().artifact_precision(p, manifest)
 
 
 # ---------------------------------------------------------------------------------- running
@@ -449,7 +427,7 @@ def _pct(x: float) -> float:
 def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: Manifest,
             cfg: CheckConfig) -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
-    th = cfg.thresholds[precision]
+    th = cfg.thresholds_for(precision, m)
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
     agreement = 100.0 * acc.agree / max(acc.pixels, 1)
     delta = miou - ref_miou

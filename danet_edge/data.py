@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import default_palette
 from .errors import ConfigError, DataError
+from .frames import IMAGE_SUFFIXES, read_image
+from .palettes import default_palette
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_labels
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene, synthetic_frames, write_synthetic_video
 
@@ -38,7 +39,7 @@ __all__ = [
     "read_image", "read_mask",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one list (frames.py)
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist"]
@@ -88,14 +89,6 @@ class DatasetInfo:
         return {"dataset": self.name, "classes": list(self.classes), "palette": [list(c) for c in self.palette],
                 "mean": list(self.mean), "std": list(self.std), "ignore_index": int(self.ignore_index),
                 "image_size": [int(s) for s in size] if size else None}
-
-
-def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as ``(H, W, 3) uint8 RGB``. Raises ``DataError`` when unreadable."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: cannot read image (missing, empty or not an image)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: str | os.PathLike[str]) -> np.ndarray:

@@ -375,9 +375,8 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
         serialized = builder.build_serialized_network(network, config)
         if calibrator is not None and calibrator.error is not None:
-            where = f" at {calibrator.failed_at}" if calibrator.failed_at else ""
-            raise CalibrationError(f"calibration stopped{where} after {calibrator.batches} batches: "
-                                   f"{calibrator.error}; no engine and no calibration cache written")
+            raise CalibrationError(f"calibration stopped after {calibrator.batches} batches: {calibrator.error}; "
+                                   "no engine and no calibration cache written")
     finally:
         if calibrator is not None:
             calibrator.close()

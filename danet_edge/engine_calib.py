@@ -25,7 +25,6 @@ import numpy as np
 
 from .calib import CalibrationSet
 from .manifest import Manifest
-from .preprocess import preprocess, resize_image
 from .utils import atomic_path, read_json, sha256_file, write_json
 
 __all__ = ["CALIB_METHOD", "calibration_key", "default_cache_path", "make_calibrator"]
@@ -51,14 +50,14 @@ def make_calibrator(trt: Any, cuda: Any, calib_set: CalibrationSet, manifest: Ma
                     key: dict[str, Any]) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``calib_set`` through ``preprocess.preprocess``.
 
-    The returned object has ``error`` (the first exception in ``get_batch``, or None), ``failed_at``
-    (the image it failed on), ``batches`` (how many were given to TensorRT), ``cache_reused`` and
-    ``close()`` (frees its device buffer and stream; idempotent).
+    Batches come from ``CalibrationSet.model_batch`` (the rule ONNX Runtime's calibration uses too).
+    The returned object has ``error`` (the first exception in ``get_batch``, or None), ``batches`` (how
+    many were given to TensorRT), ``cache_reused`` and ``close()`` (frees its device buffer and stream;
+    idempotent).
     """
     batch = manifest.batch_size
     shape = tuple(manifest.input_shape)
     fused = manifest.input_dtype == "uint8"
-    paths = list(calib_set.paths)
     record = Path(os.fspath(cache) + ".json")
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -67,7 +66,6 @@ def make_calibrator(trt: Any, cuda: Any, calib_set: CalibrationSet, manifest: Ma
             self.index = 0
             self.batches = 0
             self.error: BaseException | None = None
-            self.failed_at: Path | None = None
             self.cache_reused = False
             self.stream = cuda.create_stream()
             try:
@@ -80,28 +78,17 @@ def make_calibrator(trt: Any, cuda: Any, calib_set: CalibrationSet, manifest: Ma
             return batch
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.error is not None or self.index + batch > len(paths):
+            if self.error is not None or self.index >= calib_set.num_batches(batch):
                 return None
-            chunk = paths[self.index:self.index + batch]
             try:
-                from .calib import _read_rgb
-
-                frames = []
-                for p in chunk:
-                    self.failed_at = p
-                    frames.append(_read_rgb(p))
-                self.failed_at = None
-                if fused:
-                    x = np.stack([resize_image(f, manifest.image_size) for f in frames])
-                else:
-                    x = preprocess(frames, manifest.image_size, manifest.mean, manifest.std)
+                x = calib_set.model_batch(self.index, batch, manifest.image_size, manifest.mean, manifest.std, fused)
                 np.copyto(self.buf.host, x.reshape(shape))
                 cuda.h2d_async(self.buf, self.stream)
                 cuda.synchronize(self.stream)
             except BaseException as e:  # TensorRT's wrapper would swallow it: keep it for build_engine
                 self.error = e
                 raise
-            self.index += batch
+            self.index += 1
             self.batches += 1
             return [self.buf.device]
 

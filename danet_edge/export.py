@@ -2,7 +2,7 @@
 
 ``export_model(checkpoint, ExportConfig)`` runs the stages and returns an ``ExportResult``; each stage
 is its own function from artifact to artifact: ``export_onnx`` (here), ``precision.convert_fp16``,
-``calib.quantize_int8``, ``engine.build_engine`` (TensorRT, on the target).
+``calib.quantize_int8`` (through the precision recipes of ``recipes.py``), ``engine.build_engine``.
 
 FP32 graph choices (torch 2.15):
 
@@ -38,12 +38,14 @@ import onnx
 import torch
 from torch import nn
 
-from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set, quantize_int8
+from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
 from .manifest import Manifest, read_manifest, write_manifest
-from .precision import convert_fp16, format_report, precision_report, verify_precision
-from .preprocess import preprocess
+from .precision import format_report, precision_report, verify_precision
+from .recipes import PrecisionRecipe, RecipeInput, get_recipe
+from .frames import static_batches
+from .preprocess import normalize, resize_image
 from .trtcheck import OPSET_RANGE, enforce_tensorrt_compat
 from .utils import atomic_path
 
@@ -61,7 +63,8 @@ class ExportConfig:
     Attributes:
         imgsz: ``(H, W)`` in pixels, multiples of the output stride (default: checkpoint's data.image_size).
         batch: static batch size N.
-        fp16, int8: also write the FP16 / INT8 Q/DQ graph.
+        fp16, int8: also write the FP16 / INT8 Q/DQ graph (the ``fp16`` / ``int8-<target>`` recipes).
+        recipes: more precision recipes by name (``recipes.RECIPES``), after those.
         calib: calibration folder (default ``calib/`` with ``int8``; also the verification images).
         calib_method: ``entropy`` (default), ``percentile`` or ``minmax``; INT8 only.
         calib_size: images drawn from the calibration folder (default 100); INT8 only.
@@ -82,6 +85,7 @@ class ExportConfig:
     batch: int = 1
     fp16: bool = False
     int8: bool = False
+    recipes: tuple[str, ...] = ()
     calib: Path | None = None
     calib_method: str | None = None
     calib_size: int | None = None
@@ -155,6 +159,7 @@ def _validate(cfg: ExportConfig) -> None:
         raise ConfigError(f"--memory-limit-mib must be positive, got {cfg.memory_limit_mib}")
     if cfg.imgsz is not None and (len(cfg.imgsz) != 2 or min(cfg.imgsz) < 1 or max(cfg.imgsz) > 8192):
         raise ConfigError(f"--imgsz must be two sizes H W in 1..8192, got {cfg.imgsz}")
+    _recipes(cfg)  # unknown recipe names fail here, before anything is written
 
 
 def _resolve_size(cfg: ExportConfig, loaded: LoadedModel) -> tuple[int, int]:
@@ -205,38 +210,28 @@ def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarr
     return [render_scene(rng, size[0], size[1])[0] for _ in range(n)]
 
 
-def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], optimize: bool = True):
-    """CPU session. ``optimize=False`` for FP16 graphs: ORT's CPU provider runs ops without FP16 kernels in
-    FP32 and, when optimising, merges the Casts around them, which would hide an FP16 overflow."""
+def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str = "fp32"):
+    """CPU session with the session options every backend uses for ``precision``
+    (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from .runtime.ort_backend import session_options
+
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, session_options(precision), providers=["CPUExecutionProvider"])
 
 
-def _feed(manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
-    size = manifest.image_size
-    if manifest.input_dtype == "uint8":
-        from .preprocess import resize_image
-
-        return np.stack([resize_image(f, size) for f in frames])
-    return preprocess(frames, size, manifest.mean, manifest.std)
-
-
-def _batches(frames: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
-    frames = list(frames)
-    while len(frames) % batch:
-        frames.append(frames[len(frames) % max(1, len(frames))])
-    return [frames[i:i + batch] for i in range(0, len(frames), batch)]
+def _model_batches(manifest: Manifest, frames: list[np.ndarray], fused: bool | None = None) -> list[np.ndarray]:
+    """The frames at the model size in the artifact's static batches (``frames.static_batches``), as
+    the graph's input: uint8 NHWC for fused I/O, else normalised NCHW float32."""
+    fused = manifest.input_dtype == "uint8" if fused is None else fused
+    fitted = [resize_image(f, manifest.image_size) for f in frames]
+    return [b if fused else normalize(b, manifest.mean, manifest.std)
+            for b, _ in static_batches(fitted, manifest.batch_size)]
 
 
 def _run(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
-    outs = [session.run(None, {manifest.input_name: _feed(manifest, b)})[0]
-            for b in _batches(frames, manifest.batch_size)]
+    outs = [session.run(None, {manifest.input_name: x})[0] for x in _model_batches(manifest, frames)]
     return np.concatenate(outs)[:len(frames)]
 
 
@@ -308,8 +303,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     session = _ort_session(graph)
     got = _run(session, manifest, frames)
     with torch.no_grad():
-        ref = torch.cat([model(torch.from_numpy(preprocess(b, (h, w), manifest.mean, manifest.std)))
-                         for b in _batches(frames, batch)]).numpy()[:len(frames)]
+        ref = torch.cat([model(torch.from_numpy(x)) for x in _model_batches(manifest, frames, fused=False)]
+                        ).numpy()[:len(frames)]
     if fused_io:
         agree = float((got == ref.argmax(1)).mean())
         verification = {"label_agreement": agree}
@@ -331,7 +326,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
 
 # ------------------------------------------------------------------------------------------ stages
 def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
-    got = _run(_ort_session(path, optimize=manifest.precision != "fp16"), manifest, frames)
+    got = _run(_ort_session(path, manifest.precision), manifest, frames)
     if got.dtype.kind == "f" and not np.isfinite(got).all():
         raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
     if manifest.output_kind == "labels":
@@ -347,6 +342,12 @@ def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[st
     verify_precision(report, precision, include_attention)
     manifest = replace(fp32.manifest, precision=precision, precision_report=report.to_dict(), **extra_manifest)
     return model, manifest, report
+
+
+def _recipes(cfg: ExportConfig) -> list[PrecisionRecipe]:
+    """The recipes asked for: ``--fp16``, ``--int8`` (for ``--target``), then ``cfg.recipes`` by name."""
+    names = (["fp16"] if cfg.fp16 else []) + ([f"int8-{cfg.target}"] if cfg.int8 else []) + list(cfg.recipes)
+    return [get_recipe(n) for n in dict.fromkeys(names)]
 
 
 def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log | None = None) -> ExportResult:
@@ -367,9 +368,10 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     loaded = load_model(ckpt)
     h, w = _resolve_size(cfg, loaded)
     calib_set: CalibrationSet | None = None
-    calib_dir = cfg.calib if cfg.calib is not None else (Path("calib") if cfg.int8 else None)
+    calibrated = any(r.needs_calibration for r in _recipes(cfg))
+    calib_dir = cfg.calib if cfg.calib is not None else (Path("calib") if calibrated else None)
     if calib_dir is not None:
-        count = cfg.calib_size if cfg.calib_size is not None else (100 if cfg.int8 else cfg.verify_images)
+        count = cfg.calib_size if cfg.calib_size is not None else (100 if calibrated else cfg.verify_images)
         calib_set = load_calibration_set(calib_dir, count, cfg.seed)
     build_engine = _engine_builder() if cfg.engine else None
     out_dir = Path(cfg.out) if cfg.out is not None else Path("export") / ckpt.stem
@@ -396,40 +398,32 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
     ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
 
-    if cfg.fp16:
-        t0 = time.perf_counter()
-        path = convert_fp16(fp32.path, out_dir / "model_fp16.onnx")
-        model, manifest, report = _derived(fp32, path, "fp16", {}, False)
-        _finalize(model, path, manifest, cfg.target)
-        ver = _compare(path, manifest, frames, ref, "FP16")
-        if ver.get("rel_l2_vs_fp32", 0.0) > cfg.fp16_tolerance:
-            raise ExportError(f"FP16 graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
-                              f"(limit {cfg.fp16_tolerance:g})")
-        manifest.extra = {**manifest.extra, "verification": ver}
-        write_manifest(path, manifest)
-        artifacts.append(Artifact(path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
-        log(f"wrote {path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
-        log(format_report(report, "fp16"))
-
     calibration = None
-    if cfg.int8 and calib_set is not None:
+    options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
+               "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
+    for recipe in _recipes(cfg):
+        if recipe.needs_calibration and calib_set is None:  # pragma: no cover - loaded above or refused
+            raise ConfigError(f"the {recipe.name} recipe needs calibration images (--calib)")
         t0 = time.perf_counter()
-        method = cfg.calib_method or "entropy"
-        name = "model_int8_trt.onnx" if cfg.target == "tensorrt" else "model_int8_cpu.onnx"
-        res = quantize_int8(fp32.path, calib_set, out_dir / name, cfg.target, method, cfg.include_attention,
-                            fp32.manifest.mean, fp32.manifest.std)
-        calibration = {**res.record, "record": res.record_path.name}
-        model, manifest, report = _derived(fp32, res.path, "int8", {"calibration": calibration},
-                                           cfg.include_attention)
-        _finalize(model, res.path, manifest, cfg.target)
-        ver = _compare(res.path, manifest, frames, ref, "INT8")
+        made = recipe.convert(RecipeInput(fp32.path, out_dir / recipe.file_name, calib_set, options))
+        calibration = made.manifest_fields.get("calibration", calibration)
+        model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
+                                           cfg.include_attention and recipe.attention_quantized)
+        manifest.target = recipe.target or manifest.target
+        manifest.extra = {**manifest.extra, "recipe": recipe.name}
+        _finalize(model, made.path, manifest, cfg.target)
+        ver = _compare(made.path, manifest, frames, ref, recipe.name)
+        limit = cfg.fp16_tolerance if recipe.name == "fp16" else recipe.max_rel_l2
+        if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
+            raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
+                              f"(limit {limit:g})")
         manifest.extra = {**manifest.extra, "verification": ver}
-        write_manifest(res.path, manifest)
-        artifacts.append(Artifact(res.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
-        log(f"wrote {res.path} ({artifacts[-1].seconds:.1f} s, calibration {method} on {len(calib_set)} images"
-            f"{', ranges reused' if res.reused else ''}) verification {_fmt(ver)}")
-        log(f"calibration record {res.record_path}")
-        log(format_report(report, "int8"))
+        write_manifest(made.path, manifest)
+        artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
+        log(f"wrote {made.path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
+        for line in made.log:
+            log(line)
+        log(format_report(report, recipe.precision))
 
     if build_engine is not None:
         from .engine import EngineConfig

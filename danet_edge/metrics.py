@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ConfigError, DataError
+
 __all__ = ["ConfusionMatrix"]
 
 
@@ -27,9 +29,9 @@ def _to_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+        raise DataError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
     if x.is_floating_point():
-        raise TypeError("pred and target must be integer class indices, not floats (take argmax first)")
+        raise DataError("pred and target must be integer class indices, not floats (take argmax first)")
     return x.detach().reshape(-1).to(torch.int64)
 
 
@@ -41,13 +43,13 @@ class ConfusionMatrix:
         ignore_index: target value that is not counted (e.g. 255, or 11 for CamVid void).
 
     ``update`` takes integer arrays or tensors of any shape (same number of elements). Target
-    values outside ``0..K-1`` other than the ignore index raise ``ValueError``; predictions
+    values outside ``0..K-1`` other than the ignore index raise ``DataError``; predictions
     outside that range too (a model cannot predict them).
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -59,24 +61,24 @@ class ConfusionMatrix:
         """Add ``pred`` (predicted classes) vs ``target`` (true classes), both integer, same size."""
         p, t = _to_tensor(pred), _to_tensor(target)
         if p.numel() != t.numel():
-            raise ValueError(f"pred has {p.numel()} elements, target {t.numel()}")
+            raise DataError(f"pred has {p.numel()} elements, target {t.numel()}")
         p, t = p.cpu(), t.cpu()
         keep = t != self.ignore_index
         p, t = p[keep], t[keep]
         k = self.num_classes
         if t.numel():
             if int(t.min()) < 0 or int(t.max()) >= k:
-                raise ValueError(f"target values must be in 0..{k - 1} or {self.ignore_index}, "
+                raise DataError(f"target values must be in 0..{k - 1} or {self.ignore_index}, "
                                  f"got {int(t.min())}..{int(t.max())}")
             if int(p.min()) < 0 or int(p.max()) >= k:
-                raise ValueError(f"predictions must be in 0..{k - 1}, got {int(p.min())}..{int(p.max())}")
+                raise DataError(f"predictions must be in 0..{k - 1}, got {int(p.min())}..{int(p.max())}")
             self.mat += torch.bincount(t * k + p, minlength=k * k).reshape(k, k)
         return self
 
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Add another matrix of the same size into this one (e.g. from another worker)."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes}-class and {self.num_classes}-class matrices")
+            raise DataError(f"cannot merge {other.num_classes}-class and {self.num_classes}-class matrices")
         self.mat += other.mat
         return self
 
@@ -133,7 +135,7 @@ class ConfusionMatrix:
         (name -> IoU or None), ``pixels`` and the raw ``confusion_matrix`` (rows: target)."""
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+            raise ConfigError(f"{len(names)} class names for {self.num_classes} classes")
 
         def clean(v: float) -> float | None:
             return None if math.isnan(v) else float(v)

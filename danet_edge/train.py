@@ -124,10 +124,7 @@ class TrainConfig:
             raise ConfigError(f"crop size must be two numbers >= 16, got {self.crop_size}")
         if self.workers < 0:
             raise ConfigError("workers must be >= 0")
-        try:
-            self.model_config(2)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        self.model_config(2)  # raises ConfigError on an invalid model choice
 
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, num_classes=num_classes, output_stride=self.output_stride,

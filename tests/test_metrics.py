@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from danet_edge.errors import DataError
 import torch
 
 from danet_edge.metrics import ConfusionMatrix
@@ -44,11 +46,11 @@ def test_torch_input_merge_and_bad_values():
     assert torch.equal(a.mat, b.mat)
     a.merge(b)
     assert a.total == 14
-    with pytest.raises(ValueError, match="target values"):
+    with pytest.raises(DataError, match="target values"):
         ConfusionMatrix(3).update(np.array([0]), np.array([5]))
-    with pytest.raises(TypeError):
+    with pytest.raises(DataError):
         ConfusionMatrix(3).update(np.array([0.5]), np.array([0]))
-    with pytest.raises(ValueError, match="merge"):
+    with pytest.raises(DataError, match="merge"):
         a.merge(ConfusionMatrix(4))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from danet_edge.errors import ConfigError
 import torch
 
 from danet_edge.model import CAM, PAM, ModelConfig, build_model
@@ -76,9 +78,9 @@ def test_resnet50_dilations_and_params():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(ConfigError, match="unknown backbone"):
         ModelConfig(backbone="vgg16")
-    with pytest.raises(ValueError, match="output stride"):
+    with pytest.raises(ConfigError, match="output stride"):
         ModelConfig(output_stride=32)
 
 

@@ -10,6 +10,12 @@ import typer
 from ._common import console
 
 
+def _recipe_names() -> list[str]:
+    from ..recipes import RECIPES
+
+    return list(RECIPES)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``export`` and the ``calib`` group to ``app``."""
 
@@ -21,6 +27,8 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", help="Static batch size."),
         fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph (FP32 I/O, FP32 attention islands)."),
         int8: bool = typer.Option(False, "--int8", help="Also write the INT8 Q/DQ graph (calibrated)."),
+        recipe: list[str] = typer.Option([], "--recipe", help="More precision recipes by name (repeatable): "
+                                         + ", ".join(_recipe_names()) + "."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration folder (default calib/ with --int8)."),
         calib_method: Optional[str] = typer.Option(None, "--calib-method", help="entropy (default), percentile or minmax."),
         calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration images to draw (default 100)."),
@@ -36,7 +44,8 @@ def register(app: typer.Typer) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
         from ..export import ExportConfig, export_model
 
-        cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8, calib=calib,
+        cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8,
+                           recipes=tuple(recipe), calib=calib,
                            calib_method=calib_method, calib_size=calib_size, seed=seed, target=target, opset=opset,
                            engine=engine, fused_io=fused_io, include_attention=include_attention,
                            memory_limit_mib=memory_limit_mib, out=out)

@@ -23,12 +23,17 @@ follows PyTorch-Encoding.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "BasicBlock", "Bottleneck", "DilatedResNet", "BackboneSpec"]
+from ..errors import ConfigError
+
+__all__ = ["BACKBONES", "BACKBONE_REGISTRY", "BasicBlock", "Bottleneck", "DilatedResNet", "BackboneSpec",
+           "build_backbone", "register_backbone"]
 
 
 class BasicBlock(nn.Module):
@@ -98,6 +103,35 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+#: name -> factory ``(output_stride=8, multi_grid=False, deep_stem=False) -> nn.Module`` following the
+#: encoder contract of the module docstring (``forward(x) -> (c3, c4)``, attributes ``out_channels``,
+#: ``c3_channels``, ``output_stride``). A new backbone is one module plus one :func:`register_backbone`.
+BACKBONE_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Register ``factory`` under ``name`` (replacing an earlier one of that name)."""
+    BACKBONE_REGISTRY[name] = factory
+
+
+def build_backbone(name: str, output_stride: int = 8, multi_grid: bool = False,
+                   deep_stem: bool = False) -> nn.Module:
+    """Build the backbone ``name`` and check its contract.
+
+    Raises:
+        ConfigError: unknown name, output stride not 8/16, or a module missing the contract's attributes.
+    """
+    if name not in BACKBONE_REGISTRY:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_REGISTRY)}")
+    if output_stride not in (8, 16):
+        raise ConfigError(f"output stride must be 8 or 16, got {output_stride}")
+    module = BACKBONE_REGISTRY[name](output_stride=output_stride, multi_grid=multi_grid, deep_stem=deep_stem)
+    missing = [a for a in ("out_channels", "c3_channels", "output_stride") if not hasattr(module, a)]
+    if missing:
+        raise ConfigError(f"backbone {name!r} does not follow the encoder contract: no {', '.join(missing)}")
+    return module
+
+
 class DilatedResNet(nn.Module):
     """Dilated ResNet feature extractor returning ``(c3, c4)`` (see the module docstring).
 
@@ -108,16 +142,16 @@ class DilatedResNet(nn.Module):
         deep_stem: three 3x3 convs (64, 64, 128 channels) instead of one 7x7 conv.
 
     Raises:
-        ValueError: unknown name or output stride.
+        ConfigError: unknown name or output stride.
     """
 
     def __init__(self, name: str = "resnet50", output_stride: int = 8, multi_grid: bool = False,
                  deep_stem: bool = False) -> None:
         super().__init__()
         if name not in BACKBONES:
-            raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+            raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
         if output_stride not in (8, 16):
-            raise ValueError(f"output stride must be 8 or 16, got {output_stride}")
+            raise ConfigError(f"output stride must be 8 or 16, got {output_stride}")
         spec = BACKBONES[name]
         block = spec.block
         self.name = name
@@ -178,3 +212,7 @@ class DilatedResNet(nn.Module):
         c3 = self.layer3(x)
         c4 = self.layer4(c3)
         return c3, c4
+
+
+for _name in BACKBONES:
+    register_backbone(_name, functools.partial(DilatedResNet, _name))

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import BACKBONES, DilatedResNet
+from ..errors import ConfigError
+from .backbone import BACKBONE_REGISTRY, build_backbone
 
 __all__ = ["ModelConfig", "PAM", "CAM", "DANetHead", "FCNHead", "DANet", "build_model"]
 
@@ -171,14 +172,14 @@ class ModelConfig:
     attention: AttentionImpl = "sdpa"
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        if self.backbone not in BACKBONE_REGISTRY:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONE_REGISTRY)}")
         if self.output_stride not in (8, 16):
-            raise ValueError(f"output stride must be 8 or 16, got {self.output_stride}")
+            raise ConfigError(f"output stride must be 8 or 16, got {self.output_stride}")
         if not 1 <= self.num_classes <= 255:
-            raise ValueError(f"num_classes must be in 1..255, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be in 1..255, got {self.num_classes}")
         if self.attention not in ("sdpa", "explicit"):
-            raise ValueError(f"attention must be 'sdpa' or 'explicit', got {self.attention!r}")
+            raise ConfigError(f"attention must be 'sdpa' or 'explicit', got {self.attention!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,18 +189,18 @@ class ModelConfig:
         """Build from a dict (checkpoint or manifest), ignoring unknown keys.
 
         Raises:
-            ValueError: a field with an invalid value or type.
+            ConfigError: a field with an invalid value or type.
         """
         if not isinstance(d, dict):
-            raise ValueError("model config must be a JSON object")
+            raise ConfigError("model config must be a JSON object")
         known = {f.name: f.type for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
         for key in ("num_classes", "output_stride"):
             if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
-                raise ValueError(f"model config field {key!r} must be an integer")
+                raise ConfigError(f"model config field {key!r} must be an integer")
         for key in ("multi_grid", "deep_stem", "aux"):
             if key in kwargs and not isinstance(kwargs[key], bool):
-                raise ValueError(f"model config field {key!r} must be true or false")
+                raise ConfigError(f"model config field {key!r} must be true or false")
         return cls(**kwargs)
 
 
@@ -218,14 +219,14 @@ class DANet(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone = DilatedResNet(config.backbone, config.output_stride, config.multi_grid, config.deep_stem)
+        self.backbone = build_backbone(config.backbone, config.output_stride, config.multi_grid, config.deep_stem)
         self.head = DANetHead(self.backbone.out_channels, config.num_classes, config.attention)
         self.aux_head = FCNHead(self.backbone.c3_channels, config.num_classes) if config.aux else None
 
     def set_attention(self, impl: AttentionImpl) -> None:
         """Switch PAM between ``"sdpa"`` and ``"explicit"`` (weights are unchanged)."""
         if impl not in ("sdpa", "explicit"):
-            raise ValueError(f"attention must be 'sdpa' or 'explicit', got {impl!r}")
+            raise ConfigError(f"attention must be 'sdpa' or 'explicit', got {impl!r}")
         self.head.sa.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -248,7 +249,7 @@ def build_model(config: ModelConfig | None = None, **overrides: Any) -> DANet:
     """Build a DANet from a ``ModelConfig`` (or keyword overrides of the default one).
 
     Raises:
-        ValueError: invalid configuration (unknown backbone, output stride not 8/16...).
+        ConfigError: invalid configuration (unknown backbone, output stride not 8/16...).
     """
     cfg = config or ModelConfig()
     if overrides:

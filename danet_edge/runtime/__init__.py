@@ -4,8 +4,7 @@
 TensorRT backend imports them when it is opened.
 """
 
-from .backends import (BACKENDS, Backend, OnnxRuntimeBackend, Prediction, TensorRTBackend, TorchBackend,
-                       open_backend, segment_frames)
+from .backends import BACKEND_TABLE, BACKENDS, Backend, BackendSpec, Prediction, open_backend, register_backend, segment_frames
 
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "Prediction", "TensorRTBackend", "TorchBackend",
-           "open_backend", "segment_frames"]
+__all__ = ["BACKEND_TABLE", "BACKENDS", "Backend", "BackendSpec", "Prediction", "open_backend", "register_backend",
+           "segment_frames"]

@@ -30,7 +30,8 @@ from PIL import Image
 from ..errors import ConfigError, DataError
 from ..manifest import Manifest
 from ..utils import atomic_path, write_json
-from .backends import backend_for, fit_frames, open_backend, restore_labels
+from ..frames import fit_frame as fit_frames, restore_labels
+from .backends import backend_spec, open_backend
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -372,18 +373,16 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     """
     cfg = cfg or InferConfig()
     cfg.validate()
-    backend_for(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
+    spec = backend_spec(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
     if not Path(model_path).is_file():
         raise DataError(f"{model_path}: model file not found")
+    threads = cfg.threads
+    if threads is None and "threads" in spec.options:  # leave a core to decode / encode (measured, NOTES.md)
+        threads = max(1, (os.cpu_count() or 2) - 1)
     src = open_source(source)
     try:
-        extra = {}
-        if backend_for(model_path, cfg.backend) == "onnxruntime":
-            extra["threads"] = cfg.threads if cfg.threads is not None else max(1, (os.cpu_count() or 2) - 1)
-        elif cfg.threads is not None:
-            raise ConfigError("--threads applies to the onnxruntime backend only")
         backend = open_backend(model_path, backend=cfg.backend, providers=cfg.providers, device=cfg.device,
-                               batch=cfg.batch, **extra)
+                               batch=cfg.batch, threads=threads)
     except BaseException:
         src.close()
         raise

@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
+from ..frames import IMAGE_SUFFIXES
 
 __all__ = ["FrameSource", "open_source", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_FPS = 25.0
 MAX_PIXELS = 8192 * 8192  # refuse absurd frame sizes from untrusted files
 

@@ -521,7 +521,7 @@ def _build(lib: Lib, logger: Any, net: NetworkImpl, cfg: ConfigImpl) -> bytes | 
     header = {"trt": str(trt.__version__), "device": _this_device(), "strongly_typed": net.strongly_typed,
               "flags": sorted(cfg._flags), "inputs": g.inputs, "outputs": g.outputs, "dla": on_dla,
               "verbosity": cfg.profiling_verbosity.name, "layers": _layer_json(g, weak, calibrated, on_dla, lib.force_fp32_layers),
-              "calibrated": calibrated}
+              "calibrated": calibrated, "types": sorted(set(g.types.values()))}
     hdr = json.dumps(header).encode()
     return ENGINE_MAGIC + struct.pack("<I", len(hdr)) + hdr + g.model_bytes
 
@@ -601,6 +601,8 @@ class EngineImpl:
 
             so = ort.SessionOptions()
             so.intra_op_num_threads = 2
+            if "fp16" in self.header["types"]:  # run FP16 as the graph writes it: no Cast fusion into FP32
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             self._session = ort.InferenceSession(self.model_bytes, so, providers=["CPUExecutionProvider"])
         return self._session
 

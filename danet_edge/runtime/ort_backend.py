@@ -1,0 +1,149 @@
+"""ONNX Runtime backend: FP32, FP16 and INT8 Q/DQ graphs (row ``onnxruntime`` of the table)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, ManifestError
+from ..manifest import read_manifest
+from .backends import _BaseBackend
+
+__all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options"]
+
+
+#: Execution providers in order of preference; short names accepted on the command line.
+ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                 "cpu": "CPUExecutionProvider"}
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+_MANIFEST_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
+
+
+def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
+    """User list (short or full names) checked against what this onnxruntime build has; default:
+    TensorRT, CUDA, CPU, keeping only those available.
+
+    Raises:
+        ConfigError: unknown provider, or one this onnxruntime build does not have.
+    """
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if not providers:
+        return [p for p in ORT_PROVIDERS.values() if p in available] or available
+    every = set(ort.get_all_providers())
+    out = []
+    for p in providers:
+        full = ORT_PROVIDERS.get(p.lower(), p)
+        if full not in every:
+            raise ConfigError(f"unknown execution provider {p!r}: use one of {', '.join(ORT_PROVIDERS)} "
+                              f"or a full name such as {', '.join(ORT_PROVIDERS.values())}")
+        if full not in available:
+            raise ConfigError(f"execution provider {full} is not available in this onnxruntime build "
+                              f"(available: {', '.join(available)})")
+        out.append(full)
+    return out
+
+
+def session_options(precision: str, threads: int = 0) -> Any:
+    """ONNX Runtime session options for a graph of ``precision``: the one policy export verification
+    and every backend use. FP16 graphs run with graph optimisation off: ORT's CPU provider runs ops
+    without FP16 kernels in FP32 and, when optimising, merges the Casts around them, which hides an
+    FP16 overflow the graph would have on a GPU.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    if precision == "fp16":
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+class OnnxRuntimeBackend(_BaseBackend):
+    """An ONNX graph (FP32, FP16 or INT8 Q/DQ) run with ONNX Runtime.
+
+    The sidecar manifest (``model.onnx.json``) says how to feed it; the graph's input and output
+    names, shapes and element types are checked against it at open.
+
+    Args:
+        path: ``.onnx`` file with its ``.onnx.json`` manifest.
+        providers: execution providers (``["cuda", "cpu"]`` or full names); default TensorRT, CUDA,
+            CPU, those available.
+        threads: ``intra_op_num_threads`` (0 = onnxruntime's default).
+
+    ``session_options`` follow :func:`session_options` (FP16 graphs unoptimised, as export verifies them).
+
+    Raises:
+        ManifestError: manifest missing, invalid, or not matching the graph.
+        ConfigError: unknown or unavailable provider. DataError: the file is not a readable ONNX graph.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
+                 threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        self.manifest = read_manifest(path)
+        self.providers = _resolve_providers(providers)
+        self.session_options = session_options(self.manifest.precision, threads)
+        self.provider = f"ONNX Runtime {ort.__version__} {self.providers[0]}"
+        try:
+            self.session = ort.InferenceSession(str(path), self.session_options, providers=self.providers)
+        except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
+            raise DataError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
+        self._check_graph(path)
+
+    @classmethod
+    def artifact_precision(cls, path: Path, manifest: Any) -> tuple[str, str, dict[str, Any] | None]:
+        """``(precision, source, detail)`` read from the graph's node types (``precision.precision_report``),
+        not from the file name or the manifest."""
+        import onnx
+
+        from ..precision import precision_report
+
+        rep = precision_report(onnx.load(str(path), load_external_data=False))
+        d = rep.to_dict()
+        return rep.precision, "ONNX graph (node types)", {k: d.get(k) for k in ("counts", "attention_quantized")}
+
+    def _check_graph(self, path: Path) -> None:
+        m = self.manifest
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        if len(ins) != 1 or len(outs) != 1:
+            raise ManifestError(f"{path}: graph has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1")
+        for what, node, name, shape in (("input", ins[0], m.input_name, m.input_shape),
+                                        ("output", outs[0], m.output_name, m.output_shape)):
+            if node.name != name:
+                raise ManifestError(f"{path}: graph {what} is named {node.name!r}, the manifest says {name!r}")
+            if list(node.shape) != list(shape):
+                raise ManifestError(f"{path}: graph {what} {node.name!r} has shape {node.shape}, "
+                                    f"the manifest says {shape} (static shapes only)")
+        want = _MANIFEST_DTYPES.get(m.input_dtype)
+        if want is not None and ins[0].type != want:
+            raise ManifestError(f"{path}: graph input is {ins[0].type}, the manifest says {m.input_dtype}")
+        expected_rank = 3 if m.output_kind == "labels" else 4
+        if len(m.output_shape) != expected_rank:
+            raise ManifestError(f"{path}: output_kind {m.output_kind!r} needs a {expected_rank}-D output, "
+                                f"the manifest says {m.output_shape}")
+        self._in_dtype = _ORT_TYPES.get(ins[0].type, np.float32)
+
+    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = self._model_input(images)
+        if x.dtype != self._in_dtype:
+            x = x.astype(self._in_dtype)
+        (out,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: x})
+        if self.manifest.output_kind == "labels":
+            return out.astype(np.int64, copy=False), None
+        logits = out.astype(np.float32, copy=False)
+        return logits.argmax(1), logits
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,66 @@
+"""PyTorch eager backend: a danet-edge (or official DANet) checkpoint, FP32 (row ``torch`` of the table)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .backends import _BaseBackend
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(_BaseBackend):
+    """A danet-edge (or official DANet) checkpoint run in PyTorch eager mode, FP32.
+
+    Args:
+        path: ``.pt`` / ``.pth`` checkpoint, loaded with ``checkpoint.load_model`` (weights_only=True).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available, else CPU.
+        image_size: ``(h, w)`` input size; default the checkpoint's ``data.image_size`` (else 512x1024).
+        batch: batch size recorded in the manifest (PyTorch itself takes any N).
+
+    Raises:
+        CheckpointError: unreadable or unsafe checkpoint. ConfigError: unknown or unavailable device.
+    """
+
+    name = "torch"
+    static_batch = False
+
+    def __init__(self, path: str | os.PathLike[str], device: str | None = None,
+                 image_size: tuple[int, int] | None = None, batch: int | None = None) -> None:
+        import torch
+
+        from ..checkpoint import checkpoint_manifest, load_model
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ConfigError(f"unknown torch device {device!r} ({e})") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
+        loaded = load_model(path)
+        self.model = loaded.model.to(self.device).eval()
+        self.manifest = checkpoint_manifest(loaded, image_size=image_size, batch=batch or 1)
+        self.provider = f"PyTorch {torch.__version__} eager FP32 on {self.device}"
+        self._torch = torch
+
+    @classmethod
+    def artifact_precision(cls, path: Any, manifest: Any) -> tuple[str, str, dict[str, Any] | None]:
+        """Checkpoints run in FP32 eager mode."""
+        return "fp32", "checkpoint (float32 weights, eager FP32)", None
+
+    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        torch = self._torch
+        x = torch.from_numpy(self._model_input(images)).to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            logits = self.model(x)
+            labels = logits.argmax(1)
+        return labels.cpu().numpy(), logits.float().cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,209 @@
+"""Issue 11: the shared seams, and the defects the drift between copies caused (each failed before)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _runtime_helpers import export_tiny, random_frames
+
+
+def test_one_image_suffix_list_for_every_stage():
+    """Four lists had drifted (data, calib, engine, sources): a .webp calibration image was skipped by
+    build and a .tif frame folder read by infer but not by the data sets."""
+    from danet_edge import calib, data, frames
+    from danet_edge.runtime import sources
+
+    assert calib.IMAGE_SUFFIXES is frames.IMAGE_SUFFIXES
+    assert sources.IMAGE_SUFFIXES is frames.IMAGE_SUFFIXES
+    assert data.IMAGE_EXTENSIONS is frames.IMAGE_SUFFIXES
+    assert data.read_image is frames.read_image
+
+
+def test_static_batches_pad_and_count():
+    from danet_edge.errors import DataError
+    from danet_edge.frames import static_batches
+
+    fr = random_frames(5, 8, 12)
+    out = list(static_batches(fr, 2))
+    assert [n for _, n in out] == [2, 2, 1] and all(a.shape == (2, 8, 12, 3) for a, _ in out)
+    assert np.array_equal(out[-1][0][1], fr[4])  # padded with the last real frame
+    with pytest.raises(DataError):
+        list(static_batches([fr[0], fr[0][:4]], 2))
+
+
+def test_fp16_graph_checked_as_exported(tmp_path, tiny_checkpoint):
+    """export verifies FP16 with ONNX Runtime's graph optimisation off (it fuses Casts and hides FP16
+    overflow); check ran the same graph with optimisation on. Both now open it the same way."""
+    import onnxruntime as ort
+
+    from danet_edge.precision import convert_fp16  # noqa: F401 - the FP16 recipe under test
+    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.runtime.backends import open_backend
+
+    res = export_model(tiny_checkpoint, ExportConfig(fp16=True, out=tmp_path))
+    fp16 = next(a.path for a in res.artifacts if a.manifest.precision == "fp16")
+    fp32 = next(a.path for a in res.artifacts if a.manifest.precision == "fp32")
+    with open_backend(fp16) as b16, open_backend(fp32) as b32:
+        assert b16.session_options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        assert b32.session_options.graph_optimization_level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+
+def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpoint):
+    """A .pt beside artifacts was timed at the checkpoint's own size unless --reference was given."""
+    from danet_edge.bench import BenchConfig, bench_artifacts
+    from danet_edge.export import ExportConfig, export_model
+
+    res = export_model(tiny_checkpoint, ExportConfig(imgsz=(32, 48), out=tmp_path))
+    report = bench_artifacts([res.artifacts[0].path, tiny_checkpoint], BenchConfig(runs=1, warmup=0))
+    sizes = {Path(e.path).suffix: e.image_size for e in report.entries if not e.skipped}
+    assert sizes[".pt"] == sizes[".onnx"] == [32, 48]
+
+
+def test_bench_restores_torch_threads(tmp_path, tiny_checkpoint):
+    import torch
+
+    from danet_edge.bench import BenchConfig, bench_artifacts
+
+    before = torch.get_num_threads()
+    bench_artifacts([tiny_checkpoint], BenchConfig(runs=1, warmup=0, threads=1 if before != 1 else 2))
+    assert torch.get_num_threads() == before
+
+
+def test_calibration_leaves_logging_and_stdout_alone(tmp_path, tiny_checkpoint, monkeypatch):
+    """quantize_int8 lowered the root logger to ERROR and redirected sys.stdout while it ran, hiding
+    every other library's warnings meanwhile."""
+    import cv2
+    import onnxruntime.quantization as ortq
+
+    from danet_edge.calib import load_calibration_set, quantize_int8
+
+    src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
+    (tmp_path / "calib").mkdir()
+    for i, f in enumerate(random_frames(2, 64, 96)):
+        cv2.imwrite(str(tmp_path / "calib" / f"{i}.png"), f)
+    seen = []
+    real = ortq.quantize_static
+
+    def probe(*a, **k):  # what the rest of the process sees while calibration runs
+        seen.append((logging.getLogger().level, sys.stdout))
+        logging.getLogger("other.library").warning("a warning from elsewhere")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ortq, "quantize_static", probe)
+    root = logging.getLogger()
+    records = []
+
+    class Spy(logging.Handler):
+        def emit(self, record):
+            records.append(record.name)
+
+    spy = Spy(level=logging.DEBUG)
+    root.addHandler(spy)
+    level, stdout = root.level, sys.stdout
+    try:
+        quantize_int8(src, load_calibration_set(tmp_path / "calib"), tmp_path / "q.onnx", "tensorrt", "minmax")
+    finally:
+        root.removeHandler(spy)
+    assert seen == [(level, stdout)] and root.level == level and sys.stdout is stdout
+    assert "other.library" in records
+
+
+def test_library_raises_only_its_own_errors():
+    from danet_edge.errors import ConfigError, DataError
+    from danet_edge.metrics import ConfusionMatrix
+    from danet_edge.model import ModelConfig, build_model
+
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        build_model(ModelConfig(backbone="resnet7", num_classes=3))
+    with pytest.raises(ConfigError):
+        ConfusionMatrix(0)
+    cm = ConfusionMatrix(3)
+    with pytest.raises(DataError, match="target values"):
+        cm.update(np.zeros((2, 2), np.int64), np.full((2, 2), 7, np.int64))
+
+
+# ---------------------------------------------------------------- one file + one row per extension
+
+def test_a_new_backbone_is_one_class_and_one_row():
+    import torch
+    from torch import nn
+
+    from danet_edge.model import ModelConfig, build_model
+    from danet_edge.model.backbone import BACKBONE_REGISTRY, register_backbone
+
+    class Toy(nn.Module):  # the encoder contract: (N, 3, H, W) -> (c3, c4) at H/OS, W/OS
+        def __init__(self, output_stride=8, multi_grid=False, deep_stem=False):
+            super().__init__()
+            self.output_stride, self.c3_channels, self.out_channels = output_stride, 16, 32
+            self.c3 = nn.Conv2d(3, 16, 3, output_stride, 1)
+            self.c4 = nn.Conv2d(16, 32, 3, 1, 1)
+
+        def forward(self, x):
+            c3 = self.c3(x)
+            return c3, self.c4(c3)
+
+    register_backbone("toy", Toy)
+    try:
+        model = build_model(ModelConfig(backbone="toy", num_classes=3)).eval()
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+    finally:
+        del BACKBONE_REGISTRY["toy"]
+
+
+def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
+    import shutil
+
+    from _runtime_helpers import make_tiny_checkpoint
+
+    from danet_edge.checks import CheckConfig, check_artifacts
+    from danet_edge.data import build_dataset
+    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.recipes import RECIPES, PrecisionRecipe, RecipeOutput, register_recipe
+
+    def copy_graph(inp):  # a stand-in conversion: the FP32 graph itself
+        shutil.copyfile(inp.fp32_path, inp.out)
+        return RecipeOutput(inp.out, {}, ("copied",))
+
+    register_recipe(PrecisionRecipe("fp32-copy", "fp32", "model_copy.onnx", copy_graph, max_rel_l2=1e-6,
+                                    thresholds={"min_agreement": 99.99, "max_miou_drop": 0.0}))
+    ckpt = make_tiny_checkpoint(tmp_path / "c8.pt", num_classes=8)  # the synthetic data set's 8 classes
+    try:
+        res = export_model(ckpt, ExportConfig(recipes=("fp32-copy",), out=tmp_path))
+        (copy,) = [a for a in res.artifacts if a.path.name == "model_copy.onnx"]
+        assert copy.manifest.extra["recipe"] == "fp32-copy" and copy.verification["rel_l2_vs_fp32"] == 0.0
+        ds = build_dataset("synthetic", None, "val", limit=2, size=(64, 96))
+        report = check_artifacts([copy.path], ckpt, ds, CheckConfig())
+        assert report.artifacts[0].thresholds == {"min_agreement": 99.99, "max_miou_drop": 0.0}
+    finally:
+        del RECIPES["fp32-copy"]
+
+
+def test_a_new_backend_is_one_class_and_one_row(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from danet_edge.errors import ConfigError
+    from danet_edge.runtime.backends import BACKEND_TABLE, BackendSpec, open_backend, register_backend, segment_frames
+    from danet_edge.runtime.ort_backend import OnnxRuntimeBackend
+
+    class Renamed(OnnxRuntimeBackend):  # e.g. a vendor runtime reading the same graph under its own suffix
+        name = "toy"
+
+    src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
+    shutil.copyfile(src, tmp_path / "m.toy")
+    shutil.copyfile(tmp_path / "m.onnx.json", tmp_path / "m.toy.json")
+    register_backend(BackendSpec("toy", (".toy",), Renamed, ("threads",)))
+    try:
+        frames = list(random_frames(2, 64, 96))
+        with open_backend(tmp_path / "m.toy", threads=1) as b, open_backend(src) as o:
+            assert b.name == "toy"
+            assert all(np.array_equal(x, y) for x, y in zip(segment_frames(b, frames), segment_frames(o, frames)))
+        with pytest.raises(ConfigError, match="providers applies to the onnxruntime backend only, not toy"):
+            open_backend(tmp_path / "m.toy", providers=["cpu"])
+    finally:
+        del BACKEND_TABLE["toy"]
