@@ -46,6 +46,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .preprocess import resize_image
+from .progress import track
 from .utils import atomic_path, read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
@@ -497,7 +498,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             ref_entries[(size, b)] = (e, labels)
             report.entries.append(e)
     mious = _check_mious(cfg.check_json)
-    for p, size, b in plan:
+    for p, size, b in track(plan, "bench", total=len(plan)):
         e, labels = _time_backend(p.name, p, cfg, b, size=size if _resizable(p) else None)
         ref = ref_entries.get((tuple(e.image_size), e.batch))
         if ref is not None:

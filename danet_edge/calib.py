@@ -41,6 +41,7 @@ import onnx
 from .errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_image
+from .progress import track
 from .utils import atomic_path, read_json, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
@@ -186,7 +187,7 @@ class _Reader:
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         start, end = self._range
-        for i in range(start, min(end, len(self))):
+        for i in track(range(start, min(end, len(self))), f"calibration batches {start + 1}-{min(end, len(self))}"):
             yield {self.name: self.calib.model_batch(i, self.batch, self.size, self.mean, self.std, self.fused)}
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -35,6 +35,7 @@ from .errors import CheckFailed, ConfigError, DataError, ManifestError
 from .manifest import PRECISIONS, Manifest
 from .metrics import ConfusionMatrix
 from .preprocess import resize_image, resize_labels
+from .progress import track
 from .recipes import DEFAULT_THRESHOLDS as RECIPE_DEFAULTS
 from .utils import atomic_path, write_json
 
@@ -350,7 +351,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
         accs = [_Acc(ConfusionMatrix(k, ignore)) for _ in paths]
         chunk = max(bs for _, bs in keys)
         frames = 0
-        for group in _chunks(_frames(dataset, cfg.limit), chunk):
+        for group in track(_chunks(_frames(dataset, cfg.limit), chunk), f"check {len(paths)} artifact(s)"):
             frames += len(group)
             for key in keys:
                 size, bs = key

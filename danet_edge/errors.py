@@ -1,7 +1,18 @@
 """Exception types of danet-edge.
 
-The library raises only these (plus programming errors); ``danet_edge.cli`` turns them
-into one line on stderr and a non-zero exit code.
+The library raises only these (plus programming errors); ``danet_edge.cli`` turns them into one line
+on stderr and the exit code of the class (the table in README "Exit codes"):
+
+====  ===============================================================================
+0     success
+1     a check failed (``CheckFailed``: thresholds not met)
+2     usage: unknown or conflicting options (``ConfigError``; also Typer's own usage errors)
+3     bad input: data, image, checkpoint, manifest or calibration files (``DataError``,
+      ``CheckpointError``, ``ManifestError``, ``CalibrationError``)
+4     a missing optional package (``MissingDependencyError``: tensorrt, a CUDA API...)
+5     a stage that ran and failed (``ExportError``, ``EngineError``, ``TrainingError``)
+130   interrupted (Ctrl-C)
+====  ===============================================================================
 """
 
 from __future__ import annotations
@@ -20,17 +31,25 @@ class ConfigError(DanetEdgeError):
 class DataError(DanetEdgeError):
     """A data set, image, mask or video that is missing, unreadable or inconsistent."""
 
+    exit_code = 3
+
 
 class TrainingError(DanetEdgeError):
     """A training run that cannot go on (loss not finite...)."""
+
+    exit_code = 5
 
 
 class CheckpointError(DanetEdgeError):
     """A checkpoint that is missing, unsafe, malformed or does not fit the model."""
 
+    exit_code = 3
+
 
 class ExportError(DanetEdgeError):
     """An export that failed or produced a graph that does not meet its contract."""
+
+    exit_code = 5
 
 
 class CompatibilityError(ExportError):
@@ -44,17 +63,25 @@ class PrecisionError(ExportError):
 class CalibrationError(DanetEdgeError):
     """Calibration data that is missing, empty, unreadable or inconsistent."""
 
+    exit_code = 3
+
 
 class MissingDependencyError(DanetEdgeError):
     """An optional package (tensorrt, pycuda, cuda-python, modelopt...) is not installed."""
+
+    exit_code = 4
 
 
 class EngineError(DanetEdgeError):
     """A TensorRT engine that cannot be built or loaded here (wrong GPU, wrong version...)."""
 
+    exit_code = 5
+
 
 class ManifestError(DanetEdgeError):
     """An artifact's manifest that is missing, malformed or does not match the artifact."""
+
+    exit_code = 3
 
 
 class CheckFailed(DanetEdgeError):

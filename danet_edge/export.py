@@ -43,6 +43,7 @@ from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
 from .manifest import Manifest, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
+from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
 from .frames import static_batches
 from .preprocess import normalize, resize_image
@@ -401,7 +402,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     calibration = None
     options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
                "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
-    for recipe in _recipes(cfg):
+    for recipe in track(_recipes(cfg), "derived graphs"):
         if recipe.needs_calibration and calib_set is None:  # pragma: no cover - loaded above or refused
             raise ConfigError(f"the {recipe.name} recipe needs calibration images (--calib)")
         t0 = time.perf_counter()

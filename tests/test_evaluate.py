@@ -108,5 +108,5 @@ def test_cli_eval(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "mIoU" in r.stdout and json.loads(out.read_text())["num_images"] == 1
     r = subprocess.run(cmd[:4] + [str(tmp_path / "missing.pt")], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr
+    assert r.returncode == 3 and r.stderr.strip().startswith("error:") and "Traceback" not in r.stderr  # bad input
     assert not math.isnan(json.loads(out.read_text())["ms_per_image"])

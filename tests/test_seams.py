@@ -207,3 +207,34 @@ def test_a_new_backend_is_one_class_and_one_row(tmp_path, tiny_checkpoint):
             open_backend(tmp_path / "m.toy", providers=["cpu"])
     finally:
         del BACKEND_TABLE["toy"]
+
+
+# ---------------------------------------------------------------- one vocabulary on the command line
+
+def _cli(*args: str):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "danet_edge.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_version_quiet_output_and_exit_codes(tmp_path):
+    from danet_edge import __version__
+
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"danet-edge {__version__}"
+    r = _cli("infer", str(tmp_path / "missing.onnx"), "clip.mp4", "-q")  # -q after the command
+    assert r.returncode == 3 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    r = _cli("export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out"))
+    assert r.returncode == 3 and "does not exist" in r.stderr and not (tmp_path / "out").exists()
+    r = _cli("build", str(tmp_path / "m.onnx"), "--workspace-mib", "0")
+    assert r.returncode == 3  # the missing file is found first: bad input
+    r = _cli("bench", "--frobnicate")
+    assert r.returncode == 2  # usage
+    r = _cli("-v", "-q", "version")
+    assert r.returncode == 2 and "contradict" in (r.stderr + r.stdout)
+
+
+@pytest.mark.parametrize("command", ["train", "export", "build", "infer", "check", "bench", "demo", "calib fill"])
+def test_every_command_takes_o_for_its_output(command):
+    r = _cli(*command.split(), "--help")
+    assert r.returncode == 0 and "-o, --" in r.stdout

@@ -24,10 +24,38 @@ from ..errors import DanetEdgeError  # noqa: E402
 app = typer.Typer(
     name="danet-edge",
     help="DANet from training to a fast, checked TensorRT engine: train, eval, export, build, infer, check, bench.",
+    epilog="Exit codes: 0 ok, 1 a check failed, 2 usage, 3 bad input file, 4 missing package, 5 a stage failed, "
+           "130 interrupted. -v / -q may also follow the command.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: no "<bool>" beside flags, pipes and narrow terminals read well
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"danet-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail (TensorRT's verbose log for build)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors: no progress bars or notes."),
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
+    """DANet from training to a fast, checked TensorRT engine."""
+    from .. import progress
+    from ._common import STATE
+
+    if verbose and quiet:
+        raise typer.BadParameter("-v and -q contradict each other")
+    STATE["verbosity"] = 1 if verbose else -1 if quiet else 0
+    progress.enable(not quiet)
 
 _COMMAND_MODULES = ("train", "export", "infer", "check")
 
@@ -49,8 +77,20 @@ def version() -> None:
     typer.echo(f"danet-edge {__version__}")
 
 
+_GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
+
+
 def main() -> None:
-    """Console entry point: one line on stderr and a non-zero exit for a user error, never a traceback."""
+    """Console entry point: one line on stderr and a non-zero exit for a user error, never a traceback.
+
+    ``-v`` / ``-q`` are accepted before or after the command name (``danet-edge infer -q ...``).
+    """
+    argv = sys.argv[1:]
+    if any(a in _GLOBAL_FLAGS for a in argv):
+        cut = argv.index("--") if "--" in argv else len(argv)
+        flags = [a for a in argv[:cut] if a in _GLOBAL_FLAGS]
+        argv = flags + [a for a in argv[:cut] if a not in _GLOBAL_FLAGS] + argv[cut:]
+        sys.argv[1:] = argv
     try:
         app()
     except DanetEdgeError as e:

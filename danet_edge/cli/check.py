@@ -64,7 +64,8 @@ def print_bench_table(report) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``check``, ``bench`` and ``demo`` to the app."""
 
-    @app.command()
+    @app.command(epilog="\b\nExamples:\n  danet-edge check export/m/*.onnx -r best.pt --dataset camvid --data CAMVID -o runs/check\n  "
+                        "danet-edge check model_int8_trt.engine -r best.pt --min-agreement int8=98.5")
     def check(
         artifacts: list[Path] = typer.Argument(..., help="Artifacts to check: .onnx, .engine/.plan, .pt (with manifests)."),
         reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came from."),
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
         min_agreement: list[str] = typer.Option([], help="Minimum agreement (%): '99.0' (all) or 'fp16=99.0'; repeatable."),
         max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
-        report: Optional[Path] = typer.Option(None, "--report", help="Folder for report.md and disagreement PNGs."),
+        report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md and disagreement PNGs."),
         pictures: int = typer.Option(3, help="Frames per artifact in the disagreement picture."),
     ) -> None:
         """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
@@ -100,7 +101,8 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{label}: {path}")
         result.raise_for_failure()
 
-    @app.command()
+    @app.command(epilog="\b\nExamples:\n  danet-edge bench export/m/*.onnx -r best.pt --json bench.json --plot bench.png\n  "
+                        "danet-edge bench model_int8_trt.engine model_fp16.engine -r best.pt")
     def bench(
         artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
         reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="PyTorch checkpoint timed as the FP32 eager reference."),
@@ -112,10 +114,15 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
         plot: Optional[Path] = typer.Option(None, help="Accuracy-vs-latency plot (PNG)."),
         check_json: Optional[Path] = typer.Option(None, help="A check JSON: its mIoU goes into the plot."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="Folder for bench.json and bench.png (unless --json / --plot say)."),
     ) -> None:
         """Latency (mean, p50, p90, p99 ms), FPS and peak memory per artifact, with speed-up vs PyTorch FP32."""
         from ..bench import BenchConfig, bench_artifacts
 
+        if out is not None:
+            json_out = json_out or out / "bench.json"
+            plot = plot or out / "bench.png"
         cfg = BenchConfig(reference=reference, warmup=warmup, runs=runs, batches=tuple(batch) or None,
                           threads=threads, device=device, check_json=check_json, json_path=json_out, plot_path=plot)
         result = bench_artifacts(artifacts or [], cfg)
@@ -126,7 +133,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+        out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
         quick: bool = typer.Option(False, help="Tiny sizes and one epoch (a smoke run of every stage)."),
     ) -> None:
         """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""

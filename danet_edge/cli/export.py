@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import console
+from ._common import console, info
 
 
 def _recipe_names() -> list[str]:
@@ -19,7 +19,8 @@ def _recipe_names() -> list[str]:
 def register(app: typer.Typer) -> None:
     """Add ``export`` and the ``calib`` group to ``app``."""
 
-    @app.command("export")
+    @app.command("export", epilog="\b\nExamples:\n  danet-edge export runs/camvid/best.pt --fp16 --int8 --calib calib/\n  "
+                                   "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu")
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
         imgsz: Optional[tuple[int, int]] = typer.Option(
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
         fused_io: bool = typer.Option(False, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
         include_attention: bool = typer.Option(False, "--include-attention", help="Quantize attention MatMuls too."),
         memory_limit_mib: float = typer.Option(1024.0, "--memory-limit-mib", help="Warn above this PAM map size (MiB)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default export/<checkpoint stem>/)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default export/<checkpoint stem>/)."),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
         from ..export import ExportConfig, export_model
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
                            calib_method=calib_method, calib_size=calib_size, seed=seed, target=target, opset=opset,
                            engine=engine, fused_io=fused_io, include_attention=include_attention,
                            memory_limit_mib=memory_limit_mib, out=out)
-        result = export_model(checkpoint, cfg, log=lambda msg: console.print(msg, markup=False, highlight=False, soft_wrap=True))
+        result = export_model(checkpoint, cfg, log=info)
         for a in result.artifacts:
             console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)
 
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option(..., "--dataset", help="Data set: camvid, cityscapes, folder or synthetic."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set root folder."),
         count: int = typer.Option(100, "--count", help="Images to pick."),
-        out: Path = typer.Option(Path("calib"), "--out", help="Calibration folder to fill."),
+        out: Path = typer.Option(Path("calib"), "--out", "-o", help="Calibration folder to fill."),
         split: str = typer.Option("train", "--split", help="Split to pick from."),
         seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
     ) -> None:

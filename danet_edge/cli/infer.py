@@ -7,13 +7,15 @@ from typing import Optional
 
 import typer
 
-from ._common import console, err_console
+from ._common import console, err_console, info, verbose
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``build`` and ``infer`` commands to ``app``."""
 
-    @app.command()
+    @app.command(epilog="\b\nExamples:\n  danet-edge build export/best/model_int8_trt.onnx\n  "
+                        "danet-edge build model_fp16.onnx --dla-core 0 --timing-cache timing.cache\n  "
+                        "danet-edge build model.onnx --int8-calib calib/ (TensorRT 10 only)")
     def build(
         model: Path = typer.Argument(..., help="static-shape ONNX graph (with its .onnx.json manifest)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="engine path (default MODEL with .engine)"),
@@ -30,29 +32,36 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the calibration draw"),
         calib_cache: Optional[Path] = typer.Option(None, "--calib-cache",
                                                    help="implicit INT8 cache file (default: keyed, beside MODEL)"),
-        verbose: bool = typer.Option(False, "--verbose", help="TensorRT verbose log"),
     ) -> None:
-        """Build a TensorRT engine (plain file + .json manifest) on this device."""
+        """Build a TensorRT engine (plain file + .json manifest) on this device.
+
+        Strongly typed by default: the precision comes from the graph (FP16 / INT8 Q/DQ from export).
+        `-v` gives TensorRT's verbose log.
+        """
         from ..engine import EngineConfig, build_engine
         from ..manifest import read_manifest
 
         cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
-                           calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose)
-        path = build_engine(model, out, cfg,
-                            log=lambda msg: err_console.print(msg, markup=False, highlight=False, soft_wrap=True))
+                           calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose())
+        path = build_engine(model, out, cfg, log=info)
         trt_info = read_manifest(path).tensorrt or {}
         console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"equivalent: {trt_info.get('trtexec')}", markup=False, highlight=False, soft_wrap=True)
 
-    @app.command()
+    @app.command(epilog="\b\nExamples:\n  danet-edge infer model_int8_trt.engine video.mp4\n  "
+                        "danet-edge infer model.engine 0 --show (camera 0)\n  "
+                        "danet-edge infer model.engine \"nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,"
+                        "height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR "
+                        "! appsink\" (Jetson CSI camera through GStreamer)\n  "
+                        "danet-edge infer model.onnx frames/ --save-labels -o runs/infer")
     def infer(
         model: Path = typer.Argument(..., help=".pt/.pth checkpoint, .onnx graph or .engine/.plan"),
         source: str = typer.Argument(..., help="video, image, folder, glob, camera index, URL or GStreamer pipeline"),
         backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (default: by suffix)"),
         providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, e.g. cuda,cpu"),
         device: Optional[str] = typer.Option(None, "--device", help="torch device (checkpoints only)"),
-        out: Path = typer.Option(Path("runs/infer"), "--out", help="output folder"),
+        out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="output folder"),
         save_video: bool = typer.Option(True, "--save-video/--no-save-video", help="write the overlay video"),
         save_labels: bool = typer.Option(False, "--save-labels", help="write palette PNG class maps"),
         show: bool = typer.Option(False, "--show", help="show the overlay in a window"),

@@ -30,7 +30,8 @@ def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size:
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``eval`` to the app."""
 
-    @app.command("train")
+    @app.command("train", epilog="\b\nExamples:\n  danet-edge train  (synthetic scenes)\n  danet-edge train --dataset camvid "
+                                 "--data CAMVID --backbone resnet18 --epochs 80 -o runs/camvid\n  ... --resume")
     def train_cmd(
         dataset: str = typer.Option("synthetic", "--dataset", "-d", help=f"Data set: {_DATASETS}."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
