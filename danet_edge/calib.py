@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import onnx
 
+from .choices import CALIB_METHODS, TARGETS
 from .errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_image
@@ -48,8 +49,6 @@ __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "lo
            "graph_sha256", "Int8Result", "quantize_int8", "fill_calib_dir"]
 
 LIST_FILE = "calib.txt"
-CALIB_METHODS = ("entropy", "percentile", "minmax")
-TARGETS = ("tensorrt", "cpu")
 CALIB_CHUNK = 4  # calibration batches held in memory at once
 
 _MAX_IMAGES = 10_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,52 @@ from . import __version__
 from .errors import ManifestError
 from .utils import read_json, write_json
 
-__all__ = ["Manifest", "manifest_path", "write_manifest", "read_manifest", "PRECISIONS", "KINDS"]
+__all__ = ["Manifest", "manifest_path", "write_manifest", "read_manifest", "PRECISIONS", "KINDS", "Kind", "Precision",
+           "Target", "OutputKind"]
 
-PRECISIONS = ("fp32", "fp16", "int8")
-KINDS = ("checkpoint", "onnx", "engine")
 MANIFEST_FORMAT = "danet-edge-manifest/1"
+
+
+class _Choice(str, Enum):
+    """A closed set of names: compares, hashes, prints and serialises as its value (``"fp16"``), so a typo
+    fails where it is read and ``--help`` can list the choices (Python 3.10's substitute for StrEnum)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+    @classmethod
+    def parse(cls, value: Any, field_name: str, source: str = "manifest") -> "_Choice":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ManifestError(f"{source}: {field_name} {value!r} is not one of "
+                                f"{', '.join(m.value for m in cls)}") from None
+
+
+class Kind(_Choice):
+    CHECKPOINT = "checkpoint"
+    ONNX = "onnx"
+    ENGINE = "engine"
+
+
+class Precision(_Choice):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class Target(_Choice):
+    TENSORRT = "tensorrt"
+    CPU = "cpu"
+
+
+class OutputKind(_Choice):
+    LOGITS = "logits"
+    LABELS = "labels"
+
+
+PRECISIONS = tuple(p.value for p in Precision)
+KINDS = tuple(k.value for k in Kind)
 
 
 @dataclass
@@ -48,8 +90,8 @@ class Manifest:
         tensorrt: for engines: TensorRT version, GPU name, compute capability, build flags.
     """
 
-    kind: str
-    precision: str
+    kind: Kind
+    precision: Precision
     model: dict[str, Any]
     classes: list[str]
     palette: list[list[int]]
@@ -61,10 +103,10 @@ class Manifest:
     output_name: str = "logits"
     output_shape: list[int] = field(default_factory=list)
     output_dtype: str = "float32"
-    output_kind: str = "logits"
+    output_kind: OutputKind = OutputKind.LOGITS
     ignore_index: int = 255
     opset: int | None = None
-    target: str | None = None
+    target: Target | None = None
     calibration: dict[str, Any] | None = None
     precision_report: dict[str, Any] | None = None
     source_checkpoint_sha256: str | None = None
@@ -73,6 +115,18 @@ class Manifest:
     toolkit_version: str = __version__
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     format: str = MANIFEST_FORMAT
+
+    def __post_init__(self) -> None:
+        """Closed fields become enums here, wherever the manifest is made (JSON, code, ``replace``).
+
+        Raises:
+            ManifestError: a kind, precision, target or output kind outside its set.
+        """
+        self.kind = Kind.parse(self.kind, "kind")
+        self.precision = Precision.parse(self.precision, "precision")
+        self.output_kind = OutputKind.parse(self.output_kind, "output_kind")
+        if self.target is not None:
+            self.target = Target.parse(self.target, "target")
 
     @property
     def num_classes(self) -> int:
@@ -108,11 +162,12 @@ class Manifest:
         for key in required:
             if key not in data:
                 raise ManifestError(f"{source}: field {key!r} is missing")
-        m = cls(**{k: v for k, v in data.items() if k in names})
-        if m.kind not in KINDS:
-            raise ManifestError(f"{source}: kind {m.kind!r} is not one of {KINDS}")
-        if m.precision not in PRECISIONS:
-            raise ManifestError(f"{source}: precision {m.precision!r} is not one of {PRECISIONS}")
+        try:
+            m = cls(**{k: v for k, v in data.items() if k in names})
+        except ManifestError as e:
+            raise ManifestError(f"{source}: {str(e).split(': ', 1)[-1]}") from None
+        except TypeError as e:  # an unhashable value where a name belongs
+            raise ManifestError(f"{source}: {e}") from None
         if not isinstance(m.classes, list) or not m.classes or not all(isinstance(c, str) for c in m.classes):
             raise ManifestError(f"{source}: classes must be a non-empty list of names")
         if len(m.classes) > 255:
@@ -135,8 +190,6 @@ class Manifest:
                 raise ManifestError(f"{source}: {key} must be a list of positive integers")
         if m.input_shape and len(m.input_shape) != 4:
             raise ManifestError(f"{source}: input_shape must have 4 dimensions")
-        if m.output_kind not in ("logits", "labels"):
-            raise ManifestError(f"{source}: output_kind must be 'logits' or 'labels'")
         if not isinstance(m.ignore_index, int) or not 0 <= m.ignore_index <= 255:
             raise ManifestError(f"{source}: ignore_index must be an integer in 0..255")
         return m

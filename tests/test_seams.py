@@ -238,3 +238,18 @@ def test_cli_version_quiet_output_and_exit_codes(tmp_path):
 def test_every_command_takes_o_for_its_output(command):
     r = _cli(*command.split(), "--help")
     assert r.returncode == 0 and "-o, --" in r.stdout
+
+
+def test_closed_sets_have_one_home_and_fail_at_the_boundary():
+    from danet_edge import calib, choices, data
+    from danet_edge.errors import ManifestError
+    from danet_edge.manifest import Manifest, Precision
+
+    assert data.DATASET_NAMES == choices.DATASETS and calib.CALIB_METHODS is choices.CALIB_METHODS
+    m = Manifest(kind="onnx", precision="fp16", model={}, classes=["a"], palette=[[0, 0, 0]], mean=[0, 0, 0],
+                 std=[1, 1, 1])
+    assert m.precision is Precision.FP16 and m.precision == "fp16" and f"{m.precision}" == "fp16"
+    with pytest.raises(ManifestError, match="precision 'fp8' is not one of fp32, fp16, int8"):
+        Manifest.from_dict({**m.to_dict(), "precision": "fp8"})
+    r = _cli("export", "x.pt", "--target", "gpu")
+    assert r.returncode == 2 and "tensorrt" in r.stderr and "cpu" in r.stderr

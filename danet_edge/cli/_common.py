@@ -16,3 +16,4 @@ def info(msg: str) -> None:
 
 def verbose() -> bool:
     return STATE["verbosity"] > 0
+

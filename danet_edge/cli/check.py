@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConfigError
+from ..choices import Dataset, Split
 from ._common import console as _console
 
 # Tables stay readable when piped (rich falls back to 80 columns off a terminal).
@@ -69,9 +70,9 @@ def register(app: typer.Typer) -> None:
     def check(
         artifacts: list[Path] = typer.Argument(..., help="Artifacts to check: .onnx, .engine/.plan, .pt (with manifests)."),
         reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came from."),
-        dataset: str = typer.Option("synthetic", "--dataset", "-d", help="Data set name (synthetic, camvid, cityscapes, folder)."),
+        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
-        split: str = typer.Option("val", help="Split to evaluate on."),
+        split: Split = typer.Option("val", help="Split to evaluate on."),
         limit: Optional[int] = typer.Option(None, help="Evaluate at most N images."),
         thresholds: Optional[Path] = typer.Option(None, help="JSON thresholds per precision "
                                                   '({"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}}).'),
@@ -93,7 +94,7 @@ def register(app: typer.Typer) -> None:
         th = load_thresholds(thresholds) if thresholds is not None else \
             parse_threshold_overrides(min_agreement, max_miou_drop)
         cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures)
-        ds = build_dataset(dataset, data, split=split, limit=limit)
+        ds = build_dataset(dataset.value, data, split=split.value, limit=limit)
         result = check_artifacts(artifacts, reference, ds, cfg)
         print_check_table(result)
         for label, path in (("JSON", result.json_path), ("report", result.markdown_path)):

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..choices import CalibMethod, Dataset, Split, Target, choice_enum
 from ._common import console, info
 
 
@@ -28,13 +29,15 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", help="Static batch size."),
         fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph (FP32 I/O, FP32 attention islands)."),
         int8: bool = typer.Option(False, "--int8", help="Also write the INT8 Q/DQ graph (calibrated)."),
-        recipe: list[str] = typer.Option([], "--recipe", help="More precision recipes by name (repeatable): "
-                                         + ", ".join(_recipe_names()) + "."),
+        recipe: list[choice_enum("Recipe", _recipe_names())] = typer.Option([], "--recipe",  # type: ignore[valid-type]
+                                         help="More precision recipes by name (repeatable)."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration folder (default calib/ with --int8)."),
-        calib_method: Optional[str] = typer.Option(None, "--calib-method", help="entropy (default), percentile or minmax."),
+        calib_method: Optional[CalibMethod] = typer.Option(None, "--calib-method",
+                                                   help="Calibration method (default entropy)."),
         calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration images to draw (default 100)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the calibration draw."),
-        target: str = typer.Option("tensorrt", "--target", help="tensorrt (symmetric Q/DQ, rules enforced) or cpu."),
+        target: Target = typer.Option("tensorrt", "--target",
+                                   help="tensorrt (symmetric Q/DQ, rules enforced) or cpu (uint8 activations)."),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
         engine: bool = typer.Option(False, "--engine", help="Also build the TensorRT engine (needs TensorRT)."),
         fused_io: bool = typer.Option(False, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
@@ -46,8 +49,9 @@ def register(app: typer.Typer) -> None:
         from ..export import ExportConfig, export_model
 
         cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8,
-                           recipes=tuple(recipe), calib=calib,
-                           calib_method=calib_method, calib_size=calib_size, seed=seed, target=target, opset=opset,
+                           recipes=tuple(r.value for r in recipe), calib=calib,
+                           calib_method=calib_method.value if calib_method else None, calib_size=calib_size,
+                           seed=seed, target=target.value, opset=opset,
                            engine=engine, fused_io=fused_io, include_attention=include_attention,
                            memory_limit_mib=memory_limit_mib, out=out)
         result = export_model(checkpoint, cfg, log=info)
@@ -58,17 +62,17 @@ def register(app: typer.Typer) -> None:
 
     @calib_app.command("fill")
     def calib_fill(
-        dataset: str = typer.Option(..., "--dataset", help="Data set: camvid, cityscapes, folder or synthetic."),
+        dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set root folder."),
         count: int = typer.Option(100, "--count", help="Images to pick."),
         out: Path = typer.Option(Path("calib"), "--out", "-o", help="Calibration folder to fill."),
-        split: str = typer.Option("train", "--split", help="Split to pick from."),
+        split: Split = typer.Option("train", "--split", help="Split to pick from."),
         seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
     ) -> None:
         """Fill the calibration folder with a class-balanced sample of a data set (copies + calib.txt)."""
         from ..calib import fill_calib_dir
 
-        path = fill_calib_dir(dataset, data, count, out, split, seed)
+        path = fill_calib_dir(dataset.value, data, count, out, split.value, seed)
         console.print(f"filled {path} (list {path / 'calib.txt'})", markup=False, highlight=False, soft_wrap=True)
 
     app.add_typer(calib_app, name="calib")

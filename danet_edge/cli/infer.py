@@ -7,7 +7,14 @@ from typing import Optional
 
 import typer
 
+from ..choices import choice_enum
 from ._common import console, err_console, info, verbose
+
+
+def _backend_names() -> list[str]:
+    from ..runtime.backends import BACKEND_TABLE
+
+    return list(BACKEND_TABLE)
 
 
 def register(app: typer.Typer) -> None:
@@ -58,7 +65,9 @@ def register(app: typer.Typer) -> None:
     def infer(
         model: Path = typer.Argument(..., help=".pt/.pth checkpoint, .onnx graph or .engine/.plan"),
         source: str = typer.Argument(..., help="video, image, folder, glob, camera index, URL or GStreamer pipeline"),
-        backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (default: by suffix)"),
+        backend: Optional[choice_enum("Backend", _backend_names())] = typer.Option(  # type: ignore[valid-type]
+                                              None, "--backend",
+                                              help="backend (default: by file suffix)"),
         providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, e.g. cuda,cpu"),
         device: Optional[str] = typer.Option(None, "--device", help="torch device (checkpoints only)"),
         out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="output folder"),
@@ -75,7 +84,7 @@ def register(app: typer.Typer) -> None:
         """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
         from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table
 
-        cfg = InferConfig(backend=backend, providers=[p.strip() for p in providers.split(",") if p.strip()]
+        cfg = InferConfig(backend=backend.value if backend else None, providers=[p.strip() for p in providers.split(",") if p.strip()]
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
                           save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames,
                           threads=threads, queue_size=queue_size)

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
+from ..choices import Dataset, Split
 from ._common import console
 
-_DATASETS = "synthetic, camvid, cityscapes, folder"
 
 
 def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size: Optional[list[int]]) -> dict:
@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train", epilog="\b\nExamples:\n  danet-edge train  (synthetic scenes)\n  danet-edge train --dataset camvid "
                                  "--data CAMVID --backbone resnet18 --epochs 80 -o runs/camvid\n  ... --resume")
     def train_cmd(
-        dataset: str = typer.Option("synthetic", "--dataset", "-d", help=f"Data set: {_DATASETS}."),
+        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
         backbone: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50 or resnet101."),
         epochs: int = typer.Option(10, help="Epochs."),
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         from ..train import TrainConfig, train
 
         cfg = TrainConfig(
-            dataset=dataset, data_root=str(data) if data else None, backbone=backbone, output_stride=output_stride,
+            dataset=dataset.value, data_root=str(data) if data else None, backbone=backbone, output_stride=output_stride,
             multi_grid=multi_grid, deep_stem=deep_stem, aux=aux, epochs=epochs, batch_size=batch_size,
             crop_size=tuple(crop_size) if crop_size else None, lr=lr, weight_decay=weight_decay,
             aux_weight=aux_weight, grad_clip=grad_clip, amp=amp, seed=seed, workers=workers, out_dir=str(out),
@@ -82,9 +82,9 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
-        dataset: str = typer.Option("synthetic", "--dataset", "-d", help=f"Data set: {_DATASETS}."),
+        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
-        split: str = typer.Option("val", help="Split to evaluate."),
+        split: Split = typer.Option("val", help="Split to evaluate."),
         multi_scale: bool = typer.Option(False, "--multi-scale", help="Average over scales 0.5-1.75 (paper MS)."),
         flip: bool = typer.Option(False, "--flip", help="Also average the left-right mirrored image."),
         limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
 
         if dataset != "synthetic" and data is None:
             raise ConfigError(f"--data is required for data set {dataset!r}")
-        ds = build_dataset(dataset, data, split, limit,
+        ds = build_dataset(dataset.value, data, split.value, limit,
                            **_data_options(num_classes, ignore_index, list(synthetic_size or [])))
         result = evaluate(checkpoint, ds, multi_scale=multi_scale, flip=flip, multi_grid=multi_grid,
                           show_progress=True)

@@ -1,0 +1,32 @@
+"""Closed sets of names the command line offers as choices, in one light module (no torch, no onnx).
+
+``--help`` lists them and a typo is refused with the valid names before any work starts. The library
+modules that own the behaviour take their names from here: ``data.DATASET_NAMES`` (the builders),
+``calib.CALIB_METHODS`` / ``calib.TARGETS``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .manifest import Target
+
+__all__ = ["DATASETS", "CALIB_METHODS", "TARGETS", "SPLITS", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
+
+DATASETS = ("synthetic", "camvid", "cityscapes", "folder")
+CALIB_METHODS = ("entropy", "percentile", "minmax")
+TARGETS = tuple(t.value for t in Target)
+SPLITS = ("train", "val", "test")
+
+
+def choice_enum(name: str, values: tuple[str, ...] | list[str]) -> type[Enum]:
+    """A str-valued Enum for a Typer option (members print and compare as their value)."""
+    cls = Enum(name, {v.upper().replace("-", "_"): v for v in values}, type=str)
+    cls.__str__ = str.__str__  # type: ignore[method-assign]
+    cls.__format__ = str.__format__  # type: ignore[method-assign]
+    return cls
+
+
+Dataset = choice_enum("Dataset", DATASETS)
+CalibMethod = choice_enum("CalibMethod", CALIB_METHODS)
+Split = choice_enum("Split", SPLITS)
