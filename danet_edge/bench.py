@@ -31,11 +31,7 @@ labelled as such); else the point is left out.
 
 from __future__ import annotations
 
-import gc
 import os
-import platform
-import re
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,14 +40,15 @@ from typing import Any
 
 import numpy as np
 
+from .bench_plot import write_plot
 from .errors import ConfigError
+from .measure import PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
 from .preprocess import resize_image
 from .progress import track
-from .utils import atomic_path, read_json, write_json
+from .utils import read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
 
-MiB = 2.0**20
 
 
 @dataclass
@@ -138,77 +135,6 @@ class BenchReport:
         return asdict(self)
 
 
-def latency_stats(times_ms: Sequence[float]) -> dict[str, float]:
-    """``mean, p50, p90, p99, min`` (ms) of per-run times (linear-interpolated percentiles)."""
-    t = np.asarray(times_ms, np.float64)
-    return {"mean": float(t.mean()), "p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
-            "p99": float(np.percentile(t, 99)), "min": float(t.min())}
-
-
-# ---------------------------------------------------------------------------------- memory
-def _rss() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
-def _release_freed_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the
-    next entry's RSS growth is its own and not hidden by memory an earlier entry freed."""
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class _PeakRSS:
-    """Peak resident set size inside a ``with`` block, in bytes (``peak``), and its baseline."""
-
-    _status = Path("/proc/self/status")
-
-    def __enter__(self) -> "_PeakRSS":
-        _release_freed_memory()
-        self.base = _rss()
-        self.peak = self.base
-        self._hwm = False
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            self._hwm = self._read_hwm() is not None
-        except OSError:
-            pass
-        if not self._hwm:
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _read_hwm(self) -> int | None:
-        try:
-            m = re.search(r"VmHWM:\s+(\d+)\s*kB", self._status.read_text())
-        except OSError:
-            return None
-        return int(m.group(1)) * 1024 if m else None
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc: object) -> None:
-        if self._hwm:
-            self.peak = max(self.peak, self._read_hwm() or 0)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss())
-
-    @property
-    def delta_mib(self) -> float:
-        return max(0, self.peak - self.base) / MiB
-
-
 # ---------------------------------------------------------------------------------- inputs
 def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """``(n, h, w, 3) uint8`` synthetic street scenes (random noise if the generator is absent)."""
@@ -221,53 +147,7 @@ def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     return np.stack([resize_image(im, size) for im in out])
 
 
-def _machine() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15min": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    return info
-
-
 # ---------------------------------------------------------------------------------- timing
-def _gpu_reset() -> int | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    return int(torch.cuda.mem_get_info()[0])
-
-
-def _gpu_peak(free_before: int | None, torch_backend: bool) -> float | None:
-    if free_before is None:
-        return None
-    import torch
-
-    torch.cuda.synchronize()
-    if torch_backend:
-        return torch.cuda.max_memory_allocated() / MiB
-    return max(0, free_before - int(torch.cuda.mem_get_info()[0])) / MiB
-
-
 def _backend_name(path: Path) -> str:
     from .runtime.backends import backend_for
 
@@ -295,8 +175,8 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
             kwargs["image_size"] = size
     elif "threads" in spec.options and cfg.threads:
         kwargs["threads"] = cfg.threads
-    free = _gpu_reset()
-    with _PeakRSS() as mem:
+    free = gpu_reset()
+    with PeakRSS() as mem:
         t0 = time.perf_counter()
         backend = open_backend(path, **kwargs)
         setup = time.perf_counter() - t0
@@ -319,7 +199,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
         name=name, path=str(path), backend=backend.name, provider=getattr(backend, "provider", ""), precision=m.precision,
         image_size=list(m.image_size), batch=n, runs=cfg.runs, setup_s=setup, latency_mean_ms=s["mean"],
         latency_p50_ms=s["p50"], latency_p90_ms=s["p90"], latency_p99_ms=s["p99"], latency_min_ms=s["min"],
-        throughput_fps=n * 1e3 / s["mean"], host_peak_mib=mem.delta_mib, gpu_peak_mib=_gpu_peak(free, torch_backend),
+        throughput_fps=n * 1e3 / s["mean"], host_peak_mib=mem.delta_mib, gpu_peak_mib=gpu_peak(free, torch_backend),
         is_reference=is_reference)
     return entry, labels
 
@@ -445,7 +325,7 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
 def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
     from .manifest import read_manifest
 
-    report = BenchReport(machine=_machine(), config={k: (str(v) if isinstance(v, Path) else v)
+    report = BenchReport(machine=machine_info(), config={k: (str(v) if isinstance(v, Path) else v)
                                                      for k, v in asdict(cfg).items()})
     load = report.machine.get("load_average_1_5_15min")
     if load and load[0] > (os.cpu_count() or 1):
@@ -518,41 +398,3 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
         report.json_path = str(cfg.json_path)
         write_json(cfg.json_path, report.to_dict())
     return report
-
-
-def write_plot(report: BenchReport, path: Path) -> Path:
-    """Accuracy (mIoU from the check JSON, else agreement with the reference on the benchmark batch)
-    against p50 latency, one point per timed entry; entries with neither are left out (listed in
-    the title). Writes a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    timed = [e for e in report.entries if e.skipped is None and e.latency_p50_ms is not None]
-    use_miou = any(e.miou is not None for e in timed)
-    pts = [(e, e.miou if use_miou else e.agreement) for e in timed]
-    left_out = [e.name for e, y in pts if y is None]
-    pts = [(e, y) for e, y in pts if y is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for e, y in pts:
-        ax.scatter(e.latency_p50_ms, y, s=60 if e.is_reference else 40, marker="*" if e.is_reference else "o",
-                   label=f"{e.name} (b{e.batch}): {e.latency_p50_ms:.1f} ms, {y:.2f}")
-    ax.set_xlabel("latency p50 per batch (ms)")
-    ax.set_ylabel("mIoU (%)" if use_miou else "agreement with the reference (%)")
-    ax.margins(x=0.25, y=0.15)
-    title = "danet-edge bench: " + ("mIoU (from the check report) vs latency" if use_miou else
-                                   "agreement on the bench batch (a quick proxy, not accuracy) vs latency")
-    if report.machine.get("gpu") or report.machine.get("cpu"):
-        title += f"\n{report.machine.get('gpu') or report.machine.get('cpu')}"
-    if left_out:
-        title += f"\nnot plotted (no accuracy): {', '.join(left_out)[:90]}"
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    if pts:  # a legend, not labels beside the points: points of near-equal accuracy overlap
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path

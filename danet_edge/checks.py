@@ -35,30 +35,13 @@ from .errors import CheckFailed, ConfigError, DataError, ManifestError
 from .manifest import PRECISIONS, Manifest
 from .metrics import ConfusionMatrix
 from .preprocess import resize_image, resize_labels
+from .checks_report import write_markdown, write_pictures
 from .progress import track
-from .recipes import DEFAULT_THRESHOLDS as RECIPE_DEFAULTS
-from .utils import atomic_path, write_json
+from .thresholds import DEFAULT_THRESHOLDS, Thresholds, load_thresholds, parse_threshold_overrides  # noqa: F401
+from .utils import write_json
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
            "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass/fail limits for one precision.
-
-    Attributes:
-        min_agreement: minimum pixel agreement with the reference's predictions, percent.
-        max_miou_drop: largest allowed drop of mIoU against the reference, mIoU points (percent).
-    """
-
-    min_agreement: float
-    max_miou_drop: float
-
-
-#: Defaults per precision (``recipes.DEFAULT_THRESHOLDS``, their one home); an artifact made by a
-#: precision recipe gets that recipe's thresholds unless the user overrode its precision's.
-DEFAULT_THRESHOLDS: dict[str, Thresholds] = {p: Thresholds(**v) for p, v in RECIPE_DEFAULTS.items()}
 
 
 @dataclass
@@ -171,59 +154,6 @@ class CheckReport:
         if bad:
             detail = "; ".join(f"{Path(a.path).name}: {', '.join(a.failures)}" for a in bad)
             raise CheckFailed(f"{len(bad)} of {len(self.artifacts)} artifact(s) failed the check ({detail})")
-
-
-# ---------------------------------------------------------------------------------- thresholds
-def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Thresholds]:
-    """Read thresholds from JSON: ``{"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}, ...}``.
-
-    Raises:
-        ConfigError: unreadable file, unknown precision or field, non-numeric value.
-    """
-    from .utils import read_json
-
-    try:
-        data = read_json(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"thresholds file: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: thresholds must be a JSON object keyed by precision")
-    out: dict[str, Thresholds] = {}
-    for prec, vals in data.items():
-        if prec not in PRECISIONS:
-            raise ConfigError(f"{path}: unknown precision {prec!r}; use {PRECISIONS}")
-        if not isinstance(vals, dict) or set(vals) - {"min_agreement", "max_miou_drop"}:
-            raise ConfigError(f"{path}: {prec} must hold only min_agreement and max_miou_drop")
-        base = asdict(DEFAULT_THRESHOLDS[prec])
-        for k, v in vals.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ConfigError(f"{path}: {prec}.{k} must be a number")
-            base[k] = float(v)
-        out[prec] = Thresholds(**base)
-    return out
-
-
-def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: Sequence[str] = ()
-                              ) -> dict[str, Thresholds]:
-    """Turn CLI values ``"99.0"`` (every precision) or ``"fp16=99.0"`` into thresholds.
-
-    Raises:
-        ConfigError: malformed value or unknown precision.
-    """
-    table = {p: asdict(t) for p, t in DEFAULT_THRESHOLDS.items()}
-    for key, values in (("min_agreement", min_agreement), ("max_miou_drop", max_miou_drop)):
-        for raw in values:
-            prec, _, num = raw.rpartition("=")
-            targets = PRECISIONS if not prec else (prec.strip().lower(),)
-            if targets[0] not in PRECISIONS:
-                raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: unknown precision {prec!r}; use {PRECISIONS}")
-            try:
-                value = float(num)
-            except ValueError:
-                raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: not a number") from None
-            for p in targets:
-                table[p][key] = value
-    return {p: Thresholds(**v) for p, v in table.items()}
 
 
 # ---------------------------------------------------------------------------------- precision
@@ -381,13 +311,13 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
     report = CheckReport(reference=str(reference), dataset=str(getattr(info, "name", "") or ""), frames=frames,
                          classes=classes, artifacts=results)
     if cfg.report_dir is not None:
-        _write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir))
+        write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir))
         report.markdown_path = str(Path(cfg.report_dir) / "report.md")
     if cfg.json_path is not None:
         report.json_path = str(cfg.json_path)
         write_json(cfg.json_path, report.to_dict())
     if cfg.report_dir is not None:
-        _write_markdown(report, Path(report.markdown_path))
+        write_markdown(report, Path(report.markdown_path))
     return report
 
 
@@ -459,81 +389,3 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
         thresholds=asdict(th), passed=not failures, failures=failures, notes=notes, precision_detail=detail,
         per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()], **logit_fields)
-
-
-# ---------------------------------------------------------------------------------- reports
-def _colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return palette[np.clip(labels, 0, len(palette) - 1)]
-
-
-def _panel_row(img: np.ndarray, ref: np.ndarray, art: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    diff = ref != art
-    highlight = (img.astype(np.float32) * 0.35).astype(np.uint8)
-    highlight[diff] = (255, 255, 255)
-    return np.concatenate([img, _colour(ref, palette), _colour(art, palette), highlight], axis=1)
-
-
-def _write_pictures(report: CheckReport, accs: list[_Acc], palette: list[list[int]], out: Path) -> None:
-    """One PNG per artifact: rows of ``image | reference | artifact | disagreement`` (disagreeing
-    pixels white on the darkened image), the frames with most disagreement first."""
-    from PIL import Image, ImageDraw
-
-    pal = np.asarray(palette, np.uint8)
-    for i, (res, acc) in enumerate(zip(report.artifacts, accs)):
-        if not acc.worst:
-            continue
-        rows = [_panel_row(img, r, a, pal) for _, _, img, r, a in sorted(acc.worst, reverse=True)]
-        width = max(r.shape[1] for r in rows)
-        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-        header = np.full((16, width, 3), 255, np.uint8)
-        pic = Image.fromarray(np.concatenate([header, *rows], axis=0))
-        draw = ImageDraw.Draw(pic)
-        w = rows[0].shape[1] // 4
-        for j, title in enumerate(("image", "reference", Path(res.path).name, "disagreement")):
-            draw.text((j * w + 2, 2), title, fill=(0, 0, 0))
-        name = out / f"{i:02d}_{Path(res.path).name}_disagreement.png"
-        with atomic_path(name) as tmp:
-            pic.save(tmp, format="PNG")
-        res.picture = str(name)
-
-
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def _write_markdown(report: CheckReport, path: Path) -> None:
-    lines = [f"# danet-edge accuracy check: {'PASSED' if report.passed else 'FAILED'}", "",
-             f"Reference `{report.reference}`, data set {report.dataset or '-'}, {report.frames} images, "
-             f"{len(report.classes)} classes. Images resized to each artifact's static size, labels brought back "
-             "to the image size (the `infer` path); agreement and logit errors at the artifact's size.", "",
-             "| artifact | precision (source) | mIoU | ref mIoU | ΔmIoU | pixel acc | agreement % | max abs | rel L2 "
-             "| cosine | inf/NaN | result |", "|" + "---|" * 12]
-    for a in report.artifacts:
-        lines.append(
-            f"| `{Path(a.path).name}` | {a.precision} ({a.precision_source}) | {a.miou:.2f} | {a.reference_miou:.2f} | "
-            f"{a.miou_delta:+.3f} | {a.pixel_accuracy:.2f} | {a.agreement:.3f} | {_fmt(a.max_abs_error, '.3g')} | "
-            f"{_fmt(a.rel_l2_error, '.2e')} | {_fmt(a.cosine_similarity, '.6f')} | {_fmt(a.nonfinite, 'd')} | "
-            f"{'pass' if a.passed else 'FAIL: ' + '; '.join(a.failures)} |")
-    for a in report.artifacts:
-        lines += ["", f"## `{a.path}`", "",
-                  f"- thresholds ({a.precision}): agreement >= {a.thresholds['min_agreement']} %, "
-                  f"mIoU drop <= {a.thresholds['max_miou_drop']}; manifest precision: {a.manifest_precision}"]
-        if a.precision_detail and "attention" in a.precision_detail:  # an engine: its layers
-            counts = a.precision_detail.get("counts") or {}
-            att = a.precision_detail.get("attention") or {}
-            lines.append("- engine layers per precision (TensorRT engine inspector): "
-                         + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                         + "; attention layers: " + (", ".join(f"{k} {v}" for k, v in sorted(att.items())) or "none found"))
-        elif a.precision_detail:
-            counts = a.precision_detail.get("counts") or {}
-            lines.append("- compute nodes per precision in the graph: "
-                         + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                         + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}")
-        lines += [f"- note: {n}" for n in a.notes]
-        lines += [f"- FAIL: {f}" for f in a.failures]
-        if a.picture:
-            lines += ["", f"![disagreement]({Path(a.picture).name})",
-                      "", "Columns: image | reference | artifact | disagreement (white on the darkened image); "
-                      "the frames with most disagreement."]
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
