@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .compare import OutputComparison
 from .errors import CheckFailed, ConfigError, DataError, ManifestError
 from .manifest import PRECISIONS, Manifest
 from .metrics import ConfusionMatrix
@@ -216,18 +217,11 @@ def _open_reference(path: Path, size: tuple[int, int], batch: int):
 
 @dataclass
 class _Acc:
-    """Running sums for one artifact."""
+    """Running state for one artifact: its confusion matrix, the comparison with the reference's outputs
+    (``compare.OutputComparison``, shared with export verification) and the frames with most disagreement."""
 
     cm: ConfusionMatrix
-    agree: int = 0
-    pixels: int = 0
-    max_abs: float = 0.0
-    sq_err: float = 0.0
-    sq_ref: float = 0.0
-    sq_art: float = 0.0
-    dot: float = 0.0
-    nonfinite: int = 0
-    has_logits: bool = True
+    cmp: OutputComparison = field(default_factory=OutputComparison)
     worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
@@ -326,22 +320,8 @@ def _accumulate(acc: _Acc, pred: Any, n: int, piece: list[tuple[int, np.ndarray,
     labels = np.asarray(pred.labels)[:n]
     for (_, _, mask), lab in zip(piece, labels):
         acc.cm.update(resize_labels(lab.astype(np.int64), mask.shape), mask)
-    same = labels == ref_labels
-    acc.agree += int(same.sum())
-    acc.pixels += same.size
     logits = None if pred.logits is None else np.asarray(pred.logits)[:n]
-    if logits is None:
-        acc.has_logits = False
-    else:
-        bad = ~np.isfinite(logits)
-        acc.nonfinite += int(bad.sum())
-        a = np.where(bad, 0.0, logits).astype(np.float64)
-        r = ref_logits.astype(np.float64)
-        acc.max_abs = max(acc.max_abs, float(np.abs(a - r).max()))
-        acc.sq_err += float(((a - r) ** 2).sum())
-        acc.sq_ref += float((r ** 2).sum())
-        acc.sq_art += float((a ** 2).sum())
-        acc.dot += float((a * r).sum())
+    same = acc.cmp.update(labels, ref_labels, logits, ref_logits)
     if cfg.pictures and cfg.report_dir is not None:
         for (idx, _, _), img, lab, rl, s in zip(piece, batch, labels, ref_labels, same):
             item = (int((~s).sum()), -idx, img, rl.astype(np.uint8), lab.astype(np.uint8))
@@ -360,7 +340,7 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
     precision, source, detail = _precision_info(path, m)
     th = cfg.thresholds_for(precision, m)
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
-    agreement = 100.0 * acc.agree / max(acc.pixels, 1)
+    agreement = 100.0 * acc.cmp.agreement
     delta = miou - ref_miou
     failures, notes = [], []
     if precision != m.precision:
@@ -369,19 +349,13 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         failures.append(f"agreement {agreement:.3f} % < {th.min_agreement} %")
     if math.isnan(delta) or -delta > th.max_miou_drop:
         failures.append(f"mIoU drop {-delta:.3f} > {th.max_miou_drop}")
-    if acc.has_logits and acc.nonfinite:
-        failures.append(f"{acc.nonfinite} inf/NaN logits")
+    if acc.cmp.has_logits and acc.cmp.nonfinite:
+        failures.append(f"{acc.cmp.nonfinite} inf/NaN logits")
     if m.source_checkpoint_sha256 and m.source_checkpoint_sha256 != ref_m.source_checkpoint_sha256:
         notes.append("made from another checkpoint than the reference (SHA-256 differs)")
-    if not acc.has_logits:
+    if not acc.cmp.has_logits:
         notes.append("outputs labels only: no logit error")
-    logit_fields = dict(max_abs_error=None, rel_l2_error=None, cosine_similarity=None, nonfinite=None)
-    if acc.has_logits:
-        logit_fields = dict(
-            max_abs_error=acc.max_abs,
-            rel_l2_error=math.sqrt(acc.sq_err) / math.sqrt(acc.sq_ref) if acc.sq_ref > 0 else 0.0,
-            cosine_similarity=acc.dot / math.sqrt(acc.sq_ref * acc.sq_art) if acc.sq_ref * acc.sq_art > 0 else 1.0,
-            nonfinite=acc.nonfinite)
+    logit_fields = acc.cmp.logit_fields()
     return ArtifactCheck(
         path=str(path), kind=m.kind, precision=precision, manifest_precision=m.precision, precision_source=source,
         image_size=list(m.image_size), batch_size=m.batch_size, frames=frames, miou=miou,

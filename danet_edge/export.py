@@ -40,6 +40,7 @@ from torch import nn
 
 from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
+from .compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
 from .manifest import Manifest, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
@@ -129,12 +130,6 @@ def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, byt
     """PAM's attention map size in MiB: ``N^2 * bytes * batch`` with ``N = (H/OS) * (W/OS)``."""
     n = (h // output_stride) * (w // output_stride)
     return n * n * bytes_per_value * batch / 2**20
-
-
-def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
-    """``||a - ref|| / ||ref||`` in float64."""
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(a - ref) / max(np.linalg.norm(ref), 1e-12))
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -327,12 +322,19 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
 
 # ------------------------------------------------------------------------------------------ stages
 def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
+    """The derived graph against the FP32 graph on the verification images, through the comparison
+    ``check`` uses (``compare.OutputComparison``)."""
     got = _run(_ort_session(path, manifest.precision), manifest, frames)
-    if got.dtype.kind == "f" and not np.isfinite(got).all():
-        raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
+    c = OutputComparison()
     if manifest.output_kind == "labels":
-        return {"label_agreement_vs_fp32": float((got == ref).mean())}
-    return {"rel_l2_vs_fp32": relative_l2(got, ref), "label_agreement_vs_fp32": float((got.argmax(1) == ref.argmax(1)).mean())}
+        c.update(got, ref)
+    else:
+        c.update(got.argmax(1), ref.argmax(1), got, ref)
+    if c.nonfinite:
+        raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
+    if not c.has_logits:
+        return {"label_agreement_vs_fp32": c.agreement}
+    return {"rel_l2_vs_fp32": c.rel_l2, "label_agreement_vs_fp32": c.agreement}
 
 
 def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[str, Any],

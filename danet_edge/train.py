@@ -68,6 +68,7 @@ class TrainConfig:
         devices: processes (DDP); >1 spawns them unless already under torchrun.
         data_options: extra options for ``build_dataset`` (e.g. ``num_classes`` for ``folder``).
         progress: show a progress bar.
+        quiet: no bar and no per-iteration lines (the epoch summaries stay).
     """
 
     dataset: str = "synthetic"
@@ -100,6 +101,7 @@ class TrainConfig:
     devices: int = 1
     data_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    quiet: bool = False
 
     def validate(self) -> None:
         """Raises ConfigError on values that cannot work or contradict each other."""
@@ -358,7 +360,7 @@ def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, 
                  scaler: torch.amp.GradScaler, cfg: TrainConfig, ctx: DistContext, epoch: int, ignore_index: int,
                  iters: int) -> dict[str, Any]:
     net.train()
-    show = cfg.progress and ctx.is_main
+    show = cfg.progress and ctx.is_main and not cfg.quiet
     bar = None
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -368,7 +370,7 @@ def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, 
         task = bar.add_task("train", total=iters, info="")
         bar.start()
     total_loss, n_img, t0 = 0.0, 0, time.perf_counter()
-    log_plain = ctx.is_main and (bar is None or not bar.console.is_terminal)
+    log_plain = ctx.is_main and not cfg.quiet and (bar is None or not bar.console.is_terminal)
     try:
         for it, (x, y) in enumerate(loader):
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import ConfigError
 from ..choices import Dataset, Split
-from ._common import console
+from ._common import STATE, console
 
 
 
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
             resume=resume, limit_train=limit_train, limit_val=limit_val,
             backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
             devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
-            progress=not no_progress)
+            progress=not no_progress, quiet=STATE["verbosity"] < 0)
         best = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             console.print(f"best checkpoint: {best}")
@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         ds = build_dataset(dataset.value, data, split.value, limit,
                            **_data_options(num_classes, ignore_index, list(synthetic_size or [])))
         result = evaluate(checkpoint, ds, multi_scale=multi_scale, flip=flip, multi_grid=multi_grid,
-                          show_progress=True)
+                          show_progress=STATE["verbosity"] >= 0)
         console.print(result.table())
         if json_out is not None:
             write_result(result, json_out)
