@@ -253,3 +253,32 @@ def test_closed_sets_have_one_home_and_fail_at_the_boundary():
         Manifest.from_dict({**m.to_dict(), "precision": "fp8"})
     r = _cli("export", "x.pt", "--target", "gpu")
     assert r.returncode == 2 and "tensorrt" in r.stderr and "cpu" in r.stderr
+
+
+def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
+    """infer advances its bar once per frame (the bar itself is drawn only on a terminal)."""
+    import contextlib
+
+    import cv2
+
+    import danet_edge.runtime.pipeline as pipeline_mod
+    from danet_edge.runtime.pipeline import InferConfig, run_inference
+
+    seen = {"total": None, "advanced": 0}
+
+    @contextlib.contextmanager
+    def recorder(description, total=None):
+        seen["total"] = total
+
+        def advance(n=1):
+            seen["advanced"] += n
+        yield advance
+
+    monkeypatch.setattr(pipeline_mod, "task", recorder)
+    frames_dir = tmp_path / "frames"
+    frames_dir.mkdir()
+    for i, f in enumerate(random_frames(3, 64, 96)):
+        cv2.imwrite(str(frames_dir / f"{i}.png"), f)
+    src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
+    summary = run_inference(src, str(frames_dir), InferConfig(out_dir=tmp_path / "out", save_video=False))
+    assert summary.frames == seen["advanced"] == seen["total"] == 3

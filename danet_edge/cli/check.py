@@ -62,6 +62,12 @@ def print_bench_table(report) -> None:
         console.print(f"[yellow]warning:[/] {w}")
 
 
+def _bench_defaults():
+    from ..bench import BenchConfig
+
+    return BenchConfig()
+
+
 def register(app: typer.Typer) -> None:
     """Add ``check``, ``bench`` and ``demo`` to the app."""
 
@@ -107,8 +113,8 @@ def register(app: typer.Typer) -> None:
     def bench(
         artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
         reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="PyTorch checkpoint timed as the FP32 eager reference."),
-        warmup: int = typer.Option(3, help="Untimed runs before timing."),
-        runs: int = typer.Option(20, help="Timed runs."),
+        warmup: int = typer.Option(_bench_defaults().warmup, help="Untimed runs before timing."),
+        runs: int = typer.Option(_bench_defaults().runs, help="Timed runs."),
         batch: list[int] = typer.Option([], help="Batch sizes for PyTorch (static graphs run at their own batch); repeatable."),
         threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime."),
         device: Optional[str] = typer.Option(None, help="Torch device for PyTorch entries (cpu, cuda)."),

@@ -18,7 +18,11 @@ def _backend_names() -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``build`` and ``infer`` commands to ``app``."""
+    """Add the ``build`` and ``infer`` commands to ``app``. Defaults are read from the config dataclasses."""
+    from ..engine_plan import EngineConfig
+    from ..runtime.pipeline import InferConfig
+
+    eng, inf = EngineConfig(), InferConfig()
 
     @app.command(epilog="\b\nExamples:\n  danet-edge build export/best/model_int8_trt.onnx\n  "
                         "danet-edge build model_fp16.onnx --dla-core 0 --timing-cache timing.cache\n  "
@@ -26,7 +30,7 @@ def register(app: typer.Typer) -> None:
     def build(
         model: Path = typer.Argument(..., help="static-shape ONNX graph (with its .onnx.json manifest)"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="engine path (default MODEL with .engine)"),
-        workspace_mib: int = typer.Option(1024, "--workspace-mib", help="builder workspace limit, MiB"),
+        workspace_mib: int = typer.Option(eng.workspace_mib, "--workspace-mib", help="builder workspace limit, MiB"),
         opt_level: Optional[int] = typer.Option(None, "--opt-level", help="builder optimisation level 0..5"),
         timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (reused)"),
         dla_core: Optional[int] = typer.Option(None, "--dla-core", help="run on this DLA core (GPU fallback on)"),
@@ -34,9 +38,9 @@ def register(app: typer.Typer) -> None:
         fp16: bool = typer.Option(False, "--fp16", help="TensorRT 10 only: weakly typed build allowing FP16"),
         int8_calib: Optional[Path] = typer.Option(None, "--int8-calib",
                                                   help="TensorRT 10 only: implicit INT8, calibration image folder"),
-        calib_size: int = typer.Option(100, "--calib-size", "--calib-images",
+        calib_size: int = typer.Option(eng.calib_images, "--calib-size", "--calib-images",
                                        help="images drawn from --int8-calib (as export draws them)"),
-        seed: int = typer.Option(0, "--seed", help="seed of the calibration draw"),
+        seed: int = typer.Option(eng.calib_seed, "--seed", help="seed of the calibration draw"),
         calib_cache: Optional[Path] = typer.Option(None, "--calib-cache",
                                                    help="implicit INT8 cache file (default: keyed, beside MODEL)"),
     ) -> None:
@@ -70,16 +74,16 @@ def register(app: typer.Typer) -> None:
                                               help="backend (default: by file suffix)"),
         providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, e.g. cuda,cpu"),
         device: Optional[str] = typer.Option(None, "--device", help="torch device (checkpoints only)"),
-        out: Path = typer.Option(Path("runs/infer"), "--out", "-o", help="output folder"),
+        out: Path = typer.Option(inf.out_dir, "--out", "-o", help="output folder"),
         save_video: bool = typer.Option(True, "--save-video/--no-save-video", help="write the overlay video"),
         save_labels: bool = typer.Option(False, "--save-labels", help="write palette PNG class maps"),
         show: bool = typer.Option(False, "--show", help="show the overlay in a window"),
         letterbox: bool = typer.Option(False, "--letterbox", help="keep the aspect ratio (pad) instead of stretching"),
-        alpha: float = typer.Option(0.5, "--alpha", help="mask opacity 0..1"),
+        alpha: float = typer.Option(inf.alpha, "--alpha", help="mask opacity 0..1"),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", help="stop after N frames"),
         batch: Optional[int] = typer.Option(None, "--batch", help="frames per forward pass (checkpoints only)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads (default: cores - 1)"),
-        queue_size: int = typer.Option(8, "--queue-size", help="frames buffered between stages (lower: less latency)"),
+        queue_size: int = typer.Option(inf.queue_size, "--queue-size", help="frames buffered between stages (lower: less latency)"),
     ) -> None:
         """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
         from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table

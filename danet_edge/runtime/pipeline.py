@@ -13,6 +13,7 @@ playable files with the frames processed so far and never a half-written one. Ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -28,9 +29,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from ..manifest import Manifest
-from ..utils import atomic_path, write_json
 from ..frames import fit_frame as fit_frames, restore_labels
+from ..manifest import Manifest
+from ..progress import task
+from ..utils import atomic_path, write_json
 from .backends import backend_spec, open_backend
 from .sources import FrameSource, open_source
 
@@ -301,6 +303,9 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
     decoder = threading.Thread(target=decode, name="danet-decode", daemon=True)
     encoder = threading.Thread(target=encode, name="danet-encode", daemon=True)
     t_run = time.perf_counter()
+    bar = contextlib.ExitStack()  # a progress bar on a terminal (``progress.task``), none otherwise
+    total = source.frame_count if cfg.max_frames is None else min(source.frame_count or cfg.max_frames, cfg.max_frames)
+    advance = bar.enter_context(task(f"infer {source.name}", total))
     decoder.start()
     encoder.start()
     try:
@@ -323,6 +328,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             maps = [restore_labels(lab, pl, f.shape[:2]) for lab, (_, pl), (_, _, f) in zip(pred.labels, fitted, items)]
             t3 = time.perf_counter()
             n = len(items)
+            advance(n)
             times["preprocess"] += [(t1 - t0) / n] * n
             times["infer"] += [(t2 - t1) / n] * n
             times["postprocess"] += [(t3 - t2) / n] * n
@@ -342,6 +348,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             decoder.join(timeout=0.05)
         results_q.put(_END)
         encoder.join()
+        bar.close()
         summary.wall_s = round(time.perf_counter() - t_run, 4)
         summary.fps = round(summary.frames / summary.wall_s, 3) if summary.wall_s > 0 else 0.0
         summary.stages = {s: _stats(times[s]) for s in STAGES}
