@@ -42,9 +42,10 @@ import numpy as np
 
 from .bench_plot import write_plot
 from .errors import ConfigError
-from .measure import PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
+from .measure import MiB, PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
 from .preprocess import resize_image
 from .progress import track
+from .runtime.backends import backend_for, backend_spec, open_backend
 from .utils import read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
@@ -148,24 +149,14 @@ def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- timing
-def _backend_name(path: Path) -> str:
-    from .runtime.backends import backend_for
-
-    return backend_for(path)
-
-
 def _resizable(path: Path) -> bool:
     """A model whose input size and batch are chosen when it is opened (checkpoints), not fixed by it."""
-    from .runtime.backends import backend_spec
-
     return "image_size" in backend_spec(path).options
 
 
 def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
                   size: tuple[int, int] | None = None, is_reference: bool = False) -> tuple[BenchEntry, np.ndarray]:
     """Open, warm up and time one artifact (or the reference) through ``open_backend``."""
-    from .runtime.backends import backend_spec, open_backend
-
     spec = backend_spec(path)
     kwargs: dict[str, Any] = {}
     torch_backend = spec.name == "torch"  # GPU memory is read from torch's allocator for it
@@ -262,8 +253,6 @@ def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: Ben
 def _prime(paths: Sequence[Path], cfg: BenchConfig) -> None:
     """Pay one-time library initialisation (lazy imports, kernel registries, thread pools) once per
     backend kind before any entry is measured, so it is charged to none of them."""
-    from .runtime.backends import backend_for, open_backend
-
     seen: set[str] = set()
     for p in [*([Path(cfg.reference)] if cfg.reference else []), *paths]:
         kind = backend_for(p)
@@ -311,8 +300,10 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     for p in [*paths, *([Path(cfg.reference)] if cfg.reference else [])]:
         if not p.is_file():
             raise ConfigError(f"{p}: file not found")
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # the device runtime without PyTorch: no torch threads to set or restore
+        return _bench(paths, cfg)
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -347,7 +338,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             m = read_manifest(p)
             if cfg.batches and m.batch_size not in cfg.batches:
                 report.entries.append(BenchEntry(
-                    name=p.name, path=str(p), backend=_backend_name(p), precision=m.precision,
+                    name=p.name, path=str(p), backend=backend_for(p), precision=m.precision,
                     image_size=list(m.image_size), batch=m.batch_size, runs=0,
                     skipped=f"static batch {m.batch_size} is not among the requested batches {list(cfg.batches)}"))
                 continue

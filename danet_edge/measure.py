@@ -95,9 +95,17 @@ class PeakRSS:
 
 
 def machine_info() -> dict[str, Any]:
-    import onnxruntime
-    import torch
+    """CPU, load, thread settings and library versions; torch and onnxruntime only when installed (a
+    Jetson runtime may have neither)."""
+    import importlib
 
+    def optional(name: str) -> Any:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            return None
+
+    torch, onnxruntime = optional("torch"), optional("onnxruntime")
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,11 +118,11 @@ def machine_info() -> dict[str, Any]:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads() if torch else None,
             "load_average_1_5_15min": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    return info
+            "torch": torch.__version__ if torch else None,
+            "onnxruntime": onnxruntime.__version__ if onnxruntime else None, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch and torch.cuda.is_available() else None}
 
 
 def gpu_reset() -> int | None:

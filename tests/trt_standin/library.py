@@ -228,9 +228,9 @@ class ParserImpl:
             self.errors.append(ParserErrorImpl(-1, "", "", f"Failed to parse ONNX model from protobuf: {e}"))
             return False
         self.errors.extend(_parse_rules(proto))
-        if self.errors:
-            for e in self.errors:
-                _log(self.lib.trt, self.logger, "ERROR", f"ModelImporter: node {e._n} ({e._op}): {e._d}")
+        if self.errors:  # one log line, as the parser stops at its first failing node; all errors kept
+            e = self.errors[0]
+            _log(self.lib.trt, self.logger, "ERROR", f"ModelImporter: node {e._n} ({e._op}): {e._d}")
             return False
         self.network.graph = _read_graph(bytes(model), proto)
         return True

@@ -107,3 +107,40 @@ def test_real_cuda_bindings_without_a_gpu(exported, tmp_path):
     assert "danet-edge build model.onnx" in lines[0]
     assert not src.with_suffix(".engine").exists()
     assert TRT.__version__  # the same bindings version as the rest of this suite
+
+
+NO_TORCH = '''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError(name + " is not installed (Jetson runtime without PyTorch)")
+sys.meta_path.insert(0, Block())
+from danet_edge.cli import main
+codes = []
+for argv in ({argvs}):
+    sys.argv = ["danet-edge", *argv]
+    try:
+        main()
+    except SystemExit as e:
+        codes.append(e.code or 0)
+print("CODES", codes, "TORCH", any(m.split(".")[0] == "torch" for m in sys.modules))
+'''
+
+
+def test_engine_commands_need_no_torch(exported, tmp_path):
+    """On the device (JetPack, no PyTorch): build, infer and bench an engine with torch unimportable."""
+    src = _copy(exported.fp16, tmp_path)
+    eng = tmp_path / "nt.engine"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(exported.frames[:2]):
+        cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    argvs = [["build", str(src), "-o", str(eng)], ["infer", str(eng), str(frames), "-o", str(tmp_path / "i"), "-q"],
+             ["bench", str(eng), "--runs", "1", "--warmup", "0", "-q"]]
+    script = tmp_path / "no_torch.py"
+    script.write_text(NO_TORCH.replace("{argvs}", repr(argvs)))
+    launcher = Path(__file__).resolve().parents[1] / "trt_standin" / "cli.py"
+    r = subprocess.run([sys.executable, str(launcher), "--trt", TRT.__version__, str(script)],
+                       capture_output=True, text=True, timeout=600)
+    assert "CODES [0, 0, 0] TORCH False" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
