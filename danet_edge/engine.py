@@ -109,27 +109,6 @@ def make_progress_monitor(trt: Any, sink: Callable[[str, str, int], None]) -> An
     return Monitor()
 
 
-def _rich_sink() -> tuple[Callable[[str, str, int], None], Callable[[], None]]:
-    """A sink drawing one bar per builder phase on stderr, and its closer."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), transient=True)
-    prog.start()
-    tasks: dict[str, Any] = {}
-
-    def sink(event: str, phase: str, value: int) -> None:
-        if event == "start":
-            tasks[phase] = prog.add_task(phase, total=max(value, 1))
-        elif event == "step" and phase in tasks:
-            prog.update(tasks[phase], completed=value + 1)
-        elif event == "finish" and phase in tasks:
-            prog.remove_task(tasks.pop(phase))
-
-    return sink, prog.stop
-
-
 def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None,
                  cfg: EngineConfig | None = None, log: Callable[[str], None] | None = None) -> Path:
     """Build a TensorRT engine from a static-shape ONNX graph; writes ``out`` and ``out.json``.
@@ -244,15 +223,10 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
         from . import progress
 
-        stop = None
-        if progress.enabled() and hasattr(trt, "IProgressMonitor"):
-            sink, stop = _rich_sink()
-            config.progress_monitor = make_progress_monitor(trt, sink)
-        try:
+        with progress.phases() as sink:
+            if sink is not None and hasattr(trt, "IProgressMonitor"):
+                config.progress_monitor = make_progress_monitor(trt, sink)
             serialized = builder.build_serialized_network(network, config)
-        finally:
-            if stop is not None:
-                stop()
         if calibrator is not None and calibrator.error is not None:
             raise CalibrationError(f"calibration stopped after {calibrator.batches} batches: {calibrator.error}; "
                                    "no engine and no calibration cache written")

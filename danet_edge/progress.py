@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["enable", "enabled", "track", "task"]
+__all__ = ["enable", "enabled", "track", "task", "phases"]
 
 T = TypeVar("T")
 _STATE = {"on": False}
@@ -40,6 +40,15 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
                           transient=True)
 
 
+def _bar() -> Any:
+    """The one bar layout: description, bar, elapsed time, on stderr, cleared when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
 @contextmanager
 def task(description: str, total: int | None = None) -> Iterator[Any]:
     """A bar advanced by hand: ``with task("building", 10) as advance: advance(1)``; a no-op callable
@@ -47,10 +56,27 @@ def task(description: str, total: int | None = None) -> Iterator[Any]:
     if not enabled():
         yield lambda n=1: None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as prog:
+    with _bar() as prog:
         tid = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(tid, n)
+
+
+@contextmanager
+def phases() -> Iterator[Any]:
+    """Bars for nested phases (TensorRT's builder): yields ``sink(event, phase, value)`` with events
+    ``"start"`` (value: steps), ``"step"`` (value: step index) and ``"finish"``; None when disabled."""
+    if not enabled():
+        yield None
+        return
+    with _bar() as prog:
+        tasks: dict[str, Any] = {}
+
+        def sink(event: str, phase: str, value: int) -> None:
+            if event == "start":
+                tasks[phase] = prog.add_task(phase, total=max(value, 1))
+            elif event == "step" and phase in tasks:
+                prog.update(tasks[phase], completed=value + 1)
+            elif event == "finish" and phase in tasks:
+                prog.remove_task(tasks.pop(phase))
+
+        yield sink

@@ -139,7 +139,8 @@ class BackendSpec:
         name: the backend's name (``--backend`` value).
         suffixes: exact ``Path.suffix`` values it opens by default.
         loader: ``"module:Class"`` imported when the backend is used, or the class itself.
-        options: keyword options its constructor accepts (anything else is refused by name).
+        options: keyword options its constructor accepts (anything else is refused by name); ``batch``
+            listed means the backend takes any batch (else the artifact's static batch is checked).
         help: one line for ``--help`` and error messages.
     """
 
@@ -174,7 +175,7 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
 
 
 register_backend(BackendSpec("torch", (".pt", ".pth"), "danet_edge.runtime.torch_backend:TorchBackend",
-                             ("device", "image_size"), "PyTorch eager FP32 (checkpoints)"))
+                             ("device", "image_size", "batch"), "PyTorch eager FP32 (checkpoints)"))
 register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_backend:OnnxRuntimeBackend",
                              ("providers", "threads"), "ONNX Runtime (FP32, FP16, INT8 Q/DQ graphs)"))
 register_backend(BackendSpec("tensorrt", (".engine", ".plan"), "danet_edge.runtime.trt_backend:TensorRTBackend",
@@ -248,7 +249,7 @@ def open_backend(path: str | os.PathLike[str], backend: str | None = None, batch
             where = f"the {' / '.join(owners)} backend only" if owners else "no backend"
             raise ConfigError(f"{key} applies to {where}, not {spec.name} ({path.name})")
     cls = spec.load()
-    if "batch" in spec.options or spec.name == "torch":
+    if "batch" in spec.options:  # the backend takes any batch: recorded in its manifest
         return cls(path, batch=batch, **given)
     b = cls(path, **given)
     if batch is not None and batch != b.manifest.batch_size:

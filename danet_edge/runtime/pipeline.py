@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from ..frames import fit_frame as fit_frames, restore_labels
+from ..frames import fit_frame, restore_labels
 from ..manifest import Manifest
 from ..progress import task
 from ..utils import atomic_path, write_json
@@ -321,7 +321,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             if not items:
                 break
             t0 = time.perf_counter()
-            fitted = [fit_frames(f, size, cfg.letterbox) for _, _, f in items]
+            fitted = [fit_frame(f, size, cfg.letterbox) for _, _, f in items]
             t1 = time.perf_counter()
             pred = backend.predict(np.stack([img for img, _ in fitted]))
             t2 = time.perf_counter()

@@ -286,12 +286,13 @@ def test_calib_fill_folder_feeds_build_int8_calib(exported, tmp_path):
 
 def test_progress_monitor_sees_the_builder_phases(exported, tmp_path, monkeypatch):
     """build draws the builder's phases through TensorRT's IProgressMonitor (real base class)."""
+    import contextlib
+
     import danet_edge.engine as engine_mod
     from danet_edge import progress
 
     events = []
-    monkeypatch.setattr(progress, "enabled", lambda: True)
-    monkeypatch.setattr(engine_mod, "_rich_sink", lambda: (lambda *e: events.append(e), lambda: None))
+    monkeypatch.setattr(progress, "phases", contextlib.contextmanager(lambda: (yield lambda *e: events.append(e))))
     build_engine(_copy(exported.fp16, tmp_path))
     assert events[0][0] == "start" and events[-1][0] == "finish"
     steps = [e for e in events if e[0] == "step"]
