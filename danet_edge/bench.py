@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .bench_plot import write_plot
+from .config import Config
 from .errors import ConfigError
 from .measure import MiB, PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
 from .preprocess import resize_image
@@ -53,7 +54,7 @@ __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "laten
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Config):
     """Options of :func:`bench_artifacts`.
 
     Attributes:
@@ -81,7 +82,7 @@ class BenchConfig:
     plot_path: Path | None = None
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError(f"need warmup >= 0 and runs >= 1, got {self.warmup} and {self.runs}")
         if self.batches is not None:
@@ -294,6 +295,7 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
         ConfigError: no artifacts, missing file, bad options; plus what ``open_backend`` raises.
     """
     cfg = cfg or BenchConfig()
+    cfg.validate()
     paths = [Path(a) for a in artifacts]
     if not paths and cfg.reference is None:
         raise ConfigError("nothing to benchmark: give artifacts or a reference checkpoint")

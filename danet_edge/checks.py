@@ -33,60 +33,18 @@ import numpy as np
 
 from .compare import OutputComparison
 from .errors import CheckFailed, ConfigError, DataError, ManifestError
-from .manifest import PRECISIONS, Manifest
+from .manifest import Manifest
 from .metrics import ConfusionMatrix
 from .preprocess import resize_image, resize_labels
 from .checks_report import write_markdown, write_pictures
 from .progress import track
-from .thresholds import DEFAULT_THRESHOLDS, Thresholds, load_thresholds, parse_threshold_overrides  # noqa: F401
+from .config import CheckConfig
+from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
+                         parse_threshold_overrides, thresholds_for)
 from .utils import write_json
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
            "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
-
-
-@dataclass
-class CheckConfig:
-    """Options of :func:`check_artifacts`.
-
-    Attributes:
-        limit: evaluate at most this many images (None: all).
-        thresholds: limits per precision (``fp32``/``fp16``/``int8``) given by the user; they win over a
-            recipe's own thresholds. Missing precisions use the recipe's, else :data:`DEFAULT_THRESHOLDS`.
-        json_path: write the report as JSON here (atomic) when set.
-        report_dir: write ``report.md`` and one disagreement PNG per artifact here when set.
-        pictures: frames per artifact in the disagreement picture (those with most disagreement).
-        backend: backend name passed to ``open_backend`` (None: from the file suffix).
-    """
-
-    limit: int | None = None
-    thresholds: dict[str, Thresholds] = field(default_factory=dict)
-    json_path: Path | None = None
-    report_dir: Path | None = None
-    pictures: int = 3
-    backend: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
-        if self.pictures < 0:
-            raise ConfigError(f"pictures must be >= 0, got {self.pictures}")
-        unknown = set(self.thresholds) - set(PRECISIONS)
-        if unknown:
-            raise ConfigError(f"thresholds for unknown precision(s) {sorted(unknown)}; use {PRECISIONS}")
-        self.overrides = dict(self.thresholds)
-        self.thresholds = {**DEFAULT_THRESHOLDS, **self.thresholds}
-
-    def thresholds_for(self, precision: str, manifest: Manifest) -> Thresholds:
-        """The user's limits for ``precision``, else the artifact's recipe's, else the defaults."""
-        from .recipes import RECIPES
-
-        if precision in self.overrides:
-            return self.overrides[precision]
-        recipe = RECIPES.get(str((manifest.extra or {}).get("recipe")))
-        if recipe is not None and recipe.precision == precision and recipe.thresholds:
-            return Thresholds(**recipe.thresholds)
-        return self.thresholds[precision]
 
 
 @dataclass
@@ -246,6 +204,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
         ManifestError / CheckpointError / EngineError from loading the artifacts.
     """
     cfg = cfg or CheckConfig()
+    cfg.validate()
     if not artifacts:
         raise ConfigError("no artifacts to check")
     paths = [Path(a) for a in artifacts]
@@ -338,7 +297,7 @@ def _pct(x: float) -> float:
 def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: Manifest,
             cfg: CheckConfig) -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
-    th = cfg.thresholds_for(precision, m)
+    th = thresholds_for(precision, m, cfg.thresholds)
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
     agreement = 100.0 * acc.cmp.agreement
     delta = miou - ref_miou

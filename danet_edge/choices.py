@@ -11,12 +11,14 @@ from enum import Enum
 
 from .manifest import Target
 
-__all__ = ["DATASETS", "CALIB_METHODS", "TARGETS", "SPLITS", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
+__all__ = ["DATASETS", "CALIB_METHODS", "TARGETS", "SPLITS", "OPSET_RANGE", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "folder")
 CALIB_METHODS = ("entropy", "percentile", "minmax")
 TARGETS = tuple(t.value for t in Target)
 SPLITS = ("train", "val", "test")
+#: ONNX opsets TensorRT 10.0-10.3's ONNX parser reads (its support matrix); ``trtcheck`` enforces it.
+OPSET_RANGE = (9, 20)
 
 
 def choice_enum(name: str, values: tuple[str, ...] | list[str]) -> type[Enum]:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import Config, ModelConfig
 from .errors import ConfigError
 from .utils import write_json
 
@@ -37,7 +38,7 @@ __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """Sizes of the demo. Images ``(H, W)`` px, times in seconds.
 
     Attributes:
@@ -67,7 +68,7 @@ class DemoConfig:
     video_size: tuple[int, int] = (240, 320)
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         self.out = Path(self.out)
         h, w = self.image_size
         if h % 8 or w % 8 or h < 32 or w < 32:
@@ -136,7 +137,7 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
     done = stage("train")
     size = tuple(cfg.image_size)
     ckpt = train(TrainConfig(
-        dataset="synthetic", backbone=cfg.backbone, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        dataset="synthetic", model=ModelConfig(backbone=cfg.backbone), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         seed=cfg.seed, workers=0, out_dir=str(out / "train"), limit_train=cfg.train_images,
         limit_val=cfg.val_images, data_options={"size": size}, progress=False))
     res.paths["checkpoint"] = ckpt

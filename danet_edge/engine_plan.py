@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import CALIB_IMAGES, Config, check_range
 from .errors import ConfigError
 from .manifest import Manifest
 
@@ -22,7 +23,7 @@ __all__ = ["EngineConfig", "BuildPlan", "plan_build", "trt_major", "trt_version_
 
 
 @dataclass
-class EngineConfig:
+class EngineConfig(Config):
     """How to build an engine.
 
     Attributes:
@@ -35,7 +36,7 @@ class EngineConfig:
         int8_calib: TensorRT 10.x only: calibration folder for implicit INT8 (``IInt8EntropyCalibrator2``),
             read as ``danet-edge export`` reads it (``calib.txt`` or every image under it, a seeded draw of
             ``calib_images``: ``calib.load_calibration_set``); the graph must be FP32 without Q/DQ.
-        calib_images: how many images of ``int8_calib`` to draw (default 100, as export).
+        calib_images: how many images of ``int8_calib`` to draw (default ``config.CALIB_IMAGES``, as export).
         calib_seed: seed of that draw.
         calib_cache: calibration cache file (default ``<onnx stem>.int8-calib.<key>.cache`` beside the ONNX,
             the key naming graph, images, batch and method; see ``engine_calib``).
@@ -49,10 +50,16 @@ class EngineConfig:
     gpu_fallback: bool = True
     fp16: bool = False
     int8_calib: Path | None = None
-    calib_images: int = 100
+    calib_images: int = CALIB_IMAGES
     calib_seed: int = 0
     calib_cache: Path | None = None
     verbose: bool = False
+
+    def validate(self) -> None:
+        check_range("workspace (MiB)", self.workspace_mib, 1, 1 << 20)
+        check_range("builder optimisation level", self.opt_level, 0, 5, optional=True)
+        check_range("DLA core", self.dla_core, 0, 7, optional=True)
+        check_range("calibration image count", self.calib_images, 1, 100_000)
 
     @property
     def strongly_typed(self) -> bool:
@@ -116,6 +123,7 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
     The printed ``trtexec --int8 --calib=CACHE`` names the calibration cache only when that file exists
     (without it trtexec calibrates on random data); ``cfg.calib_cache`` is the cache to name.
     """
+    cfg.validate()
     onnx_path = Path(onnx_path)
     out_path = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
     major = trt_major(trt_version)
@@ -136,14 +144,6 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
                         "(its precision is already in the graph: build without --int8-calib)")
     if manifest is not None and cfg.fp16 and manifest.precision == "int8":
         refusals.append(f"--fp16 on an INT8 Q/DQ graph ({onnx_path.name}) is refused: build it strongly typed")
-    if cfg.workspace_mib <= 0:
-        refusals.append(f"workspace must be a positive number of MiB, got {cfg.workspace_mib}")
-    if cfg.opt_level is not None and not 0 <= cfg.opt_level <= 5:
-        refusals.append(f"builder optimisation level must be 0..5, got {cfg.opt_level}")
-    if cfg.dla_core is not None and cfg.dla_core < 0:
-        refusals.append(f"DLA core must be >= 0, got {cfg.dla_core}")
-    if cfg.calib_images <= 0:
-        refusals.append(f"calibration image count must be positive, got {cfg.calib_images}")
 
     strongly_typed = cfg.strongly_typed or major >= 11
     flags: list[str] = ["STRONGLY_TYPED"] if strongly_typed else []

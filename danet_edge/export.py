@@ -38,7 +38,8 @@ import onnx
 import torch
 from torch import nn
 
-from .calib import CALIB_METHODS, TARGETS, CalibrationSet, load_calibration_set
+from .calib import CalibrationSet, load_calibration_set
+from .config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, ExportConfig
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
@@ -48,7 +49,7 @@ from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
 from .frames import static_batches
 from .preprocess import normalize, resize_image
-from .trtcheck import OPSET_RANGE, enforce_tensorrt_compat
+from .trtcheck import enforce_tensorrt_compat
 from .utils import atomic_path
 
 __all__ = ["ExportConfig", "Artifact", "ExportResult", "export_model", "export_onnx", "attention_memory_mib",
@@ -56,52 +57,6 @@ __all__ = ["ExportConfig", "Artifact", "ExportResult", "export_model", "export_o
 
 METADATA_KEY = "danet_edge_manifest"
 Log = Callable[[str], None]
-
-
-@dataclass
-class ExportConfig:
-    """Options of ``danet-edge export`` (None = not given; defaults are resolved in ``export_model``).
-
-    Attributes:
-        imgsz: ``(H, W)`` in pixels, multiples of the output stride (default: checkpoint's data.image_size).
-        batch: static batch size N.
-        fp16, int8: also write the FP16 / INT8 Q/DQ graph (the ``fp16`` / ``int8-<target>`` recipes).
-        recipes: more precision recipes by name (``recipes.RECIPES``), after those.
-        calib: calibration folder (default ``calib/`` with ``int8``; also the verification images).
-        calib_method: ``entropy`` (default), ``percentile`` or ``minmax``; INT8 only.
-        calib_size: images drawn from the calibration folder (default 100); INT8 only.
-        seed: seed of that draw and of synthetic verification images.
-        target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ).
-        opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11).
-        engine: also build the TensorRT engine (needs tensorrt and ``danet_edge.engine``).
-        fused_io: uint8 NHWC input, class-index output.
-        include_attention: quantize the attention MatMuls too (INT8 only).
-        memory_limit_mib: warn when PAM's attention map needs more (MiB).
-        out: output folder (default ``export/<checkpoint stem>/``).
-        tolerance: FP32 ONNX vs PyTorch relative L2 limit.
-        fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit.
-        verify_images: images used for verification.
-    """
-
-    imgsz: tuple[int, int] | None = None
-    batch: int = 1
-    fp16: bool = False
-    int8: bool = False
-    recipes: tuple[str, ...] = ()
-    calib: Path | None = None
-    calib_method: str | None = None
-    calib_size: int | None = None
-    seed: int = 0
-    target: str = "tensorrt"
-    opset: int = 17
-    engine: bool = False
-    fused_io: bool = False
-    include_attention: bool = False
-    memory_limit_mib: float = 1024.0
-    out: Path | None = None
-    tolerance: float = 1e-4
-    fp16_tolerance: float = 5e-2
-    verify_images: int = 2
 
 
 @dataclass
@@ -133,31 +88,6 @@ def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, byt
 
 
 # ------------------------------------------------------------------------------------------- checks
-def _validate(cfg: ExportConfig) -> None:
-    if cfg.batch < 1 or cfg.batch > 64:
-        raise ConfigError(f"--batch must be in 1..64, got {cfg.batch}")
-    if cfg.target not in TARGETS:
-        raise ConfigError(f"--target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")
-    if not max(11, OPSET_RANGE[0]) <= cfg.opset <= OPSET_RANGE[1]:
-        raise ConfigError(f"--opset must be in {max(11, OPSET_RANGE[0])}..{OPSET_RANGE[1]} "
-                          f"(TensorRT 10.3's ONNX parser; Resize align_corners needs 11), got {cfg.opset}")
-    if not cfg.int8:
-        for name, value in (("--calib-method", cfg.calib_method), ("--calib-size", cfg.calib_size)):
-            if value is not None:
-                raise ConfigError(f"{name} applies to INT8 only; add --int8 or drop {name}")
-        if cfg.include_attention:
-            raise ConfigError("--include-attention applies to INT8 only; add --int8 or drop it")
-    if cfg.calib_method is not None and cfg.calib_method not in CALIB_METHODS:
-        raise ConfigError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {cfg.calib_method!r}")
-    if cfg.engine and cfg.int8 and cfg.target == "cpu":
-        raise ConfigError("--engine builds a TensorRT engine; --target cpu makes a graph for ONNX Runtime on CPU")
-    if cfg.memory_limit_mib <= 0:
-        raise ConfigError(f"--memory-limit-mib must be positive, got {cfg.memory_limit_mib}")
-    if cfg.imgsz is not None and (len(cfg.imgsz) != 2 or min(cfg.imgsz) < 1 or max(cfg.imgsz) > 8192):
-        raise ConfigError(f"--imgsz must be two sizes H W in 1..8192, got {cfg.imgsz}")
-    _recipes(cfg)  # unknown recipe names fail here, before anything is written
-
-
 def _resolve_size(cfg: ExportConfig, loaded: LoadedModel) -> tuple[int, int]:
     size = cfg.imgsz or loaded.data.get("image_size")
     if size is None:
@@ -348,9 +278,8 @@ def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[st
 
 
 def _recipes(cfg: ExportConfig) -> list[PrecisionRecipe]:
-    """The recipes asked for: ``--fp16``, ``--int8`` (for ``--target``), then ``cfg.recipes`` by name."""
-    names = (["fp16"] if cfg.fp16 else []) + ([f"int8-{cfg.target}"] if cfg.int8 else []) + list(cfg.recipes)
-    return [get_recipe(n) for n in dict.fromkeys(names)]
+    """The recipes asked for (``ExportConfig.recipe_names``), as registry rows."""
+    return [get_recipe(n) for n in cfg.recipe_names()]
 
 
 def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log | None = None) -> ExportResult:
@@ -364,7 +293,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         ExportError, CompatibilityError, PrecisionError: a graph that does not meet its contract.
     """
     log = log or (lambda _msg: None)
-    _validate(cfg)
+    cfg.validate()
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"checkpoint {ckpt} does not exist")
@@ -372,12 +301,12 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     h, w = _resolve_size(cfg, loaded)
     calib_set: CalibrationSet | None = None
     calibrated = any(r.needs_calibration for r in _recipes(cfg))
-    calib_dir = cfg.calib if cfg.calib is not None else (Path("calib") if calibrated else None)
+    calib_dir = cfg.calib if cfg.calib is not None else (CALIB_DIR if calibrated else None)
     if calib_dir is not None:
-        count = cfg.calib_size if cfg.calib_size is not None else (100 if calibrated else cfg.verify_images)
+        count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else cfg.verify_images)
         calib_set = load_calibration_set(calib_dir, count, cfg.seed)
     build_engine = _engine_builder() if cfg.engine else None
-    out_dir = Path(cfg.out) if cfg.out is not None else Path("export") / ckpt.stem
+    out_dir = Path(cfg.out) if cfg.out is not None else EXPORT_DIR / ckpt.stem
     warnings: list[str] = []
 
     os_ = loaded.config.output_stride

@@ -10,12 +10,14 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .errors import ConfigError
 from .manifest import PRECISIONS
 from .recipes import DEFAULT_THRESHOLDS as RECIPE_DEFAULTS
+from .recipes import RECIPES
 
-__all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "parse_threshold_overrides"]
+__all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "parse_threshold_overrides", "thresholds_for"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,16 @@ def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Thresholds]:
 
 def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: Sequence[str] = ()
                               ) -> dict[str, Thresholds]:
-    """Turn CLI values ``"99.0"`` (every precision) or ``"fp16=99.0"`` into thresholds.
+    """Turn CLI values ``"99.0"`` (every precision) or ``"fp16=99.0"`` into thresholds for the precisions named.
+
+    A precision the values do not name is left out, so that its artifacts keep their recipe's limits;
+    the field not given of a named precision takes the default.
 
     Raises:
         ConfigError: malformed value or unknown precision.
     """
     table = {p: asdict(t) for p, t in DEFAULT_THRESHOLDS.items()}
+    named: set[str] = set()
     for key, values in (("min_agreement", min_agreement), ("max_miou_drop", max_miou_drop)):
         for raw in values:
             prec, _, num = raw.rpartition("=")
@@ -86,4 +92,16 @@ def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: 
                 raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: not a number") from None
             for p in targets:
                 table[p][key] = value
-    return {p: Thresholds(**v) for p, v in table.items()}
+                named.add(p)
+    return {p: Thresholds(**v) for p, v in table.items() if p in named}
+
+
+def thresholds_for(precision: str, manifest: Any, overrides: dict[str, Thresholds]) -> Thresholds:
+    """The limits an artifact of ``precision`` is checked against: the user's (``overrides``), else its
+    precision recipe's (``manifest.extra["recipe"]``, see ``recipes.RECIPES``), else the defaults."""
+    if precision in overrides:
+        return overrides[precision]
+    recipe = RECIPES.get(str((getattr(manifest, "extra", None) or {}).get("recipe")))
+    if recipe is not None and recipe.precision == precision and recipe.thresholds:
+        return Thresholds(**recipe.thresholds)
+    return DEFAULT_THRESHOLDS[precision]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,118 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DATASET_NAMES, TrainTransform, TransformedDataset, build_dataset
+from .data import TrainTransform, TransformedDataset, build_dataset
 from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
 from .errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import confusion_on
-from .model import ModelConfig, build_model, load_backbone_weights
+from .config import ModelConfig, TrainConfig
+from .model import build_model, check_backbone, load_backbone_weights
 from .utils import atomic_path, write_json
 
 __all__ = ["TrainConfig", "train", "multi_loss"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; stored in every checkpoint (``train_config``).
-
-    Attributes:
-        dataset, data_root: data set name (``danet_edge.data.DATASET_NAMES``) and folder.
-        backbone, output_stride, multi_grid, deep_stem, aux: the model (``ModelConfig``).
-        epochs, batch_size: ``batch_size`` is the global batch, split over ``devices`` processes.
-        crop_size: training crop ``(H, W)``; None = the data set's image size.
-        lr, momentum, weight_decay, poly_power, head_lr_mult: the optimiser (see module docstring).
-        aux_weight: weight of the PAM and CAM auxiliary losses (1.0 as official).
-        fcn_aux_weight: weight of the FCN aux head's loss (with ``aux``; 0.2 as PyTorch-Encoding).
-        grad_clip: max global gradient norm, or None.
-        amp: mixed precision (CUDA only).
-        seed: fixes initialisation, data order and augmentation.
-        workers: DataLoader worker processes.
-        out_dir: where checkpoints and metrics go.
-        resume: continue from ``out_dir/last.pt`` at the same iteration of the poly schedule; with
-            a larger ``epochs`` than before the schedule is stretched to the new length (the lr
-            rises again to the new curve's value and decays to 0 at the new end).
-        limit_train, limit_val: use only the first N samples.
-        backbone_weights: local torchvision ImageNet ResNet file.
-        eval_every: validate every N epochs (and after the last).
-        devices: processes (DDP); >1 spawns them unless already under torchrun.
-        data_options: extra options for ``build_dataset`` (e.g. ``num_classes`` for ``folder``).
-        progress: show a progress bar.
-        quiet: no bar and no per-iteration lines (the epoch summaries stay).
-    """
-
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    backbone: str = "resnet18"
-    output_stride: int = 8
-    multi_grid: bool = False
-    deep_stem: bool = False
-    aux: bool = False
-    epochs: int = 10
-    batch_size: int = 8
-    crop_size: tuple[int, int] | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    head_lr_mult: float = 10.0
-    aux_weight: float = 1.0
-    fcn_aux_weight: float = 0.2
-    grad_clip: float | None = None
-    amp: bool = False
-    seed: int = 0
-    workers: int = 2
-    out_dir: str = "runs/train"
-    resume: bool = False
-    limit_train: int | None = None
-    limit_val: int | None = None
-    backbone_weights: str | None = None
-    eval_every: int = 1
-    devices: int = 1
-    data_options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-    quiet: bool = False
-
-    def validate(self) -> None:
-        """Raises ConfigError on values that cannot work or contradict each other."""
-        if self.dataset not in DATASET_NAMES:
-            raise ConfigError(f"unknown data set {self.dataset!r}; choose one of {', '.join(DATASET_NAMES)}")
-        if self.dataset != "synthetic" and not self.data_root:
-            raise ConfigError(f"--data is required for data set {self.dataset!r}")
-        for name in ("epochs", "batch_size", "eval_every", "devices"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.devices:
-            raise ConfigError(f"batch size {self.batch_size} is not divisible by {self.devices} devices")
-        if self.batch_size // self.devices < 2:
-            raise ConfigError("each process needs a batch of at least 2 (BatchNorm)")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("need lr > 0, weight decay >= 0, 0 <= momentum < 1")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"grad clip must be > 0, got {self.grad_clip}")
-        if self.amp and not torch.cuda.is_available():
-            raise ConfigError("--amp needs a CUDA GPU (none found)")
-        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16):
-            raise ConfigError(f"crop size must be two numbers >= 16, got {self.crop_size}")
-        if self.workers < 0:
-            raise ConfigError("workers must be >= 0")
-        self.model_config(2)  # raises ConfigError on an invalid model choice
-
-    def model_config(self, num_classes: int) -> ModelConfig:
-        return ModelConfig(backbone=self.backbone, num_classes=num_classes, output_stride=self.output_stride,
-                           multi_grid=self.multi_grid, deep_stem=self.deep_stem, aux=self.aux)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["crop_size"] = list(self.crop_size) if self.crop_size else None
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        if kw.get("crop_size") is not None:
-            kw["crop_size"] = tuple(kw["crop_size"])
-        return cls(**kw)
 
 
 def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_index: int,
@@ -208,6 +104,9 @@ def train(cfg: TrainConfig) -> Path:
         DataError: missing or bad data. CheckpointError: bad backbone weights or ``last.pt``.
     """
     cfg.validate()
+    check_backbone(cfg.model.backbone)
+    if cfg.amp and not torch.cuda.is_available():
+        raise ConfigError("--amp needs a CUDA GPU (none found)")
     out = Path(cfg.out_dir)
     if cfg.resume and not (out / "last.pt").is_file():
         raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")

@@ -27,12 +27,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from .choices import OPSET_RANGE
 from .errors import CompatibilityError
 
 __all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS",
            "OPSET_RANGE", "RESIZE_COORDINATE_MODES"]
 
-OPSET_RANGE = (9, 20)
 
 SUPPORTED_OPS = frozenset({
     "Abs", "Add", "And", "ArgMax", "ArgMin", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip",

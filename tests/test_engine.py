@@ -56,8 +56,10 @@ def test_plan_refuses_conflicts_and_bad_ranges(tmp_path):
                plan_build("m.onnx", EngineConfig(int8_calib=tmp_path), "10.3.0", manifest=_manifest("int8")).refusals)
     assert any("INT8 Q/DQ" in r for r in
                plan_build("m.onnx", EngineConfig(fp16=True), "10.3.0", manifest=_manifest("int8")).refusals)
-    assert plan_build("m.onnx", EngineConfig(opt_level=7), "10.3.0").refusals
-    assert plan_build("m.onnx", EngineConfig(workspace_mib=0), "10.3.0").refusals
+    with pytest.raises(ConfigError, match="optimisation level must be in 0..5"):  # ranges: the config itself
+        EngineConfig(opt_level=7)
+    with pytest.raises(ConfigError, match="workspace"):
+        EngineConfig(workspace_mib=0)
     p = plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=_manifest("fp32"))
     assert "GPU_FALLBACK" in p.flags and "--useDLACore=0" in p.trtexec and "--allowGPUFallback" in p.trtexec
     assert p.warnings  # FP32 graph on the DLA falls back to the GPU

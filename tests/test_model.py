@@ -78,8 +78,8 @@ def test_resnet50_dilations_and_params():
 
 
 def test_bad_config_raises():
-    with pytest.raises(ConfigError, match="unknown backbone"):
-        ModelConfig(backbone="vgg16")
+    with pytest.raises(ConfigError, match="unknown backbone"):  # the registry is checked where models are built
+        build_model(ModelConfig(backbone="vgg16"))
     with pytest.raises(ConfigError, match="output stride"):
         ModelConfig(output_stride=32)
 

@@ -161,7 +161,7 @@ def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
 
     from _runtime_helpers import make_tiny_checkpoint
 
-    from danet_edge.checks import CheckConfig, check_artifacts
+    from danet_edge.checks import CheckConfig, check_artifacts, parse_threshold_overrides
     from danet_edge.data import build_dataset
     from danet_edge.export import ExportConfig, export_model
     from danet_edge.recipes import RECIPES, PrecisionRecipe, RecipeOutput, register_recipe
@@ -179,6 +179,10 @@ def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
         assert copy.manifest.extra["recipe"] == "fp32-copy" and copy.verification["rel_l2_vs_fp32"] == 0.0
         ds = build_dataset("synthetic", None, "val", limit=2, size=(64, 96))
         report = check_artifacts([copy.path], ckpt, ds, CheckConfig())
+        assert report.artifacts[0].thresholds == {"min_agreement": 99.99, "max_miou_drop": 0.0}
+        # limits given on the command line for another precision leave the recipe's own in force
+        overrides = parse_threshold_overrides(["int8=97"], [])
+        report = check_artifacts([copy.path], ckpt, ds, CheckConfig(thresholds=overrides))
         assert report.artifacts[0].thresholds == {"min_agreement": 99.99, "max_miou_drop": 0.0}
     finally:
         del RECIPES["fp32-copy"]
@@ -227,7 +231,9 @@ def test_cli_version_quiet_output_and_exit_codes(tmp_path):
     r = _cli("export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "out"))
     assert r.returncode == 3 and "does not exist" in r.stderr and not (tmp_path / "out").exists()
     r = _cli("build", str(tmp_path / "m.onnx"), "--workspace-mib", "0")
-    assert r.returncode == 3  # the missing file is found first: bad input
+    assert r.returncode == 2 and "workspace (MiB) must be in" in r.stderr  # options are checked before files
+    r = _cli("build", str(tmp_path / "m.onnx"))
+    assert r.returncode == 3  # then the missing file: bad input
     r = _cli("bench", "--frobnicate")
     assert r.returncode == 2  # usage
     r = _cli("-v", "-q", "version")
@@ -282,3 +288,87 @@ def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
     src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     summary = run_inference(src, str(frames_dir), InferConfig(out_dir=tmp_path / "out", save_video=False))
     assert summary.frames == seen["advanced"] == seen["total"] == 3
+
+
+# ---------------------------------------------------------------- one config style, defaults in one place
+
+def _stage_configs():
+    from danet_edge.bench import BenchConfig
+    from danet_edge.config import CheckConfig, ExportConfig, ModelConfig, TrainConfig
+    from danet_edge.demo import DemoConfig
+    from danet_edge.engine_plan import EngineConfig
+    from danet_edge.runtime.pipeline import InferConfig
+
+    return {ModelConfig: {"output_stride": 32}, TrainConfig: {"epochs": 0}, ExportConfig: {"batch": 0},
+            CheckConfig: {"pictures": -1}, BenchConfig: {"runs": 0}, DemoConfig: {"epochs": 0},
+            EngineConfig: {"opt_level": 7}, InferConfig: {"alpha": 2.0}}
+
+
+def test_every_stage_config_validates_the_same_way():
+    """Construction, dataclasses.replace and validate() all refuse a bad value with ConfigError."""
+    import dataclasses
+
+    from danet_edge.config import Config
+    from danet_edge.errors import ConfigError
+
+    for cls, bad in _stage_configs().items():
+        assert issubclass(cls, Config) and "__post_init__" not in cls.__dict__, cls  # one style: validate()
+        good = cls()
+        with pytest.raises(ConfigError):
+            cls(**bad)
+        with pytest.raises(ConfigError):
+            dataclasses.replace(good, **bad)
+        if not cls.__dataclass_params__.frozen:
+            (field, value), = bad.items()
+            setattr(good, field, value)
+            with pytest.raises(ConfigError):
+                good.validate()
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """Every option that names a config field shows that field's default (none restated)."""
+    import typer.main
+
+    from danet_edge.cli import app
+    from danet_edge.config import TrainConfig
+
+    cmds = typer.main.get_command(app).commands
+    tc = TrainConfig()
+    pairs = {"train": {**vars(tc), **tc.model.to_dict(), "out": tc.out_dir}}
+    for name, cls in (("export", "ExportConfig"), ("bench", "BenchConfig"), ("check", "CheckConfig"),
+                      ("build", "EngineConfig"), ("infer", "InferConfig"), ("demo", "DemoConfig")):
+        cfg = next(c for c in _stage_configs() if c.__name__ == cls)()
+        pairs[name] = {**vars(cfg), "out": getattr(cfg, "out_dir", getattr(cfg, "out", None)),
+                       "calib_size": getattr(cfg, "calib_images", getattr(cfg, "calib_size", None)),
+                       "seed": getattr(cfg, "calib_seed", getattr(cfg, "seed", None))}
+    compared = 0
+    for name, fields in pairs.items():
+        for p in cmds[name].params:
+            if p.name in fields and p.default is not None and not callable(p.default):
+                want = fields[p.name]
+                got = p.default
+                if isinstance(want, (tuple, list)) or isinstance(got, (tuple, list)):
+                    want, got = list(want or []), list(got or [])
+                assert str(got) == str(want), f"{name} --{p.name}: {got!r} vs the config's {want!r}"
+                compared += 1
+    assert compared >= 40
+
+
+def test_train_config_nests_the_model_config(tmp_path):
+    from danet_edge.config import ModelConfig, TrainConfig
+
+    cfg = TrainConfig(model=ModelConfig(backbone="resnet34", output_stride=16))
+    back = TrainConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.model.output_stride == 16
+    assert cfg.model_config(11) == ModelConfig(backbone="resnet34", output_stride=16, num_classes=11)
+    old = {"dataset": "synthetic", "backbone": "resnet50", "aux": True, "epochs": 3}  # 0.1 checkpoints: flat fields
+    assert TrainConfig.from_dict(old).model == ModelConfig(backbone="resnet50", aux=True, num_classes=19)
+
+
+def test_reading_configs_imports_no_torch_or_onnx():
+    import subprocess
+
+    code = ("import sys, danet_edge.cli, danet_edge.config as c; c.TrainConfig(); c.ExportConfig(); c.CheckConfig();"
+            "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -14,7 +14,7 @@ from danet_edge.train import TrainConfig, multi_loss, train
 
 
 def tiny_config(out, **kw) -> TrainConfig:
-    base = dict(dataset="synthetic", data_options={"size": (64, 96)}, backbone="resnet18", epochs=2,
+    base = dict(dataset="synthetic", data_options={"size": (64, 96)}, epochs=2,
                 batch_size=4, limit_train=8, limit_val=2, workers=0, out_dir=str(out), progress=False)
     return TrainConfig(**{**base, **kw})
 

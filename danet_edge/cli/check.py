@@ -62,14 +62,13 @@ def print_bench_table(report) -> None:
         console.print(f"[yellow]warning:[/] {w}")
 
 
-def _bench_defaults():
-    from ..bench import BenchConfig
-
-    return BenchConfig()
-
-
 def register(app: typer.Typer) -> None:
-    """Add ``check``, ``bench`` and ``demo`` to the app."""
+    """Add ``check``, ``bench`` and ``demo`` to the app. Defaults are read from the config dataclasses."""
+    from ..bench import BenchConfig
+    from ..config import CheckConfig
+    from ..demo import DemoConfig
+
+    cc, bc, dc = CheckConfig(), BenchConfig(), DemoConfig()
 
     @app.command(epilog="\b\nExamples:\n  danet-edge check export/m/*.onnx -r best.pt --dataset camvid --data CAMVID -o runs/check\n  "
                         "danet-edge check model_int8_trt.engine -r best.pt --min-agreement int8=98.5")
@@ -79,20 +78,20 @@ def register(app: typer.Typer) -> None:
         dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
         split: Split = typer.Option("val", help="Split to evaluate on."),
-        limit: Optional[int] = typer.Option(None, help="Evaluate at most N images."),
+        limit: Optional[int] = typer.Option(cc.limit, help="Evaluate at most N images."),
         thresholds: Optional[Path] = typer.Option(None, help="JSON thresholds per precision "
                                                   '({"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}}).'),
         min_agreement: list[str] = typer.Option([], help="Minimum agreement (%): '99.0' (all) or 'fp16=99.0'; repeatable."),
         max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
         report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md and disagreement PNGs."),
-        pictures: int = typer.Option(3, help="Frames per artifact in the disagreement picture."),
+        pictures: int = typer.Option(cc.pictures, help="Frames per artifact in the disagreement picture."),
     ) -> None:
         """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
 
         Exit code 1 when any artifact misses its thresholds (after writing the reports).
         """
-        from ..checks import CheckConfig, check_artifacts, load_thresholds, parse_threshold_overrides
+        from ..checks import check_artifacts, load_thresholds, parse_threshold_overrides
         from ..data import build_dataset
 
         if thresholds is not None and (min_agreement or max_miou_drop):
@@ -113,11 +112,11 @@ def register(app: typer.Typer) -> None:
     def bench(
         artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
         reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="PyTorch checkpoint timed as the FP32 eager reference."),
-        warmup: int = typer.Option(_bench_defaults().warmup, help="Untimed runs before timing."),
-        runs: int = typer.Option(_bench_defaults().runs, help="Timed runs."),
+        warmup: int = typer.Option(bc.warmup, help="Untimed runs before timing."),
+        runs: int = typer.Option(bc.runs, help="Timed runs."),
         batch: list[int] = typer.Option([], help="Batch sizes for PyTorch (static graphs run at their own batch); repeatable."),
-        threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime."),
-        device: Optional[str] = typer.Option(None, help="Torch device for PyTorch entries (cpu, cuda)."),
+        threads: Optional[int] = typer.Option(bc.threads, help="CPU threads for PyTorch and ONNX Runtime."),
+        device: Optional[str] = typer.Option(bc.device, help="Torch device for PyTorch entries (cpu, cuda)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
         plot: Optional[Path] = typer.Option(None, help="Accuracy-vs-latency plot (PNG)."),
         check_json: Optional[Path] = typer.Option(None, help="A check JSON: its mIoU goes into the plot."),
@@ -125,7 +124,7 @@ def register(app: typer.Typer) -> None:
                                            help="Folder for bench.json and bench.png (unless --json / --plot say)."),
     ) -> None:
         """Latency (mean, p50, p90, p99 ms), FPS and peak memory per artifact, with speed-up vs PyTorch FP32."""
-        from ..bench import BenchConfig, bench_artifacts
+        from ..bench import bench_artifacts
 
         if out is not None:
             json_out = json_out or out / "bench.json"
@@ -140,11 +139,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
+        out: Path = typer.Option(dc.out, "--out", "-o", help="Output folder."),
         quick: bool = typer.Option(False, help="Tiny sizes and one epoch (a smoke run of every stage)."),
     ) -> None:
         """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""
-        from ..demo import DemoConfig, run_demo
+        from ..demo import run_demo
 
         result = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
         print_check_table(result.check)

@@ -20,33 +20,39 @@ def _recipe_names() -> list[str]:
 def register(app: typer.Typer) -> None:
     """Add ``export`` and the ``calib`` group to ``app``."""
 
+    from ..config import CALIB_DIR, CALIB_IMAGES, ExportConfig
+
+    ec = ExportConfig()
+
     @app.command("export", epilog="\b\nExamples:\n  danet-edge export runs/camvid/best.pt --fp16 --int8 --calib calib/\n  "
                                    "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu")
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
         imgsz: Optional[tuple[int, int]] = typer.Option(
-            None, "--imgsz", help="Static input size H W, multiples of the output stride (default: the checkpoint's)."),
-        batch: int = typer.Option(1, "--batch", help="Static batch size."),
-        fp16: bool = typer.Option(False, "--fp16", help="Also write the FP16 graph (FP32 I/O, FP32 attention islands)."),
-        int8: bool = typer.Option(False, "--int8", help="Also write the INT8 Q/DQ graph (calibrated)."),
-        recipe: list[choice_enum("Recipe", _recipe_names())] = typer.Option([], "--recipe",  # type: ignore[valid-type]
+            ec.imgsz, "--imgsz", help="Static input size H W, multiples of the output stride (default: the checkpoint's)."),
+        batch: int = typer.Option(ec.batch, "--batch", help="Static batch size."),
+        fp16: bool = typer.Option(ec.fp16, "--fp16", help="Also write the FP16 graph (FP32 I/O, FP32 attention islands)."),
+        int8: bool = typer.Option(ec.int8, "--int8", help="Also write the INT8 Q/DQ graph (calibrated)."),
+        recipe: list[choice_enum("Recipe", _recipe_names())] = typer.Option(list(ec.recipes), "--recipe",  # type: ignore[valid-type]
                                          help="More precision recipes by name (repeatable)."),
-        calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration folder (default calib/ with --int8)."),
-        calib_method: Optional[CalibMethod] = typer.Option(None, "--calib-method",
+        calib: Optional[Path] = typer.Option(ec.calib, "--calib", help=f"Calibration folder (default {CALIB_DIR}/ with --int8)."),
+        calib_method: Optional[CalibMethod] = typer.Option(ec.calib_method, "--calib-method",
                                                    help="Calibration method (default entropy)."),
-        calib_size: Optional[int] = typer.Option(None, "--calib-size", help="Calibration images to draw (default 100)."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the calibration draw."),
-        target: Target = typer.Option("tensorrt", "--target",
+        calib_size: Optional[int] = typer.Option(ec.calib_size, "--calib-size", help=f"Calibration images to draw (default {CALIB_IMAGES})."),
+        seed: int = typer.Option(ec.seed, "--seed", help="Seed of the calibration draw."),
+        target: Target = typer.Option(ec.target, "--target",
                                    help="tensorrt (symmetric Q/DQ, rules enforced) or cpu (uint8 activations)."),
-        opset: int = typer.Option(17, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
-        engine: bool = typer.Option(False, "--engine", help="Also build the TensorRT engine (needs TensorRT)."),
-        fused_io: bool = typer.Option(False, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
-        include_attention: bool = typer.Option(False, "--include-attention", help="Quantize attention MatMuls too."),
-        memory_limit_mib: float = typer.Option(1024.0, "--memory-limit-mib", help="Warn above this PAM map size (MiB)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default export/<checkpoint stem>/)."),
+        opset: int = typer.Option(ec.opset, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
+        engine: bool = typer.Option(ec.engine, "--engine", help="Also build the TensorRT engine (needs TensorRT)."),
+        fused_io: bool = typer.Option(ec.fused_io, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
+        include_attention: bool = typer.Option(ec.include_attention, "--include-attention",
+                                               help="Quantize attention MatMuls too."),
+        memory_limit_mib: float = typer.Option(ec.memory_limit_mib, "--memory-limit-mib",
+                                               help="Warn above this PAM map size (MiB)."),
+        out: Optional[Path] = typer.Option(ec.out, "--out", "-o", help="Output folder (default export/<checkpoint stem>/)."),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
-        from ..export import ExportConfig, export_model
+        from ..export import export_model
 
         cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8,
                            recipes=tuple(r.value for r in recipe), calib=calib,
@@ -64,8 +70,8 @@ def register(app: typer.Typer) -> None:
     def calib_fill(
         dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set root folder."),
-        count: int = typer.Option(100, "--count", help="Images to pick."),
-        out: Path = typer.Option(Path("calib"), "--out", "-o", help="Calibration folder to fill."),
+        count: int = typer.Option(CALIB_IMAGES, "--calib-size", "--count", help="Images to pick."),
+        out: Path = typer.Option(CALIB_DIR, "--out", "-o", help="Calibration folder to fill."),
         split: Split = typer.Option("train", "--split", help="Split to pick from."),
         seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
     ) -> None:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import ConfigError
-from ..choices import Dataset, Split
+from ..choices import Dataset, Split, choice_enum
 from ._common import STATE, console
 
 
@@ -30,46 +30,52 @@ def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size:
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``eval`` to the app."""
 
+    from ..config import ModelConfig, TrainConfig
+
+    tc = TrainConfig()
+    mc = tc.model
+
     @app.command("train", epilog="\b\nExamples:\n  danet-edge train  (synthetic scenes)\n  danet-edge train --dataset camvid "
                                  "--data CAMVID --backbone resnet18 --epochs 80 -o runs/camvid\n  ... --resume")
     def train_cmd(
-        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
+        dataset: Dataset = typer.Option(tc.dataset, "--dataset", "-d", help="Data set."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
-        backbone: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50 or resnet101."),
-        epochs: int = typer.Option(10, help="Epochs."),
-        batch_size: int = typer.Option(8, "--batch-size", "-b", help="Global batch size (split over --devices)."),
-        crop_size: Optional[tuple[int, int]] = typer.Option(None, "--crop-size", help="Training crop H W "
+        backbone: str = typer.Option(mc.backbone, help="Registered backbone: resnet18, resnet34, resnet50, resnet101."),
+        epochs: int = typer.Option(tc.epochs, help="Epochs."),
+        batch_size: int = typer.Option(tc.batch_size, "--batch-size", "-b", help="Global batch size (split over --devices)."),
+        crop_size: Optional[tuple[int, int]] = typer.Option(tc.crop_size, "--crop-size", help="Training crop H W "
                                                             "(default: the data set's image size)."),
-        out: Path = typer.Option(Path("runs/train"), "--out", "-o", help="Output folder (last.pt, best.pt, metrics.jsonl)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
-        limit_train: Optional[int] = typer.Option(None, help="Use only the first N training images."),
-        limit_val: Optional[int] = typer.Option(None, help="Use only the first N validation images."),
-        output_stride: int = typer.Option(8, help="Output stride: 8 (paper) or 16."),
-        multi_grid: bool = typer.Option(False, "--multi-grid", help="layer4 dilations 4, 8, 16."),
-        deep_stem: bool = typer.Option(False, "--deep-stem", help="Three-conv stem (PyTorch-Encoding)."),
-        aux: bool = typer.Option(False, "--aux", help="FCN auxiliary head on layer3 (loss weight 0.2)."),
-        lr: float = typer.Option(0.01, help="Base learning rate (head: 10x), poly schedule."),
-        weight_decay: float = typer.Option(1e-4, help="Weight decay."),
-        aux_weight: float = typer.Option(1.0, help="Weight of the PAM and CAM auxiliary losses."),
-        grad_clip: Optional[float] = typer.Option(None, help="Clip the gradient norm to this value."),
-        amp: bool = typer.Option(False, "--amp", help="Mixed precision (CUDA only)."),
-        seed: int = typer.Option(0, help="Random seed (initialisation, data order, augmentation)."),
-        workers: int = typer.Option(2, help="DataLoader worker processes."),
+        out: Path = typer.Option(Path(tc.out_dir), "--out", "-o", help="Output folder (last.pt, best.pt, metrics.jsonl)."),
+        resume: bool = typer.Option(tc.resume, "--resume", help="Continue from OUT/last.pt."),
+        limit_train: Optional[int] = typer.Option(tc.limit_train, help="Use only the first N training images."),
+        limit_val: Optional[int] = typer.Option(tc.limit_val, help="Use only the first N validation images."),
+        output_stride: int = typer.Option(mc.output_stride, help="Output stride: 8 (paper) or 16."),
+        multi_grid: bool = typer.Option(mc.multi_grid, "--multi-grid", help="layer4 dilations 4, 8, 16."),
+        deep_stem: bool = typer.Option(mc.deep_stem, "--deep-stem", help="Three-conv stem (PyTorch-Encoding)."),
+        aux: bool = typer.Option(mc.aux, "--aux", help=f"FCN auxiliary head on layer3 (loss weight {tc.fcn_aux_weight})."),
+        lr: float = typer.Option(tc.lr, help=f"Base learning rate (head: {tc.head_lr_mult:g}x), poly schedule."),
+        weight_decay: float = typer.Option(tc.weight_decay, help="Weight decay."),
+        aux_weight: float = typer.Option(tc.aux_weight, help="Weight of the PAM and CAM auxiliary losses."),
+        grad_clip: Optional[float] = typer.Option(tc.grad_clip, help="Clip the gradient norm to this value."),
+        amp: bool = typer.Option(tc.amp, "--amp", help="Mixed precision (CUDA only)."),
+        seed: int = typer.Option(tc.seed, help="Random seed (initialisation, data order, augmentation)."),
+        workers: int = typer.Option(tc.workers, help="DataLoader worker processes."),
         backbone_weights: Optional[Path] = typer.Option(None, help="Local torchvision ImageNet ResNet weights (.pth)."),
-        eval_every: int = typer.Option(1, help="Validate every N epochs."),
-        devices: int = typer.Option(1, help="Processes (DDP); under torchrun the launcher decides."),
+        eval_every: int = typer.Option(tc.eval_every, help="Validate every N epochs."),
+        devices: int = typer.Option(tc.devices, help="Processes (DDP); under torchrun the launcher decides."),
         num_classes: Optional[int] = typer.Option(None, help="Classes of a 'folder' data set without classes.txt."),
         ignore_index: Optional[int] = typer.Option(None, help="Ignore index of a 'folder' data set (default 255)."),
         synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (plain log lines)."),
+        no_progress: bool = typer.Option(not tc.progress, "--no-progress", help="No progress bar (plain log lines)."),
     ) -> None:
         """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
-        from ..train import TrainConfig, train
+        from ..train import train
 
+        model = ModelConfig(**{**mc.to_dict(), "backbone": backbone, "output_stride": output_stride,
+                               "multi_grid": multi_grid, "deep_stem": deep_stem, "aux": aux})
         cfg = TrainConfig(
-            dataset=dataset.value, data_root=str(data) if data else None, backbone=backbone, output_stride=output_stride,
-            multi_grid=multi_grid, deep_stem=deep_stem, aux=aux, epochs=epochs, batch_size=batch_size,
-            crop_size=tuple(crop_size) if crop_size else None, lr=lr, weight_decay=weight_decay,
+            dataset=dataset.value, data_root=str(data) if data else None, model=model, epochs=epochs,
+            batch_size=batch_size, crop_size=tuple(crop_size) if crop_size else None, lr=lr, weight_decay=weight_decay,
             aux_weight=aux_weight, grad_clip=grad_clip, amp=amp, seed=seed, workers=workers, out_dir=str(out),
             resume=resume, limit_train=limit_train, limit_val=limit_val,
             backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
@@ -113,11 +119,11 @@ def register(app: typer.Typer) -> None:
     def import_official_cmd(
         checkpoint: Path = typer.Argument(..., help="Official DANet / PyTorch-Encoding checkpoint (.pth)."),
         out: Path = typer.Option(..., "--out", "-o", help="danet-edge checkpoint to write (.pt)."),
-        multi_grid: bool = typer.Option(False, "--multi-grid", help="Trained with --multi-grid (layer4 4, 8, 16); "
-                                        "the released Cityscapes DANet-101 was. Weights cannot tell."),
-        output_stride: int = typer.Option(8, "--output-stride", help="Output stride it was trained with."),
-        dataset: Optional[str] = typer.Option(None, "--dataset", help="Take class names and palette from "
-                                              "camvid or cityscapes."),
+        multi_grid: bool = typer.Option(mc.multi_grid, "--multi-grid", help="Trained with --multi-grid "
+                                        "(layer4 4, 8, 16); the released Cityscapes DANet-101 was. Weights cannot tell."),
+        output_stride: int = typer.Option(mc.output_stride, "--output-stride", help="Output stride it was trained with."),
+        dataset: Optional[choice_enum("OfficialDataset", ("camvid", "cityscapes"))] = typer.Option(  # type: ignore[valid-type]
+            None, "--dataset", help="Take class names and palette from this data set."),
         imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="Default export size H W."),
     ) -> None:
         """Convert an official DANet checkpoint once; export, check and infer then need no extra options."""
@@ -125,8 +131,6 @@ def register(app: typer.Typer) -> None:
         from ..data import CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
         known = {"camvid": (CAMVID_CLASSES, CAMVID_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}
-        if dataset is not None and dataset not in known:
-            raise ConfigError(f"--dataset must be one of {', '.join(known)}, got {dataset!r}")
-        classes, palette = known[dataset] if dataset else (None, None)
+        classes, palette = known[dataset.value] if dataset else (None, None)
         path = import_official(checkpoint, out, multi_grid, output_stride, classes, palette, imgsz)
         console.print(f"wrote {path}")

@@ -32,8 +32,8 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["BACKBONES", "BACKBONE_REGISTRY", "BasicBlock", "Bottleneck", "DilatedResNet", "BackboneSpec",
-           "build_backbone", "register_backbone"]
+__all__ = ["BACKBONES", "BACKBONE_REGISTRY", "check_backbone", "build_backbone", "BasicBlock", "Bottleneck",
+           "DilatedResNet", "BackboneSpec", "register_backbone"]
 
 
 class BasicBlock(nn.Module):
@@ -114,6 +114,12 @@ def register_backbone(name: str, factory: Callable[..., nn.Module]) -> None:
     BACKBONE_REGISTRY[name] = factory
 
 
+def check_backbone(name: str) -> None:
+    """Raise ConfigError unless ``name`` is registered (the message lists the registered names)."""
+    if name not in BACKBONE_REGISTRY:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_REGISTRY)}")
+
+
 def build_backbone(name: str, output_stride: int = 8, multi_grid: bool = False,
                    deep_stem: bool = False) -> nn.Module:
     """Build the backbone ``name`` and check its contract.
@@ -121,8 +127,7 @@ def build_backbone(name: str, output_stride: int = 8, multi_grid: bool = False,
     Raises:
         ConfigError: unknown name, output stride not 8/16, or a module missing the contract's attributes.
     """
-    if name not in BACKBONE_REGISTRY:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_REGISTRY)}")
+    check_backbone(name)
     if output_stride not in (8, 16):
         raise ConfigError(f"output stride must be 8 or 16, got {output_stride}")
     module = BACKBONE_REGISTRY[name](output_stride=output_stride, multi_grid=multi_grid, deep_stem=deep_stem)

@@ -16,19 +16,18 @@ logits when ``aux=True``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import AttentionImpl, ModelConfig
 from ..errors import ConfigError
-from .backbone import BACKBONE_REGISTRY, build_backbone
+from .backbone import build_backbone
 
 __all__ = ["ModelConfig", "PAM", "CAM", "DANetHead", "FCNHead", "DANet", "build_model"]
 
-AttentionImpl = Literal["sdpa", "explicit"]
 
 
 class PAM(nn.Module):
@@ -146,62 +145,6 @@ class FCNHead(nn.Sequential):
             nn.Conv2d(in_channels, inter, 3, padding=1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(),
             nn.Dropout2d(0.1, False), nn.Conv2d(inter, num_classes, 1),
         )
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild a DANet; stored in every checkpoint and manifest.
-
-    Attributes:
-        backbone: resnet18, resnet34, resnet50 or resnet101.
-        num_classes: K, the number of output channels (logits).
-        output_stride: 8 (paper) or 16 (4x fewer PAM positions, 16x smaller attention map).
-        multi_grid: layer4 dilations (4, 8, 16) at OS 8, as the released Cityscapes model.
-        deep_stem: PyTorch-Encoding's three-conv stem (the official default; the released
-            Cityscapes model was trained with ``--no-deepstem``).
-        aux: FCN auxiliary head on layer3 (training only).
-        attention: PAM implementation, ``"sdpa"`` or ``"explicit"`` (same result).
-    """
-
-    backbone: str = "resnet50"
-    num_classes: int = 19
-    output_stride: int = 8
-    multi_grid: bool = False
-    deep_stem: bool = False
-    aux: bool = False
-    attention: AttentionImpl = "sdpa"
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONE_REGISTRY:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONE_REGISTRY)}")
-        if self.output_stride not in (8, 16):
-            raise ConfigError(f"output stride must be 8 or 16, got {self.output_stride}")
-        if not 1 <= self.num_classes <= 255:
-            raise ConfigError(f"num_classes must be in 1..255, got {self.num_classes}")
-        if self.attention not in ("sdpa", "explicit"):
-            raise ConfigError(f"attention must be 'sdpa' or 'explicit', got {self.attention!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Build from a dict (checkpoint or manifest), ignoring unknown keys.
-
-        Raises:
-            ConfigError: a field with an invalid value or type.
-        """
-        if not isinstance(d, dict):
-            raise ConfigError("model config must be a JSON object")
-        known = {f.name: f.type for f in fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        for key in ("num_classes", "output_stride"):
-            if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
-                raise ConfigError(f"model config field {key!r} must be an integer")
-        for key in ("multi_grid", "deep_stem", "aux"):
-            if key in kwargs and not isinstance(kwargs[key], bool):
-                raise ConfigError(f"model config field {key!r} must be true or false")
-        return cls(**kwargs)
 
 
 class DANet(nn.Module):

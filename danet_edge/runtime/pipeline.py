@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..config import Config
 from ..errors import ConfigError, DataError
 from ..frames import fit_frame, restore_labels
 from ..manifest import Manifest
@@ -52,7 +53,7 @@ class SourceBroken(DataError):
 
 
 @dataclass
-class InferConfig:
+class InferConfig(Config):
     """Options of ``danet-edge infer``.
 
     Attributes:
