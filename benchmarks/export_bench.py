@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from danet_edge.calib import fill_calib_dir, load_calibration_set, quantize_int8  # noqa: E402
+from danet_edge.calib import fill_calib_dir, load_calibration_set  # noqa: E402
+from danet_edge.quantize import quantize_int8  # noqa: E402
 from danet_edge.checkpoint import load_model  # noqa: E402
 from danet_edge.data import build_dataset  # noqa: E402
 from danet_edge.export import ExportConfig, _ort_session, export_model, export_onnx  # noqa: E402

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .errors import ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
-from .palettes import default_palette
+from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, default_palette
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_labels
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene, synthetic_frames, write_synthetic_video
 
@@ -39,19 +39,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the one list (frames.py)
+# CAMVID_* / CITYSCAPES_* class names and colours live in palettes.py (imported above).
 
-CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
-                  "Pedestrian", "Bicyclist"]
-CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-                  [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
-
-CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-                      "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
-                      "bus", "train", "motorcycle", "bicycle"]
-CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
-                      [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
-                      [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
-                      [0, 80, 100], [0, 0, 230], [119, 11, 32]]
 # Cityscapes labelIds -> trainIds (cityscapesScripts helpers/labels.py); everything else -> 255.
 _CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
                          25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}

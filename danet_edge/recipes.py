@@ -9,7 +9,7 @@ file with a ``convert`` function plus one :func:`register_recipe` call.
 
 Built-in rows: ``fp16`` (FP16 with FP32 islands for the attention, ``precision.convert_fp16``),
 ``int8-tensorrt`` (symmetric INT8 Q/DQ, TensorRT's explicit quantization) and ``int8-cpu`` (uint8
-activations for ONNX Runtime's CPU kernels), both through ``calib.quantize_int8``.
+activations for ONNX Runtime's CPU kernels), both through ``quantize.quantize_int8``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def _fp16(inp: RecipeInput) -> RecipeOutput:
 
 def _int8(target: str) -> Callable[[RecipeInput], RecipeOutput]:
     def convert(inp: RecipeInput) -> RecipeOutput:
-        from .calib import quantize_int8
+        from .quantize import quantize_int8
 
         o = inp.options
         method = o.get("calib_method") or "entropy"

@@ -80,7 +80,8 @@ def test_calibration_leaves_logging_and_stdout_alone(tmp_path, tiny_checkpoint, 
     import cv2
     import onnxruntime.quantization as ortq
 
-    from danet_edge.calib import load_calibration_set, quantize_int8
+    from danet_edge.calib import load_calibration_set
+    from danet_edge.quantize import quantize_int8
 
     src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     (tmp_path / "calib").mkdir()
@@ -372,3 +373,55 @@ def test_reading_configs_imports_no_torch_or_onnx():
             "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _package_imports(lazy: bool) -> dict[str, set[str]]:
+    """danet_edge module -> danet_edge modules it imports (module level only unless ``lazy``)."""
+    import ast
+    from pathlib import Path
+
+    import danet_edge
+
+    root = Path(danet_edge.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        mod = ".".join(("danet_edge",) + path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        nodes = ast.walk(tree) if lazy else tree.body
+        deps = set()
+        for node in nodes:
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.rsplit(".", node.level - 1)[0] if node.level > 1 else pkg
+                target = f"{base}.{node.module}" if node.module else base
+                deps.add(target)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("danet_edge"):
+                deps.add(node.module)
+        graph[mod] = {d for d in deps if d != mod}
+    return graph
+
+
+def test_module_dependencies_have_a_direction():
+    """No import cycle between modules at import time; the promised separations hold even for lazy imports."""
+    graph = _package_imports(lazy=False)
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(path + [m]))
+        if state.get(m) == 2 or m not in graph:
+            return
+        state[m] = 1
+        for d in sorted(graph[m]):
+            visit(d, path + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        visit(m, [])
+    lazy = _package_imports(lazy=True)
+    assert "danet_edge.checkpoint" not in lazy["danet_edge.data"]
+    assert not {"danet_edge.runtime.trt_runner", "danet_edge.runtime.trt_backend"} & lazy["danet_edge.engine"]
+    assert "danet_edge.engine" not in lazy["danet_edge.runtime.trt_runner"]
+    light = ("danet_edge.config", "danet_edge.choices", "danet_edge.manifest", "danet_edge.recipes")
+    for m in light:  # what the CLI reads at start-up imports no stage that needs torch
+        assert not {"danet_edge.model", "danet_edge.train", "danet_edge.export", "danet_edge.checks"} & graph[m], m

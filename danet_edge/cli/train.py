@@ -128,9 +128,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Convert an official DANet checkpoint once; export, check and infer then need no extra options."""
         from ..checkpoint import import_official
-        from ..data import CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+        from ..palettes import STANDARD_CLASSES
 
-        known = {"camvid": (CAMVID_CLASSES, CAMVID_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}
-        classes, palette = known[dataset.value] if dataset else (None, None)
+        classes, palette = STANDARD_CLASSES[dataset.value] if dataset else (None, None)
         path = import_official(checkpoint, out, multi_grid, output_stride, classes, palette, imgsz)
         console.print(f"wrote {path}")

@@ -24,17 +24,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
+import cv2  # noqa: F401 - imported here so a missing OpenCV fails when infer starts
 import numpy as np
-from PIL import Image
 
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..frames import fit_frame, restore_labels
 from ..manifest import Manifest
 from ..progress import task
-from ..utils import atomic_path, write_json
+from ..utils import write_json
 from .backends import backend_spec, open_backend
+from .render import VideoOut, overlay, save_label_png
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -138,69 +138,6 @@ def _stats(values: list[float]) -> dict[str, float]:
             "mean_ms": round(float(a.mean()), 3)}
 
 
-def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float,
-            classes: Sequence[str] | None = None) -> np.ndarray:
-    """Blend the class colours over ``frame: (H, W, 3) uint8 RGB``; ``labels: (H, W)`` class indices.
-
-    With ``classes``, a legend of the classes present is drawn at the top left. Returns RGB uint8.
-    """
-    colour = palette[np.clip(labels, 0, len(palette) - 1)]
-    out = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
-    if classes:
-        present = np.unique(labels)
-        scale = max(0.35, min(frame.shape[:2]) / 900)
-        step = int(22 * scale / 0.5)
-        for row, k in enumerate(present[present < len(classes)][:20]):
-            y = 6 + row * step
-            cv2.rectangle(out, (6, y), (6 + step - 4, y + step - 4), tuple(int(v) for v in palette[k]), -1)
-            cv2.putText(out, str(classes[k]), (10 + step, y + step - 8), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                        (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
-def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
-    """Write ``labels (H, W)`` as a palette PNG (mode P, pixel value = class index), atomically."""
-    img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    flat = [int(v) for c in palette for v in c]
-    img.putpalette(flat + [0] * (768 - len(flat)))
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-
-
-class _VideoOut:
-    """mp4v writer to a temporary name, renamed on close; nothing is left when no frame was written."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        self.path, self.fps = path, fps
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        self.writer: cv2.VideoWriter | None = None
-        self.size: tuple[int, int] | None = None
-        self.frames = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.size = (rgb.shape[1], rgb.shape[0])
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise DataError(f"{self.path}: OpenCV cannot write an mp4v video here")
-        if (rgb.shape[1], rgb.shape[0]) != self.size:
-            rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        self.frames += 1
-
-    def close(self) -> Path | None:
-        if self.writer is None:
-            return None
-        self.writer.release()
-        self.writer = None
-        if self.frames == 0:
-            self.tmp.unlink(missing_ok=True)
-            return None
-        os.replace(self.tmp, self.path)
-        return self.path
-
-
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Put with back-pressure; gives up (False) when ``stop`` is set."""
     while not stop.is_set():
@@ -244,7 +181,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
         except cv2.error:
             raise ConfigError("--show needs OpenCV with GUI support (opencv-python, not opencv-python-headless)") \
                 from None
-    video = _VideoOut(out_dir / f"{stem}_overlay.mp4", source.fps) if cfg.save_video else None
+    video = VideoOut(out_dir / f"{stem}_overlay.mp4", source.fps) if cfg.save_video else None
     labels_dir = out_dir / "labels"
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     e2e: list[float] = []
