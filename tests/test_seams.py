@@ -352,7 +352,7 @@ def test_cli_defaults_are_the_config_defaults():
                     want, got = list(want or []), list(got or [])
                 assert str(got) == str(want), f"{name} --{p.name}: {got!r} vs the config's {want!r}"
                 compared += 1
-    assert compared >= 40
+    assert compared >= 40, compared
 
 
 def test_train_config_nests_the_model_config(tmp_path):
