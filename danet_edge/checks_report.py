@@ -83,6 +83,12 @@ def write_markdown(report: CheckReport, path: Path) -> None:
             lines.append("- compute nodes per precision in the graph: "
                          + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
                          + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}")
+        if a.precision_detail and a.precision_detail.get("cost"):
+            from .cost import format_cost
+
+            lines += ["- " + line for line in format_cost(a.precision_detail["cost"])]
+            lines.append("  (FLOPs from the static shapes by the precision each node runs at; latency bounds from "
+                         "published dense GPU peaks, an estimate that knows no kernel, fusion or launch cost)")
         lines += [f"- note: {n}" for n in a.notes]
         lines += [f"- FAIL: {f}" for f in a.failures]
         if a.picture:

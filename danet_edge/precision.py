@@ -35,12 +35,6 @@ __all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "convert
            "precision_report", "verify_precision", "format_report"]
 
 # Nodes that move or reshape data: they carry a dtype but compute nothing worth reporting.
-_LAYOUT_OPS = {"Cast", "QuantizeLinear", "DequantizeLinear", "Constant", "Reshape", "Transpose", "Identity",
-               "Squeeze", "Unsqueeze", "Concat", "Flatten", "Shape", "Slice", "Gather"}
-_DTYPE = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
-          TensorProto.DOUBLE: "fp64"}
-
-
 @dataclass
 class AttentionNodes:
     """Node names of DANet's attention, found from the graph's structure (not from names).
@@ -295,6 +289,7 @@ class PrecisionReport:
         quantized: Conv/MatMul nodes fed by Q/DQ; ``not_quantized``: the others.
         attention_quantized: attention MatMuls among ``quantized``.
         precision: what the graph holds: ``int8`` (a quantized Conv), ``fp16`` (FP16 Conv) or ``fp32``.
+        cost: ``cost.GraphCost.to_dict()``: GFLOP and share per precision, MiB moved, Jetson latency bounds.
     """
 
     counts: dict[str, int]
@@ -304,40 +299,32 @@ class PrecisionReport:
     not_quantized: list[str]
     attention_quantized: list[str]
     precision: str = "fp32"
+    cost: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def precision_report(model: onnx.ModelProto) -> PrecisionReport:
-    """Node counts per compute dtype, FP32 islands and quantized Conv/MatMul of ``model``."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    g = inferred.graph
-    types = {i.name: i.data_type for i in g.initializer}
-    for v in list(g.input) + list(g.output) + list(g.value_info):
-        if v.type.HasField("tensor_type"):
-            types[v.name] = v.type.tensor_type.elem_type
-    prod = _producers(g)
+def precision_report(model: onnx.ModelProto, cost: bool = True) -> PrecisionReport:
+    """Node counts per compute dtype, FP32 islands and quantized Conv/MatMul of ``model``, and (``cost``) its
+    FLOPs by precision with the Jetson latency bounds (``cost.graph_cost``).
+
+    A node's precision follows ``cost.node_precisions``: INT8 for a Conv/MatMul/Gemm fed by
+    DequantizeLinear on its data inputs, else the type of its first float input; layout ops not counted.
+    """
+    from .cost import WEIGHTED_OPS, graph_cost, node_precisions, tensor_info
+
+    g, info = tensor_info(model)
+    prec = node_precisions(g, info)
     counts: dict[str, int] = {"fp32": 0, "fp16": 0, "int8": 0}
     by_op: dict[str, dict[str, int]] = {}
     fp32_nodes, quantized, not_quantized = [], [], []
     for n in g.node:
-        if n.op_type in _LAYOUT_OPS:
+        dtype = prec[n.name]
+        if dtype is None:
             continue
-        float_inputs = [i for i in n.input if i and types.get(i) in _DTYPE]
-        if not float_inputs:
-            continue
-        if n.op_type in ("Conv", "MatMul", "Gemm"):
-            data_inputs = [i for i in n.input[:2] if i]
-            if data_inputs and all(prod.get(i) is not None and prod[i].op_type == "DequantizeLinear"
-                                   for i in data_inputs):
-                dtype = "int8"
-                quantized.append(n.name)
-            else:
-                not_quantized.append(n.name)
-                dtype = _DTYPE[types[float_inputs[0]]]
-        else:
-            dtype = _DTYPE[types[float_inputs[0]]]
+        if n.op_type in WEIGHTED_OPS:
+            (quantized if dtype == "int8" else not_quantized).append(n.name)
         counts[dtype] = counts.get(dtype, 0) + 1
         by_op.setdefault(n.op_type, {}).setdefault(dtype, 0)
         by_op[n.op_type][dtype] += 1
@@ -348,7 +335,7 @@ def precision_report(model: onnx.ModelProto) -> PrecisionReport:
     conv = by_op.get("Conv", {})
     precision = "int8" if conv.get("int8") else "fp16" if conv.get("fp16") else "fp32"
     return PrecisionReport(counts, by_op, islands, quantized, not_quantized, [q for q in quantized if q in att],
-                           precision)
+                           precision, graph_cost(model).to_dict() if cost else None)
 
 
 def verify_precision(report: PrecisionReport, precision: str, include_attention: bool = False) -> None:
@@ -385,4 +372,8 @@ def format_report(report: PrecisionReport, precision: str) -> str:
     if report.quantized:
         lines.append(f"  quantized Conv/MatMul {len(report.quantized)}, not quantized {len(report.not_quantized)}"
                      f", attention quantized: {report.attention_quantized or 'none'}")
+    if report.cost:
+        from .cost import format_cost
+
+        lines += ["  " + line for line in format_cost(report.cost, ("agx-orin-64gb", "orin-nano-8gb"))]
     return "\n".join(lines)

@@ -95,6 +95,10 @@ def test_good_onnx_passes_broken_onnx_fails_with_reports(setup, tmp_path):
     assert data["passed"] is False and [a["passed"] for a in data["artifacts"]] == [True, False]
     md = (tmp_path / "report" / "report.md").read_text()
     assert "FAILED" in md and "broken.onnx" in md
+    # the compute-by-precision cost of each graph, in the JSON and the report (issue 9)
+    cost = data["artifacts"][0]["precision_detail"]["cost"]
+    assert cost["by_precision"]["fp32"]["flop_share_pct"] == 100.0 and "agx-orin-64gb" in cost["bound_ms"]
+    assert md.count("estimated lower bound on agx-orin-64gb") == 2
     for a in rep.artifacts:
         assert a.picture and Path(a.picture).is_file() and Path(a.picture).stat().st_size > 0
     with pytest.raises(CheckFailed, match="broken.onnx"):

@@ -64,6 +64,47 @@ def register(app: typer.Typer) -> None:
         for a in result.artifacts:
             console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)
 
+    @app.command("cost", epilog="\b\nExamples:\n  danet-edge cost export/m/model_int8_trt.onnx\n  "
+                                 "danet-edge cost export/m/*.onnx --json cost.json")
+    def cost_cmd(
+        graphs: list[Path] = typer.Argument(..., help="Static-shape ONNX graphs."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the costs (with every node) as JSON here."),
+    ) -> None:
+        """Compute by precision: GFLOP and MiB moved per precision, and a latency lower bound on Jetson GPUs."""
+        import onnx
+        from rich.table import Table
+
+        from ..cost import JETSON_TARGETS, graph_cost
+        from ..errors import DataError
+        from ..utils import write_json
+
+        out = {}
+        for path in graphs:
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+            except Exception as e:  # noqa: BLE001 - onnx raises several types for a bad file
+                raise DataError(f"{path}: not a readable ONNX graph ({type(e).__name__})") from None
+            cost = graph_cost(model)
+            out[str(path)] = cost.to_dict(nodes=True)
+            t = Table(title=f"{path.name}: {cost.total_gflop:.2f} GFLOP (estimate)")
+            for col in ("runs at", "GFLOP", "share %", "MiB moved"):
+                t.add_column(col, justify="left" if col == "runs at" else "right")
+            for p, r in cost.by_precision.items():
+                t.add_row(p, f"{r['gflop']:.3f}", f"{r['flop_share_pct']:.2f}", f"{r['mib']:.1f}")
+            console.print(t)
+            b = Table(title="latency lower bound (roofline on published dense peaks; not a prediction)")
+            for col in ("target", "compute ms", "memory ms", "bound ms", "unfused traffic ms"):
+                b.add_column(col, justify="left" if col == "target" else "right")
+            for name, v in cost.bound_ms.items():
+                b.add_row(JETSON_TARGETS[name].name, f"{v['compute_ms']:.2f}", f"{v['memory_ms']:.2f}",
+                          f"{v['bound_ms']:.2f}", f"{v['unfused_memory_ms']:.2f}")
+            console.print(b)
+            if cost.unknown_shapes:
+                console.print(f"warning: no static shape for {len(cost.unknown_shapes)} Conv/MatMul nodes")
+        if json_out is not None:
+            write_json(json_out, {"targets": {k: vars(v) for k, v in JETSON_TARGETS.items()}, "graphs": out})
+            console.print(f"JSON: {json_out}")
+
     calib_app = typer.Typer(help="Calibration folder for INT8 export.", no_args_is_help=True)
 
     @calib_app.command("fill")

@@ -112,7 +112,7 @@ class OnnxRuntimeBackend(_BaseBackend):
 
         rep = precision_report(onnx.load(str(path), load_external_data=False))
         d = rep.to_dict()
-        return rep.precision, "ONNX graph (node types)", {k: d.get(k) for k in ("counts", "attention_quantized")}
+        return rep.precision, "ONNX graph (node types)", {k: d.get(k) for k in ("counts", "attention_quantized", "cost")}
 
     def _check_graph(self, path: Path) -> None:
         m = self.manifest
