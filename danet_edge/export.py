@@ -136,7 +136,8 @@ def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarr
     return [render_scene(rng, size[0], size[1])[0] for _ in range(n)]
 
 
-def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str = "fp32"):
+def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str = "fp32",
+                 fp16_inside: bool = False):
     """CPU session with the session options every backend uses for ``precision``
     (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden)."""
     import onnxruntime as ort
@@ -144,7 +145,7 @@ def _ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str
     from .runtime.ort_backend import session_options
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, session_options(precision), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, session_options(precision, 0, fp16_inside), providers=["CPUExecutionProvider"])
 
 
 def _model_batches(manifest: Manifest, frames: list[np.ndarray], fused: bool | None = None) -> list[np.ndarray]:
@@ -254,7 +255,9 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
 def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
     """The derived graph against the FP32 graph on the verification images, through the comparison
     ``check`` uses (``compare.OutputComparison``)."""
-    got = _run(_ort_session(path, manifest.precision), manifest, frames)
+    from .runtime.ort_backend import holds_fp16
+
+    got = _run(_ort_session(path, manifest.precision, holds_fp16(manifest)), manifest, frames)
     c = OutputComparison()
     if manifest.output_kind == "labels":
         c.update(got, ref)

@@ -10,7 +10,7 @@ FP16 inside, FP32 islands where FP16 overflows or loses the result (REFERENCE.md
   becomes an error of ~0.5 inside ``exp``) and its Softmax over N positions.
 
 The converter is NVIDIA ModelOpt AutoCast when it is importable (NVIDIA's recommendation for
-TensorRT 11), else a small pass here (``_islands_fp16``: onnxconverter-common's block list produced
+TensorRT 11), else a small pass here (``fp16_with_islands``: onnxconverter-common's block list produced
 invalid graphs on DANet's chains of FP32 nodes).
 ``precision_report`` reads the precision back from the graph itself (ONNX shape inference), and
 ``verify_precision`` raises ``PrecisionError`` when what was asked is not there.
@@ -32,7 +32,7 @@ from onnx import TensorProto, numpy_helper
 from .errors import ExportError, MissingDependencyError, PrecisionError
 
 __all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "convert_fp16", "PrecisionReport",
-           "precision_report", "verify_precision", "format_report"]
+           "precision_report", "verify_precision", "format_report", "fp16_with_islands"]
 
 # Nodes that move or reshape data: they carry a dtype but compute nothing worth reporting.
 @dataclass
@@ -172,7 +172,7 @@ def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
                 onnx_path=str(onnx_path), low_precision_type="fp16", keep_io_types=True,
                 nodes_to_exclude=[f"^{re.escape(n)}$" for n in keep])
         else:
-            fp16 = _islands_fp16(model, keep)
+            fp16 = fp16_with_islands(model, keep)
         onnx.checker.check_model(fp16, full_check=True)
     except (ValueError, RuntimeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"FP16 conversion of {onnx_path} failed: {e}") from None
@@ -188,7 +188,7 @@ def _to_fp16_array(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -_FP16_MAX, _FP16_MAX).astype(np.float16)
 
 
-def _islands_fp16(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
+def fp16_with_islands(model: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
     """FP16 conversion with FP32 islands: every node computes in FP16 except those named in ``keep``;
     a Cast is inserted wherever a tensor crosses between the two, FP32 graph inputs and outputs kept.
 

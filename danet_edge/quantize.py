@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from .calib import CalibrationSet, graph_sha256
 from .choices import CALIB_METHODS, TARGETS
@@ -41,7 +42,11 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .progress import track
 from .utils import atomic_path, read_json, write_json
 
-__all__ = ["Int8Result", "quantize_int8", "calibration_chunk", "CALIB_CHUNK"]
+__all__ = ["Int8Result", "quantize_int8", "calibration_chunk", "CALIB_CHUNK", "residual_adds", "HIGH_PRECISIONS"]
+
+#: What the part of an INT8 graph outside the Q/DQ runs at: ``fp16`` (TensorRT target default: under
+#: strong typing an op left FP32 runs FP32) or ``fp32``.
+HIGH_PRECISIONS = ("fp16", "fp32")
 
 CALIB_CHUNK = 4  # calibration batches held in memory at once
 
@@ -148,7 +153,8 @@ def _method_enum(method: str):
 def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, out: str | os.PathLike[str],
                   target: str = "tensorrt", method: str = "entropy", include_attention: bool = False,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, cache_dir: str | os.PathLike[str] | None = None,
-                  percentile: float = 99.999) -> Int8Result:
+                  percentile: float = 99.999, high_precision: str | None = None,
+                  residual_add: bool | None = None) -> Int8Result:
     """FP32 ONNX -> INT8 Q/DQ ONNX calibrated on ``calib_set`` (see the module docstring).
 
     Args:
@@ -160,6 +166,14 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         include_attention: also quantize the attention MatMuls (PAM, CAM).
         mean, std: normalisation (RGB, applied to x/255) of a float-input graph.
         cache_dir: where the record and caches go (default: beside ``out``).
+        high_precision: what the unquantized ops run at (default ``fp16`` for ``target="tensorrt"``, ``fp32``
+            for ``cpu``): ``fp32``, or ``fp16`` (the graph is raised to
+            opset 19 so that Q/DQ scales are FP16 and every DequantizeLinear outputs FP16, as TensorRT 10.3's
+            strong typing infers a DQ's output type from its scale; FP32 islands as the FP16 graph's,
+            ``precision.default_fp32_islands``; FP32 graph input and output).
+        residual_add: Q/DQ on the skip input of each residual Add (:func:`residual_adds`) so TensorRT fuses
+            the Add into the INT8 convolution ("Quantize the residual input in skip-connections", TensorRT
+            developer guide, Q/DQ layer placement). Default: on for ``target="tensorrt"``.
 
     Raises:
         ConfigError: unknown target or method.
@@ -177,17 +191,21 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         raise ConfigError(f"unknown INT8 target {target!r}; choose one of {', '.join(TARGETS)}")
     if method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    high_precision = high_precision or ("fp16" if target == "tensorrt" else "fp32")
+    if high_precision not in HIGH_PRECISIONS:
+        raise ConfigError(f"high precision must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}")
+    residual_add = target == "tensorrt" if residual_add is None else residual_add
     t0 = time.perf_counter()
     out = Path(out)
     model = onnx.load(str(onnx_path))
     digest = graph_sha256(model)
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent
-    stem = f"calib_{digest[:16]}_{method}" + ("_att" if include_attention else "")
+    stem = f"calib_{digest[:16]}_{method}" + ("_att" if include_attention else "") + ("_res" if residual_add else "")
     record_path, ranges_path = cache_dir / f"{stem}.json", cache_dir / f"{stem}.ranges.json"
     record = {"format": "danet-edge-calibration/1", "graph_sha256": digest, "method": method,
               "count": len(calib_set), "available": calib_set.available, "seed": calib_set.seed,
               "root": str(calib_set.root), "images": calib_set.relative_paths(),
-              "include_attention": include_attention, "ranges_cache": ranges_path.name}
+              "include_attention": include_attention, "residual_add": residual_add, "ranges_cache": ranges_path.name}
     if method == "percentile":
         record["percentile"] = percentile
     reused = False
@@ -197,12 +215,17 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         except (OSError, ValueError):
             old = None
         reused = isinstance(old, dict) and all(old.get(k) == record[k] for k in
-                                               ("graph_sha256", "method", "seed", "images", "include_attention"))
+                                               ("graph_sha256", "method", "seed", "images", "include_attention",
+                                                "residual_add"))
     op_types = ["Conv", "MatMul"] if include_attention else ["Conv"]
     nodes_to_exclude = []
     if include_attention:  # only the attention MatMuls are MatMuls in DANet, but be explicit
         att = set(attention_nodes(model).matmuls)
         nodes_to_exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in att]
+    residual = residual_adds(model) if residual_add else {}
+    if residual:  # ORT puts Q/DQ on both inputs; the main branch's pair is taken out after
+        op_types.append("Add")
+        nodes_to_exclude += [n.name for n in model.graph.node if n.op_type == "Add" and n.name not in residual]
     extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
     reader = _Reader(calib_set, model, mean, std)
     # Collect activations a few batches at a time: all at once, 64 images at 512x1024 need > 20 GiB.
@@ -231,11 +254,130 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         except Exception as e:  # noqa: BLE001 - ORT raises bare Exceptions; say which step failed
             raise CalibrationError(f"INT8 calibration/quantization of {onnx_path} failed: {e}") from None
         qmodel = onnx.load(str(tmp_out))
+        if residual:
+            _drop_main_branch_qdq(qmodel, residual)
+        scale_stats: dict[str, Any] = {}
+        if high_precision == "fp16":
+            qmodel, scale_stats = _fp16_outside_qdq(qmodel)
         enforce_tensorrt_compat(qmodel, target)
         with atomic_path(out) as dst:
-            shutil.copyfile(tmp_out, dst)
+            onnx.save(qmodel, str(dst))
         if not reused:
             with atomic_path(ranges_path) as dst:
                 shutil.copyfile(tmp_ranges, dst)
     write_json(record_path, record)
+    record = {**record, "high_precision": high_precision, "residual_adds": len(residual), **scale_stats}
     return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0)
+
+
+def _producer_map(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _ancestors(tensor: str, producer: dict[str, onnx.NodeProto], limit: int = 64) -> dict[str, int]:
+    """Tensors upstream of ``tensor`` with their distance in compute nodes (breadth first, ``limit`` deep)."""
+    dist = {tensor: 0}
+    frontier = [tensor]
+    while frontier:
+        nxt = []
+        for t in frontier:
+            node = producer.get(t)
+            if node is None or dist[t] >= limit:
+                continue
+            for i in node.input:
+                if i and i not in dist:
+                    dist[i] = dist[t] + 1
+                    nxt.append(i)
+        frontier = nxt
+    return dist
+
+
+def residual_adds(model: onnx.ModelProto) -> dict[str, int]:
+    """Residual Adds of a ResNet-style FP32 graph: ``{add name: index of its main-branch input}``.
+
+    A residual Add has a main-branch input produced directly by a Conv (BatchNorm folded) and a skip input
+    that is not; when both come from Convs (a block with a projection shortcut), the main branch is the one
+    farther from their nearest common ancestor (conv1 -> conv2 -> conv3 against the single projection
+    Conv), as NVIDIA ModelOpt's ONNX quantizer decides (``graph_utils.build_non_residual_input_map``).
+    Adds with no Conv input, or with two equally deep Conv inputs, are not residual.
+    """
+    g = model.graph
+    producer = _producer_map(g)
+    out: dict[str, int] = {}
+    for n in g.node:
+        if n.op_type != "Add" or len(n.input) != 2:
+            continue
+        from_conv = [producer.get(i) is not None and producer[i].op_type == "Conv" for i in n.input]
+        if from_conv == [True, False] or from_conv == [False, True]:
+            if all(producer.get(i) is not None for i in n.input):  # a skip from the graph, not a constant
+                out[n.name] = from_conv.index(True)
+            continue
+        if from_conv == [True, True]:
+            a, b = (_ancestors(i, producer) for i in n.input)
+            common = set(a) & set(b)
+            if not common:
+                continue
+            da, db = min(a[c] for c in common), min(b[c] for c in common)
+            if da != db:
+                out[n.name] = 0 if da > db else 1
+    return out
+
+
+def _drop_main_branch_qdq(model: onnx.ModelProto, residual: dict[str, int]) -> None:
+    """Take the Q/DQ pair off each residual Add's main-branch input (it fuses as the Conv's output), so
+    only the skip input stays quantized; the pair is removed when nothing else reads it."""
+    g = model.graph
+    producer = _producer_map(g)
+    for n in g.node:
+        if n.name not in residual:
+            continue
+        idx = residual[n.name]
+        dq = producer.get(n.input[idx])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producer.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        n.input[idx] = q.input[0]
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    changed = True
+    while changed:  # drop Q/DQ nodes nobody reads any more
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        for n in dead:
+            g.node.remove(n)
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        changed = bool(dead)
+
+
+def _qdq_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    inits = {i.name: i for i in model.graph.initializer}
+    names = {n.input[1] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    return {k: numpy_helper.to_array(inits[k]).astype(np.float64) for k in names if k in inits}
+
+
+def _fp16_outside_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """FP16 for every op outside the Q/DQ but the FP32 islands; opset 19 so Q/DQ scales are FP16.
+
+    Returns the graph and what FP16 did to the scales: how many fell below FP16's smallest normal
+    (6.1e-5: per-channel weight scales of small weights; stored as subnormals with fewer bits) and the
+    largest relative rounding error of any scale.
+    """
+    from onnx import version_converter
+
+    from .precision import default_fp32_islands, fp16_with_islands
+
+    before = _qdq_scales(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 19:
+        model = version_converter.convert_version(model, 19)
+    producer = _producer_map(model.graph)
+    quantized = {n.name for n in model.graph.node  # INT8 already (e.g. attention with include_attention)
+                 if any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2])}
+    model = fp16_with_islands(model, [n for n in default_fp32_islands(model) if n not in quantized])
+    after = _qdq_scales(model)
+    values = np.concatenate([v.ravel() for v in before.values()]) if before else np.zeros(0)
+    rel = max((float(np.max(np.abs(after[k] - v) / np.maximum(np.abs(v), 1e-30))) for k, v in before.items()
+               if k in after), default=0.0)
+    return model, {"fp16_scales_subnormal": int((np.abs(values) < 6.103515625e-05).sum()),
+                   "fp16_scales": int(values.size), "fp16_scale_max_rel_error": float(f"{rel:.3g}")}

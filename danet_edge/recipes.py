@@ -111,14 +111,16 @@ def _fp16(inp: RecipeInput) -> RecipeOutput:
     return RecipeOutput(convert_fp16(inp.fp32_path, inp.out))
 
 
-def _int8(target: str) -> Callable[[RecipeInput], RecipeOutput]:
+def _int8(target: str, high_precision: str | None = None, residual_add: bool | None = None
+          ) -> Callable[[RecipeInput], RecipeOutput]:
+    """``quantize.quantize_int8`` for ``target``; None = that function's defaults for the target."""
     def convert(inp: RecipeInput) -> RecipeOutput:
         from .quantize import quantize_int8
 
         o = inp.options
         method = o.get("calib_method") or "entropy"
         res = quantize_int8(inp.fp32_path, inp.calib_set, inp.out, target, method, bool(o.get("include_attention")),
-                            o["mean"], o["std"])
+                            o["mean"], o["std"], high_precision=high_precision, residual_add=residual_add)
         calibration = {**res.record, "record": res.record_path.name}
         note = (f"calibration {method} on {len(inp.calib_set)} images{', ranges reused' if res.reused else ''}; "
                 f"record {res.record_path}")
@@ -132,7 +134,15 @@ register_recipe(PrecisionRecipe("fp16", "fp16", "model_fp16.onnx", _fp16, max_re
                                 help="FP16 with FP32 islands for CAM energy, row max, softmaxes, PAM energy"))
 register_recipe(PrecisionRecipe("int8-tensorrt", "int8", "model_int8_trt.onnx", _int8("tensorrt"),
                                 thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="tensorrt",
-                                attention_quantized=True, help="symmetric INT8 Q/DQ on Conv inputs (TensorRT)"))
+                                attention_quantized=True,
+                                help="symmetric INT8 Q/DQ on Conv inputs and residual skips, the rest FP16 with the "
+                                     "FP16 graph's FP32 islands (TensorRT, strong typing)"))
+register_recipe(PrecisionRecipe("int8-tensorrt-fp32", "int8", "model_int8_trt_fp32.onnx",
+                                _int8("tensorrt", "fp32", False),
+                                thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="tensorrt",
+                                attention_quantized=True,
+                                help="symmetric INT8 Q/DQ on Conv inputs only, the rest FP32 (the 0.1 form; slower "
+                                     "under strong typing)"))
 register_recipe(PrecisionRecipe("int8-cpu", "int8", "model_int8_cpu.onnx", _int8("cpu"),
                                 thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="cpu",
                                 attention_quantized=True, help="uint8 activations, int8 weights (ONNX Runtime CPU)"))

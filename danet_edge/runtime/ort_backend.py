@@ -13,7 +13,7 @@ from ..errors import ConfigError, DataError, ManifestError
 from ..manifest import read_manifest
 from .backends import _BaseBackend
 
-__all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options"]
+__all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options", "holds_fp16"]
 
 
 #: Execution providers in order of preference; short names accepted on the command line.
@@ -50,9 +50,16 @@ def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
     return out
 
 
-def session_options(precision: str, threads: int = 0) -> Any:
+def holds_fp16(manifest: Any) -> bool:
+    """Whether the graph has FP16 compute: an FP16 graph, or an INT8 graph whose unquantized part is FP16."""
+    counts = ((getattr(manifest, "precision_report", None) or {}).get("counts") or {})
+    return manifest.precision == "fp16" or bool(counts.get("fp16"))
+
+
+def session_options(precision: str, threads: int = 0, fp16_inside: bool = False) -> Any:
     """ONNX Runtime session options for a graph of ``precision``: the one policy export verification
-    and every backend use. FP16 graphs run with graph optimisation off: ORT's CPU provider runs ops
+    and every backend use. Graphs with FP16 compute (``precision == "fp16"`` or ``fp16_inside``: an INT8
+    graph whose unquantized ops are FP16) run with graph optimisation off: ORT's CPU provider runs ops
     without FP16 kernels in FP32 and, when optimising, merges the Casts around them, which hides an
     FP16 overflow the graph would have on a GPU.
     """
@@ -61,7 +68,7 @@ def session_options(precision: str, threads: int = 0) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    if precision == "fp16":
+    if precision == "fp16" or fp16_inside:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return so
 
@@ -94,7 +101,7 @@ class OnnxRuntimeBackend(_BaseBackend):
         path = Path(path)
         self.manifest = read_manifest(path)
         self.providers = _resolve_providers(providers)
-        self.session_options = session_options(self.manifest.precision, threads)
+        self.session_options = session_options(self.manifest.precision, threads, holds_fp16(self.manifest))
         self.provider = f"ONNX Runtime {ort.__version__} {self.providers[0]}"
         try:
             self.session = ort.InferenceSession(str(path), self.session_options, providers=self.providers)

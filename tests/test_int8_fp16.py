@@ -1,0 +1,118 @@
+"""Issue 9: INT8 graphs for TensorRT whose unquantized part is FP16, with Q/DQ placed where TensorRT fuses
+it (Conv inputs and weights, the skip input of residual Adds), checked from the graph itself."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from danet_edge.calib import load_calibration_set
+from danet_edge.checkpoint import load_model
+from danet_edge.cost import graph_cost
+from danet_edge.export import export_onnx
+from danet_edge.precision import attention_nodes, default_fp32_islands, precision_report
+from danet_edge.quantize import quantize_int8, residual_adds
+
+
+@pytest.fixture(scope="module")
+def graphs(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8fp16")
+    fp32 = export_onnx(load_model(tiny_checkpoint), out / "model.onnx", (64, 96)).path
+    (out / "calib").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(out / "calib" / f"{i}.png"), cv2.resize(rng.integers(0, 256, (8, 12, 3), np.uint8), (96, 64)))
+    cs = load_calibration_set(out / "calib")
+    new = quantize_int8(fp32, cs, out / "int8_fp16.onnx", "tensorrt", "minmax")
+    old = quantize_int8(fp32, cs, out / "int8_fp32.onnx", "tensorrt", "minmax", high_precision="fp32",
+                        residual_add=False)
+    return {"fp32": fp32, "new": new, "old": old, "cs": cs}
+
+
+def _producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def test_residual_adds_are_the_resnet_block_adds(graphs):
+    model = onnx.load(str(graphs["fp32"]))
+    res = residual_adds(model)
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    block_adds = [n.name for n in adds if "/backbone/" in n.name]
+    assert sorted(res) == sorted(block_adds) and len(res) == 8  # ResNet-18: 2 blocks x 4 stages
+    prod = _producers(model)
+    for n in adds:
+        if n.name in res:  # the main branch comes straight from a Conv (conv2 of a basic block)
+            main = prod[n.input[res[n.name]]]
+            assert main.op_type == "Conv" and "conv2" in main.name, (n.name, main.name)
+    assert not any(n.startswith("/head/") for n in res)  # attention's gamma * out + x and the branch sum are not
+
+
+def test_int8_graph_quantizes_skips_and_computes_the_rest_in_fp16(graphs):
+    model = onnx.load(str(graphs["new"].path))
+    prod = _producers(model)
+    res = residual_adds(onnx.load(str(graphs["fp32"])))
+    for n in model.graph.node:
+        if n.name in res:  # skip input through Q/DQ, main branch straight from its Conv (fusible)
+            main, skip = n.input[res[n.name]], n.input[1 - res[n.name]]
+            assert prod[main].op_type == "Conv" and prod[skip].op_type == "DequantizeLinear", n.name
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):  # TensorRT 10.3: DQ output type = scale type
+            assert inits[n.input[1]].data_type == TensorProto.FLOAT16, n.name
+            assert inits[n.input[2]].data_type == TensorProto.INT8, n.name
+    rep = precision_report(model)
+    islands = set(default_fp32_islands(onnx.load(str(graphs["fp32"]))))
+    assert set(rep.fp32_islands) == islands and rep.counts["int8"] == rep.by_op["Conv"]["int8"] > 0
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # FP32 I/O
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    cost = graph_cost(model)
+    assert cost.share("fp32") < 2.0 and cost.share("int8") > 95.0
+    rec = graphs["new"].record
+    assert rec["high_precision"] == "fp16" and rec["residual_adds"] == 8 and rec["fp16_scales"] > 0
+
+
+def test_the_fp32_form_is_unchanged(graphs):
+    model = onnx.load(str(graphs["old"].path))
+    rep = precision_report(model)
+    assert rep.counts.get("fp16", 0) == 0 and rep.counts["int8"] > 0
+    prod = _producers(model)
+    projection = [n for n in model.graph.node if n.op_type == "Add" and "/backbone/" in n.name
+                  and "DequantizeLinear" not in [prod[i].op_type for i in n.input]]
+    # ORT shares a tensor's Q/DQ with every reader, so identity skips were already INT8 in the 0.1 form;
+    # the projection shortcuts (Conv + Conv: layer2-4 block 0) were not: their Add could not fuse as INT8
+    assert len(projection) == 3 and all([prod[i].op_type for i in n.input] == ["Conv", "Conv"] for n in projection)
+    assert graph_cost(model).share("fp32") > graph_cost(onnx.load(str(graphs["new"].path))).share("fp32")
+
+
+def test_int8_fp16_graph_agrees_with_fp32_in_onnx_runtime(graphs):
+    import onnxruntime as ort
+
+    from danet_edge.runtime.ort_backend import session_options
+
+    frames = np.stack([graphs["cs"].model_batch(i, 1, (64, 96), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))[0]
+                       for i in range(4)])
+    out = {}
+    for key, path, fp16 in (("fp32", graphs["fp32"], False), ("new", graphs["new"].path, True),
+                            ("old", graphs["old"].path, False)):
+        s = ort.InferenceSession(str(path), session_options("int8", 1, fp16), providers=["CPUExecutionProvider"])
+        out[key] = np.concatenate([s.run(None, {s.get_inputs()[0].name: f[None]})[0] for f in frames])
+    rel, agree = {}, {}
+    for key in ("new", "old"):
+        rel[key] = np.linalg.norm(out[key] - out["fp32"]) / np.linalg.norm(out["fp32"])
+        agree[key] = (out[key].argmax(1) == out["fp32"].argmax(1)).mean()
+    # a random-weight model calibrated on 4 noise images: both forms are rough; FP16 must not add much
+    assert rel["new"] < 0.1 and rel["new"] < 1.1 * rel["old"] and agree["new"] > agree["old"] - 0.02, (rel, agree)
+    assert np.isfinite(out["new"]).all()
+
+
+def test_include_attention_keeps_quantized_attention_out_of_the_fp32_islands(graphs, tmp_path):
+    res = quantize_int8(graphs["fp32"], graphs["cs"], tmp_path / "att.onnx", "tensorrt", "minmax",
+                        include_attention=True)
+    model = onnx.load(str(res.path))
+    rep = precision_report(model)
+    assert set(rep.attention_quantized) == set(attention_nodes(model).matmuls)
+    assert not set(rep.attention_quantized) & set(rep.fp32_islands)
