@@ -270,6 +270,12 @@ class ExportConfig(Config):
         tolerance: FP32 ONNX vs PyTorch relative L2 limit.
         fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit.
         verify_images: images used for verification.
+        min_agreement, max_miou_drop: an accuracy budget for the INT8 graphs (``sensitivity.fit_budget``):
+            least pixel agreement with the FP32 graph (%) and/or largest mIoU drop (points, needs
+            ``budget_dataset``); the most sensitive layers are kept in high precision until it holds.
+        budget_dataset, budget_data, budget_split: labelled images the budget is measured on (default: the
+            calibration images, agreement only).
+        budget_images: how many images the budget and the sensitivity ranking use.
     """
 
     imgsz: tuple[int, int] | None = None
@@ -291,8 +297,15 @@ class ExportConfig(Config):
     tolerance: float = 1e-4
     fp16_tolerance: float = 5e-2
     verify_images: int = 2
+    min_agreement: float | None = None
+    max_miou_drop: float | None = None
+    budget_dataset: str | None = None
+    budget_data: Path | None = None
+    budget_split: str = "val"
+    budget_images: int = 16
 
     def validate(self) -> None:
+        from .choices import DATASETS, SPLITS
         from .recipes import get_recipe
 
         check_range("--batch", self.batch, 1, 64)
@@ -314,6 +327,18 @@ class ExportConfig(Config):
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1 or max(self.imgsz) > 8192):
             raise ConfigError(f"--imgsz must be two sizes H W in 1..8192, got {self.imgsz}")
         check_range("verify images", self.verify_images, 1, 1000)
+        check_range("--min-agreement", self.min_agreement, 0, 100, optional=True, integer=False)
+        check_range("--max-miou-drop", self.max_miou_drop, 0, 100, optional=True, integer=False)
+        check_range("--budget-images", self.budget_images, 1, 1000)
+        check_choice("--budget-dataset", self.budget_dataset, DATASETS, optional=True)
+        check_choice("--budget-split", self.budget_split, SPLITS)
+        budget = self.min_agreement is not None or self.max_miou_drop is not None
+        if budget and not self.int8:
+            raise ConfigError("an accuracy budget (--min-agreement / --max-miou-drop) applies to INT8: add --int8")
+        if self.max_miou_drop is not None and self.budget_dataset is None:
+            raise ConfigError("--max-miou-drop needs labelled images: give --budget-dataset (and --budget-data)")
+        if self.budget_dataset not in (None, "synthetic") and self.budget_data is None:
+            raise ConfigError(f"--budget-dataset {self.budget_dataset} needs --budget-data DIR")
         for name in self.recipe_names():
             get_recipe(name)  # an unknown name fails here, before anything is written
 

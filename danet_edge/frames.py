@@ -17,14 +17,15 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from .errors import DataError
-from .preprocess import resize_image, resize_labels
+from .preprocess import normalize, resize_image, resize_labels
 
-__all__ = ["IMAGE_SUFFIXES", "is_image", "list_images", "read_image", "Placement", "fit_frame",
+__all__ = ["model_inputs", "IMAGE_SUFFIXES", "is_image", "list_images", "read_image", "Placement", "fit_frame",
            "restore_labels", "static_batches"]
 
 #: Image files every stage reads (lower-case ``Path.suffix``).
@@ -123,3 +124,13 @@ def _stack(chunk: list[np.ndarray]) -> np.ndarray:
     if len(shapes) != 1:
         raise DataError(f"frames of different shapes in one batch: {sorted(shapes)}")
     return np.stack(chunk)
+
+
+def model_inputs(frames: Sequence[np.ndarray], manifest: Any) -> list[np.ndarray]:
+    """Frames ``(H, W, 3) uint8 RGB`` as a static-shape graph's input batches (``manifest``: its image_size,
+    batch_size, input_dtype, mean, std): uint8 ``(N, h, w, 3)`` for fused I/O, else normalised
+    ``(N, 3, h, w)`` float32; the last batch padded (:func:`static_batches`)."""
+    fused = manifest.input_dtype == "uint8"
+    fitted = [resize_image(f, tuple(manifest.image_size)) for f in frames]
+    return [b if fused else normalize(b, manifest.mean, manifest.std)
+            for b, _ in static_batches(fitted, manifest.batch_size)]

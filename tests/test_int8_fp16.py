@@ -59,6 +59,7 @@ def test_int8_graph_quantizes_skips_and_computes_the_rest_in_fp16(graphs):
             main, skip = n.input[res[n.name]], n.input[1 - res[n.name]]
             assert prod[main].op_type == "Conv" and prod[skip].op_type == "DequantizeLinear", n.name
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+    onnx.checker.check_model(model, full_check=True)  # ONNX's type rules: Q input type = scale type, and so on
     inits = {i.name: i for i in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):  # TensorRT 10.3: DQ output type = scale type
@@ -116,3 +117,73 @@ def test_include_attention_keeps_quantized_attention_out_of_the_fp32_islands(gra
     rep = precision_report(model)
     assert set(rep.attention_quantized) == set(attention_nodes(model).matmuls)
     assert not set(rep.attention_quantized) & set(rep.fp32_islands)
+
+
+# ---------------------------------------------------------------- sensitivity and the accuracy budget
+
+def _evaluator(graphs, n=4):
+    from danet_edge.manifest import read_manifest
+    from danet_edge.sensitivity import Evaluator
+
+    frames = list(graphs["cs"].frames())[:n]
+    return Evaluator(onnx.load(str(graphs["fp32"])), read_manifest(graphs["fp32"]), frames, threads=1)
+
+
+def test_keeping_every_layer_in_high_precision_gives_back_the_fp32_graph(graphs):
+    from danet_edge.sensitivity import keep_high_precision, quantized_layers
+
+    int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
+    names = quantized_layers(int8)
+    assert len(names) == precision_report(int8).by_op["Conv"]["int8"]
+    full = keep_high_precision(int8, fp32, names)
+    onnx.checker.check_model(full, full_check=True)
+    assert quantized_layers(full) == [] and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                                                    for n in full.graph.node)
+    ev = _evaluator(graphs)
+    all_fp16, all_int8 = ev.evaluate(full), ev.evaluate(int8)
+    assert all_fp16["agreement"] > 99.5 and all_fp16["rel_l2"] < 0.01 < all_int8["rel_l2"]
+
+
+def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path):
+    from danet_edge.sensitivity import fit_budget, rank_layers, write_ranking
+
+    int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
+    ev = _evaluator(graphs)
+    base = ev.evaluate(int8)
+    ranking = rank_layers(int8, fp32, ev)
+    gains = [x.gain for x in ranking.layers]
+    assert gains == sorted(gains, reverse=True) and ranking.base["agreement"] == pytest.approx(base["agreement"])
+    target = min(99.9, base["agreement"] + 0.5 * (100 - base["agreement"]))
+    res = fit_budget(int8, fp32, ev, min_agreement=target)
+    assert res.met and res.final["agreement"] >= target and res.kept
+    assert res.kept[0] in [x.name for x in ranking.layers if x.gain > 0 or x.rel_l2_gain > 0]
+    assert 0 < res.int8_share_pct < graph_cost(int8).share("int8")
+    assert res.record()["kept_high_precision"] == res.kept and len(res.history) == len(res.kept) + 1
+    easy = fit_budget(int8, fp32, ev, min_agreement=base["agreement"] - 1)
+    assert easy.met and easy.kept == [] and easy.ranking is None  # nothing to keep, nothing ranked
+    write_ranking(ranking, tmp_path / "s.md", tmp_path / "s.png")
+    assert ranking.layers[0].name in (tmp_path / "s.md").read_text() and (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_export_applies_the_budget_and_records_it(tiny_checkpoint, tmp_path, graphs):
+    import json
+
+    from danet_edge.config import ExportConfig
+    from danet_edge.errors import ConfigError
+    from danet_edge.export import export_model
+
+    with pytest.raises(ConfigError, match="needs labelled images"):
+        ExportConfig(int8=True, max_miou_drop=0.3)
+    with pytest.raises(ConfigError, match="applies to INT8"):
+        ExportConfig(min_agreement=99.0)
+    cfg = ExportConfig(int8=True, calib=graphs["cs"].root, calib_method="minmax", out=tmp_path, min_agreement=99.9,
+                       budget_images=2)
+    res = export_model(tiny_checkpoint, cfg)
+    (art,) = [a for a in res.artifacts if a.manifest.precision == "int8"]
+    budget = json.loads((tmp_path / "model_int8_trt.onnx.json").read_text())["extra"]["budget"]
+    assert budget["budget"]["min_agreement"] == 99.9 and budget["kept_high_precision"] == art.manifest.extra["budget"][
+        "kept_high_precision"]
+    if budget["kept_high_precision"]:  # the ranking is written when layers had to be ranked
+        assert (tmp_path / "model_int8_trt.sensitivity.md").is_file()
+        kept = set(budget["kept_high_precision"])
+        assert not kept & set(precision_report(onnx.load(str(art.path))).quantized)

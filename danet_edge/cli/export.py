@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
     ec = ExportConfig()
 
     @app.command("export", epilog="\b\nExamples:\n  danet-edge export runs/camvid/best.pt --fp16 --int8 --calib calib/\n  "
-                                   "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu")
+                                   "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu\n  "
+                                   "danet-edge export best.pt --int8 --max-miou-drop 0.3 --budget-dataset camvid "
+                                   "--budget-data CAMVID (keeps the most sensitive layers in FP16)")
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
         imgsz: Optional[tuple[int, int]] = typer.Option(
@@ -50,6 +52,16 @@ def register(app: typer.Typer) -> None:
         memory_limit_mib: float = typer.Option(ec.memory_limit_mib, "--memory-limit-mib",
                                                help="Warn above this PAM map size (MiB)."),
         out: Optional[Path] = typer.Option(ec.out, "--out", "-o", help="Output folder (default export/<checkpoint stem>/)."),
+        min_agreement: Optional[float] = typer.Option(ec.min_agreement, "--min-agreement", help="INT8 accuracy "
+                                                      "budget: least pixel agreement with the FP32 graph (%)."),
+        max_miou_drop: Optional[float] = typer.Option(ec.max_miou_drop, "--max-miou-drop", help="INT8 accuracy "
+                                                      "budget: largest mIoU drop (points; needs --budget-dataset)."),
+        budget_dataset: Optional[Dataset] = typer.Option(ec.budget_dataset, "--budget-dataset",
+                                                         help="Labelled data the budget is measured on."),
+        budget_data: Optional[Path] = typer.Option(ec.budget_data, "--budget-data", help="Its folder."),
+        budget_split: Split = typer.Option(ec.budget_split, "--budget-split", help="Its split."),
+        budget_images: int = typer.Option(ec.budget_images, "--budget-images",
+                                          help="Images for the budget and the per-layer sensitivity ranking."),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
         from ..export import export_model
@@ -59,7 +71,9 @@ def register(app: typer.Typer) -> None:
                            calib_method=calib_method.value if calib_method else None, calib_size=calib_size,
                            seed=seed, target=target.value, opset=opset,
                            engine=engine, fused_io=fused_io, include_attention=include_attention,
-                           memory_limit_mib=memory_limit_mib, out=out)
+                           memory_limit_mib=memory_limit_mib, out=out, min_agreement=min_agreement,
+                           max_miou_drop=max_miou_drop, budget_dataset=budget_dataset.value if budget_dataset else None,
+                           budget_data=budget_data, budget_split=budget_split.value, budget_images=budget_images)
         result = export_model(checkpoint, cfg, log=info)
         for a in result.artifacts:
             console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)
