@@ -274,8 +274,9 @@ def _producer_map(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
 
 
-def _ancestors(tensor: str, producer: dict[str, onnx.NodeProto], limit: int = 64) -> dict[str, int]:
-    """Tensors upstream of ``tensor`` with their distance in compute nodes (breadth first, ``limit`` deep)."""
+def _ancestors(tensor: str, producer: dict[str, onnx.NodeProto], skip: set[str], limit: int = 64) -> dict[str, int]:
+    """Activations upstream of ``tensor`` with their distance in nodes (breadth first, ``limit`` deep); the
+    names in ``skip`` (initializers: a graph cleaner may share one bias between two Convs) are not followed."""
     dist = {tensor: 0}
     frontier = [tensor]
     while frontier:
@@ -285,7 +286,7 @@ def _ancestors(tensor: str, producer: dict[str, onnx.NodeProto], limit: int = 64
             if node is None or dist[t] >= limit:
                 continue
             for i in node.input:
-                if i and i not in dist:
+                if i and i not in dist and i not in skip:
                     dist[i] = dist[t] + 1
                     nxt.append(i)
         frontier = nxt
@@ -303,6 +304,7 @@ def residual_adds(model: onnx.ModelProto) -> dict[str, int]:
     """
     g = model.graph
     producer = _producer_map(g)
+    weights = {i.name for i in g.initializer}
     out: dict[str, int] = {}
     for n in g.node:
         if n.op_type != "Add" or len(n.input) != 2:
@@ -313,7 +315,7 @@ def residual_adds(model: onnx.ModelProto) -> dict[str, int]:
                 out[n.name] = from_conv.index(True)
             continue
         if from_conv == [True, True]:
-            a, b = (_ancestors(i, producer) for i in n.input)
+            a, b = (_ancestors(i, producer, weights) for i in n.input)
             common = set(a) & set(b)
             if not common:
                 continue

@@ -266,8 +266,9 @@ def _meets(score: dict[str, float | None], ref: dict[str, float | None], min_agr
 
 def fit_budget(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluator,
                min_agreement: float | None = None, max_miou_drop: float | None = None,
-               log: Log | None = None) -> BudgetResult:
+               log: Log | None = None, ranking: SensitivityReport | None = None) -> BudgetResult:
     """Keep the fewest GFLOP of layers in high precision that make the budget hold (module docstring).
+    ``ranking``: a :func:`rank_layers` result for these graphs and images (computed when needed if None).
 
     Raises:
         ConfigError: no budget given, or ``max_miou_drop`` without labels in ``evaluator``.
@@ -282,9 +283,9 @@ def fit_budget(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluato
     score = evaluator.evaluate(int8)
     history = [{"kept": 0, **score}]
     kept: list[str] = []
-    model, ranking = int8, None
+    model = int8
     if not _meets(score, ref, min_agreement, max_miou_drop):
-        ranking = rank_layers(int8, fp32, evaluator, log=log)
+        ranking = ranking or rank_layers(int8, fp32, evaluator, log=log)
         order = sorted((x for x in ranking.layers if x.gain > 0 or x.rel_l2_gain > 0),
                        key=lambda x: (x.gain / max(x.gflop, 1e-6), x.rel_l2_gain), reverse=True)
         for layer in order:

@@ -187,3 +187,20 @@ def test_export_applies_the_budget_and_records_it(tiny_checkpoint, tmp_path, gra
         assert (tmp_path / "model_int8_trt.sensitivity.md").is_file()
         kept = set(budget["kept_high_precision"])
         assert not kept & set(precision_report(onnx.load(str(art.path))).quantized)
+
+
+def test_a_bias_shared_by_two_convs_does_not_hide_a_projection_shortcut():
+    """onnxslim shares identical initializers (DANet R-50's conv3 and downsample biases): the main branch
+    must still be found from the activations, not from the shared constant (found on R-50 512x1024)."""
+    from onnx import helper, numpy_helper
+
+    w = lambda name, c_in: numpy_helper.from_array(np.ones((4, c_in, 1, 1), np.float32), name)  # noqa: E731
+    inits = [w("w1", 4), w("w3", 4), w("wd", 4), numpy_helper.from_array(np.zeros(4, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w3", "b"], ["c3"], name="conv3"),
+             helper.make_node("Conv", ["x", "wd", "b"], ["d"], name="downsample"),
+             helper.make_node("Add", ["d", "c3"], ["y"], name="add")]
+    g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    assert residual_adds(helper.make_model(g)) == {"add": 1}  # conv3 (input 1) is the main branch
