@@ -47,6 +47,7 @@ from .manifest import Manifest, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
 from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
+from .sensitivity import apply_budget, budget_evaluator
 from .frames import model_inputs
 from .trtcheck import enforce_tensorrt_compat
 from .utils import atomic_path
@@ -260,54 +261,6 @@ def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.n
     return {"rel_l2_vs_fp32": c.rel_l2, "label_agreement_vs_fp32": c.agreement}
 
 
-def _budget_evaluator(cfg: ExportConfig, fp32: Artifact, calib_set: CalibrationSet | None, log: Log) -> Any:
-    """The images an accuracy budget is measured on (a labelled data set, else calibration images)."""
-    if cfg.min_agreement is None and cfg.max_miou_drop is None:
-        return None
-    from .sensitivity import Evaluator
-
-    labels, classes, ignore = None, None, 255
-    if cfg.budget_dataset is not None:
-        from .data import build_dataset
-
-        ds = build_dataset(cfg.budget_dataset, cfg.budget_data, cfg.budget_split, cfg.budget_images)
-        items = [ds[i] for i in range(len(ds))]
-        frames, labels = [x[0] for x in items], [x[1] for x in items]
-        classes, ignore = ds.info.num_classes, ds.info.ignore_index
-        if classes != len(fp32.manifest.classes):
-            raise ConfigError(f"--budget-dataset {cfg.budget_dataset} has {classes} classes, the model "
-                              f"{len(fp32.manifest.classes)}")
-    else:
-        frames = list(calib_set.frames())[:cfg.budget_images] if calib_set is not None else []
-    log(f"accuracy budget measured on {len(frames)} images"
-        + (f" of {cfg.budget_dataset} {cfg.budget_split}" if labels is not None else " (calibration images)"))
-    return Evaluator(onnx.load(str(fp32.path)), fp32.manifest, frames, labels, classes, ignore)
-
-
-def _fit_budget(cfg: ExportConfig, fp32_path: Path, int8_path: Path, evaluator: Any, warnings: list[str],
-                log: Log) -> dict[str, Any]:
-    """Keep the most sensitive layers of ``int8_path`` in high precision until the budget holds; rewrites the
-    graph in place and writes the sensitivity ranking (``.sensitivity.md`` / ``.png``) beside it."""
-    from .sensitivity import fit_budget, write_ranking
-
-    res = fit_budget(onnx.load(str(int8_path)), onnx.load(str(fp32_path)), evaluator, cfg.min_agreement,
-                     cfg.max_miou_drop, log)
-    with atomic_path(int8_path) as tmp:
-        onnx.save(res.model, str(tmp))
-    if res.ranking is not None:
-        stem = int8_path.with_suffix("")
-        write_ranking(res.ranking, Path(f"{stem}.sensitivity.md"), Path(f"{stem}.sensitivity.png"))
-    final = res.final
-    log(f"budget {res.budget}: {'met' if res.met else 'NOT met'} with {len(res.kept)} layer(s) kept in high "
-        f"precision; agreement {final['agreement']:.3f} %" + (f", mIoU {final['miou']:.2f} (FP32 "
-                                                               f"{res.reference['miou']:.2f})" if final["miou"] is not None else "")
-        + f"; INT8 share of compute {res.int8_share_pct:.1f} %")
-    if not res.met:
-        warnings.append(f"{int8_path.name}: the accuracy budget {res.budget} is not met even with every helpful "
-                        "layer kept in high precision")
-    return res.record()
-
-
 def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[str, Any],
              include_attention: bool) -> tuple[onnx.ModelProto, Manifest, Any]:
     """Load a derived graph, check its precision is what was asked, build its manifest from FP32's."""
@@ -371,7 +324,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
     ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
 
-    evaluator = _budget_evaluator(cfg, fp32, calib_set, log)
+    evaluator = budget_evaluator(cfg, fp32.path, fp32.manifest, calib_set, log)
     calibration = None
     options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
                "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
@@ -381,7 +334,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         t0 = time.perf_counter()
         made = recipe.convert(RecipeInput(fp32.path, out_dir / recipe.file_name, calib_set, options))
         calibration = made.manifest_fields.get("calibration", calibration)
-        budget = _fit_budget(cfg, fp32.path, made.path, evaluator, warnings, log) \
+        budget = apply_budget(cfg, fp32.path, made.path, evaluator, warnings, log) \
             if evaluator is not None and recipe.precision == "int8" else None
         model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
                                            cfg.include_attention and recipe.attention_quantized)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,10 +30,12 @@ from onnx import TensorProto, numpy_helper
 
 from .cost import WEIGHTED_OPS, graph_cost
 from .errors import ConfigError
+from .utils import atomic_path
 from .frames import model_inputs
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "BudgetResult", "Evaluator", "quantized_layers",
-           "keep_high_precision", "rank_layers", "fit_budget", "format_ranking", "write_ranking"]
+           "keep_high_precision", "rank_layers", "fit_budget", "format_ranking", "write_ranking",
+           "budget_evaluator", "apply_budget"]
 
 Log = Callable[[str], None]
 
@@ -317,10 +320,6 @@ def format_ranking(report: SensitivityReport, top: int = 15) -> str:
 
 def write_ranking(report: SensitivityReport, md_path: Any, png_path: Any | None = None, top: int = 20) -> None:
     """The ranking as Markdown (``md_path``) and a bar chart of the ``top`` gains (``png_path``), atomically."""
-    from pathlib import Path
-
-    from .utils import atomic_path
-
     with atomic_path(Path(md_path)) as tmp:
         tmp.write_text("# Per-layer INT8 sensitivity\n\n" + format_ranking(report, top) + "\n")
     if png_path is None:
@@ -341,3 +340,54 @@ def write_ranking(report: SensitivityReport, md_path: Any, png_path: Any | None 
     with atomic_path(Path(png_path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def budget_evaluator(cfg: Any, fp32_path: Path, manifest: Any, calib_set: Any, log: Log) -> "Evaluator | None":
+    """An :class:`Evaluator` on the images ``export``'s accuracy budget is measured on (``cfg``: an
+    ``config.ExportConfig``): a labelled data set when given, else the calibration images; None without
+    a budget.
+
+    Raises:
+        ConfigError: a data set whose class count is not the model's. DataError: unreadable data.
+    """
+    if cfg.min_agreement is None and cfg.max_miou_drop is None:
+        return None
+
+    labels, classes, ignore = None, None, 255
+    if cfg.budget_dataset is not None:
+        from .data import build_dataset  # torch: export has it already
+
+        ds = build_dataset(cfg.budget_dataset, cfg.budget_data, cfg.budget_split, cfg.budget_images)
+        items = [ds[i] for i in range(len(ds))]
+        frames, labels = [x[0] for x in items], [x[1] for x in items]
+        classes, ignore = ds.info.num_classes, ds.info.ignore_index
+        if classes != len(manifest.classes):
+            raise ConfigError(f"--budget-dataset {cfg.budget_dataset} has {classes} classes, the model "
+                              f"{len(manifest.classes)}")
+    else:
+        frames = list(calib_set.frames())[:cfg.budget_images] if calib_set is not None else []
+    log(f"accuracy budget measured on {len(frames)} images"
+        + (f" of {cfg.budget_dataset} {cfg.budget_split}" if labels is not None else " (calibration images)"))
+    return Evaluator(onnx.load(str(fp32_path)), manifest, frames, labels, classes, ignore)
+
+
+def apply_budget(cfg: Any, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],
+                 log: Log) -> dict[str, Any]:
+    """Keep the most sensitive layers of ``int8_path`` in high precision until the budget holds; rewrites the
+    graph in place and writes the sensitivity ranking (``.sensitivity.md`` / ``.png``) beside it."""
+    res = fit_budget(onnx.load(str(int8_path)), onnx.load(str(fp32_path)), evaluator, cfg.min_agreement,
+                     cfg.max_miou_drop, log)
+    with atomic_path(int8_path) as tmp:
+        onnx.save(res.model, str(tmp))
+    if res.ranking is not None:
+        stem = int8_path.with_suffix("")
+        write_ranking(res.ranking, Path(f"{stem}.sensitivity.md"), Path(f"{stem}.sensitivity.png"))
+    final = res.final
+    log(f"budget {res.budget}: {'met' if res.met else 'NOT met'} with {len(res.kept)} layer(s) kept in high "
+        f"precision; agreement {final['agreement']:.3f} %" + (f", mIoU {final['miou']:.2f} (FP32 "
+                                                               f"{res.reference['miou']:.2f})" if final["miou"] is not None else "")
+        + f"; INT8 share of compute {res.int8_share_pct:.1f} %")
+    if not res.met:
+        warnings.append(f"{int8_path.name}: the accuracy budget {res.budget} is not met even with every helpful "
+                        "layer kept in high precision")
+    return res.record()

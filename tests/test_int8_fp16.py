@@ -144,6 +144,7 @@ def test_keeping_every_layer_in_high_precision_gives_back_the_fp32_graph(graphs)
     assert all_fp16["agreement"] > 99.5 and all_fp16["rel_l2"] < 0.01 < all_int8["rel_l2"]
 
 
+@pytest.mark.slow
 def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path):
     from danet_edge.sensitivity import fit_budget, rank_layers, write_ranking
 
@@ -165,6 +166,7 @@ def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path)
     assert ranking.layers[0].name in (tmp_path / "s.md").read_text() and (tmp_path / "s.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_export_applies_the_budget_and_records_it(tiny_checkpoint, tmp_path, graphs):
     import json
 
