@@ -221,7 +221,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     session = _ort_session(graph)
     got = _run(session, manifest, frames)
     with torch.no_grad():
-        ref = torch.cat([model(torch.from_numpy(x)) for x in model_inputs(frames, replace(manifest, input_dtype="float32"))]
+        ref = torch.cat([model(torch.from_numpy(x)) for x in model_inputs(frames, manifest, fused=False)]
                         ).numpy()[:len(frames)]
     if fused_io:
         agree = float((got == ref.argmax(1)).mean())

@@ -126,11 +126,12 @@ def _stack(chunk: list[np.ndarray]) -> np.ndarray:
     return np.stack(chunk)
 
 
-def model_inputs(frames: Sequence[np.ndarray], manifest: Any) -> list[np.ndarray]:
+def model_inputs(frames: Sequence[np.ndarray], manifest: Any, fused: bool | None = None) -> list[np.ndarray]:
     """Frames ``(H, W, 3) uint8 RGB`` as a static-shape graph's input batches (``manifest``: its image_size,
     batch_size, input_dtype, mean, std): uint8 ``(N, h, w, 3)`` for fused I/O, else normalised
-    ``(N, 3, h, w)`` float32; the last batch padded (:func:`static_batches`)."""
-    fused = manifest.input_dtype == "uint8"
+    ``(N, 3, h, w)`` float32; the last batch padded (:func:`static_batches`). ``fused=False`` gives the
+    normalised form even for a fused-I/O manifest (the PyTorch reference's input)."""
+    fused = manifest.input_dtype == "uint8" if fused is None else fused
     fitted = [resize_image(f, tuple(manifest.image_size)) for f in frames]
     return [b if fused else normalize(b, manifest.mean, manifest.std)
             for b, _ in static_batches(fitted, manifest.batch_size)]
