@@ -106,3 +106,12 @@ def import_modelopt() -> ModuleType:
     except ImportError as e:
         raise MissingDependencyError(
             f"modelopt is not installed: `pip install nvidia-modelopt` ({e})") from None
+
+
+def import_openvino() -> ModuleType:
+    """``openvino`` (the optional CPU runtime), or MissingDependencyError with the install line."""
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as e:
+        raise MissingDependencyError("the openvino backend needs OpenVINO: pip install 'danet-edge[openvino]' "
+                                     f"({e.__class__.__name__}: {e})") from None

@@ -36,7 +36,7 @@ def test_suffix_table_and_override(tmp_path):
     for bad in ("m.ONNX", "m.onnx.json", "model"):
         with pytest.raises(ConfigError, match=r"\.onnx \(onnxruntime\)"):
             backend_for(bad)
-    with pytest.raises(ConfigError, match="torch, onnxruntime, tensorrt"):
+    with pytest.raises(ConfigError, match="torch, onnxruntime, openvino, tensorrt"):
         backend_for("m.onnx", backend="tflite")
     assert set(BACKENDS.values()) == {"torch", "onnxruntime", "tensorrt"}
 
@@ -137,3 +137,23 @@ def test_import_does_not_pull_optional_packages():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_openvino_backend_runs_the_same_graphs(tmp_path, tiny_checkpoint):
+    """One more row of the backend table: the same .onnx through OpenVINO (by name; .onnx stays ORT's)."""
+    pytest.importorskip("openvino")
+    from _runtime_helpers import export_tiny, random_frames
+
+    from danet_edge.errors import ConfigError
+    from danet_edge.runtime.backends import backend_for, open_backend, segment_frames
+
+    path = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
+    frames = list(random_frames(3, 64, 96))
+    with open_backend(path, backend="openvino", threads=1) as ov, open_backend(path, threads=1) as ort_:
+        assert ov.name == "openvino" and "f32" in ov.provider and backend_for(path) == "onnxruntime"
+        a, b = segment_frames(ov, frames), segment_frames(ort_, frames)
+        assert all((x == y).mean() > 0.999 for x, y in zip(a, b))  # FP32 graph, f32 inference precision
+        pa, pb = ov.predict(np.stack(frames[:1])), ort_.predict(np.stack(frames[:1]))
+        assert np.abs(pa.logits - pb.logits).max() < 1e-3 * np.abs(pb.logits).max()
+    with pytest.raises(ConfigError, match="providers"):
+        open_backend(path, backend="openvino", providers=["cpu"])

@@ -178,6 +178,9 @@ register_backend(BackendSpec("torch", (".pt", ".pth"), "danet_edge.runtime.torch
                              ("device", "image_size", "batch"), "PyTorch eager FP32 (checkpoints)"))
 register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_backend:OnnxRuntimeBackend",
                              ("providers", "threads"), "ONNX Runtime (FP32, FP16, INT8 Q/DQ graphs)"))
+register_backend(BackendSpec("openvino", (), "danet_edge.runtime.openvino_backend:OpenVinoBackend",
+                             ("threads", "inference_precision"),
+                             "OpenVINO on the CPU (the same .onnx graphs; --backend openvino)"))
 register_backend(BackendSpec("tensorrt", (".engine", ".plan"), "danet_edge.runtime.trt_backend:TensorRTBackend",
                              ("cuda_backend",), "TensorRT engine (built on this device)"))
 

@@ -1,0 +1,100 @@
+"""CPU runtimes side by side: the same ONNX files on ONNX Runtime and OpenVINO, beside PyTorch eager FP32.
+
+DANet (random weights unless ``--checkpoint``) exported to FP32 and to the cpu-target INT8 graph (uint8
+activations, int8 per-channel weights), with and without quantized attention MatMuls; every entry timed
+in one run, alternating, with the same thread count, medians of ``--runs``. Answers issue 9's question:
+which CPU runtime is the honest fast route, and how far INT8 goes against eager FP32.
+
+Run: ``nice -n 10 .venv/bin/python benchmarks/cpu_runtimes.py [--backbone resnet50] [--size 256 512]
+[--threads 2] [--runs 7] [--out runs/cpu_runtimes]`` (needs ``pip install openvino`` for its rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_table import random_checkpoint  # noqa: E402
+
+from danet_edge.calib import fill_calib_dir, load_calibration_set  # noqa: E402
+from danet_edge.export import ExportConfig, export_model  # noqa: E402
+from danet_edge.runtime.backends import open_backend, segment_frames  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="resnet50")
+    ap.add_argument("--size", type=int, nargs=2, default=(256, 512))
+    ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: random weights)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--calib", type=int, default=8, help="calibration images (synthetic scenes)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_runtimes")
+    args = ap.parse_args()
+    out, size = args.out, tuple(args.size)
+    ckpt = args.checkpoint or out / f"{args.backbone}_{size[0]}x{size[1]}.pt"
+    if not ckpt.is_file():
+        random_checkpoint(ckpt, args.backbone, size, 19)
+    calib = out / "calib"
+    if not (calib / "calib.txt").is_file():
+        fill_calib_dir("synthetic", None, args.calib, calib)
+    graphs = {"fp32": out / "plain" / "model.onnx", "int8 cpu": out / "plain" / "model_int8_cpu.onnx",
+              "int8 cpu + attention": out / "att" / "model_int8_cpu.onnx"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not graphs["int8 cpu"].is_file():
+            export_model(ckpt, ExportConfig(imgsz=size, int8=True, target="cpu", calib=calib, out=out / "plain",
+                                            verify_images=1), log=print)
+        if not graphs["int8 cpu + attention"].is_file():
+            export_model(ckpt, ExportConfig(imgsz=size, int8=True, target="cpu", calib=calib, out=out / "att",
+                                            include_attention=True, verify_images=1), log=print)
+    frame = np.asarray(next(load_calibration_set(calib).frames()))
+    entries = [("PyTorch eager FP32", ckpt, "torch", {"image_size": size})]
+    for name, path in graphs.items():
+        entries.append((f"ONNX Runtime {name}", path, "onnxruntime", {"threads": args.threads}))
+        entries.append((f"OpenVINO {name}", path, "openvino", {"threads": args.threads}))
+        entries.append((f"OpenVINO {name}, bf16 outside INT8", path, "openvino",
+                        {"threads": args.threads, "inference_precision": "bf16"}))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    opened, refs = {}, {}
+    for label, path, backend, opts in entries:
+        try:
+            opened[label] = open_backend(path, backend=backend, **opts)
+        except Exception as e:  # noqa: BLE001 - a missing runtime is a row, not a crash
+            print(f"{label}: skipped ({e})")
+    for label, b in opened.items():
+        refs[label] = segment_frames(b, [frame])[0]
+        segment_frames(b, [frame])  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in opened}
+    for _ in range(args.runs):  # alternate so drift in machine load hits every entry alike
+        for label, b in opened.items():
+            t0 = time.perf_counter()
+            segment_frames(b, [frame])
+            times[label].append(time.perf_counter() - t0)
+    base = statistics.median(times["PyTorch eager FP32"]) if "PyTorch eager FP32" in times else None
+    ref = refs.get("PyTorch eager FP32")
+    print(f"\n{args.backbone} {size[0]}x{size[1]}, batch 1, {args.threads} threads, median of {args.runs} "
+          f"(alternating), agreement with PyTorch on one synthetic scene\n")
+    print("| entry | runs on | p50 ms | vs eager FP32 | agreement % |\n|---|---|---|---|---|")
+    for label, b in opened.items():
+        med = statistics.median(times[label]) * 1e3
+        agree = 100.0 * float((refs[label] == ref).mean()) if ref is not None else float("nan")
+        speed = f"{base * 1e3 / med:.2f}x" if base else "-"
+        print(f"| {label} | {b.provider} | {med:.0f} | {speed} | {agree:.2f} |")
+        b.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""OpenVINO backend: the same ONNX graphs (FP32, FP16, INT8 Q/DQ) on Intel OpenVINO's CPU plugin
+(row ``openvino`` of the table; ``--backend openvino``; ``pip install 'danet-edge[openvino]'``).
+
+OpenVINO reads the ONNX file directly and runs Q/DQ graphs with its low-precision transformations
+(INT8 kernels where the CPU has VNNI / AMX); on a 2-core AVX-512 VNNI machine it ran DANet R-50 faster
+than ONNX Runtime (NOTES.md, issue 9). The graph's precision is read from the graph, as for ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._optional import import_openvino
+from ..errors import ConfigError, DataError, ManifestError
+from ..manifest import read_manifest
+from .ort_backend import OnnxRuntimeBackend
+
+__all__ = ["OpenVinoBackend"]
+
+
+class OpenVinoBackend(OnnxRuntimeBackend):
+    """An ONNX graph compiled by OpenVINO for the CPU.
+
+    Args:
+        path: ``.onnx`` file with its ``.onnx.json`` manifest.
+        threads: CPU inference threads (0: OpenVINO's default, all cores).
+        inference_precision: ``f32`` (default: what the graph says is what runs) or ``bf16``. OpenVINO's own
+            default on CPUs with AVX-512 BF16 / AMX is bf16, which runs an "FP32" graph in bf16: DANet R-50
+            256x512 on this project's CPU took 541 ms so against 1073 ms in f32 (NOTES.md, issue 9). Opt in
+            here, and the provider string says it.
+
+    Raises:
+        MissingDependencyError: openvino is not installed. DataError: OpenVINO cannot read or compile it.
+        ManifestError: the graph's input or output differs from the manifest.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 0,
+                 inference_precision: str = "f32") -> None:  # noqa: D107 - see class
+        if inference_precision not in ("f32", "bf16"):
+            raise ConfigError(f"inference precision must be f32 or bf16, got {inference_precision!r}")
+        ov = import_openvino()
+        path = Path(path)
+        self.manifest = read_manifest(path)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": inference_precision}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            raise DataError(f"{path}: OpenVINO cannot compile it ({str(e).splitlines()[0][:300]})") from None
+        self.provider = f"OpenVINO {ov.__version__.split('-')[0]} CPU ({inference_precision} inference precision)"
+        self.session = None
+        self._check_ports(path)
+
+    def _check_ports(self, path: Path) -> None:
+        m = self.manifest
+        ins, outs = self.compiled.inputs, self.compiled.outputs
+        if len(ins) != 1 or len(outs) != 1:
+            raise ManifestError(f"{path}: graph has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1")
+        for what, port, name, shape in (("input", ins[0], m.input_name, m.input_shape),
+                                        ("output", outs[0], m.output_name, m.output_shape)):
+            if port.get_any_name() != name or list(port.get_shape()) != list(shape):
+                raise ManifestError(f"{path}: graph {what} {port.get_any_name()!r} {list(port.get_shape())} differs "
+                                    f"from the manifest's {name!r} {shape}")
+        self._in_dtype = np.uint8 if m.input_dtype == "uint8" else np.float32
+
+    def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        x = self._model_input(images).astype(self._in_dtype, copy=False)
+        out = np.asarray(self.compiled(x)[0])
+        if self.manifest.output_kind == "labels":
+            return out.astype(np.int64, copy=False), None
+        logits = out.astype(np.float32, copy=False)
+        return logits.argmax(1), logits
+
+    def close(self) -> None:
+        self.compiled = None
