@@ -146,11 +146,16 @@ class OnnxRuntimeBackend(_BaseBackend):
         x = self._model_input(images)
         if x.dtype != self._in_dtype:
             x = x.astype(self._in_dtype)
-        (out,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: x})
+        out = self._run(x)
         if self.manifest.output_kind == "labels":
             return out.astype(np.int64, copy=False), None
         logits = out.astype(np.float32, copy=False)
         return logits.argmax(1), logits
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        """The graph's one output for input batch ``x`` (what a runtime subclass replaces)."""
+        (out,) = self.session.run([self.manifest.output_name], {self.manifest.input_name: x})
+        return out
 
     def close(self) -> None:
         self.session = None
