@@ -23,8 +23,10 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .choices import CALIB_METHODS, OPSET_RANGE, TARGETS
+from .choices import CALIB_METHODS, DATASETS, OPSET_RANGE, SPLITS, TARGETS
 from .errors import ConfigError
+from .manifest import PRECISIONS
+from .recipes import get_recipe
 
 __all__ = ["Config", "ModelConfig", "TrainConfig", "ExportConfig", "CheckConfig", "check_range", "check_choice",
            "CALIB_DIR", "CALIB_IMAGES", "EXPORT_DIR"]
@@ -203,8 +205,6 @@ class TrainConfig(Config):
     quiet: bool = False
 
     def validate(self) -> None:
-        from .choices import DATASETS
-
         check_choice("data set", self.dataset, DATASETS)
         if self.dataset != "synthetic" and not self.data_root:
             raise ConfigError(f"--data is required for data set {self.dataset!r}")
@@ -305,9 +305,6 @@ class ExportConfig(Config):
     budget_images: int = 16
 
     def validate(self) -> None:
-        from .choices import DATASETS, SPLITS
-        from .recipes import get_recipe
-
         check_range("--batch", self.batch, 1, 64)
         check_choice("--target", self.target, TARGETS)
         check_range("--opset", self.opset, max(11, OPSET_RANGE[0]), OPSET_RANGE[1])
@@ -371,8 +368,6 @@ class CheckConfig(Config):
     backend: str | None = None
 
     def validate(self) -> None:
-        from .manifest import PRECISIONS
-
         check_range("limit", self.limit, 1, optional=True)
         check_range("pictures", self.pictures, 0, 64)
         unknown = set(self.thresholds) - set(PRECISIONS)

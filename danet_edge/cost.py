@@ -244,17 +244,19 @@ def _essential_bytes(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]])
     return sum(_numel(info.get(n, (0, []))[1]) * _ITEMSIZE.get(info.get(n, (0, []))[0], 4) for n in set(names))
 
 
-def graph_cost(model: onnx.ModelProto, targets: dict[str, GpuTarget] | None = None) -> GraphCost:
+def graph_cost(model: onnx.ModelProto, targets: dict[str, GpuTarget] | None = None,
+               inferred: tuple[onnx.GraphProto, dict[str, tuple[int, list[int]]]] | None = None) -> GraphCost:
     """FLOPs and bytes per node and by precision for a static-shape graph, with latency bounds.
 
     Args:
         model: an ONNX model with static input shapes (as ``danet-edge export`` writes).
         targets: GPUs to bound latency on (default :data:`JETSON_TARGETS`).
+        inferred: ``tensor_info(model)`` when the caller has it already (shape inference runs once).
 
     Returns:
         GraphCost; nodes whose shapes cannot be inferred count 0 FLOPs (none in DANet graphs).
     """
-    g, info = tensor_info(model)
+    g, info = inferred or tensor_info(model)
     prec = node_precisions(g, info)
     producer = {o: n for n in g.node for o in n.output}
     nodes = [NodeCost(n.name, n.op_type, prec[n.name], _flops(n, info), _bytes(n, info, producer)) for n in g.node]

@@ -47,7 +47,7 @@ from .manifest import Manifest, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
 from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
-from .sensitivity import apply_budget, budget_evaluator
+from .sensitivity import apply_budget, budget_images
 from .frames import model_inputs
 from .trtcheck import enforce_tensorrt_compat
 from .utils import atomic_path
@@ -299,6 +299,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     if calib_dir is not None:
         count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else cfg.verify_images)
         calib_set = load_calibration_set(calib_dir, count, cfg.seed)
+    budget_set = budget_images(cfg, calib_set, len(loaded.data["classes"]))
     build_engine = _engine_builder() if cfg.engine else None
     out_dir = Path(cfg.out) if cfg.out is not None else EXPORT_DIR / ckpt.stem
     warnings: list[str] = []
@@ -324,7 +325,9 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
     ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
 
-    evaluator = budget_evaluator(cfg, fp32.path, fp32.manifest, calib_set, log)
+    evaluator = budget_set.evaluator(fp32.path, fp32.manifest) if budget_set is not None else None
+    if budget_set is not None:
+        log(f"accuracy budget measured on {budget_set.source}")
     calibration = None
     options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
                "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}

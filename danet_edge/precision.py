@@ -335,7 +335,7 @@ def precision_report(model: onnx.ModelProto, cost: bool = True) -> PrecisionRepo
     conv = by_op.get("Conv", {})
     precision = "int8" if conv.get("int8") else "fp16" if conv.get("fp16") else "fp32"
     return PrecisionReport(counts, by_op, islands, quantized, not_quantized, [q for q in quantized if q in att],
-                           precision, graph_cost(model).to_dict() if cost else None)
+                           precision, graph_cost(model, inferred=(g, info)).to_dict() if cost else None)
 
 
 def verify_precision(report: PrecisionReport, precision: str, include_attention: bool = False) -> None:

@@ -42,7 +42,8 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .progress import track
 from .utils import atomic_path, read_json, write_json
 
-__all__ = ["Int8Result", "quantize_int8", "calibration_chunk", "CALIB_CHUNK", "residual_adds", "HIGH_PRECISIONS"]
+__all__ = ["Int8Result", "quantize_int8", "calibration_chunk", "CALIB_CHUNK", "residual_adds", "HIGH_PRECISIONS",
+           "drop_unread_qdq"]
 
 #: What the part of an INT8 graph outside the Q/DQ runs at: ``fp16`` (TensorRT target default: under
 #: strong typing an op left FP32 runs FP32) or ``fp32``.
@@ -341,15 +342,19 @@ def _drop_main_branch_qdq(model: onnx.ModelProto, residual: dict[str, int]) -> N
         if q is None or q.op_type != "QuantizeLinear":
             continue
         n.input[idx] = q.input[0]
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    changed = True
-    while changed:  # drop Q/DQ nodes nobody reads any more
-        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in used for o in n.output)]
+    drop_unread_qdq(g)
+
+
+def drop_unread_qdq(g: onnx.GraphProto) -> None:
+    """Remove QuantizeLinear / DequantizeLinear nodes whose output nothing reads (repeated: a DQ gone can
+    leave its Q unread), after a pass rewired their readers."""
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
+        if not dead:
+            return
         for n in dead:
             g.node.remove(n)
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        changed = bool(dead)
 
 
 def _qdq_scales(model: onnx.ModelProto) -> dict[str, np.ndarray]:

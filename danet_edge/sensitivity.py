@@ -32,10 +32,11 @@ from .cost import WEIGHTED_OPS, graph_cost
 from .errors import ConfigError
 from .utils import atomic_path
 from .frames import model_inputs
+from .quantize import drop_unread_qdq
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "BudgetResult", "Evaluator", "quantized_layers",
            "keep_high_precision", "rank_layers", "fit_budget", "format_ranking", "write_ranking",
-           "budget_evaluator", "apply_budget"]
+           "BudgetImages", "budget_images", "apply_budget"]
 
 Log = Callable[[str], None]
 
@@ -197,7 +198,7 @@ def keep_high_precision(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Seq
         g.initializer.append(numpy_helper.from_array(w, wname))
         n.input[0], n.input[1] = activation, wname
     _bypass_orphan_qdq(model)
-    _drop_unread_qdq(g)
+    drop_unread_qdq(g)
     return model
 
 
@@ -224,16 +225,6 @@ def _bypass_orphan_qdq(model: onnx.ModelProto) -> None:
             continue
         for r in readers.get(dq.output[0], []):
             r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
-
-
-def _drop_unread_qdq(g: onnx.GraphProto) -> None:
-    while True:
-        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.output[0] not in used]
-        if not dead:
-            return
-        for n in dead:
-            g.node.remove(n)
 
 
 def rank_layers(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluator,
@@ -342,33 +333,45 @@ def write_ranking(report: SensitivityReport, md_path: Any, png_path: Any | None 
     plt.close(fig)
 
 
-def budget_evaluator(cfg: Any, fp32_path: Path, manifest: Any, calib_set: Any, log: Log) -> "Evaluator | None":
-    """An :class:`Evaluator` on the images ``export``'s accuracy budget is measured on (``cfg``: an
-    ``config.ExportConfig``): a labelled data set when given, else the calibration images; None without
-    a budget.
+@dataclass
+class BudgetImages:
+    """The images an accuracy budget is measured on: ``frames`` ``(H, W, 3) uint8``, ``labels`` ``(H, W)``
+    (None: agreement only), the data set's class count and ignore index, and a line saying what they are."""
+
+    frames: list[np.ndarray]
+    labels: list[np.ndarray] | None
+    num_classes: int | None
+    ignore_index: int
+    source: str
+
+    def evaluator(self, fp32_path: Path, manifest: Any) -> Evaluator:
+        """An :class:`Evaluator` of these images against the FP32 graph at ``fp32_path``."""
+        return Evaluator(onnx.load(str(fp32_path)), manifest, self.frames, self.labels, self.num_classes,
+                         self.ignore_index)
+
+
+def budget_images(cfg: Any, calib_set: Any, num_classes: int) -> BudgetImages | None:
+    """The images ``export``'s accuracy budget is measured on (``cfg``: a ``config.ExportConfig``): a labelled
+    data set when given, else the calibration images; None without a budget. Read before anything is
+    written, so a bad data set leaves the output folder alone.
 
     Raises:
-        ConfigError: a data set whose class count is not the model's. DataError: unreadable data.
+        ConfigError: a data set whose class count is not the model's (``num_classes``). DataError: unreadable data.
     """
     if cfg.min_agreement is None and cfg.max_miou_drop is None:
         return None
-
-    labels, classes, ignore = None, None, 255
-    if cfg.budget_dataset is not None:
-        from .data import build_dataset  # torch: export has it already
-
-        ds = build_dataset(cfg.budget_dataset, cfg.budget_data, cfg.budget_split, cfg.budget_images)
-        items = [ds[i] for i in range(len(ds))]
-        frames, labels = [x[0] for x in items], [x[1] for x in items]
-        classes, ignore = ds.info.num_classes, ds.info.ignore_index
-        if classes != len(manifest.classes):
-            raise ConfigError(f"--budget-dataset {cfg.budget_dataset} has {classes} classes, the model "
-                              f"{len(manifest.classes)}")
-    else:
+    if cfg.budget_dataset is None:
         frames = list(calib_set.frames())[:cfg.budget_images] if calib_set is not None else []
-    log(f"accuracy budget measured on {len(frames)} images"
-        + (f" of {cfg.budget_dataset} {cfg.budget_split}" if labels is not None else " (calibration images)"))
-    return Evaluator(onnx.load(str(fp32_path)), manifest, frames, labels, classes, ignore)
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} calibration images")
+    from .data import build_dataset  # torch: export has it already
+
+    ds = build_dataset(cfg.budget_dataset, cfg.budget_data, cfg.budget_split, cfg.budget_images)
+    if ds.info.num_classes != num_classes:
+        raise ConfigError(f"--budget-dataset {cfg.budget_dataset} has {ds.info.num_classes} classes, the model "
+                          f"{num_classes}")
+    items = [ds[i] for i in range(len(ds))]
+    return BudgetImages([x[0] for x in items], [x[1] for x in items], num_classes, ds.info.ignore_index,
+                        f"{len(items)} images of {cfg.budget_dataset} {cfg.budget_split}")
 
 
 def apply_budget(cfg: Any, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],

@@ -206,3 +206,15 @@ def test_a_bias_shared_by_two_convs_does_not_hide_a_projection_shortcut():
     g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
     assert residual_adds(helper.make_model(g)) == {"add": 1}  # conv3 (input 1) is the main branch
+
+
+def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_checkpoint, tmp_path, graphs):
+    from danet_edge.config import ExportConfig
+    from danet_edge.errors import ConfigError
+    from danet_edge.export import export_model
+
+    cfg = ExportConfig(int8=True, calib=graphs["cs"].root, out=tmp_path / "out", max_miou_drop=0.3,
+                       budget_dataset="synthetic", budget_images=2)  # 8 classes; the checkpoint has 5
+    with pytest.raises(ConfigError, match="has 8 classes, the model 5"):
+        export_model(tiny_checkpoint, cfg)
+    assert not (tmp_path / "out").exists()
