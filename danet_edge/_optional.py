@@ -1,19 +1,28 @@
 """Lazy imports of the optional heavy packages, in one place.
 
 ``import danet_edge`` (and every other module of the package at import time) never imports
-tensorrt, pycuda, cuda-python or modelopt; code that needs one calls the function here when it
-runs, and gets a :class:`~danet_edge.errors.MissingDependencyError` that names what to install.
+tensorrt, pycuda, cuda-python, modelopt, PyTorch, OpenCV, ONNX Runtime or matplotlib; code that needs
+one calls the function here when it runs, and gets a :class:`~danet_edge.errors.MissingDependencyError`
+(one line, exit code 4 on the command line) that names what to install.
+
+The device runtime (``build``, ``infer``, ``check``, ``bench`` on ``.onnx`` / ``.engine``) is the base
+install; the rest comes in extras (``[ort]``, ``[video]``, ``[export]``, ``[train]``, ``[plot]``, ``[all]``).
+On a Jetson, PyTorch, onnxruntime-gpu, OpenCV (with GStreamer) and TensorRT come from NVIDIA / JetPack:
+the hints say to keep those (a venv made with ``--system-site-packages``) rather than let pip replace them.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import Any
 
 from .errors import MissingDependencyError
 
-__all__ = ["CUDA_PYTHON_HINT", "import_tensorrt", "import_cuda_backend", "import_cuda", "import_modelopt", "tensorrt_version"]
+__all__ = ["CUDA_PYTHON_HINT", "import_tensorrt", "import_cuda_backend", "import_cuda", "import_modelopt", "tensorrt_version",
+           "import_openvino", "import_cv2", "import_onnxruntime", "import_torch", "import_matplotlib",
+           "missing_dependency"]
 
 # cuda-python 13.x needs a CUDA 13 driver, newer than JetPack 6's CUDA 12.6 (cuda-python release notes).
 CUDA_PYTHON_HINT = "`pip install 'cuda-python>=12,<13'` (JetPack 6, CUDA 12.x; cuda-python 13 needs CUDA 13 drivers)"
@@ -115,3 +124,138 @@ def import_openvino() -> ModuleType:
     except ImportError as e:
         raise MissingDependencyError("the openvino backend needs OpenVINO: pip install 'danet-edge[openvino]' "
                                      f"({e.__class__.__name__}: {e})") from None
+
+
+# ------------------------------------------------------------------ the workstation's packages
+# Each is optional for the device runtime. On a Jetson they come from NVIDIA (JetPack's apt OpenCV built
+# with GStreamer, NVIDIA's torch and onnxruntime-gpu wheels for JetPack 6): a pip install over them would
+# replace a CUDA / GStreamer build with a CPU-only one, hence "keep a venv with --system-site-packages".
+_KEEP_JETPACK = "keep a venv made with --system-site-packages so it sees them, and do not pip install over them"
+
+
+def _cached(name: str) -> ModuleType | None:
+    """The module when it is already imported (the hot path: frame loops call ``import_cv2`` per frame)."""
+    return sys.modules.get(name)
+
+
+def _why(e: BaseException) -> str:
+    """The import error in a few words, on one line."""
+    text = " ".join(str(e).split())
+    return f"{e.__class__.__name__}: {text[:200]}"
+
+
+def import_cv2() -> ModuleType:
+    """Return ``cv2`` (OpenCV from any source: pip's opencv-python(-headless), JetPack's python3-opencv...).
+
+    Needed to read images and videos, open cameras and GStreamer pipelines, resize frames and write the
+    overlay video; not needed to load or run a graph or an engine.
+
+    Raises:
+        MissingDependencyError: cv2 cannot be imported (one line: on a Jetson use JetPack's OpenCV; elsewhere
+            ``pip install 'danet-edge[video]'``; when the import failed on NumPy, says that JetPack's OpenCV
+            is built for NumPy 1.x).
+    """
+    mod = _cached("cv2")
+    if mod is not None:
+        return mod
+    try:
+        return importlib.import_module("cv2")
+    except ImportError as e:
+        numpy_abi = "numpy" in str(e).lower()
+        extra = ("; JetPack's OpenCV is built for NumPy 1.x: pip install 'numpy<2' in the venv" if numpy_abi else "")
+        raise MissingDependencyError(
+            "OpenCV is not importable: on a Jetson use JetPack's (sudo apt install python3-opencv; "
+            f"{_KEEP_JETPACK}); elsewhere pip install 'danet-edge[video]'{extra} ({_why(e)})") from None
+
+
+def import_onnxruntime() -> ModuleType:
+    """Return ``onnxruntime`` (provided by either the ``onnxruntime`` or the ``onnxruntime-gpu`` wheel).
+
+    Needed to run ``.onnx`` graphs (``--backend onnxruntime``), to verify exports and to quantize; not
+    needed for TensorRT engines.
+
+    Raises:
+        MissingDependencyError: onnxruntime cannot be imported (one line: on a Jetson install NVIDIA's
+            onnxruntime-gpu wheel for JetPack 6; elsewhere ``pip install 'danet-edge[ort]'``).
+    """
+    mod = _cached("onnxruntime")
+    if mod is not None:
+        return mod
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as e:
+        raise MissingDependencyError(
+            "ONNX Runtime is not importable (needed to run .onnx graphs; engines need only TensorRT): on a Jetson "
+            f"use NVIDIA's onnxruntime-gpu wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
+            f"pip install 'danet-edge[ort]' ({_why(e)})") from None
+
+
+def import_torch(purpose: str = "this command") -> ModuleType:
+    """Return ``torch`` (PyTorch from any source: PyPI, or NVIDIA's wheel for JetPack).
+
+    Args:
+        purpose: what needs it, named in the message (e.g. ``"the PyTorch reference"``).
+
+    Raises:
+        MissingDependencyError: torch cannot be imported (one line: the ``[train]`` / ``[export]`` extras,
+            or NVIDIA's wheel on a Jetson).
+    """
+    mod = _cached("torch")
+    if mod is not None:
+        return mod
+    try:
+        return importlib.import_module("torch")
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"PyTorch is not importable (needed for {purpose}; build, infer, check and bench on .onnx / .engine "
+            f"do not need it): on a Jetson use NVIDIA's torch wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
+            f"pip install 'danet-edge[train]' (train, eval) or 'danet-edge[export]' (export) ({_why(e)})") from None
+
+
+def import_matplotlib() -> ModuleType:
+    """Return ``matplotlib`` with the non-interactive ``Agg`` backend selected (plots are written as PNG).
+
+    Raises:
+        MissingDependencyError: matplotlib cannot be imported (``pip install 'danet-edge[plot]'``, or
+            ``sudo apt install python3-matplotlib`` on a Jetson).
+    """
+    mod = _cached("matplotlib")
+    if mod is None:
+        try:
+            mod = importlib.import_module("matplotlib")
+        except ImportError as e:
+            raise MissingDependencyError(
+                "matplotlib is not importable (needed only for the PNG plots; leave out --plot to skip them): "
+                f"pip install 'danet-edge[plot]' (on a Jetson also sudo apt install python3-matplotlib) ({_why(e)})"
+            ) from None
+    mod.use("Agg")
+    return mod
+
+
+def missing_dependency(exc: ImportError) -> MissingDependencyError | None:
+    """The one-line :class:`MissingDependencyError` for an ImportError of an optional package raised by a plain
+    ``import`` (the PyTorch stages import torch at module level), or None when ``exc`` is about something else.
+
+    The CLI's last resort, so that ``danet-edge train`` without PyTorch says which extra to install instead of
+    printing a traceback.
+
+    Args:
+        exc: the ImportError (its ``name`` is the module that could not be imported).
+    """
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    importer = {"torch": import_torch, "cv2": import_cv2, "onnxruntime": import_onnxruntime,
+                "matplotlib": import_matplotlib}.get(name)
+    if importer is not None:
+        try:
+            importer()
+        except MissingDependencyError as e:
+            return e
+        return None  # importable after all: a broken installation, not a missing one; keep the traceback
+    if name == "torchvision":
+        return MissingDependencyError(
+            "torchvision is not importable (training and export use it): on a Jetson use NVIDIA's torchvision "
+            f"built for its torch ({_KEEP_JETPACK}); elsewhere pip install 'danet-edge[train]' ({_why(exc)})")
+    if name == "onnxslim":
+        return MissingDependencyError(f"onnxslim is not installed (export simplifies the graph with it): "
+                                      f"pip install 'danet-edge[export]' ({_why(exc)})")
+    return None

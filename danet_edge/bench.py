@@ -1,4 +1,5 @@
-"""Speed benchmark of artifacts side by side with the PyTorch FP32 eager reference.
+"""Speed benchmark of artifacts side by side with the PyTorch FP32 eager reference (or, without one, with
+the FP32 artifact).
 
 What one entry measures (every backend through the same protocol, ``Backend.predict``):
 
@@ -14,8 +15,16 @@ What one entry measures (every backend through the same protocol, ``Backend.pred
   through ``/proc/self/clear_refs`` before each entry; elsewhere a psutil sampling thread) over
   the RSS before the artifact was opened, in MiB;
 * peak GPU memory, where a GPU exists: ``torch.cuda.max_memory_allocated`` for PyTorch entries,
-  the drop of free device memory (``torch.cuda.mem_get_info``) for others, in MiB;
-* speed-up: reference p50 / entry p50 at the same image size and batch.
+  the drop of free device memory for others (``torch.cuda.mem_get_info`` when torch is loaded, else
+  the CUDA API the TensorRT runner loaded; None when neither is there), in MiB;
+* speed-up: reference p50 / entry p50 at the same image size and batch. Without a ``reference``
+  checkpoint (the device runtime, where PyTorch may not even be installed) the first FP32 artifact
+  at each size and batch is the baseline instead (``speedup_baseline`` names it) and the report says
+  in ``notes`` that the PyTorch reference was not timed.
+
+PyTorch is imported only when a PyTorch entry is timed (``reference`` or a ``.pt`` artifact); OpenCV
+only to draw the synthetic input scenes (random noise at the artifact's size without it); matplotlib
+only for the plot (left out with a warning without it).
 
 On a busy CPU (load above the core count) PyTorch's OpenMP threads spin-wait for peers that are
 descheduled and one forward pass can take 50x longer; ONNX Runtime suffers far less. The report
@@ -41,8 +50,9 @@ from typing import Any
 import numpy as np
 
 from .bench_plot import write_plot
+from ._optional import import_matplotlib, import_torch
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, MissingDependencyError
 from .measure import MiB, PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
 from .preprocess import resize_image
 from .progress import track
@@ -58,7 +68,8 @@ class BenchConfig(Config):
     """Options of :func:`bench_artifacts`.
 
     Attributes:
-        reference: PyTorch checkpoint timed as the FP32 eager reference (None: no reference, no ratios).
+        reference: PyTorch checkpoint timed as the FP32 eager reference (None: not timed; speed-ups are then
+            relative to the first FP32 artifact at the same size and batch).
         warmup: untimed runs before timing (>= 0). runs: timed runs (>= 1).
         batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
             run at their own batch. None: the artifacts' batches.
@@ -66,7 +77,8 @@ class BenchConfig(Config):
         device: torch device for PyTorch entries (None: CUDA when available, else CPU).
         gpu_variants: time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).
         check_json: a ``danet-edge check`` JSON whose mIoU the plot uses.
-        json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there.
+        json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there (the plot is
+            left out, with a warning, when matplotlib is not installed).
         seed: seed of the synthetic input scenes.
     """
 
@@ -83,6 +95,7 @@ class BenchConfig(Config):
     seed: int = 0
 
     def validate(self) -> None:
+        """Raises ConfigError for negative warm-up, no timed runs, batch sizes or threads below 1."""
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError(f"need warmup >= 0 and runs >= 1, got {self.warmup} and {self.runs}")
         if self.batches is not None:
@@ -114,6 +127,7 @@ class BenchEntry:
     host_peak_mib: float | None = None
     gpu_peak_mib: float | None = None
     speedup_vs_reference: float | None = None
+    speedup_baseline: str | None = None  # the entry speedup_vs_reference divides by (the reference, or an FP32 artifact)
     is_reference: bool = False
     timing: str = "perf_counter around predict() (host arrays in and out)"
     agreement: float | None = None
@@ -124,29 +138,32 @@ class BenchEntry:
 
 @dataclass
 class BenchReport:
-    """All entries plus the machine they ran on."""
+    """All entries plus the machine they ran on; ``notes`` say how to read them (e.g. what the speed-up is
+    relative to), ``warnings`` what may distort them."""
 
     machine: dict[str, Any]
     config: dict[str, Any]
     entries: list[BenchEntry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     json_path: str | None = None
     plot_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready dicts and lists."""
         return asdict(self)
 
 
 # ---------------------------------------------------------------------------------- inputs
 def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
-    """``(n, h, w, 3) uint8`` synthetic street scenes (random noise if the generator is absent)."""
+    """``(n, h, w, 3) uint8`` synthetic street scenes (random noise at ``size`` without OpenCV, which draws them)."""
+    from .synthetic import render_scene
+
     try:
-        from .synthetic import render_scene
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        return rng.integers(0, 256, (n, *size, 3), dtype=np.uint8)
-    out = [render_scene(np.random.default_rng([seed, i]), 2 * size[0], 2 * size[1])[0] for i in range(n)]
-    return np.stack([resize_image(im, size) for im in out])
+        out = [render_scene(np.random.default_rng([seed, i]), 2 * size[0], 2 * size[1])[0] for i in range(n)]
+        return np.stack([resize_image(im, size) for im in out])
+    except MissingDependencyError:  # no OpenCV on this device: timing needs pixels, not pictures
+        return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------------------------- timing
@@ -279,6 +296,25 @@ def _check_mious(path: Path | None) -> dict[str, float]:
             if isinstance(a, dict) and "path" in a and "miou" in a}
 
 
+def _relative_to_fp32(entries: list[BenchEntry]) -> str:
+    """Without a reference: speed-ups relative to the first timed FP32 artifact at each (size, batch);
+    returns the note that says so (and that the PyTorch reference was not timed)."""
+    baselines: dict[tuple[tuple[int, ...], int], BenchEntry] = {}
+    for e in entries:
+        if e.latency_p50_ms is not None and e.precision == "fp32":
+            baselines.setdefault((tuple(e.image_size), e.batch), e)
+    for e in entries:
+        base = baselines.get((tuple(e.image_size), e.batch))
+        if base is not None and e.latency_p50_ms is not None:
+            e.speedup_vs_reference = base.latency_p50_ms / e.latency_p50_ms
+            e.speedup_baseline = base.name
+    note = "PyTorch reference not timed here (no --reference checkpoint)"
+    if not baselines:
+        return note + ": no FP32 artifact among these either, so no speed-up is given"
+    names = ", ".join(sorted({b.name for b in baselines.values()}))
+    return note + f": speed-up is relative to the FP32 artifact {names} (same size and batch)"
+
+
 def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfig | None = None) -> BenchReport:
     """Time every artifact, and the PyTorch FP32 eager reference when ``cfg.reference`` is set.
 
@@ -291,8 +327,13 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
         ``speedup_vs_reference`` filled where a reference ran at the same size and batch. Writes
         the JSON and the plot when their paths are set.
 
+    Without ``cfg.reference`` the PyTorch reference is not timed (PyTorch is not even imported unless a
+    ``.pt`` artifact is in the list): the first FP32 artifact at each size and batch is the baseline of the
+    speed-ups, and ``report.notes`` says so.
+
     Raises:
         ConfigError: no artifacts, missing file, bad options; plus what ``open_backend`` raises.
+        MissingDependencyError: a reference or ``.pt`` artifact is given and PyTorch is not installed.
     """
     cfg = cfg or BenchConfig()
     cfg.validate()
@@ -302,10 +343,9 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     for p in [*paths, *([Path(cfg.reference)] if cfg.reference else [])]:
         if not p.is_file():
             raise ConfigError(f"{p}: file not found")
-    try:
-        import torch
-    except ImportError:  # the device runtime without PyTorch: no torch threads to set or restore
-        return _bench(paths, cfg)
+    if cfg.reference is None and not any(backend_spec(p).name == "torch" for p in paths):
+        return _bench(paths, cfg)  # no PyTorch entry: torch stays unimported (the device runtime)
+    torch = import_torch("timing the PyTorch reference (--reference) or a .pt checkpoint")
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -320,6 +360,15 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
 
     report = BenchReport(machine=machine_info(), config={k: (str(v) if isinstance(v, Path) else v)
                                                      for k, v in asdict(cfg).items()})
+    plot_path = cfg.plot_path
+    if plot_path is not None:
+        try:
+            import_matplotlib()
+        except MissingDependencyError:  # found before timing; the JSON and the table still come
+            # no "[plot]" in the text: a terminal that renders rich markup would swallow it
+            report.warnings.append(f"plot {plot_path} not written: matplotlib is not installed "
+                                   "(pip install matplotlib, i.e. the 'plot' extra of danet-edge)")
+            plot_path = None
     load = report.machine.get("load_average_1_5_15min")
     if load and load[0] > (os.cpu_count() or 1):
         advice = "" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else \
@@ -367,6 +416,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             e, labels = _time_backend(f"pytorch-fp32-eager (reference) {size[0]}x{size[1]}", Path(cfg.reference),
                                       cfg, b, size=size, is_reference=True)
             e.speedup_vs_reference = 1.0
+            e.speedup_baseline = e.name
             e.agreement = 100.0  # by definition
             ref_entries[(size, b)] = (e, labels)
             report.entries.append(e)
@@ -376,6 +426,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
         ref = ref_entries.get((tuple(e.image_size), e.batch))
         if ref is not None:
             e.speedup_vs_reference = ref[0].latency_p50_ms / e.latency_p50_ms
+            e.speedup_baseline = ref[0].name
             e.agreement = 100.0 * float((labels == ref[1]).mean())
         e.miou = mious.get(str(p.resolve()))
         report.entries.append(e)
@@ -385,8 +436,10 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
     if cfg.reference is not None and mious:
         for e, _ in ref_entries.values():
             e.miou = mious.get(str(Path(cfg.reference).resolve()))
-    if cfg.plot_path is not None:
-        report.plot_path = str(write_plot(report, Path(cfg.plot_path)))
+    if cfg.reference is None:
+        report.notes.append(_relative_to_fp32(report.entries))
+    if plot_path is not None:
+        report.plot_path = str(write_plot(report, Path(plot_path)))
     if cfg.json_path is not None:
         report.json_path = str(cfg.json_path)
         write_json(cfg.json_path, report.to_dict())

@@ -16,10 +16,14 @@ __all__ = ["write_plot"]
 def write_plot(report: BenchReport, path: Path) -> Path:
     """Accuracy (mIoU from the check JSON, else agreement with the reference on the benchmark batch)
     against p50 latency, one point per timed entry; entries with neither are left out (listed in
-    the title). Writes a PNG atomically."""
-    import matplotlib
+    the title). Writes a PNG atomically.
 
-    matplotlib.use("Agg")
+    Raises:
+        MissingDependencyError: matplotlib is not importable (``pip install 'danet-edge[plot]'``).
+    """
+    from ._optional import import_matplotlib
+
+    import_matplotlib()  # selects the Agg backend
     import matplotlib.pyplot as plt
 
     timed = [e for e in report.entries if e.skipped is None and e.latency_p50_ms is not None]

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnx
 
+from ._optional import import_cv2
 from .choices import CALIB_METHODS
 from .errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
@@ -197,6 +197,7 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
             name = f"images/{n:05d}.png"
             image, _ = ds[i]
             with atomic_path(out / name) as tmp:
+                cv2 = import_cv2()
                 if not cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
                     raise DataError(f"cannot write {out / name}")
                 os.replace(str(tmp) + ".png", tmp)

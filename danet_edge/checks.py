@@ -183,15 +183,39 @@ class _Acc:
     worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
-def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str | os.PathLike[str],
-                    dataset: Any, cfg: CheckConfig | None = None) -> CheckReport:
-    """Check each artifact against the reference checkpoint on ``dataset``.
+@dataclass
+class _RefMeta:
+    """What the check needs to know of the reference, from a checkpoint's manifest or a bundle."""
+
+    num_classes: int
+    classes: list[str]
+    ignore_index: int
+    palette: list[list[int]]
+    source_checkpoint_sha256: str | None
+
+
+def _reference_kind(reference: Any) -> Any:
+    """A loaded ``reference.ReferenceBundle`` when ``reference`` is one (or its folder), else the checkpoint path."""
+    from .reference import ReferenceBundle, is_bundle, load_bundle
+
+    if isinstance(reference, ReferenceBundle):
+        return reference
+    if is_bundle(reference):
+        return load_bundle(reference)
+    return Path(reference)
+
+
+def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
+                    dataset: Any = None, cfg: CheckConfig | None = None) -> CheckReport:
+    """Check each artifact against the PyTorch reference on ``dataset``.
 
     Args:
         artifacts: paths of ``.pt``/``.onnx``/``.engine``/``.plan`` files, each with its manifest.
-        reference: the PyTorch checkpoint the artifacts were made from.
+        reference: the PyTorch checkpoint the artifacts were made from (run here, needs torch), or a reference
+            bundle (``reference.ReferenceBundle`` or its folder) that ``export`` wrote: its stored class maps
+            and logits are the reference and its images the data set (no torch needed).
         dataset: iterable of ``(image (H, W, 3) uint8 RGB, mask (H, W) int)`` with ``.info``
-            (``classes``, ``ignore_index``), as ``data.build_dataset`` returns.
+            (``classes``, ``ignore_index``), as ``data.build_dataset`` returns; must be None with a bundle.
         cfg: options; writes the JSON / Markdown report when their paths are set.
 
     Returns:
@@ -200,8 +224,9 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
         ``report.raise_for_failure()``.
 
     Raises:
-        ConfigError: no artifacts; DataError: empty or malformed data set, class count mismatch;
-        ManifestError / CheckpointError / EngineError from loading the artifacts.
+        ConfigError: no artifacts, a data set given with a bundle; DataError: empty or malformed data set or
+        bundle, class count mismatch; ManifestError: an artifact whose preprocessing or classes differ from
+        the bundle's; CheckpointError / EngineError from loading the artifacts.
     """
     cfg = cfg or CheckConfig()
     cfg.validate()
@@ -211,16 +236,31 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
     for p in paths:
         if not p.exists():
             raise ConfigError(f"artifact {p} not found")
-    reference = Path(reference)
+    ref_src = _reference_kind(reference)
+    bundle = None if isinstance(ref_src, Path) else ref_src
+    if bundle is not None:
+        if dataset is not None:
+            raise ConfigError("a reference bundle brings its own images: give no data set with it")
+        dataset = bundle
+    elif dataset is None:
+        raise ConfigError("checking against a checkpoint needs a data set")
     backends: list[Any] = []
     refs: dict[tuple[tuple[int, int], int], Any] = {}
     try:
         for p in paths:
             backends.append(_open_backend(p, cfg.backend))
+            if bundle is not None:
+                bundle.check_matches(backends[-1].manifest, p.name)
         keys = sorted({(b.manifest.image_size, b.manifest.batch_size) for b in backends})
-        for key in keys:
-            refs[key] = _open_reference(reference, *key)
-        ref_m = refs[keys[0]].manifest
+        if bundle is None:
+            for key in keys:
+                refs[key] = _open_reference(ref_src, *key)
+            m0 = refs[keys[0]].manifest
+            ref_m = _RefMeta(m0.num_classes, list(m0.classes), m0.ignore_index, m0.palette, m0.source_checkpoint_sha256)
+        else:
+            m0 = backends[0].manifest
+            ref_m = _RefMeta(len(bundle.info.classes), bundle.info.classes, bundle.info.ignore_index, m0.palette,
+                             bundle.meta.get("checkpoint_sha256"))
         k = ref_m.num_classes
         info = getattr(dataset, "info", None)
         ignore = int(info.ignore_index) if info is not None else ref_m.ignore_index
@@ -244,8 +284,11 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
                     batch = np.stack([resize_image(im, size) for _, im, _ in piece])
                     if n < bs:  # static batch: pad with the last frame, drop its outputs
                         batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
-                    ref_pred = refs[key].predict(batch)
-                    ref_logits, ref_labels = ref_pred.logits[:n], ref_pred.labels[:n]
+                    if bundle is not None:
+                        ref_logits, ref_labels = bundle.outputs([i for i, _, _ in piece])
+                    else:
+                        ref_pred = refs[key].predict(batch)
+                        ref_logits, ref_labels = ref_pred.logits[:n], ref_pred.labels[:n]
                     for (_, _, mask), lab in zip(piece, ref_labels):
                         ref_cms[key].update(resize_labels(lab, mask.shape), mask)
                     for j, b in enumerate(backends):
@@ -253,16 +296,17 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: str 
                             _accumulate(accs[j], b.predict(batch), n, piece, batch, ref_logits, ref_labels, cfg)
         if frames == 0:
             raise DataError("the evaluation set is empty")
+        labelled = bundle is None or bundle.labelled
         results = []
         for p, b, acc in zip(paths, backends, accs):
             key = (b.manifest.image_size, b.manifest.batch_size)
-            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg))
+            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled))
     finally:
         for b in [*backends, *refs.values()]:
             b.close()
 
-    report = CheckReport(reference=str(reference), dataset=str(getattr(info, "name", "") or ""), frames=frames,
-                         classes=classes, artifacts=results)
+    report = CheckReport(reference=str(getattr(bundle, "path", reference)),
+                         dataset=str(getattr(info, "name", "") or ""), frames=frames, classes=classes, artifacts=results)
     if cfg.report_dir is not None:
         write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir))
         report.markdown_path = str(Path(cfg.report_dir) / "report.md")
@@ -294,8 +338,8 @@ def _pct(x: float) -> float:
     return 100.0 * x if math.isfinite(x) else float("nan")
 
 
-def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: Manifest,
-            cfg: CheckConfig) -> ArtifactCheck:
+def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: _RefMeta,
+            cfg: CheckConfig, labelled: bool = True) -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
     th = thresholds_for(precision, m, cfg.thresholds)
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
@@ -306,7 +350,9 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         failures.append(f"manifest claims {m.precision} but the {source.split(' ')[0]} holds {precision}")
     if agreement < th.min_agreement:
         failures.append(f"agreement {agreement:.3f} % < {th.min_agreement} %")
-    if math.isnan(delta) or -delta > th.max_miou_drop:
+    if not labelled:
+        notes.append("the reference bundle has no labels: agreement and logit error only, no mIoU")
+    elif math.isnan(delta) or -delta > th.max_miou_drop:
         failures.append(f"mIoU drop {-delta:.3f} > {th.max_miou_drop}")
     if acc.cmp.has_logits and acc.cmp.nonfinite:
         failures.append(f"{acc.cmp.nonfinite} inf/NaN logits")

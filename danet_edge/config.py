@@ -263,7 +263,9 @@ class ExportConfig(Config):
         target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ).
         opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11).
         engine: also build the TensorRT engine (needs tensorrt and ``danet_edge.engine``).
-        fused_io: uint8 NHWC input, class-index output.
+        fused_io: uint8 NHWC input, class-index output (``graph_io.fuse_io``), the default: at 512x1024 with
+            19 classes it saves about 69 ms of host work per frame (``benchmarks/host_io.py``); False keeps
+            logits graphs (float32 NCHW in, logits out) for logit-level checks.
         include_attention: quantize the attention MatMuls too (INT8 only).
         memory_limit_mib: warn when PAM's attention map needs more (MiB).
         out: output folder (default ``EXPORT_DIR/<checkpoint stem>/``).
@@ -272,10 +274,12 @@ class ExportConfig(Config):
         verify_images: images used for verification.
         min_agreement, max_miou_drop: an accuracy budget for the INT8 graphs (``sensitivity.fit_budget``):
             least pixel agreement with the FP32 graph (%) and/or largest mIoU drop (points, needs
-            ``budget_dataset``); the most sensitive layers are kept in high precision until it holds.
-        budget_dataset, budget_data, budget_split: labelled images the budget is measured on (default: the
-            calibration images, agreement only).
+            ``dataset``); the most sensitive layers are kept in high precision until it holds.
+        dataset, data, split: labelled images (``data.build_dataset``) the budget is measured on and the
+            reference bundle holds (default: ``sensitivity.export_images``).
         budget_images: how many images the budget and the sensitivity ranking use.
+        reference_images: images in the reference bundle ``<out>/reference/`` that ``check`` reads on a device
+            without PyTorch (0: no bundle).
     """
 
     imgsz: tuple[int, int] | None = None
@@ -290,7 +294,7 @@ class ExportConfig(Config):
     target: str = "tensorrt"
     opset: int = 17
     engine: bool = False
-    fused_io: bool = False
+    fused_io: bool = True
     include_attention: bool = False
     memory_limit_mib: float = 1024.0
     out: Path | None = None
@@ -299,10 +303,11 @@ class ExportConfig(Config):
     verify_images: int = 2
     min_agreement: float | None = None
     max_miou_drop: float | None = None
-    budget_dataset: str | None = None
-    budget_data: Path | None = None
-    budget_split: str = "val"
+    dataset: str | None = None
+    data: Path | None = None
+    split: str = "val"
     budget_images: int = 16
+    reference_images: int = 16
 
     def validate(self) -> None:
         check_range("--batch", self.batch, 1, 64)
@@ -327,15 +332,16 @@ class ExportConfig(Config):
         check_range("--min-agreement", self.min_agreement, 0, 100, optional=True, integer=False)
         check_range("--max-miou-drop", self.max_miou_drop, 0, 100, optional=True, integer=False)
         check_range("--budget-images", self.budget_images, 1, 1000)
-        check_choice("--budget-dataset", self.budget_dataset, DATASETS, optional=True)
-        check_choice("--budget-split", self.budget_split, SPLITS)
+        check_range("--reference-images", self.reference_images, 0, 1000)
+        check_choice("--dataset", self.dataset, DATASETS, optional=True)
+        check_choice("--split", self.split, SPLITS)
         budget = self.min_agreement is not None or self.max_miou_drop is not None
         if budget and not self.int8:
             raise ConfigError("an accuracy budget (--min-agreement / --max-miou-drop) applies to INT8: add --int8")
-        if self.max_miou_drop is not None and self.budget_dataset is None:
-            raise ConfigError("--max-miou-drop needs labelled images: give --budget-dataset (and --budget-data)")
-        if self.budget_dataset not in (None, "synthetic") and self.budget_data is None:
-            raise ConfigError(f"--budget-dataset {self.budget_dataset} needs --budget-data DIR")
+        if self.max_miou_drop is not None and self.dataset is None:
+            raise ConfigError("--max-miou-drop needs labelled images: give --dataset (and --data)")
+        if self.dataset not in (None, "synthetic") and self.data is None:
+            raise ConfigError(f"--dataset {self.dataset} needs --data DIR")
         for name in self.recipe_names():
             get_recipe(name)  # an unknown name fails here, before anything is written
 

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import nn
 
 from .calib import CalibrationSet, load_calibration_set
 from .config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, ExportConfig
@@ -47,8 +46,9 @@ from .manifest import Manifest, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
 from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
-from .sensitivity import apply_budget, budget_images
+from .sensitivity import apply_budget, budget_images, export_images
 from .frames import model_inputs
+from .graph_io import fuse_io
 from .trtcheck import enforce_tensorrt_compat
 from .utils import atomic_path
 
@@ -73,12 +73,13 @@ class Artifact:
 @dataclass
 class ExportResult:
     """Artifacts written (FP32 first, engines last with --engine), the PAM attention-map memory (MiB) per
-    precision, warnings."""
+    precision, warnings, the calibration record and the reference bundle folder (None with 0 images)."""
 
     artifacts: list[Artifact]
     attention_mib: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
+    reference_bundle: Path | None = None
 
 
 def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, bytes_per_value: int = 4) -> float:
@@ -113,19 +114,38 @@ def _engine_builder() -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------------------- FP32
-class _FusedIO(nn.Module):
-    """uint8 NHWC RGB -> normalise -> DANet -> ArgMax -> int32 class indices (N, H, W)."""
+def _fused_manifest(m: Manifest) -> Manifest:
+    """The manifest of ``graph_io.fuse_io``'s graph: uint8 ``(N, H, W, 3)`` in, int32 ``(N, H, W)`` labels out."""
+    n, (h, w) = m.batch_size, m.image_size
+    return replace(m, input_shape=[n, h, w, 3], input_dtype="uint8", output_name="labels", output_shape=[n, h, w],
+                   output_dtype="int32", output_kind="labels")
 
-    def __init__(self, model: nn.Module, mean, std) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("shift", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("scale", 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32).permute(0, 3, 1, 2)
-        logits = self.model((x - self.shift) * self.scale)
-        return logits.argmax(dim=1).to(torch.int32)
+def _fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target: str, log: Log) -> list[Artifact]:
+    """Rewrite each ONNX artifact to fused I/O in place (``graph_io.fuse_io``), after calibration and the budget,
+    and verify its class maps against the logits graph it came from (at least 99.9 % of pixels agree; only the
+    grouping of the normalisation's arithmetic changes)."""
+    from .runtime.ort_backend import holds_fp16
+
+    done = []
+    for a in artifacts:
+        logits_form = _ort_session(a.path, a.manifest.precision, holds_fp16(a.manifest))
+        before = _run(logits_form, a.manifest, frames).argmax(1)
+        model = fuse_io(onnx.load(str(a.path)), a.manifest.mean, a.manifest.std)
+        manifest = _fused_manifest(a.manifest)
+        report = precision_report(model)
+        manifest.precision_report = report.to_dict()
+        after = _run(_ort_session(model, manifest.precision, holds_fp16(manifest)), manifest, frames)
+        agree = float((after == before).mean())
+        if agree < 0.999:
+            raise ExportError(f"{a.path.name}: fused-I/O class maps agree with the logits graph on {agree:.4%} "
+                              "of pixels (< 99.9 %)")
+        ver = {**(a.verification or {}), "fused_io_label_agreement": agree}
+        manifest.extra = {**manifest.extra, "verification": ver}
+        _finalize(model, a.path, manifest, str(manifest.target or target))
+        log(f"fused I/O {a.path.name}: uint8 NHWC in, int32 class map out; agreement with its logits form {agree:.4%}")
+        done.append(Artifact(a.path, manifest, a.seconds, report.to_dict(), ver))
+    return done
 
 
 def _synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
@@ -193,15 +213,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     old_impl = model.head.sa.impl
     model.set_attention("explicit")
     base = checkpoint_manifest(loaded, (h, w), batch)
-    if fused_io:
-        net: nn.Module = _FusedIO(model, loaded.data["mean"], loaded.data["std"]).eval()
-        dummy = torch.zeros(batch, h, w, 3, dtype=torch.uint8)
-        manifest = replace(base, kind="onnx", input_shape=[batch, h, w, 3], input_dtype="uint8",
-                           output_name="labels", output_shape=[batch, h, w], output_dtype="int32",
-                           output_kind="labels", opset=opset, target=target)
-    else:
-        net, dummy = model, torch.zeros(batch, 3, h, w)
-        manifest = replace(base, kind="onnx", opset=opset, target=target)
+    net, dummy = model, torch.zeros(batch, 3, h, w)
+    manifest = replace(base, kind="onnx", opset=opset, target=target)
     try:
         with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
             raw = Path(tmp) / "raw.onnx"
@@ -216,6 +229,9 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     finally:
         model.set_attention(old_impl)
     graph.graph.name = "danet"
+    if fused_io:
+        graph = fuse_io(graph, manifest.mean, manifest.std)
+        manifest = _fused_manifest(manifest)
     # verification against PyTorch on real (or synthetic) images
     frames = frames or _synthetic_frames(2, (h, w), 0)
     session = _ort_session(graph)
@@ -299,7 +315,9 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     if calib_dir is not None:
         count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else cfg.verify_images)
         calib_set = load_calibration_set(calib_dir, count, cfg.seed)
-    budget_set = budget_images(cfg, calib_set, len(loaded.data["classes"]))
+    budget_set = budget_images(cfg, calib_set, loaded.data)
+    bundle_set = export_images(cfg, calib_set, loaded.data, cfg.reference_images) \
+        if cfg.reference_images else None
     build_engine = _engine_builder() if cfg.engine else None
     out_dir = Path(cfg.out) if cfg.out is not None else EXPORT_DIR / ckpt.stem
     warnings: list[str] = []
@@ -318,12 +336,19 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
         _synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
     artifacts: list[Artifact] = []
-    fp32 = export_onnx(loaded, out_dir / "model.onnx", (h, w), cfg.batch, cfg.opset, cfg.fused_io, frames,
-                       cfg.tolerance, cfg.target)
+    fp32 = export_onnx(loaded, out_dir / "model.onnx", (h, w), cfg.batch, cfg.opset, False, frames,
+                       cfg.tolerance, cfg.target)  # logits: calibration, budget and checks work on them
     artifacts.append(fp32)
     log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
     ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
+    bundle = None
+    if bundle_set is not None:
+        from .reference import make_bundle
+
+        bundle = make_bundle(ckpt, fp32.manifest, bundle_set.frames, bundle_set.labels, bundle_set.ignore_index,
+                             bundle_set.source, out_dir / "reference")
+        log(f"wrote {bundle} (reference bundle: {bundle_set.source}, for check on a device without PyTorch)")
 
     evaluator = budget_set.evaluator(fp32.path, fp32.manifest) if budget_set is not None else None
     if budget_set is not None:
@@ -343,7 +368,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
                                            cfg.include_attention and recipe.attention_quantized)
         manifest.target = recipe.target or manifest.target
         manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
-        _finalize(model, made.path, manifest, cfg.target)
+        _finalize(model, made.path, manifest, str(manifest.target or cfg.target))
         ver = _compare(made.path, manifest, frames, ref, recipe.name)
         limit = cfg.fp16_tolerance if recipe.name == "fp16" else recipe.max_rel_l2
         if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
@@ -357,6 +382,8 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
             log(line)
         log(format_report(report, recipe.precision))
 
+    if cfg.fused_io:
+        artifacts = _fuse_artifacts(artifacts, frames, cfg.target, log)
     if build_engine is not None:
         from .engine import EngineConfig
 
@@ -365,7 +392,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
             engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig(), log=log))
             artifacts.append(Artifact(engine, read_manifest(engine), time.perf_counter() - t0))
             log(f"wrote {engine} ({artifacts[-1].seconds:.1f} s) from {src.path.name}")
-    return ExportResult(artifacts, att, warnings, calibration)
+    return ExportResult(artifacts, att, warnings, calibration, bundle)
 
 
 def _fmt(ver: dict[str, float]) -> str:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from ._optional import import_cv2
 from .errors import DataError
 from .preprocess import normalize, resize_image, resize_labels
 
@@ -55,7 +55,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
     Raises:
         DataError: missing, empty or not an image (one line naming the file).
+        MissingDependencyError: OpenCV is not importable.
     """
+    cv2 = import_cv2()
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"{path}: cannot read image (missing, empty or not an image)")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
+
+from ._optional import import_cv2
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_image", "normalize", "preprocess", "resize_labels"]
 
@@ -20,11 +21,16 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``image: (H, W, 3) uint8 RGB`` to ``size = (height, width)`` (bilinear; area when shrinking).
 
-    Returns the input itself when it already has that size.
+    Returns the input itself when it already has that size (no OpenCV needed then).
+
+    Raises:
+        MissingDependencyError: a resize is needed and OpenCV is not importable (no other resize gives
+            OpenCV's results bit for bit, and calibration, checks and inference must all see the same pixels).
     """
     h, w = size
     if image.shape[:2] == (h, w):
         return image
+    cv2 = import_cv2()
     interp = cv2.INTER_AREA if (image.shape[0] > h and image.shape[1] > w) else cv2.INTER_LINEAR
     return cv2.resize(image, (w, h), interpolation=interp)
 
@@ -46,10 +52,15 @@ def preprocess(images: Sequence[np.ndarray] | np.ndarray, size: tuple[int, int],
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Class map ``(h, w)`` integer -> ``(H, W)`` at ``size = (H, W)`` with nearest neighbour."""
+    """Class map ``(h, w)`` integer -> ``(H, W)`` at ``size = (H, W)`` with nearest neighbour.
+
+    Raises:
+        MissingDependencyError: a resize is needed and OpenCV is not importable.
+    """
     h, w = size
     if labels.shape[:2] == (h, w):
         return labels
+    cv2 = import_cv2()
     dtype = labels.dtype
     work = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels.astype(np.int32)
     return cv2.resize(work, (w, h), interpolation=cv2.INTER_NEAREST).astype(dtype)

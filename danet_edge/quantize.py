@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ._optional import import_onnxruntime
 from .calib import CalibrationSet, graph_sha256
 from .choices import CALIB_METHODS, TARGETS
 from .errors import CalibrationError, ConfigError, DataError
@@ -129,6 +130,7 @@ class _FromOrtQuantization(logging.Filter):
 def _quiet() -> Iterator[None]:
     """Silence ORT quantization's own prints and root-logger advice for the duration of the call,
     without touching the root logger's level or ``sys.stdout`` (other code keeps its output)."""
+    import_onnxruntime()  # MissingDependencyError (one line) when absent
     import onnxruntime.quantization.calibrate as ort_calibrate
 
     root = logging.getLogger()
@@ -145,6 +147,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _method_enum(method: str):
+    import_onnxruntime()
     from onnxruntime.quantization import CalibrationMethod
 
     return {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
@@ -180,9 +183,11 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         ConfigError: unknown target or method.
         CalibrationError: calibration failed (e.g. an image became unreadable).
         CompatibilityError: ``target="tensorrt"`` and the graph breaks a TensorRT rule.
+        MissingDependencyError: onnxruntime is not importable (``pip install 'danet-edge[export]'``).
     """
     import time
 
+    import_onnxruntime()
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from .precision import attention_nodes

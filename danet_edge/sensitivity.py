@@ -36,7 +36,7 @@ from .quantize import drop_unread_qdq
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "BudgetResult", "Evaluator", "quantized_layers",
            "keep_high_precision", "rank_layers", "fit_budget", "format_ranking", "write_ranking",
-           "BudgetImages", "budget_images", "apply_budget"]
+           "BudgetImages", "budget_images", "export_images", "apply_budget"]
 
 Log = Callable[[str], None]
 
@@ -128,10 +128,10 @@ class Evaluator:
         self.reference = {"agreement": 100.0, "rel_l2": 0.0, "miou": self._miou(self.ref_pred)}
 
     def _run(self, model: onnx.ModelProto, fp16: bool) -> np.ndarray:
-        import onnxruntime as ort
-
+        from ._optional import import_onnxruntime
         from .runtime.ort_backend import session_options
 
+        ort = import_onnxruntime()
         s = ort.InferenceSession(model.SerializeToString(), session_options("int8", self.threads, fp16),
                                  providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
@@ -310,14 +310,18 @@ def format_ranking(report: SensitivityReport, top: int = 15) -> str:
 
 
 def write_ranking(report: SensitivityReport, md_path: Any, png_path: Any | None = None, top: int = 20) -> None:
-    """The ranking as Markdown (``md_path``) and a bar chart of the ``top`` gains (``png_path``), atomically."""
+    """The ranking as Markdown (``md_path``) and a bar chart of the ``top`` gains (``png_path``), atomically.
+
+    Raises:
+        MissingDependencyError: ``png_path`` is given and matplotlib is not importable (the Markdown is written).
+    """
     with atomic_path(Path(md_path)) as tmp:
         tmp.write_text("# Per-layer INT8 sensitivity\n\n" + format_ranking(report, top) + "\n")
     if png_path is None:
         return
-    import matplotlib
+    from ._optional import import_matplotlib
 
-    matplotlib.use("Agg")
+    import_matplotlib()  # MissingDependencyError (one line) without it; selects Agg
     import matplotlib.pyplot as plt
 
     layers = report.layers[:top][::-1]
@@ -350,28 +354,51 @@ class BudgetImages:
                          self.ignore_index)
 
 
-def budget_images(cfg: Any, calib_set: Any, num_classes: int) -> BudgetImages | None:
-    """The images ``export``'s accuracy budget is measured on (``cfg``: a ``config.ExportConfig``): a labelled
-    data set when given, else the calibration images; None without a budget. Read before anything is
-    written, so a bad data set leaves the output folder alone.
+def export_images(cfg: Any, calib_set: Any, data: dict[str, Any], count: int) -> BudgetImages:
+    """The images ``export`` measures a budget on and writes into the reference bundle (``cfg``: a
+    ``config.ExportConfig``; ``data``: the checkpoint's ``data`` dict), the first ``count`` of:
+
+    1. the labelled data set ``cfg.dataset`` (``cfg.data``, ``cfg.split``) when given;
+    2. else, for a checkpoint trained on the synthetic scenes, those scenes (labelled);
+    3. else the calibration images (no labels: agreement only);
+    4. else synthetic scenes without labels (agreement only).
+
+    Read before anything is written, so a bad data set leaves the output folder alone.
 
     Raises:
-        ConfigError: a data set whose class count is not the model's (``num_classes``). DataError: unreadable data.
+        ConfigError: a data set whose class count is not the model's. DataError: unreadable data.
+    """
+    num_classes = len(data["classes"])
+    if cfg.dataset is None and calib_set is not None and data.get("dataset") != "synthetic":
+        frames = list(calib_set.frames())[:count]
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} calibration images (no labels)")
+    from .data import build_dataset  # torch: export has it already
+
+    name = cfg.dataset or "synthetic"
+    ds = build_dataset(name, cfg.data, cfg.split, count)  # synthetic: the scenes check's default data set uses
+    items = [ds[i] for i in range(len(ds))]
+    frames = [np.asarray(x[0]) for x in items]
+    if ds.info.num_classes != num_classes:
+        if cfg.dataset is not None:
+            raise ConfigError(f"--dataset {cfg.dataset} has {ds.info.num_classes} classes, the model {num_classes}")
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} synthetic scenes (no labels)")
+    return BudgetImages(frames, [np.asarray(x[1]) for x in items], num_classes, ds.info.ignore_index,
+                        f"{name} {cfg.split}, first {len(items)}")
+
+
+def budget_images(cfg: Any, calib_set: Any, data: dict[str, Any]) -> BudgetImages | None:
+    """The images ``export``'s accuracy budget is measured on (:func:`export_images`, ``cfg.budget_images`` of
+    them; a budget without a data set uses the calibration images); None without a budget.
+
+    Raises:
+        ConfigError, DataError: as :func:`export_images`.
     """
     if cfg.min_agreement is None and cfg.max_miou_drop is None:
         return None
-    if cfg.budget_dataset is None:
+    if cfg.dataset is None:
         frames = list(calib_set.frames())[:cfg.budget_images] if calib_set is not None else []
         return BudgetImages(frames, None, None, 255, f"{len(frames)} calibration images")
-    from .data import build_dataset  # torch: export has it already
-
-    ds = build_dataset(cfg.budget_dataset, cfg.budget_data, cfg.budget_split, cfg.budget_images)
-    if ds.info.num_classes != num_classes:
-        raise ConfigError(f"--budget-dataset {cfg.budget_dataset} has {ds.info.num_classes} classes, the model "
-                          f"{num_classes}")
-    items = [ds[i] for i in range(len(ds))]
-    return BudgetImages([x[0] for x in items], [x[1] for x in items], num_classes, ds.info.ignore_index,
-                        f"{len(items)} images of {cfg.budget_dataset} {cfg.budget_split}")
+    return export_images(cfg, calib_set, data, cfg.budget_images)
 
 
 def apply_budget(cfg: Any, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from ._optional import import_cv2
 from .errors import ConfigError, DataError
 from .utils import atomic_path
 
@@ -111,6 +111,7 @@ def make_scene(rng: np.random.Generator, h: int, w: int) -> dict[str, Any]:
 
 
 def _poly(img: np.ndarray, mask: np.ndarray, pts: Any, colour: tuple[int, ...], cls: int) -> None:
+    cv2 = import_cv2()
     p = np.round(np.asarray(pts, np.float64) * 4).astype(np.int32)  # 2 fractional bits
     cv2.fillPoly(img, [p], colour, cv2.LINE_8, 2)
     cv2.fillPoly(mask, [p], cls, cv2.LINE_8, 2)
@@ -123,6 +124,7 @@ def _rect(img: np.ndarray, mask: np.ndarray, x0: float, y0: float, x1: float, y1
 
 def _ellipse(img: np.ndarray, mask: np.ndarray, cx: float, cy: float, rx: float, ry: float,
              colour: tuple[int, ...], cls: int) -> None:
+    cv2 = import_cv2()
     c, a = (int(round(cx * 4)), int(round(cy * 4))), (max(1, int(round(rx * 4))), max(1, int(round(ry * 4))))
     cv2.ellipse(img, c, a, 0, 0, 360, colour, -1, cv2.LINE_8, 2)
     cv2.ellipse(mask, c, a, 0, 0, 360, cls, -1, cv2.LINE_8, 2)
@@ -136,7 +138,11 @@ def draw_scene(scene: dict[str, Any], t: float, rng: np.random.Generator) -> tup
     """Render ``scene`` at time ``t`` (frames) -> ``(image (h, w, 3) uint8 RGB, mask (h, w) int64)``.
 
     ``rng`` supplies the sensor noise only (the geometry is in ``scene``).
+
+    Raises:
+        MissingDependencyError: OpenCV (which draws the shapes) is not importable.
     """
+    cv2 = import_cv2()
     h, w, hz = scene["h"], scene["w"], scene["hz"]
     img = np.empty((h, w, 3), np.uint8)
     mask = np.full((h, w), SKY, np.uint8)
@@ -248,7 +254,9 @@ def write_synthetic_video(path: str | os.PathLike[str], num_frames: int = 90, si
     Raises:
         ConfigError: bad frame count, size or fps.
         DataError: OpenCV cannot open a writer for ``path``.
+        MissingDependencyError: OpenCV is not importable.
     """
+    cv2 = import_cv2()
     path = Path(path)
     h, w = int(size[0]), int(size[1])
     if num_frames < 1 or h < 32 or w < 32 or fps <= 0:

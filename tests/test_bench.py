@@ -19,7 +19,7 @@ def artifacts(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bench")
     ckpt = make_tiny_checkpoint(root / "tiny.pt", num_classes=5, image_size=(64, 96))
-    onnx_path = export_model(ckpt, ExportConfig(out=root / "export")).artifacts[0].path
+    onnx_path = export_model(ckpt, ExportConfig(out=root / "export", fused_io=False)).artifacts[0].path
     return {"root": root, "ckpt": ckpt, "onnx": onnx_path}
 
 
@@ -68,8 +68,55 @@ def test_bench_uses_check_json_miou(artifacts, tmp_path):
     rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=1, check_json=tmp_path / "check.json",
                                                            plot_path=tmp_path / "p.png"))
     (e,) = rep.entries
-    assert e.miou == 42.5 and e.speedup_vs_reference is None and e.agreement is None  # no reference given
+    assert e.miou == 42.5 and e.agreement is None  # no reference given: no agreement
+    assert e.speedup_vs_reference == 1.0 and e.speedup_baseline == "model.onnx"  # the FP32 graph is the baseline
+    assert rep.notes and "PyTorch reference not timed" in rep.notes[0]
     assert (tmp_path / "p.png").is_file()
+
+
+def test_without_reference_the_fp32_artifact_is_the_baseline(artifacts, tmp_path):
+    """The device runtime's bench: no --reference, speed-ups relative to the FP32 graph, a note says so."""
+    import shutil
+
+    src = artifacts["onnx"]
+    other = tmp_path / "model_other.onnx"
+    shutil.copyfile(src, other)
+    manifest = json.loads(src.with_name(src.name + ".json").read_text())
+    manifest["precision"] = "fp16"  # stands for a reduced-precision artifact of the same size and batch
+    other.with_name(other.name + ".json").write_text(json.dumps(manifest))
+    rep = bench_artifacts([other, src], BenchConfig(warmup=0, runs=2, json_path=tmp_path / "b.json"))
+    by = {e.name: e for e in rep.entries}
+    assert not any(e.is_reference for e in rep.entries)
+    assert by["model.onnx"].speedup_vs_reference == 1.0 and by["model.onnx"].speedup_baseline == "model.onnx"
+    o = by["model_other.onnx"]
+    assert o.speedup_baseline == "model.onnx"
+    assert o.speedup_vs_reference == pytest.approx(by["model.onnx"].latency_p50_ms / o.latency_p50_ms)
+    assert rep.notes == ["PyTorch reference not timed here (no --reference checkpoint): speed-up is relative to "
+                         "the FP32 artifact model.onnx (same size and batch)"]
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["notes"] == rep.notes and data["machine"]["python"]
+    # no FP32 artifact: no speed-up, and the note says why
+    rep = bench_artifacts([other], BenchConfig(warmup=0, runs=1))
+    assert rep.entries[0].speedup_vs_reference is None and "no FP32 artifact" in rep.notes[0]
+
+
+def test_plot_without_matplotlib_is_a_warning(artifacts, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=1, plot_path=tmp_path / "p.png",
+                                                           json_path=tmp_path / "b.json"))
+    assert rep.plot_path is None and not (tmp_path / "p.png").exists() and (tmp_path / "b.json").is_file()
+    assert any("not written: matplotlib is not installed" in w and "[" not in w for w in rep.warnings)
+
+
+def test_machine_info_imports_nothing_heavy():
+    import subprocess
+
+    code = ("import sys; sys.modules['torch'] = None; from danet_edge.measure import machine_info, gpu_reset;"
+            "m = machine_info(); assert m['torch_threads'] is None and m['cpu_count'] >= 1, m;"
+            "assert gpu_reset() is None; print(sorted(k for k in ('onnxruntime', 'cv2') if k in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_static_batch_not_requested_is_skipped(artifacts):

@@ -148,7 +148,7 @@ def test_chunked_minmax_ranges_equal_all_at_once(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(6):
         cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
-    onnx_path = export_model(ckpt, ExportConfig(out=tmp_path / "export")).artifacts[0].path
+    onnx_path = export_model(ckpt, ExportConfig(out=tmp_path / "export", fused_io=False)).artifacts[0].path
     model = onnx.load(str(onnx_path))
     calib = load_calibration_set(frames)
 

@@ -54,9 +54,24 @@ def camvid_models(camvid_root, tmp_path_factory):
     ckpt = make_sensitive_checkpoint(root / "camvid.pt", num_classes=11, image_size=SIZE)
     calib = fill_calib_dir("camvid", camvid_root, 8, root / "calib")
     res = export_model(ckpt, ExportConfig(out=root / "export", int8=True, target="cpu", calib=calib,
-                                          calib_size=8, calib_method="minmax"))
+                                          calib_size=8, calib_method="minmax", dataset="camvid", data=camvid_root,
+                                          reference_images=FRAMES))
     paths = {a.manifest.precision: a.path for a in res.artifacts}
-    return {"root": root, "pt": ckpt, "fp32": paths["fp32"], "int8": paths["int8"]}
+    return {"root": root, "pt": ckpt, "fp32": paths["fp32"], "int8": paths["int8"], "bundle": res.reference_bundle}
+
+
+def test_check_against_the_bundle_equals_check_against_the_checkpoint_on_camvid(camvid_models, camvid_root):
+    """What a Jetson without PyTorch reports (bundle) is what the workstation reports (checkpoint), on real frames."""
+    from danet_edge.checks import check_artifacts
+    from danet_edge.data import build_dataset
+
+    arts = [camvid_models["fp32"], camvid_models["int8"]]
+    via_bundle = check_artifacts(arts, camvid_models["bundle"])
+    via_ckpt = check_artifacts(arts, camvid_models["pt"], build_dataset("camvid", camvid_root, "val", limit=FRAMES))
+    assert via_bundle.frames == via_ckpt.frames == FRAMES and via_bundle.dataset.startswith("camvid val")
+    for a, b in zip(via_bundle.artifacts, via_ckpt.artifacts):
+        assert abs(a.agreement - b.agreement) < 1e-6 and abs(a.miou_delta - b.miou_delta) < 1e-6
+        assert abs(a.reference_miou - b.reference_miou) < 1e-6 and a.reference_miou > 0
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("checks")
     ckpt = sensitive_checkpoint(root / "tiny.pt")
-    res = export_model(ckpt, ExportConfig(out=root / "export"))
+    res = export_model(ckpt, ExportConfig(out=root / "export", fused_io=False))
     return {"root": root, "ckpt": ckpt, "onnx": res.artifacts[0].path}
 
 
@@ -194,7 +194,7 @@ def test_int8_calibrated_on_noise_fails(setup, tmp_path):
     real = fill_calib_dir("synthetic", None, 8, tmp_path / "real")
     outs = {}
     for name, calib in (("noise", noise), ("real", real)):
-        res = export_model(setup["ckpt"], ExportConfig(int8=True, target="cpu", calib=calib, calib_method="minmax",
+        res = export_model(setup["ckpt"], ExportConfig(int8=True, target="cpu", calib=calib, calib_method="minmax", fused_io=False,
                                                        out=tmp_path / name))
         outs[name] = res.artifacts[-1].path
     rep = check_artifacts([outs["real"], outs["noise"]], setup["ckpt"], _dataset(4), CheckConfig())

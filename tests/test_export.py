@@ -28,7 +28,7 @@ def _frames(n=2, size=(64, 96), seed=1):
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    plain = export_model(tiny_checkpoint, ExportConfig(out=out / "plain"))
+    plain = export_model(tiny_checkpoint, ExportConfig(out=out / "plain", fused_io=False))
     fused = export_model(tiny_checkpoint, ExportConfig(out=out / "fused", fused_io=True))
     return plain.artifacts[0].path, fused.artifacts[0].path
 

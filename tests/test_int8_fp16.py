@@ -214,7 +214,7 @@ def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_chec
     from danet_edge.export import export_model
 
     cfg = ExportConfig(int8=True, calib=graphs["cs"].root, out=tmp_path / "out", max_miou_drop=0.3,
-                       budget_dataset="synthetic", budget_images=2)  # 8 classes; the checkpoint has 5
+                       dataset="synthetic", budget_images=2)  # 8 classes; the checkpoint has 5
     with pytest.raises(ConfigError, match="has 8 classes, the model 5"):
         export_model(tiny_checkpoint, cfg)
     assert not (tmp_path / "out").exists()

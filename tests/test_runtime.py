@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.errors import ConfigError, DataError, ManifestError
+from danet_edge.errors import ConfigError, DataError, ManifestError, MissingDependencyError
 from danet_edge.runtime.backends import open_backend, segment_frames
 from danet_edge.runtime.pipeline import InferConfig, SourceBroken, overlay, run_inference, run_pipeline
-from danet_edge.runtime.sources import open_source
+from danet_edge.runtime.sources import gstreamer_support, open_source
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 12.0, fourcc: str = "mp4v") -> Path:
@@ -73,8 +73,94 @@ def test_open_source_kinds_and_errors(tmp_path, clip):
         open_source(tmp_path / "text.mp4")
     with pytest.raises(DataError, match="no images"):
         open_source(str(tmp_path / "*.jpg"))
-    with pytest.raises(DataError, match="GStreamer pipeline cannot be opened"):
-        open_source("videotestsrc num-buffers=1 ! fakesink")
+    if gstreamer_support() is False:  # pip's OpenCV wheels: one line saying so, before trying
+        with pytest.raises(MissingDependencyError, match="built without GStreamer.*JetPack's OpenCV"):
+            open_source("videotestsrc num-buffers=1 ! fakesink")
+    else:
+        with pytest.raises(DataError, match="GStreamer pipeline cannot be opened"):
+            open_source("videotestsrc num-buffers=1 ! fakesink")
+
+
+class _FakeCapture:
+    """A cv2.VideoCapture stand-in that records how it was opened and yields two BGR frames."""
+
+    opened: list = []
+
+    def __init__(self, spec, api=None):
+        self.spec, self.api, self.left = spec, api, 2
+        _FakeCapture.opened.append((spec, api))
+
+    def isOpened(self):
+        return not str(self.spec).startswith("bad")
+
+    def get(self, prop):
+        return {5: 30.0, 7: 0.0}.get(prop, 0.0)  # CAP_PROP_FPS, CAP_PROP_FRAME_COUNT
+
+    def read(self):
+        if self.left == 0:
+            return False, None
+        self.left -= 1
+        frame = np.zeros((4, 6, 3), np.uint8)
+        frame[..., 0] = 255  # blue in BGR
+        return True, frame
+
+    def release(self):
+        pass
+
+
+def _fake_cv2(gstreamer: str):
+    import types
+
+    fake = types.SimpleNamespace(
+        __version__="4.8.0-jetpack", CAP_GSTREAMER=1800, CAP_PROP_FPS=5, CAP_PROP_FRAME_COUNT=7,
+        COLOR_BGR2RGB=4, COLOR_GRAY2BGR=8, VideoCapture=_FakeCapture,
+        getBuildInformation=lambda: f"  Video I/O:\n    FFMPEG:                      YES\n"
+                                    f"    GStreamer:                   {gstreamer}\n",
+        cvtColor=lambda im, code: im[..., ::-1].copy() if code == 4 else im)
+    return fake
+
+
+JETSON_CSI = ("nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 ! "
+              "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink drop=1")
+
+
+def test_gstreamer_pipeline_opens_with_cap_gstreamer(monkeypatch, tmp_path):
+    """A source string with '!' is a GStreamer pipeline for cv2.CAP_GSTREAMER (JetPack's OpenCV has it)."""
+    import sys
+
+    from danet_edge.runtime.sources import is_gstreamer
+
+    monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("YES (1.20.3)"))
+    _FakeCapture.opened = []
+    assert gstreamer_support() is True
+    src = open_source(JETSON_CSI)
+    assert src.kind == "gstreamer" and src.fps == 30.0 and src.frame_count is None
+    assert _FakeCapture.opened == [(JETSON_CSI, 1800)]
+    frames = list(src)
+    assert len(frames) == 2 and frames[0][0, 0].tolist() == [0, 0, 255]  # BGR -> RGB at the edge
+    with pytest.raises(DataError, match="GStreamer pipeline cannot be opened.*appsink"):
+        open_source("bad ! appsink")
+    # a file whose name holds '!' is a file, not a pipeline
+    odd = tmp_path / "take!1.mp4"
+    odd.write_bytes(b"x")
+    assert not is_gstreamer(str(odd)) and is_gstreamer(JETSON_CSI)
+    _FakeCapture.opened = []
+    assert open_source(odd).kind == "video" and _FakeCapture.opened == [(str(odd), None)]
+
+
+def test_gstreamer_pipeline_on_opencv_without_gstreamer_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("NO"))
+    _FakeCapture.opened = []
+    assert gstreamer_support() is False
+    with pytest.raises(MissingDependencyError, match=r"4\.8\.0-jetpack\) was built without GStreamer") as e:
+        open_source(JETSON_CSI)
+    assert "\n" not in str(e.value) and e.value.exit_code == 4
+    assert _FakeCapture.opened == []  # refused before trying
+    monkeypatch.setitem(sys.modules, "cv2", None)  # no OpenCV at all
+    with pytest.raises(MissingDependencyError, match=r"OpenCV is not importable.*danet-edge\[video\]"):
+        open_source(JETSON_CSI)
 
 
 def test_images_come_back_rgb(tmp_path):

@@ -81,7 +81,8 @@ _GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
 
 
 def main() -> None:
-    """Console entry point: one line on stderr and a non-zero exit for a user error, never a traceback.
+    """Console entry point: one line on stderr and a non-zero exit for a user error, never a traceback
+    (a missing optional package, e.g. PyTorch for ``train`` on a device install, is exit code 4).
 
     ``-v`` / ``-q`` are accepted before or after the command name (``danet-edge infer -q ...``).
     """
@@ -96,6 +97,14 @@ def main() -> None:
     except DanetEdgeError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except ImportError as e:  # an optional package a stage imports at module level (torch for train / export)
+        from .._optional import missing_dependency
+
+        missing = missing_dependency(e)
+        if missing is None:
+            raise
+        typer.echo(f"error: {missing}", err=True)
+        sys.exit(missing.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

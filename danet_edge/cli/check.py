@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
@@ -40,7 +41,8 @@ def print_check_table(report) -> None:
 def print_bench_table(report) -> None:
     """The bench report as a rich table on the terminal."""
     m = report.machine
-    t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')} ({m.get('torch_threads')} torch threads)")
+    threads = f", {m['torch_threads']} torch threads" if m.get("torch_threads") else ""
+    t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')}{threads}")
     for col in ("entry", "precision", "size", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "FPS",
                 "host MiB", "GPU MiB", "speed-up", "note"):
         t.add_column(col, justify="left" if col in ("entry", "note") else "right")
@@ -57,9 +59,11 @@ def print_bench_table(report) -> None:
                   f"skipped: {e.skipped}" if e.skipped else "")
     console.print(t)
     for reason, names in skipped.items():
-        console.print(f"skipped {', '.join(names)}: {reason}")
+        console.print(f"skipped {', '.join(names)}: {reason}", markup=False)
+    for n in getattr(report, "notes", []):
+        console.print(f"note: {n}", markup=False)
     for w in getattr(report, "warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning:[/] {escape(str(w))}")
 
 
 def register(app: typer.Typer) -> None:
@@ -71,11 +75,14 @@ def register(app: typer.Typer) -> None:
     cc, bc, dc = CheckConfig(), BenchConfig(), DemoConfig()
 
     @app.command(epilog="\b\nExamples:\n  danet-edge check export/m/*.onnx -r best.pt --dataset camvid --data CAMVID -o runs/check\n  "
+                        "danet-edge check model_int8_trt.engine -r export/m/reference  (on the device, no PyTorch)\n  "
                         "danet-edge check model_int8_trt.engine -r best.pt --min-agreement int8=98.5")
     def check(
         artifacts: list[Path] = typer.Argument(..., help="Artifacts to check: .onnx, .engine/.plan, .pt (with manifests)."),
-        reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came from."),
-        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
+        reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came "
+                                       "from, or the reference bundle export wrote (reference/: no PyTorch needed)."),
+        dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Data set (default synthetic; "
+                                                  "none with a bundle)."),
         data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
         split: Split = typer.Option("val", help="Split to evaluate on."),
         limit: Optional[int] = typer.Option(cc.limit, help="Evaluate at most N images."),
@@ -92,14 +99,21 @@ def register(app: typer.Typer) -> None:
         Exit code 1 when any artifact misses its thresholds (after writing the reports).
         """
         from ..checks import check_artifacts, load_thresholds, parse_threshold_overrides
-        from ..data import build_dataset
+        from ..reference import is_bundle
 
         if thresholds is not None and (min_agreement or max_miou_drop):
             raise ConfigError("give thresholds either as --thresholds FILE or as --min-agreement/--max-miou-drop, not both")
         th = load_thresholds(thresholds) if thresholds is not None else \
             parse_threshold_overrides(min_agreement, max_miou_drop)
         cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures)
-        ds = build_dataset(dataset.value, data, split=split.value, limit=limit)
+        if is_bundle(reference):
+            if dataset is not None or data is not None:
+                raise ConfigError("a reference bundle brings its own images: drop --dataset/--data")
+            ds = None
+        else:
+            from ..data import build_dataset  # torch: a checkpoint reference needs it anyway
+
+            ds = build_dataset(dataset.value if dataset else "synthetic", data, split=split.value, limit=limit)
         result = check_artifacts(artifacts, reference, ds, cfg)
         print_check_table(result)
         for label, path in (("JSON", result.json_path), ("report", result.markdown_path)):

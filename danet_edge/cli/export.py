@@ -26,8 +26,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export", epilog="\b\nExamples:\n  danet-edge export runs/camvid/best.pt --fp16 --int8 --calib calib/\n  "
                                    "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu\n  "
-                                   "danet-edge export best.pt --int8 --max-miou-drop 0.3 --budget-dataset camvid "
-                                   "--budget-data CAMVID (keeps the most sensitive layers in FP16)")
+                                   "danet-edge export best.pt --int8 --max-miou-drop 0.3 --dataset camvid "
+                                   "--data CAMVID (keeps the most sensitive layers in FP16)")
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
         imgsz: Optional[tuple[int, int]] = typer.Option(
@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
                                    help="tensorrt (symmetric Q/DQ, rules enforced) or cpu (uint8 activations)."),
         opset: int = typer.Option(ec.opset, "--opset", help="ONNX opset (TensorRT 10.3 parses 9..20)."),
         engine: bool = typer.Option(ec.engine, "--engine", help="Also build the TensorRT engine (needs TensorRT)."),
-        fused_io: bool = typer.Option(ec.fused_io, "--fused-io", help="uint8 NHWC RGB input, class-index output."),
+        fused_io: bool = typer.Option(ec.fused_io, "--fused-io/--logits", help="Deployment I/O: uint8 "
+                                      "NHWC RGB in, class map out (normalise + argmax on the GPU); --logits: float32 NCHW "
+                                      "in, logits out."),
         include_attention: bool = typer.Option(ec.include_attention, "--include-attention",
                                                help="Quantize attention MatMuls too."),
         memory_limit_mib: float = typer.Option(ec.memory_limit_mib, "--memory-limit-mib",
@@ -55,13 +57,15 @@ def register(app: typer.Typer) -> None:
         min_agreement: Optional[float] = typer.Option(ec.min_agreement, "--min-agreement", help="INT8 accuracy "
                                                       "budget: least pixel agreement with the FP32 graph (%)."),
         max_miou_drop: Optional[float] = typer.Option(ec.max_miou_drop, "--max-miou-drop", help="INT8 accuracy "
-                                                      "budget: largest mIoU drop (points; needs --budget-dataset)."),
-        budget_dataset: Optional[Dataset] = typer.Option(ec.budget_dataset, "--budget-dataset",
-                                                         help="Labelled data the budget is measured on."),
-        budget_data: Optional[Path] = typer.Option(ec.budget_data, "--budget-data", help="Its folder."),
-        budget_split: Split = typer.Option(ec.budget_split, "--budget-split", help="Its split."),
+                                                      "budget: largest mIoU drop (points; needs --dataset)."),
+        dataset: Optional[Dataset] = typer.Option(ec.dataset, "--dataset", "-d", "--budget-dataset",
+                                                  help="Labelled data for the budget and the reference bundle."),
+        data: Optional[Path] = typer.Option(ec.data, "--data", "--budget-data", help="Its folder."),
+        split: Split = typer.Option(ec.split, "--split", "--budget-split", help="Its split."),
         budget_images: int = typer.Option(ec.budget_images, "--budget-images",
                                           help="Images for the budget and the per-layer sensitivity ranking."),
+        reference_images: int = typer.Option(ec.reference_images, "--reference-images",
+                                             help="Images in the reference bundle reference/ (0: none)."),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
         from ..export import export_model
@@ -72,8 +76,8 @@ def register(app: typer.Typer) -> None:
                            seed=seed, target=target.value, opset=opset,
                            engine=engine, fused_io=fused_io, include_attention=include_attention,
                            memory_limit_mib=memory_limit_mib, out=out, min_agreement=min_agreement,
-                           max_miou_drop=max_miou_drop, budget_dataset=budget_dataset.value if budget_dataset else None,
-                           budget_data=budget_data, budget_split=budget_split.value, budget_images=budget_images)
+                           max_miou_drop=max_miou_drop, dataset=dataset.value if dataset else None, data=data,
+                           split=split.value, budget_images=budget_images, reference_images=reference_images)
         result = export_model(checkpoint, cfg, log=info)
         for a in result.artifacts:
             console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)

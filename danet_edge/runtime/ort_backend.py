@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import import_onnxruntime
 from ..errors import ConfigError, DataError, ManifestError
 from ..manifest import read_manifest
 from .backends import _BaseBackend
@@ -30,8 +31,9 @@ def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
 
     Raises:
         ConfigError: unknown provider, or one this onnxruntime build does not have.
+        MissingDependencyError: onnxruntime is not importable.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = ort.get_available_providers()
     if not providers:
@@ -62,8 +64,11 @@ def session_options(precision: str, threads: int = 0, fp16_inside: bool = False)
     graph whose unquantized ops are FP16) run with graph optimisation off: ORT's CPU provider runs ops
     without FP16 kernels in FP32 and, when optimising, merges the Casts around them, which hides an
     FP16 overflow the graph would have on a GPU.
+
+    Raises:
+        MissingDependencyError: onnxruntime is not importable.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -90,13 +95,14 @@ class OnnxRuntimeBackend(_BaseBackend):
     Raises:
         ManifestError: manifest missing, invalid, or not matching the graph.
         ConfigError: unknown or unavailable provider. DataError: the file is not a readable ONNX graph.
+        MissingDependencyError: onnxruntime (or onnxruntime-gpu) is not installed.
     """
 
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] | None = None,
                  threads: int = 0) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         path = Path(path)
         self.manifest = read_manifest(path)

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2  # noqa: F401 - imported here so a missing OpenCV fails when infer starts
 import numpy as np
 
+from .._optional import import_cv2
 from ..config import Config
 from ..errors import ConfigError, DataError
 from ..frames import fit_frame, restore_labels
@@ -165,8 +165,10 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
     Raises:
         SourceBroken: the source stopped early (outputs hold the frames before the break).
         ConfigError: ``show`` without GUI support. KeyboardInterrupt: outputs are closed first.
+        MissingDependencyError: OpenCV is not importable (it resizes, draws and writes the frames).
     """
     cfg.validate()
+    cv2 = import_cv2()
     manifest: Manifest = backend.manifest
     size = manifest.image_size
     batch = max(1, manifest.batch_size)
@@ -318,6 +320,7 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     """
     cfg = cfg or InferConfig()
     cfg.validate()
+    import_cv2()  # a missing OpenCV fails when infer starts, before a model or a camera is opened
     spec = backend_spec(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
     if not Path(model_path).is_file():
         raise DataError(f"{model_path}: model file not found")

@@ -10,10 +10,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
+from typing import Any
+
 import numpy as np
 from PIL import Image
 
+from .._optional import import_cv2
 from ..errors import DataError
 from ..utils import atomic_path
 
@@ -25,7 +27,11 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     """Blend the class colours over ``frame: (H, W, 3) uint8 RGB``; ``labels: (H, W)`` class indices.
 
     With ``classes``, a legend of the classes present is drawn at the top left. Returns RGB uint8.
+
+    Raises:
+        MissingDependencyError: OpenCV is not importable.
     """
+    cv2 = import_cv2()
     colour = palette[np.clip(labels, 0, len(palette) - 1)]
     out = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
     if classes:
@@ -50,16 +56,22 @@ def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[in
 
 
 class VideoOut:
-    """mp4v writer to a temporary name, renamed on close; nothing is left when no frame was written."""
+    """mp4v writer to a temporary name, renamed on close; nothing is left when no frame was written.
+
+    Raises (from ``write``):
+        DataError: OpenCV cannot open an mp4v writer there. MissingDependencyError: OpenCV is not importable.
+    """
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path, self.fps = path, fps
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-        self.writer: cv2.VideoWriter | None = None
+        self.writer: Any = None  # cv2.VideoWriter once the first frame gives the size
         self.size: tuple[int, int] | None = None
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
+        """Append one ``(H, W, 3) uint8 RGB`` frame (resized to the first frame's size when it differs)."""
+        cv2 = import_cv2()
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
@@ -72,6 +84,7 @@ class VideoOut:
         self.frames += 1
 
     def close(self) -> Path | None:
+        """Finish the file and give it its name; None when no frame was written (nothing is left)."""
         if self.writer is None:
             return None
         self.writer.release()

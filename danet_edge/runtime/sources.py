@@ -7,8 +7,10 @@ the break have been yielded.
 
 Source strings (:func:`open_source`):
     ``0``, ``1``                      camera index (V4L2 / USB)
-    ``"nvarguscamerasrc ! ... ! appsink"``  GStreamer pipeline (contains ``!``), ``cv2.CAP_GSTREAMER``
-                                      -- a Jetson CSI camera
+    ``"nvarguscamerasrc ! ... ! appsink"``  GStreamer pipeline (contains ``!`` and is not a file),
+                                      ``cv2.CAP_GSTREAMER`` -- a Jetson CSI camera or hardware decode;
+                                      needs an OpenCV built with GStreamer (JetPack's is; pip's wheels
+                                      are not): :func:`gstreamer_support` reads ``cv2.getBuildInformation()``
     ``rtsp://...``, ``http://...``    stream URL (FFmpeg backend)
     ``clip.mp4`` (``VIDEO_SUFFIXES``) video file
     ``frame.png`` (``IMAGE_SUFFIXES``) one image
@@ -20,16 +22,18 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 
-from ..errors import DataError
+from .._optional import import_cv2
+from ..errors import DataError, MissingDependencyError
 from ..frames import IMAGE_SUFFIXES
 
-__all__ = ["FrameSource", "open_source", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+__all__ = ["FrameSource", "open_source", "gstreamer_support", "is_gstreamer", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
 DEFAULT_FPS = 25.0
@@ -48,7 +52,7 @@ class FrameSource:
     """
 
     def __init__(self, name: str, kind: str, fps: float, frame_count: int | None,
-                 capture: cv2.VideoCapture | None = None, files: list[Path] | None = None) -> None:
+                 capture: Any = None, files: list[Path] | None = None) -> None:
         self.name, self.kind, self.fps, self.frame_count = name, kind, fps, frame_count
         self._cap, self._files = capture, files
         self.broken: str | None = None
@@ -73,6 +77,7 @@ class FrameSource:
                            "(file truncated or corrupt)")
 
     def _iter_images(self) -> Iterator[np.ndarray]:
+        cv2 = import_cv2()
         for i, path in enumerate(self._files):
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
@@ -86,6 +91,7 @@ class FrameSource:
 
 
 def _to_rgb(bgr: np.ndarray, what: str) -> np.ndarray:
+    cv2 = import_cv2()
     if bgr.ndim == 2:
         bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
     if bgr.shape[0] * bgr.shape[1] > MAX_PIXELS:
@@ -93,18 +99,50 @@ def _to_rgb(bgr: np.ndarray, what: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _fps(cap: cv2.VideoCapture) -> float:
+def _fps(cap: Any) -> float:
+    cv2 = import_cv2()
     fps = cap.get(cv2.CAP_PROP_FPS)
     return float(fps) if fps and math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
 
 
+def gstreamer_support(cv2: Any = None) -> bool | None:
+    """Whether this OpenCV was built with GStreamer, from the ``GStreamer:`` line of ``cv2.getBuildInformation()``
+    (``YES (1.20.3)`` / ``NO``); None when the build information does not say.
+
+    Args:
+        cv2: the OpenCV module (default: :func:`danet_edge._optional.import_cv2`).
+
+    Raises:
+        MissingDependencyError: OpenCV is not importable.
+    """
+    cv2 = cv2 if cv2 is not None else import_cv2()
+    try:
+        info = str(cv2.getBuildInformation())
+    except Exception:  # noqa: BLE001 - a stripped or unusual build: say "unknown", let VideoCapture decide
+        return None
+    m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
+    return None if m is None else m.group(1).upper() != "NO"
+
+
+def is_gstreamer(spec: str) -> bool:
+    """A source string that is a GStreamer pipeline: it contains ``!`` and names no existing file."""
+    return "!" in spec and not Path(spec).exists()
+
+
 def _open_capture(spec: str | int, kind: str, api: int | None = None) -> FrameSource:
+    cv2 = import_cv2()
+    if kind == "gstreamer" and gstreamer_support(cv2) is False:
+        raise MissingDependencyError(
+            f"{spec}: this OpenCV ({getattr(cv2, '__version__', '?')}) was built without GStreamer (cv2.getBuildInformation() says "
+            "GStreamer: NO; pip's opencv-python wheels are): on a Jetson use JetPack's OpenCV (python3-opencv, "
+            "a venv made with --system-site-packages, no pip opencv-python in it), or give a video file or camera index")
     cap = cv2.VideoCapture(spec, api) if api is not None else cv2.VideoCapture(spec)
     if not cap.isOpened():
         what = {"video": "video file cannot be opened (truncated, corrupt, not a video, or a codec OpenCV lacks)",
                 "camera": "camera cannot be opened (wrong index, busy, or no permission)",
-                "gstreamer": "GStreamer pipeline cannot be opened (OpenCV built without GStreamer, or a bad pipeline; "
-                             "end it with '! appsink')",
+                "gstreamer": "GStreamer pipeline cannot be opened (a bad pipeline or a missing plugin: end it with "
+                             "'! video/x-raw,format=BGR ! appsink', and try it with gst-launch-1.0 ending in "
+                             "'! fakesink')",
                 "stream": "stream cannot be opened (unreachable URL or unsupported protocol)"}[kind]
         if kind == "video" and str(spec).lower().endswith((".mp4", ".mov", ".m4v")):
             what += "; an .mp4 cut short loses its index (moov atom) and cannot be read at all"
@@ -126,15 +164,18 @@ def open_source(source: str | int | os.PathLike[str]) -> FrameSource:
     """Open ``source`` (see the module docstring).
 
     Raises:
-        DataError: missing file, unsupported extension, video/camera/stream that cannot be opened,
+        DataError: missing file, unsupported extension, video/camera/stream/pipeline that cannot be opened,
             folder or glob without images.
+        MissingDependencyError: OpenCV is not importable, or a GStreamer pipeline was given to an OpenCV
+            built without GStreamer.
     """
+    cv2 = import_cv2()  # every source decodes through OpenCV: say so before looking at the string
     if isinstance(source, int):
         return _open_capture(source, "camera")
     spec = str(source)
     if spec.isdigit():
         return _open_capture(int(spec), "camera")
-    if "!" in spec:
+    if is_gstreamer(spec):
         return _open_capture(spec, "gstreamer", cv2.CAP_GSTREAMER)
     if "://" in spec:
         return _open_capture(spec, "stream")

@@ -24,6 +24,7 @@ class TorchBackend(_BaseBackend):
 
     Raises:
         CheckpointError: unreadable or unsafe checkpoint. ConfigError: unknown or unavailable device.
+        MissingDependencyError: PyTorch is not installed (the device runtime runs .onnx / .engine without it).
     """
 
     name = "torch"
@@ -31,8 +32,9 @@ class TorchBackend(_BaseBackend):
 
     def __init__(self, path: str | os.PathLike[str], device: str | None = None,
                  image_size: tuple[int, int] | None = None, batch: int | None = None) -> None:
-        import torch
+        from .._optional import import_torch
 
+        torch = import_torch("a .pt / .pth checkpoint (the torch backend)")
         from ..checkpoint import checkpoint_manifest, load_model
 
         if device is None:

@@ -109,9 +109,9 @@ def exported(tmp_path_factory) -> Exported:
     calib.mkdir()
     for i, f in enumerate(frames):
         cv2.imwrite(str(calib / f"img{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    res = export_model(ckpt, ExportConfig(fp16=True, int8=True, calib=calib, calib_size=6, out=root / "trt"))
+    res = export_model(ckpt, ExportConfig(fp16=True, int8=True, calib=calib, calib_size=6, fused_io=False, out=root / "trt"))
     by = {a.manifest.precision: a.path for a in res.artifacts}
-    cpu = export_model(ckpt, ExportConfig(int8=True, target="cpu", calib=calib, calib_size=6, out=root / "cpu"))
+    cpu = export_model(ckpt, ExportConfig(int8=True, target="cpu", calib=calib, calib_size=6, fused_io=False, out=root / "cpu"))
     fused = export_model(ckpt, ExportConfig(fused_io=True, out=root / "fused"))
     return Exported(ckpt, Path(by["fp32"]), Path(by["fp16"]), Path(by["int8"]),
                     Path([a.path for a in cpu.artifacts if a.manifest.precision == "int8"][0]),

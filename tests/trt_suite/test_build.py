@@ -262,7 +262,7 @@ def test_export_engine_lists_the_engines(exported, tmp_path):
     """``export --engine`` built engines but left them out of its result and printed table."""
     from danet_edge.export import ExportConfig, export_model
 
-    res = export_model(exported.checkpoint, ExportConfig(fp16=True, engine=True, out=tmp_path))
+    res = export_model(exported.checkpoint, ExportConfig(fp16=True, engine=True, out=tmp_path, fused_io=False))
     engines = [a for a in res.artifacts if a.path.suffix == ".engine"]
     assert [a.path.name for a in engines] == ["model.engine", "model_fp16.engine"]
     assert [a.manifest.precision for a in engines] == ["fp32", "fp16"] and all(a.path.is_file() for a in engines)
