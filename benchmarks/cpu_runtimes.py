@@ -1,8 +1,10 @@
 """CPU runtimes side by side: the same ONNX files on ONNX Runtime and OpenVINO, beside PyTorch eager FP32.
 
 DANet (random weights unless ``--checkpoint``) exported to FP32 and to the cpu-target INT8 graph (uint8
-activations, int8 per-channel weights), with and without quantized attention MatMuls; every entry timed
-in one run, alternating, with the same thread count, medians of ``--runs``. Answers issue 9's question:
+activations, int8 per-channel weights) with fused I/O (the export default), as logits graphs (``--logits``),
+with quantized attention MatMuls, and the tensorrt-target INT8 + FP16 graph (Q/DQ also on residual skips);
+every entry timed in one run, alternating, with the same thread count, medians of ``--runs``; each entry's
+time is ``segment_frames`` on one frame: resize, normalise, the graph, argmax, labels back to frame size. Answers issue 9's question:
 which CPU runtime is the honest fast route, and how far INT8 goes against eager FP32.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/cpu_runtimes.py [--backbone resnet50] [--size 256 512]
@@ -40,31 +42,41 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--calib", type=int, default=8, help="calibration images (synthetic scenes)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_runtimes")
+    ap.add_argument("--calib-dir", type=Path, help="a calibration folder (default: synthetic scenes)")
+    ap.add_argument("--rows", default="all", help="'all' or 'fast' (the INT8 graphs on the fastest backends only)")
     args = ap.parse_args()
     out, size = args.out, tuple(args.size)
     ckpt = args.checkpoint or out / f"{args.backbone}_{size[0]}x{size[1]}.pt"
     if not ckpt.is_file():
         random_checkpoint(ckpt, args.backbone, size, 19)
-    calib = out / "calib"
-    if not (calib / "calib.txt").is_file():
+    calib = args.calib_dir or out / "calib"
+    if not (calib / "calib.txt").is_file() and args.calib_dir is None:
         fill_calib_dir("synthetic", None, args.calib, calib)
     graphs = {"fp32": out / "plain" / "model.onnx", "int8 cpu": out / "plain" / "model_int8_cpu.onnx",
-              "int8 cpu + attention": out / "att" / "model_int8_cpu.onnx"}
+              "int8 cpu, logits graph": out / "logits" / "model_int8_cpu.onnx",
+              "int8 cpu + attention": out / "att" / "model_int8_cpu.onnx",
+              "int8 + fp16 (tensorrt target)": out / "trt" / "model_int8_trt.onnx"}
+    common = dict(imgsz=size, int8=True, calib=calib, calib_size=args.calib, verify_images=1, reference_images=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if not graphs["int8 cpu"].is_file():
-            export_model(ckpt, ExportConfig(imgsz=size, int8=True, target="cpu", calib=calib, out=out / "plain",
-                                            verify_images=1), log=print)
-        if not graphs["int8 cpu + attention"].is_file():
-            export_model(ckpt, ExportConfig(imgsz=size, int8=True, target="cpu", calib=calib, out=out / "att",
-                                            include_attention=True, verify_images=1), log=print)
+        for key, extra in (("int8 cpu", {"target": "cpu", "out": out / "plain"}),
+                           ("int8 cpu, logits graph", {"target": "cpu", "out": out / "logits", "fused_io": False}),
+                           ("int8 cpu + attention", {"target": "cpu", "out": out / "att", "include_attention": True}),
+                           ("int8 + fp16 (tensorrt target)", {"target": "tensorrt", "out": out / "trt"})):
+            if not graphs[key].is_file():
+                export_model(ckpt, ExportConfig(**common, **extra), log=print)
     frame = np.asarray(next(load_calibration_set(calib).frames()))
     entries = [("PyTorch eager FP32", ckpt, "torch", {"image_size": size})]
     for name, path in graphs.items():
-        entries.append((f"ONNX Runtime {name}", path, "onnxruntime", {"threads": args.threads}))
-        entries.append((f"OpenVINO {name}", path, "openvino", {"threads": args.threads}))
-        entries.append((f"OpenVINO {name}, bf16 outside INT8", path, "openvino",
-                        {"threads": args.threads, "inference_precision": "bf16"}))
+        fast = args.rows == "fast"
+        if fast and name != "int8 cpu" and not name.startswith("int8 + fp16"):
+            continue
+        if not fast:
+            entries.append((f"ONNX Runtime {name}", path, "onnxruntime", {"threads": args.threads}))
+            entries.append((f"OpenVINO {name}", path, "openvino", {"threads": args.threads}))
+        entries.append((f"OpenVINO {name}, bf16 outside INT8", path, "openvino-bf16", {"threads": args.threads}))
+    if args.rows == "fast":
+        entries.insert(1, ("ONNX Runtime int8 cpu", graphs["int8 cpu"], "onnxruntime", {"threads": args.threads}))
     import torch
 
     torch.set_num_threads(args.threads)

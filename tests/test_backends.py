@@ -36,7 +36,7 @@ def test_suffix_table_and_override(tmp_path):
     for bad in ("m.ONNX", "m.onnx.json", "model"):
         with pytest.raises(ConfigError, match=r"\.onnx \(onnxruntime\)"):
             backend_for(bad)
-    with pytest.raises(ConfigError, match="torch, onnxruntime, openvino, tensorrt"):
+    with pytest.raises(ConfigError, match="torch, onnxruntime, openvino, openvino-bf16, tensorrt"):
         backend_for("m.onnx", backend="tflite")
     assert set(BACKENDS.values()) == {"torch", "onnxruntime", "tensorrt"}
 
@@ -157,3 +157,20 @@ def test_openvino_backend_runs_the_same_graphs(tmp_path, tiny_checkpoint):
         assert np.abs(pa.logits - pb.logits).max() < 1e-3 * np.abs(pb.logits).max()
     with pytest.raises(ConfigError, match="providers"):
         open_backend(path, backend="openvino", providers=["cpu"])
+
+
+def test_openvino_bf16_row_says_what_it_compiled_for(tmp_path, tiny_checkpoint):
+    """``--backend openvino-bf16``: bf16 outside INT8 where the CPU has it; the provider names the precision
+    OpenVINO really compiled for (f32 on a CPU without bf16), and the class maps stay close to f32's."""
+    pytest.importorskip("openvino")
+    from _runtime_helpers import export_tiny, random_frames
+
+    from danet_edge.runtime.backends import open_backend, segment_frames
+
+    path = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
+    frames = list(random_frames(2, 64, 96))
+    with open_backend(path, backend="openvino-bf16", threads=1) as bf, open_backend(path, backend="openvino",
+                                                                                    threads=1) as f32:
+        got = str(bf.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name())
+        assert bf.name == "openvino-bf16" and f"({got} inference precision)" in bf.provider
+        assert all((x == y).mean() > 0.95 for x, y in zip(segment_frames(bf, frames), segment_frames(f32, frames)))

@@ -29,10 +29,17 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 def base_venv(tmp_path_factory) -> Path:
     """A venv with ``danet-edge[ort,video]`` only: the device runtime on a workstation (ONNX Runtime and
     OpenCV from PyPI; a Jetson has its own)."""
-    root = tmp_path_factory.mktemp("basevenv") / "venv"
+    import shutil
+
+    work = tmp_path_factory.mktemp("basevenv")
+    src = work / "src"  # a copy: building in the checkout would leave build/ and egg-info there
+    shutil.copytree(REPO / "danet_edge", src / "danet_edge", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    root = work / "venv"
     venv.create(root, with_pip=True)
     py = root / "bin" / "python"
-    r = _run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{REPO}[ort,video]"])
+    r = _run([py, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{src}[ort,video]"])
     if r.returncode != 0:
         if "Could not find a version" in r.stderr or "Failed to establish" in r.stderr or "No matching" in r.stderr:
             pytest.skip(f"package registry not reachable: {r.stderr.strip().splitlines()[-1]}")

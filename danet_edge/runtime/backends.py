@@ -181,6 +181,8 @@ register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_
 register_backend(BackendSpec("openvino", (), "danet_edge.runtime.openvino_backend:OpenVinoBackend",
                              ("threads", "inference_precision"),
                              "OpenVINO on the CPU (the same .onnx graphs; --backend openvino)"))
+register_backend(BackendSpec("openvino-bf16", (), "danet_edge.runtime.openvino_backend:OpenVinoBf16Backend",
+                             ("threads",), "OpenVINO on the CPU, bf16 outside the INT8 part (AVX-512 BF16 / AMX)"))
 register_backend(BackendSpec("tensorrt", (".engine", ".plan"), "danet_edge.runtime.trt_backend:TensorRTBackend",
                              ("cuda_backend",), "TensorRT engine (built on this device)"))
 
