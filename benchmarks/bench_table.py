@@ -67,7 +67,8 @@ def main() -> None:
         warnings.simplefilter("ignore")
         if not all((exp / names[p]).is_file() for p in args.precisions if p != "int8_cpu"):
             export_model(ckpt, ExportConfig(fp16="fp16" in args.precisions, int8="int8_trt" in args.precisions,
-                                            target="tensorrt", calib=calib, out=exp, verify_images=1), log=print)
+                                            target="tensorrt", calib=calib if "int8_trt" in args.precisions else None,
+                                            out=exp, verify_images=1), log=print)
         if "int8_cpu" in args.precisions and not (exp / names["int8_cpu"]).is_file():
             export_model(ckpt, ExportConfig(int8=True, target="cpu", calib=calib, out=exp, verify_images=1), log=print)
     print(f"exports ready ({time.perf_counter() - t0:.0f} s)")

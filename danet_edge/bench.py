@@ -51,7 +51,7 @@ import numpy as np
 
 from .bench_plot import write_plot
 from ._optional import import_matplotlib, import_torch
-from .config import Config
+from .config import Config, check_threads
 from .errors import ConfigError, MissingDependencyError
 from .measure import MiB, PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
 from .preprocess import resize_image
@@ -61,6 +61,27 @@ from .utils import read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
 
+
+
+#: Largest ``--batch`` bench takes; what fits in memory is checked per entry (:func:`check_batch_memory`).
+MAX_BATCH = 1024
+
+
+def check_batch_memory(batch: int, size: Sequence[int], num_classes: int) -> None:
+    """Refuse a batch whose frames, model input, logits and labels cannot fit in the RAM available now
+    (a lower bound of what timing it holds: the model's activations come on top).
+
+    Raises:
+        ConfigError: naming the estimate and what is available.
+    """
+    import psutil
+
+    h, w = int(size[0]), int(size[1])
+    per_image = h * w * (3 + 3 * 4 + num_classes * 4 + 8)  # uint8 frame, f32 input, f32 logits, int64 labels
+    need, have = batch * per_image, psutil.virtual_memory().available
+    if need > have:
+        raise ConfigError(f"--batch {batch} at {h}x{w} needs at least {need / 2**30:.1f} GiB for its inputs and "
+                          f"outputs, more than the {have / 2**30:.1f} GiB of RAM available: use a smaller --batch")
 
 
 @dataclass
@@ -95,13 +116,14 @@ class BenchConfig(Config):
     seed: int = 0
 
     def validate(self) -> None:
-        """Raises ConfigError for negative warm-up, no timed runs, batch sizes or threads below 1."""
+        """Raises ConfigError for negative warm-up, no timed runs, batch sizes outside 1..``MAX_BATCH`` or
+        threads below 1 (the bounds that depend on the machine are the stage's: :func:`bench_artifacts`)."""
         if self.warmup < 0 or self.runs < 1:
             raise ConfigError(f"need warmup >= 0 and runs >= 1, got {self.warmup} and {self.runs}")
         if self.batches is not None:
             self.batches = tuple(int(b) for b in self.batches)
-            if not self.batches or any(b < 1 for b in self.batches):
-                raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+            if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
+                raise ConfigError(f"--batch sizes must be in 1..{MAX_BATCH}, got {list(self.batches)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
 
@@ -192,6 +214,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
         try:
             m = backend.manifest
             n = batch or m.batch_size
+            check_batch_memory(n, m.image_size, len(m.classes))
             images = _scenes(n, m.image_size, cfg.seed)
             labels = backend.predict(images).labels  # first run: also the labels for agreement
             for _ in range(max(0, cfg.warmup - 1)):
@@ -233,6 +256,7 @@ def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: Ben
     model = loaded.model.to(cfg.device or "cuda").eval()
     dev = next(model.parameters()).device
     x = torch.from_numpy(normalize(_scenes(batch, size, cfg.seed), loaded.data["mean"], loaded.data["std"])).to(dev)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
     out = []
     for name, prec, dtype, impl in names:
         model.set_attention(impl)
@@ -261,7 +285,8 @@ def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: Ben
         out.append(BenchEntry(
             name=name, precision=prec, latency_mean_ms=s["mean"], latency_p50_ms=s["p50"], latency_p90_ms=s["p90"],
             latency_p99_ms=s["p99"], latency_min_ms=s["min"], throughput_fps=batch * 1e3 / s["mean"],
-            gpu_peak_mib=torch.cuda.max_memory_allocated() / MiB, agreement=agreement, **base))
+            gpu_peak_mib=torch.cuda.max_memory_allocated() / MiB, agreement=agreement,
+            provider=f"PyTorch {torch.__version__} {prec} eager on {gpu}", **base))
     model.set_attention("sdpa")
     del model
     torch.cuda.empty_cache()
@@ -337,6 +362,7 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     """
     cfg = cfg or BenchConfig()
     cfg.validate()
+    check_threads("--threads", cfg.threads)  # the machine's bound (a stage check)
     paths = [Path(a) for a in artifacts]
     if not paths and cfg.reference is None:
         raise ConfigError("nothing to benchmark: give artifacts or a reference checkpoint")

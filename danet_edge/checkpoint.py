@@ -19,7 +19,10 @@ through ``danet_edge.model.weights``.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError, ConfigError
-from .manifest import Manifest
+from .manifest import MAX_IMAGE_SIDE, Manifest
 from .model import DANet, ModelConfig, load_official_checkpoint
 from .model.weights import safe_torch_load
 from .palettes import default_palette
@@ -52,7 +55,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a danet-edge checkpoint dict safely (``weights_only=True``) and check its fields.
 
     Raises:
-        CheckpointError: missing, unsafe, or not a danet-edge checkpoint.
+        CheckpointError: missing, unsafe, or not a danet-edge checkpoint; a ``model`` entry that is not a
+            state_dict of tensors, a ``model_config`` or ``data`` entry that is not a dict.
     """
     obj = safe_torch_load(path)
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
@@ -60,6 +64,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("model", "model_config", "data"):
         if key not in obj:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    weights = obj["model"]
+    if not isinstance(weights, Mapping) or not weights:
+        raise CheckpointError(f"{path}: 'model' must be a state_dict (names -> tensors), got "
+                              f"{type(weights).__name__}")
+    for name, value in weights.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: 'model' entry {str(name)[:80]!r} is a {type(value).__name__}, "
+                                  "not a tensor")
+    for key in ("model_config", "data"):
+        if not isinstance(obj[key], dict):
+            raise CheckpointError(f"{path}: {key!r} must be a dict, got {type(obj[key]).__name__}")
     return obj
 
 
@@ -82,26 +97,66 @@ class LoadedModel:
     path: Path
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _validate_data(data: Any, num_classes: int, path: Path) -> dict[str, Any]:
+    """The checkpoint's ``data`` entry with defaults filled in, each field checked for type and range (the
+    rules of ``manifest.Manifest.from_dict``, which every artifact made from it must pass too).
+
+    Raises:
+        CheckpointError: one line naming the field (``data.palette[2]``, ``data.std``...).
+    """
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: 'data' entry must be a dict")
     out = dict(data)
-    classes = out.get("classes") or [f"class{i}" for i in range(num_classes)]
-    if not isinstance(classes, list) or len(classes) != num_classes or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError(f"{path}: 'data.classes' must list {num_classes} names")
-    out["classes"] = classes
-    palette = out.get("palette") or default_palette(num_classes)
-    if len(palette) != num_classes:
-        raise CheckpointError(f"{path}: 'data.palette' must have {num_classes} colours")
+    classes = out.get("classes")
+    classes = [f"class{i}" for i in range(num_classes)] if classes is None else classes
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: 'data.classes' must be a list of names")
+    if len(classes) != num_classes:
+        raise CheckpointError(f"{path}: 'data.classes' lists {len(classes)} names, the model has {num_classes} "
+                              "classes")
+    out["classes"] = list(classes)
+    palette = out.get("palette")
+    palette = default_palette(num_classes) if palette is None else palette
+    if not isinstance(palette, (list, tuple)) or len(palette) != num_classes:
+        n = len(palette) if isinstance(palette, (list, tuple)) else type(palette).__name__
+        raise CheckpointError(f"{path}: 'data.palette' must hold one [r, g, b] colour per class ({num_classes}), "
+                              f"got {n}")
+    for i, c in enumerate(palette):
+        if not (isinstance(c, (list, tuple)) and len(c) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in c)):
+            raise CheckpointError(f"{path}: 'data.palette[{i}]' must be [r, g, b] with integers 0..255, "
+                                  f"got {str(c)[:80]}")
     out["palette"] = [[int(v) for v in c] for c in palette]
-    out["mean"] = [float(v) for v in out.get("mean", IMAGENET_MEAN)]
-    out["std"] = [float(v) for v in out.get("std", IMAGENET_STD)]
-    out["ignore_index"] = int(out.get("ignore_index", 255))
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        v = out.get(key)
+        v = default if v is None else v
+        if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_finite(x) for x in v):
+            raise CheckpointError(f"{path}: 'data.{key}' must be three finite numbers (R, G, B), got {str(v)[:80]}")
+        out[key] = [float(x) for x in v]
+    if any(x <= 0 for x in out["std"]):
+        raise CheckpointError(f"{path}: 'data.std' must be positive (the normalisation divides by it), "
+                              f"got {out['std']}")
+    ignore = out.get("ignore_index", 255)
+    if not _is_int(ignore) or not 0 <= ignore <= 255:
+        raise CheckpointError(f"{path}: 'data.ignore_index' must be an integer in 0..255, got {str(ignore)[:80]}")
+    out["ignore_index"] = int(ignore)
     size = out.get("image_size")
     if size is not None:
-        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-            raise CheckpointError(f"{path}: 'data.image_size' must be [height, width]")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(s) for s in size)):
+            raise CheckpointError(f"{path}: 'data.image_size' must be [height, width], got {str(size)[:80]}")
+        if not all(1 <= s <= MAX_IMAGE_SIDE for s in size):
+            raise CheckpointError(f"{path}: 'data.image_size' {size[0]}x{size[1]} is outside 1..{MAX_IMAGE_SIDE} "
+                                  "per side")
         out["image_size"] = [int(s) for s in size]
+    if "dataset" in out and not isinstance(out["dataset"], str):
+        raise CheckpointError(f"{path}: 'data.dataset' must be a name")
     return out
 
 
@@ -112,7 +167,10 @@ def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_st
     checkpoints record their own configuration).
 
     Raises:
-        CheckpointError: missing, unsafe or inconsistent file, or weights that do not fit.
+        CheckpointError: missing, unsafe or inconsistent file, weights that do not fit, or a ``data`` field of
+            the wrong type or range (classes and palette not one per model class, a palette entry that is not
+            three integers 0..255, mean / std not three finite numbers, std <= 0, image size outside 1..8192):
+            one line naming the field.
     """
     path = Path(path)
     raw = safe_torch_load(path)
@@ -122,19 +180,19 @@ def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_st
             config = ModelConfig.from_dict(ckpt["model_config"])
         except (TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{path}: bad model_config ({e})") from None
+        data = _validate_data(ckpt["data"], config.num_classes, path)  # before the model is built: fails fast
         model = DANet(config)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
             raise CheckpointError(f"{path}: weights do not fit DANet {config.backbone} ({first})") from None
-        data = ckpt["data"]
     else:
         model = load_official_checkpoint(raw if isinstance(raw, dict) else path, multi_grid, output_stride)
         config = model.config
-        data = {"dataset": "official"}
+        data = _validate_data({"dataset": "official"}, config.num_classes, path)
     model.eval()
-    return LoadedModel(model, config, _validate_data(data, config.num_classes, path), sha256_file(path), path)
+    return LoadedModel(model, config, data, sha256_file(path), path)
 
 
 def checkpoint_manifest(loaded: LoadedModel, image_size: tuple[int, int] | None = None, batch: int = 1) -> Manifest:

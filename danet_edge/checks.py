@@ -36,7 +36,7 @@ from .errors import CheckFailed, ConfigError, DataError, ManifestError
 from .manifest import Manifest
 from .metrics import ConfusionMatrix
 from .preprocess import resize_image, resize_labels
-from .checks_report import write_markdown, write_pictures
+from .checks_report import write_html, write_markdown, write_pictures
 from .progress import track
 from .config import CheckConfig
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
@@ -80,6 +80,7 @@ class ArtifactCheck:
     failures: list[str]
     notes: list[str] = field(default_factory=list)
     per_class_iou: list[float | None] = field(default_factory=list)
+    reference_per_class_iou: list[float | None] = field(default_factory=list)
     picture: str | None = None
     precision_detail: dict[str, Any] | None = None
 
@@ -95,6 +96,8 @@ class CheckReport:
     artifacts: list[ArtifactCheck]
     json_path: str | None = None
     markdown_path: str | None = None
+    html_path: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -176,11 +179,13 @@ def _open_reference(path: Path, size: tuple[int, int], batch: int):
 @dataclass
 class _Acc:
     """Running state for one artifact: its confusion matrix, the comparison with the reference's outputs
-    (``compare.OutputComparison``, shared with export verification) and the frames with most disagreement."""
+    (``compare.OutputComparison``, shared with export verification) and the frames with most disagreement:
+    heap items ``(disagreeing pixels, -frame index, image, reference labels, artifact labels, ground truth)``,
+    all at the artifact's size."""
 
     cm: ConfusionMatrix
     cmp: OutputComparison = field(default_factory=OutputComparison)
-    worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -297,9 +302,10 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
         if frames == 0:
             raise DataError("the evaluation set is empty")
         labelled = bundle is None or bundle.labelled
-        results = []
+        results, art_ref_cms = [], []
         for p, b, acc in zip(paths, backends, accs):
             key = (b.manifest.image_size, b.manifest.batch_size)
+            art_ref_cms.append(ref_cms[key])
             results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled))
     finally:
         for b in [*backends, *refs.values()]:
@@ -308,13 +314,15 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
     report = CheckReport(reference=str(getattr(bundle, "path", reference)),
                          dataset=str(getattr(info, "name", "") or ""), frames=frames, classes=classes, artifacts=results)
     if cfg.report_dir is not None:
-        write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir))
+        write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir), labelled, ignore)
         report.markdown_path = str(Path(cfg.report_dir) / "report.md")
+        report.html_path = str(Path(cfg.report_dir) / "report.html")
     if cfg.json_path is not None:
         report.json_path = str(cfg.json_path)
         write_json(cfg.json_path, report.to_dict())
     if cfg.report_dir is not None:
         write_markdown(report, Path(report.markdown_path))
+        write_html(report, accs, art_ref_cms, ref_m.palette, Path(report.html_path), labelled, ignore)
     return report
 
 
@@ -326,8 +334,9 @@ def _accumulate(acc: _Acc, pred: Any, n: int, piece: list[tuple[int, np.ndarray,
     logits = None if pred.logits is None else np.asarray(pred.logits)[:n]
     same = acc.cmp.update(labels, ref_labels, logits, ref_logits)
     if cfg.pictures and cfg.report_dir is not None:
-        for (idx, _, _), img, lab, rl, s in zip(piece, batch, labels, ref_labels, same):
-            item = (int((~s).sum()), -idx, img, rl.astype(np.uint8), lab.astype(np.uint8))
+        for (idx, _, mask), img, lab, rl, s in zip(piece, batch, labels, ref_labels, same):
+            item = (int((~s).sum()), -idx, img, rl.astype(np.uint8), lab.astype(np.uint8),
+                    resize_labels(np.asarray(mask), img.shape[:2]))
             if len(acc.worst) < cfg.pictures:
                 heapq.heappush(acc.worst, item)
             elif item[:2] > acc.worst[0][:2]:
@@ -367,4 +376,5 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         pixel_accuracy=_pct(acc.cm.pixel_accuracy()), reference_miou=ref_miou,
         reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
         thresholds=asdict(th), passed=not failures, failures=failures, notes=notes, precision_detail=detail,
-        per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()], **logit_fields)
+        per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()],
+        reference_per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in ref_cm.iou()], **logit_fields)

@@ -29,7 +29,7 @@ from .manifest import PRECISIONS
 from .recipes import get_recipe
 
 __all__ = ["Config", "ModelConfig", "TrainConfig", "ExportConfig", "CheckConfig", "check_range", "check_choice",
-           "CALIB_DIR", "CALIB_IMAGES", "EXPORT_DIR"]
+           "check_threads", "CALIB_DIR", "CALIB_IMAGES", "EXPORT_DIR", "MAX_CROP_SIDE"]
 
 AttentionImpl = Literal["sdpa", "explicit"]
 
@@ -38,6 +38,8 @@ AttentionImpl = Literal["sdpa", "explicit"]
 CALIB_DIR = Path("calib")
 EXPORT_DIR = Path("export")
 CALIB_IMAGES = 100
+#: Largest training crop side (px); the memory a crop needs is checked against the machine when training starts.
+MAX_CROP_SIDE = 8192
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
@@ -58,6 +60,17 @@ def check_range(name: str, value: Any, lo: float | None = None, hi: float | None
         raise ConfigError(f"{name} must be >= {lo}, got {value}")
     if hi is not None and value > hi:
         raise ConfigError(f"{name} must be <= {hi}, got {value}")
+
+
+def check_threads(name: str, value: int | None, lo: int = 1) -> None:
+    """Raise ConfigError unless ``value`` (None lets through) is a thread count in ``lo..4 x the CPUs here``.
+
+    A stage check (it depends on the machine): far more threads than cores only adds switching, and
+    a count like 100000 made ONNX Runtime hang creating them.
+    """
+    import os
+
+    check_range(name, value, lo, 4 * (os.cpu_count() or 1), optional=True)
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...] | list[str], optional: bool = False) -> None:
@@ -167,6 +180,8 @@ class TrainConfig(Config):
         resume: continue from ``out_dir/last.pt`` at the same iteration of the poly schedule; with
             a larger ``epochs`` than before the schedule is stretched to the new length (the lr
             rises again to the new curve's value and decays to 0 at the new end).
+        exist_ok: start a new run in an ``out_dir`` that already holds a run (``last.pt``, ``best.pt`` or
+            ``metrics.jsonl``), replacing it; without it (or ``resume``) ``train`` refuses such a folder.
         limit_train, limit_val: use only the first N samples.
         backbone_weights: local torchvision ImageNet ResNet file.
         eval_every: validate every N epochs (and after the last).
@@ -195,6 +210,7 @@ class TrainConfig(Config):
     workers: int = 2
     out_dir: str = "runs/train"
     resume: bool = False
+    exist_ok: bool = False
     limit_train: int | None = None
     limit_val: int | None = None
     backbone_weights: str | None = None
@@ -216,13 +232,18 @@ class TrainConfig(Config):
             raise ConfigError(f"batch size {self.batch_size} is not divisible by {self.devices} devices")
         if self.batch_size // self.devices < 2:
             raise ConfigError("each process needs a batch of at least 2 (BatchNorm)")
-        check_range("lr", self.lr, integer=False)
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("need lr > 0, weight decay >= 0, 0 <= momentum < 1")
+        for name in ("lr", "momentum", "weight_decay", "poly_power", "head_lr_mult", "aux_weight", "fcn_aux_weight"):
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 0, integer=False)  # finite, >= 0
+        check_range("--grad-clip", self.grad_clip, optional=True, integer=False)
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.momentum < 1:
+            raise ConfigError(f"momentum must be in 0..1 (exclusive), got {self.momentum}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad clip must be > 0, got {self.grad_clip}")
-        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16):
-            raise ConfigError(f"crop size must be two numbers >= 16, got {self.crop_size}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16
+                                           or max(self.crop_size) > MAX_CROP_SIDE):
+            raise ConfigError(f"--crop-size must be two sizes H W in 16..{MAX_CROP_SIDE}, got {self.crop_size}")
         check_range("workers", self.workers, 0)
 
     def model_config(self, num_classes: int) -> ModelConfig:
@@ -256,11 +277,13 @@ class ExportConfig(Config):
         batch: static batch size N, 1..64.
         fp16, int8: also write the FP16 / INT8 Q/DQ graph (the ``fp16`` / ``int8-<target>`` recipes).
         recipes: more precision recipes by name (``recipes.RECIPES``), after those.
-        calib: calibration folder (default :data:`CALIB_DIR` with ``int8``; also the verification images).
+        calib: calibration folder (default :data:`CALIB_DIR` with ``int8``; also the verification images); refused
+            unless a recipe that calibrates is asked for (``int8`` or such a recipe).
         calib_method: ``entropy`` (default), ``percentile`` or ``minmax``; INT8 only.
         calib_size: images drawn from the calibration folder (default :data:`CALIB_IMAGES`); INT8 only.
         seed: seed of that draw and of synthetic verification images.
-        target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ).
+        target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ);
+            ``cpu`` is refused unless a recipe for the CPU target is asked for (``int8`` or ``int8-cpu``).
         opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11).
         engine: also build the TensorRT engine (needs tensorrt and ``danet_edge.engine``).
         fused_io: uint8 NHWC input, class-index output (``graph_io.fuse_io``), the default: at 512x1024 with
@@ -342,8 +365,13 @@ class ExportConfig(Config):
             raise ConfigError("--max-miou-drop needs labelled images: give --dataset (and --data)")
         if self.dataset not in (None, "synthetic") and self.data is None:
             raise ConfigError(f"--dataset {self.dataset} needs --data DIR")
-        for name in self.recipe_names():
-            get_recipe(name)  # an unknown name fails here, before anything is written
+        recipes = [get_recipe(name) for name in self.recipe_names()]  # an unknown name fails here, before writing
+        if self.target == "cpu" and not any(r.target == "cpu" for r in recipes):
+            raise ConfigError("--target cpu selects the INT8 graph for ONNX Runtime on CPU: add --int8 "
+                              "(or --recipe int8-cpu), or drop --target cpu")
+        if self.calib is not None and not any(r.needs_calibration for r in recipes):
+            raise ConfigError("--calib is the calibration folder of INT8: add --int8 (or a recipe that calibrates), "
+                              "or drop --calib")
 
     def recipe_names(self) -> list[str]:
         """The recipes asked for, in order: ``--fp16``, ``--int8`` (for ``--target``), then ``recipes``."""

@@ -7,7 +7,8 @@ and ``(H, W) int64`` targets through ``TransformedDataset``.
 
 Checks: list files, folders and image/mask pairing are checked when the data set is built;
 readability, equal image/mask sizes and label values (``0..K-1`` or the ignore index) are checked
-per item when it is read. Every problem raises ``DataError`` naming the file.
+per item when it is read, and for every file at once by :func:`verify_files` (``train`` runs it
+before the first epoch). Every problem raises ``DataError`` naming the file.
 
 ``synthetic`` (the default) draws street scenes procedurally (``synthetic.py``): no files,
 deterministic for a given seed, split and index.
@@ -130,18 +131,83 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"(ignore index {ign}) for {self.info.name}")
         return mask
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        img_path, mask_path = self.pairs[i]
-        image = read_image(img_path)
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` of item ``i``'s image from its header (no decoding).
+
+        Raises:
+            DataError: the file cannot be opened as an image.
+        """
+        return _image_header(self.pairs[i][0])
+
+    def _read_labels(self, mask_path: Path) -> np.ndarray:
+        """The class map of ``mask_path`` (``label_map`` applied), before the range check."""
         mask = read_mask(mask_path)
         if self.label_map is not None:
             if mask.min(initial=0) < 0 or mask.max(initial=0) >= len(self.label_map):
                 raise DataError(f"{mask_path}: raw label values outside 0..{len(self.label_map) - 1}")
             mask = self.label_map[mask]
-        if image.shape[:2] != mask.shape[:2]:
+        return mask
+
+    @staticmethod
+    def _check_sizes(img_path: Path, mask_path: Path, image_hw: tuple[int, ...], mask: np.ndarray) -> None:
+        if tuple(image_hw[:2]) != mask.shape[:2]:
             raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img_path} "
-                            f"is {image.shape[1]}x{image.shape[0]} (width x height)")
+                            f"is {image_hw[1]}x{image_hw[0]} (width x height)")
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img_path, mask_path = self.pairs[i]
+        image = read_image(img_path)
+        mask = self._read_labels(mask_path)
+        self._check_sizes(img_path, mask_path, image.shape, mask)
         return image, self._check_mask(mask, mask_path)
+
+    def verify(self, description: str | None = None) -> int:
+        """Open every image and label file once, as a training run reads them, and fail on the first bad one.
+
+        Per pair: the image's header opens (its size read without decoding; a PNG's chunk checksums are
+        verified, which finds a truncated file), the label map decodes, has the image's size and holds only
+        ``0..K-1`` or the ignore index. Draws a progress bar (``progress.track``). CamVid's 367 + 101 pairs
+        take 0.7-1.3 s (measured on 2 busy cores; a Cityscapes-size pair about 20 ms).
+
+        Returns:
+            The number of pairs checked.
+
+        Raises:
+            DataError: the first bad file, named.
+        """
+        from .progress import track
+
+        what = description or f"checking {self.info.name} {self.split} files"
+        for img_path, mask_path in track(self.pairs, what, total=len(self.pairs)):
+            size = _image_header(img_path)
+            mask = self._read_labels(mask_path)
+            self._check_sizes(img_path, mask_path, size, mask)
+            self._check_mask(mask, mask_path)
+        return len(self.pairs)
+
+
+def _image_header(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header; PNG chunk checksums verified (a cut file fails).
+
+    A file PIL does not recognise is decoded with OpenCV (``read_image``) instead, so a format only the
+    training run's reader knows is not refused here.
+
+    Raises:
+        DataError: unreadable, cut short or corrupt (one line naming the file).
+    """
+    try:
+        im = Image.open(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except Exception:  # noqa: BLE001 - not a format PIL knows (UnidentifiedImageError...): OpenCV decides
+        return tuple(read_image(path).shape[:2])  # type: ignore[return-value]
+    try:
+        with im:
+            w, h = im.size
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error... for a bad file
+        raise DataError(f"{path}: corrupt or cut-short image ({type(e).__name__}: {e})") from None
+    return int(h), int(w)
 
 
 class SyntheticDataset(SegmentationDataset):
@@ -170,6 +236,14 @@ class SyntheticDataset(SegmentationDataset):
 
     def image_path(self, i: int) -> Path | None:
         return None
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(H, W)`` of every generated image."""
+        return self.size
+
+    def verify(self, description: str | None = None) -> int:
+        """Nothing to open: generated scenes have no files. Returns 0."""
+        return 0
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= i < self.length:

@@ -139,7 +139,8 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
     ckpt = train(TrainConfig(
         dataset="synthetic", model=ModelConfig(backbone=cfg.backbone), epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         seed=cfg.seed, workers=0, out_dir=str(out / "train"), limit_train=cfg.train_images,
-        limit_val=cfg.val_images, data_options={"size": size}, progress=False))
+        limit_val=cfg.val_images, data_options={"size": size}, progress=False,
+        exist_ok=True))  # the demo's own folder: a second demo replaces its run
     res.paths["checkpoint"] = ckpt
     done()
 

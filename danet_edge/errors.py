@@ -88,3 +88,13 @@ class CheckFailed(DanetEdgeError):
     """An accuracy check whose thresholds were not met."""
 
     exit_code = 1
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside a stage, with a message saying what was kept (``interrupted after epoch 3: runs/x/last.pt``).
+
+    Still a ``KeyboardInterrupt`` (``except Exception`` does not swallow it); the CLI prints the message as
+    its one line and exits 130.
+    """
+
+    exit_code = 130

@@ -42,7 +42,7 @@ from .config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, ExportConfig
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
 from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
-from .manifest import Manifest, read_manifest, write_manifest
+from .manifest import METADATA_KEY, Manifest, manifest_json, manifest_path, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
 from .progress import track
 from .recipes import PrecisionRecipe, RecipeInput, get_recipe
@@ -55,7 +55,6 @@ from .utils import atomic_path
 __all__ = ["ExportConfig", "Artifact", "ExportResult", "export_model", "export_onnx", "attention_memory_mib",
            "relative_l2", "METADATA_KEY"]
 
-METADATA_KEY = "danet_edge_manifest"
 Log = Callable[[str], None]
 
 
@@ -174,7 +173,18 @@ def _run(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
 
 
 def _finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str) -> None:
-    """Embed the manifest, run the full checker and the TensorRT rules, write graph + sidecar atomically."""
+    """Validate and embed the manifest, run the full checker and the TensorRT rules, write graph + sidecar.
+
+    The manifest is validated first by the rules every reader applies (``manifest.manifest_json``), so export
+    never writes a sidecar that ``infer`` refuses. Both files are written to temporary names beside their
+    targets; then the graph is renamed, then the sidecar. Two renames are never one atomic step: a kill
+    between them leaves the new graph beside the old sidecar. Readers close that window by detection:
+    ``manifest.read_manifest`` compares the sidecar with the manifest embedded here
+    (``metadata_props[METADATA_KEY]``) and refuses a mismatch in one line, instead of running with the old
+    normalisation.
+    """
+    sidecar = manifest_path(path)
+    sidecar_text = manifest_json(manifest, str(sidecar))
     enforce_tensorrt_compat(model, target)
     del model.metadata_props[:]
     entry = model.metadata_props.add()
@@ -184,9 +194,10 @@ def _finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: st
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path.name}: ONNX checker failed: {str(e).splitlines()[0]}") from None
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-    write_manifest(path, manifest)
+    with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp_graph:
+        tmp_sidecar.write_text(sidecar_text)
+        onnx.save(model, str(tmp_graph))
+    # leaving the block renames the graph (inner), then the sidecar (outer)
 
 
 def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int = 1,

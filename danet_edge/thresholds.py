@@ -43,7 +43,7 @@ def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Thresholds]:
     """Read thresholds from JSON: ``{"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}, ...}``.
 
     Raises:
-        ConfigError: unreadable file, unknown precision or field, non-numeric value.
+        ConfigError: unreadable file, unknown precision or field, non-numeric value or one outside 0..100.
     """
     from .utils import read_json
 
@@ -64,6 +64,8 @@ def load_thresholds(path: str | os.PathLike[str]) -> dict[str, Thresholds]:
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ConfigError(f"{path}: {prec}.{k} must be a number")
             base[k] = float(v)
+            if not _in_percent(float(v)):
+                raise ConfigError(f"{path}: {prec}.{k} must be in 0..100, got {v}")
         out[prec] = Thresholds(**base)
     return out
 
@@ -76,7 +78,7 @@ def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: 
     the field not given of a named precision takes the default.
 
     Raises:
-        ConfigError: malformed value or unknown precision.
+        ConfigError: malformed value, a value outside 0..100 or an unknown precision.
     """
     table = {p: asdict(t) for p, t in DEFAULT_THRESHOLDS.items()}
     named: set[str] = set()
@@ -90,10 +92,17 @@ def parse_threshold_overrides(min_agreement: Sequence[str] = (), max_miou_drop: 
                 value = float(num)
             except ValueError:
                 raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: not a number") from None
+            if not _in_percent(value):
+                raise ConfigError(f"--{key.replace('_', '-')} {raw!r}: must be in 0..100 (percent / mIoU points)")
             for p in targets:
                 table[p][key] = value
                 named.add(p)
     return {p: Thresholds(**v) for p, v in table.items() if p in named}
+
+
+def _in_percent(value: float) -> bool:
+    """A limit is a finite percentage (agreement %, mIoU points): 0..100."""
+    return math.isfinite(value) and 0.0 <= value <= 100.0
 
 
 def thresholds_for(precision: str, manifest: Any, overrides: dict[str, Thresholds]) -> Thresholds:

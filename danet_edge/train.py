@@ -10,18 +10,29 @@ Recipe (Fu et al. 2019, section 4.1, and the official PyTorch-Encoding code):
   with weight 1 each, hence ``aux_weight = 1.0``; PyTorch-Encoding's ``--aux`` FCN head uses 0.2.
 * Augmentation: random scale 0.5-2.0, crop (padded with the ignore index), flip, colour jitter.
 
-Files in ``out_dir`` (written by rank 0 only, atomically): ``last.pt`` after every epoch,
-``best.pt`` whenever val mIoU improves, ``metrics.jsonl`` (one JSON line per epoch),
-``config.json``. A killed run loses at most the current epoch; ``resume=True`` continues from
-``last.pt`` at the same learning-rate schedule position with the same data order (the data order
-and augmentation of epoch ``e`` depend only on ``seed`` and ``e``).
+Files in ``out_dir`` (written by rank 0 only, atomically): ``last.pt`` after every epoch (and
+once more before its validation, so a validation that fails or is interrupted keeps the epoch's
+training; ``--resume`` runs that validation first), ``best.pt`` whenever val mIoU improves,
+``metrics.jsonl`` (one JSON line per epoch), ``config.json``. A killed run loses at most the current
+epoch; ``resume=True`` continues from ``last.pt`` at the same learning-rate schedule position with
+the same data order (the data order and augmentation of epoch ``e`` depend only on ``seed`` and ``e``).
+
+Before anything is trained: an ``out_dir`` that already holds a run is refused unless ``resume``
+(continue it) or ``exist_ok`` (replace it: its ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are
+removed when the new run starts); every image and label file is opened once (``SegmentationDataset.verify``);
+the crop's activation memory is estimated against the machine's (:func:`activation_memory`). With
+``resume`` or ``exist_ok``, temporary files a killed run left in ``out_dir`` (``.<name>.*.tmp`` of
+``utils.atomic_path``) are removed. Errors from DataLoader workers come out as the one-line error the
+worker raised. Ctrl-C raises ``errors.Interrupted`` saying which epoch ``last.pt`` holds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +44,18 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TrainTransform, TransformedDataset, build_dataset
 from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DanetEdgeError, DataError, Interrupted, TrainingError
 from .evaluate import confusion_on
 from .config import ModelConfig, TrainConfig
 from .model import build_model, check_backbone, load_backbone_weights
 from .utils import atomic_path, write_json
 
-__all__ = ["TrainConfig", "train", "multi_loss"]
+__all__ = ["TrainConfig", "train", "multi_loss", "activation_memory", "RUN_FILES"]
+
+#: The files that make ``out_dir`` a training run (a new run there needs ``resume`` or ``exist_ok``).
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+#: Files ``train`` writes in ``out_dir`` through ``utils.atomic_path`` (their stale ``.<name>.*.tmp`` are removed).
+_WRITTEN = (*RUN_FILES, "config.json")
 
 
 def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_index: int,
@@ -100,8 +116,11 @@ def train(cfg: TrainConfig) -> Path:
     CPU, NCCL + SyncBatchNorm on CUDA). Under torchrun, each process calls ``train`` itself.
 
     Raises:
-        ConfigError: invalid or contradicting options, resume without ``last.pt``.
-        DataError: missing or bad data. CheckpointError: bad backbone weights or ``last.pt``.
+        ConfigError: invalid or contradicting options, resume without ``last.pt``, an ``out_dir`` holding a
+            run without ``resume`` / ``exist_ok``, a crop whose activations cannot fit in memory here.
+        DataError: missing or bad data (checked for every file before the first epoch).
+        CheckpointError: bad backbone weights or ``last.pt``.
+        Interrupted: Ctrl-C (a ``KeyboardInterrupt``); the message says what ``last.pt`` holds.
     """
     cfg.validate()
     check_backbone(cfg.model.backbone)
@@ -110,20 +129,120 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out_dir)
     if cfg.resume and not (out / "last.pt").is_file():
         raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
-    # Build the data sets once here so that bad data fails before any process starts.
-    _datasets(cfg)
-    if cfg.devices > 1 and not in_torchrun():
-        spawn(_run, cfg.devices, cfg)
-    else:
-        ctx = init_from_env()
-        if ctx.world_size != cfg.devices and in_torchrun():
-            cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
-            cfg.validate()
-        try:
-            _run(ctx, cfg)
-        finally:
-            cleanup()
+    if not cfg.resume and not cfg.exist_ok:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise ConfigError(f"{out} already holds a training run ({', '.join(found)}): add --resume to continue "
+                              "it, --exist-ok to replace it, or give another --out")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun every process runs this; rank 0 writes
+    saved: dict[str, int] = {}
+    try:
+        # Build and check the data sets once here so that bad data fails before any process starts.
+        train_ds, val_ds = _datasets(cfg)
+        _check_memory(cfg, train_ds, val_ds)
+        if main:  # every file opened once (rank 0: one progress bar; the others wait for it in the group)
+            train_ds.verify()
+            val_ds.verify()
+        if cfg.devices > 1 and not in_torchrun():
+            spawn(_run, cfg.devices, cfg)
+        else:
+            ctx = init_from_env()
+            if ctx.world_size != cfg.devices and in_torchrun():
+                cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
+                cfg.validate()
+            try:
+                _run(ctx, cfg, saved)
+            finally:
+                cleanup()
+    except KeyboardInterrupt:
+        raise _interrupted(out, cfg, saved) from None
     return out / "best.pt"
+
+
+def _interrupted(out: Path, cfg: TrainConfig, saved: dict[str, int]) -> Interrupted:
+    """What a Ctrl-C left: the epoch ``last.pt`` holds from this run, or that nothing was saved."""
+    last = out / "last.pt"
+    if "epoch" in saved:
+        return Interrupted(f"interrupted after epoch {saved['epoch'] + 1}: {last} (--resume continues from it)")
+    if "start" in saved and saved["start"] > 0:
+        return Interrupted(f"interrupted before epoch {saved['start'] + 1} ended: {last} still holds epoch "
+                           f"{saved['start']} (--resume continues from it)")
+    if cfg.devices > 1 and not in_torchrun() and last.is_file():  # spawned processes: they kept the count
+        return Interrupted(f"interrupted: {last} holds the last finished epoch (--resume continues from it)")
+    if cfg.resume:
+        return Interrupted(f"interrupted before training resumed: {last} unchanged")
+    return Interrupted("interrupted before the first epoch ended: nothing saved")
+
+
+def _prepare_out(out: Path, cfg: TrainConfig) -> None:
+    """Rank 0, once the data, the model and ``last.pt`` have been read: drop the temporary files a killed run
+    left (``resume`` / ``exist_ok``) and, for ``exist_ok`` without ``resume``, the replaced run's files (no mix
+    of two runs in one folder, which a later ``--resume`` would continue)."""
+    if not (cfg.resume or cfg.exist_ok) or not out.is_dir():
+        return
+    for name in _WRITTEN:  # only utils.atomic_path's pattern for the files train writes, only in OUT
+        for tmp in out.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+    if not cfg.resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+# Saved activations per image pixel (bytes, FP32) of a DANet training step, backbone and head, measured with
+# autograd's saved-tensor hooks at 128-384 px crops (CPU, batch 2; weights excluded). PAM adds its (L x L)
+# attention map (4 bytes per entry, L = positions) where it is materialised (every impl on CPU, "explicit" on CUDA).
+_BYTES_PER_PIXEL = {("resnet18", 8): 955, ("resnet18", 16): 533, ("resnet34", 8): 1467, ("resnet34", 16): 758,
+                    ("resnet50", 8): 4373, ("resnet50", 16): 2135, ("resnet101", 8): 7641, ("resnet101", 16): 2955}
+
+
+def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, attention_map: bool = True,
+                      amp: bool = False) -> tuple[float, float]:
+    """A lower-bound estimate of the activations one training step keeps for backward, in bytes.
+
+    Args:
+        crop: ``(H, W)`` training crop. batch: images in one process's batch.
+        model: backbone and output stride (an unregistered backbone counts as ResNet-18, the smallest).
+        attention_map: count PAM's ``(L x L)`` map (False for SDPA on CUDA, whose kernels do not keep it).
+        amp: mixed precision (activations about half).
+
+    Returns:
+        ``(total bytes, bytes of the attention map per image)``.
+    """
+    h, w = crop
+    per_px = _BYTES_PER_PIXEL.get((model.backbone, model.output_stride),
+                                  _BYTES_PER_PIXEL[("resnet18", model.output_stride)])
+    positions = (h // model.output_stride) * (w // model.output_stride)
+    attention = 4.0 * positions * positions if attention_map else 0.0
+    total = batch * (per_px * h * w + attention) * (0.5 if amp else 1.0)
+    return total, attention
+
+
+def _check_memory(cfg: TrainConfig, train_ds: Any, val_ds: Any) -> None:
+    """Refuse a crop (or the data set's own size) whose activations cannot fit in this machine's memory
+    (the RAM available on CPU, the GPU's memory on CUDA), naming the estimate."""
+    import psutil
+
+    crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(train_ds.info.image_size or val_ds.image_size(0))
+    cuda = torch.cuda.is_available()
+    per_proc = cfg.batch_size // cfg.devices
+    batch = per_proc if cuda else cfg.batch_size  # CPU processes share one RAM
+    need, att = activation_memory(crop, batch, cfg.model, attention_map=not cuda or cfg.model.attention == "explicit",
+                                  amp=cfg.amp)
+    if cuda:  # the GPU's size (no CUDA context is made here: under torchrun every rank runs this)
+        gpu = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        have, where = torch.cuda.get_device_properties(gpu).total_memory, "the GPU has"
+    else:
+        have, where = psutil.virtual_memory().available, "of RAM available"
+    if need > have:
+        pam = f" (PAM's attention map alone {_gb(att)} per image)" if att > need / (2 * batch) else ""
+        raise ConfigError(f"crop {crop[0]}x{crop[1]} needs about {_gb(need)} of activations for a batch of {batch}"
+                          f"{pam}, more than the {_gb(have)} {where}: use a smaller --crop-size or --batch-size, "
+                          "or --output-stride 16")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -134,14 +253,16 @@ def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
-def _run(ctx: DistContext, cfg: TrainConfig) -> None:
+def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None) -> None:
+    """One process's training loop; ``saved`` (when given) records ``start`` and the last ``epoch`` in ``last.pt``."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+    saved = saved if saved is not None else {}
     out = Path(cfg.out_dir)
     train_raw, val_raw = _datasets(cfg)
     info = train_raw.info
-    val_size = list(info.image_size) if info.image_size else list(val_raw[0][0].shape[:2])
+    val_size = list(info.image_size) if info.image_size else list(val_raw.image_size(0))
     crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(val_size)
     _seed_all(cfg.seed)
     model = build_model(cfg.model_config(info.num_classes))
@@ -160,7 +281,7 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
         optimizer, lambda it: max(0.0, 1.0 - it / max_iter) ** power)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
 
-    start_epoch, best_miou = 0, -1.0
+    start_epoch, best_miou, pending = 0, -1.0, None
     if cfg.resume:
         ckpt = load_checkpoint(out / "last.pt")
         old = ckpt.get("model_config", {})
@@ -175,6 +296,9 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
         start_epoch, best_miou = int(ckpt["epoch"]) + 1, float(ckpt.get("best_miou", -1.0))
         if "rng" in ckpt:
             _set_rng_state(ckpt["rng"])
+        if ckpt.get("pending_validation"):  # saved before its validation, which did not finish: run it first
+            pending = {"epoch": int(ckpt["epoch"]), **ckpt.get("metrics", {})}
+    saved["start"] = start_epoch
 
     if ctx.distributed:
         if ctx.device.type == "cuda":
@@ -182,11 +306,50 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
         net: nn.Module = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     else:
         net = model
-    if ctx.is_main:
+    if ctx.is_main:  # everything given has been read and checked: from here on OUT changes
         out.mkdir(parents=True, exist_ok=True)
+        _prepare_out(out, cfg)
         write_json(out / "config.json", cfg.to_dict())
         _trim_metrics(out / "metrics.jsonl", start_epoch)
 
+    def save(record: dict[str, Any], validated: bool) -> None:
+        """Rank 0: ``last.pt`` of ``record["epoch"]``; once validated also the metrics row and ``best.pt``."""
+        nonlocal best_miou
+        improved = validated and record.get("val_miou") is not None and record["val_miou"] > best_miou
+        if improved:
+            best_miou = record["val_miou"]
+        payload = {
+            "model": _plain_state_dict(model),
+            "model_config": model.config.to_dict(),
+            "data": info.to_checkpoint_data(val_size),
+            "train_config": cfg.to_dict(), "epoch": record["epoch"], "best_miou": best_miou,
+            "metrics": {k: v for k, v in record.items() if k != "val_per_class_iou"},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), "pending_validation": not validated,
+        }
+        if validated:
+            with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
+                f.write(json.dumps(record) + "\n")
+            if improved or not (out / "best.pt").exists():
+                save_checkpoint(out / "best.pt", payload)
+        save_checkpoint(out / "last.pt", payload)
+        saved["epoch"] = record["epoch"]
+        if validated:
+            _log_epoch(record, cfg.epochs)
+
+    def finish(record: dict[str, Any]) -> None:
+        """Validate the epoch of ``record`` when due (its training already in ``last.pt``), then save."""
+        epoch = record["epoch"]
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            record.update(_validate(model, val_raw, ctx))
+        model.train()
+        if ctx.is_main:
+            save(record, validated=True)
+        if ctx.distributed:
+            torch.distributed.barrier()
+
+    if pending is not None:
+        finish(pending)
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # augmentation / dropout of epoch e depend only on (seed, e)
         if ctx.distributed:
@@ -201,30 +364,10 @@ def _run(ctx: DistContext, cfg: TrainConfig) -> None:
         stats = _train_epoch(net, loader, optimizer, scheduler, scaler, cfg, ctx, epoch, info.ignore_index,
                              iters_per_epoch)
         record: dict[str, Any] = {"epoch": epoch, **stats}
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            record.update(_validate(model, val_raw, ctx))
-        model.train()
-        if ctx.is_main:
-            improved = record.get("val_miou") is not None and record["val_miou"] > best_miou
-            if improved:
-                best_miou = record["val_miou"]
-            payload = {
-                "model": _plain_state_dict(model),
-                "model_config": model.config.to_dict(),
-                "data": info.to_checkpoint_data(val_size),
-                "train_config": cfg.to_dict(), "epoch": epoch, "best_miou": best_miou,
-                "metrics": {k: v for k, v in record.items() if k != "val_per_class_iou"},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(),
-            }
-            with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
-                f.write(json.dumps(record) + "\n")
-            if improved or not (out / "best.pt").exists():
-                save_checkpoint(out / "best.pt", payload)
-            save_checkpoint(out / "last.pt", payload)
-            _log_epoch(record, cfg.epochs)
-        if ctx.distributed:
-            torch.distributed.barrier()
+        due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if due and ctx.is_main:  # the epoch's training is kept whatever its validation does
+            save(record, validated=False)
+        finish(record)
 
 
 def _seek_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> None:
@@ -271,7 +414,7 @@ def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, 
     total_loss, n_img, t0 = 0.0, 0, time.perf_counter()
     log_plain = ctx.is_main and not cfg.quiet and (bar is None or not bar.console.is_terminal)
     try:
-        for it, (x, y) in enumerate(loader):
+        for it, (x, y) in enumerate(_worker_errors(loader)):
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.amp):
                 outputs = net(x)
@@ -305,6 +448,40 @@ def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, 
         torch.distributed.all_reduce(mean_loss)
     return {"train_loss": float(mean_loss[0] / max(mean_loss[1], 1)), "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": n_img / seconds if seconds > 0 else None, "epoch_seconds": round(seconds, 2)}
+
+
+_WORKER_TRACEBACK = "in DataLoader worker process"
+
+
+def _worker_errors(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``loader``, turning an error raised in a DataLoader worker back into its one line.
+
+    PyTorch re-raises a worker's exception in the main process as the same type whose message is the
+    whole worker traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ...").
+    A ``DanetEdgeError`` keeps its type (and exit code) with the worker's own message; any other error
+    from reading the data (OSError, a decoder's error) becomes a ``DataError`` with its last line.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is a worker's wrapped error
+            text = str(e)
+            if _WORKER_TRACEBACK not in text:
+                raise
+            last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), text)
+            kind = type(e)
+            line = last
+            for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+                if last.startswith(prefix):  # traceback's "module.Type: message"
+                    line = last[len(prefix):]
+                    break
+            if isinstance(e, DanetEdgeError):
+                raise type(e)(line) from None
+            raise DataError(f"reading the training data: {last}") from None
+        yield batch
 
 
 def _validate(model: nn.Module, val_raw: Any, ctx: DistContext) -> dict[str, Any]:

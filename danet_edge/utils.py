@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "sha256_file", "read_json"]
+__all__ = ["atomic_path", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file"]
 
 
 @contextlib.contextmanager
@@ -48,7 +48,8 @@ def read_json(path: str | os.PathLike[str], max_bytes: int = 16 * 2**20) -> Any:
     """Read a JSON file of at most ``max_bytes`` (untrusted input).
 
     Raises:
-        FileNotFoundError, ValueError: missing, too large or not JSON.
+        FileNotFoundError, ValueError: missing, too large, not JSON, or nested too deeply for Python's parser
+            (a ``RecursionError`` inside ``json``, e.g. ``[[[[...]]]]`` 100 000 levels deep).
     """
     path = Path(path)
     size = path.stat().st_size
@@ -58,6 +59,8 @@ def read_json(path: str | os.PathLike[str], max_bytes: int = 16 * 2**20) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read") from None
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -67,3 +70,92 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _output_error(option: str, path: Path, why: str) -> Exception:
+    from .errors import ConfigError  # errors imports nothing; kept local so utils stays the bottom layer
+
+    return ConfigError(f"{option} {path}: {why}")
+
+
+def _probe_writable(folder: Path, option: str, path: Path) -> None:
+    """Create and remove a temporary file in ``folder`` (an existing folder): the one honest writability test
+    (permission bits lie for root, read-only mounts and ACLs)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".danet-edge-probe.", dir=folder)
+    except OSError as e:
+        where = "" if folder == path else f" (in {folder})"
+        raise _output_error(option, path, f"cannot write there{where}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _existing_ancestor(path: Path, option: str, target: Path) -> Path:
+    """The nearest existing ancestor of ``path`` (which does not exist); refuses one that is not a folder."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it
+            raise _output_error(option, target, f"{parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise _output_error(option, target, f"{parent} is a file, not a folder")
+    return parent
+
+
+def ensure_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work starts, that ``path`` can be an output folder; writes nothing that stays.
+
+    ``path`` may exist (then it must be a folder) or not (then its nearest existing ancestor must be a folder:
+    the stage creates the missing ones when it writes). Writability is proved by creating and removing a
+    temporary file in ``path`` or that ancestor.
+
+    Args:
+        path: the folder a command will write into.
+        option: the option as the user typed it (``"--out"``), named in the error.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ConfigError: one line naming ``option`` and ``path``: an existing file where a folder is wanted, a
+            file among its parents, or a place that cannot be written (read-only folder or file system).
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise _output_error(option, path, "is a file, not a folder")
+        _probe_writable(path, option, path)
+    else:
+        _probe_writable(_existing_ancestor(path, option, path), option, path)
+    return path
+
+
+def ensure_output_file(path: str | os.PathLike[str], option: str) -> Path:
+    """Check, before any work starts, that ``path`` can be written as a file; writes nothing that stays.
+
+    An existing file is fine (it is replaced atomically through :func:`atomic_path`, which needs its folder
+    to be writable); an existing folder is not. A missing parent folder is fine when the nearest existing
+    ancestor is a writable folder (the stage creates the rest).
+
+    Args:
+        path: the file a command will write.
+        option: the option as the user typed it (``"--json"``), named in the error.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ConfigError: one line naming ``option`` and ``path``: an existing folder where a file is wanted, a
+            file among its parents, or a folder that cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise _output_error(option, path, "is a folder, not a file")
+    parent = path.absolute().parent
+    if parent.is_dir():
+        _probe_writable(parent, option, path)
+    else:
+        if parent.exists():
+            raise _output_error(option, path, f"{parent} is a file, not a folder")
+        _probe_writable(_existing_ancestor(parent, option, path), option, path)
+    return path

@@ -66,6 +66,28 @@ def print_bench_table(report) -> None:
         console.print(f"[yellow]warning:[/] {escape(str(w))}")
 
 
+_FOLDER_OPTIONS = {"out": "--out", "report": "--report"}
+_FILE_OPTIONS = {"json": "--json", "plot": "--plot"}
+
+
+def _check_outputs(**paths: Optional[Path]) -> None:
+    """Refuse, before any work, an output path that cannot be written (``utils.ensure_output_dir`` /
+    ``ensure_output_file``): keyword = the option's name (``out``, ``report``: folders; ``json``, ``plot``: files).
+
+    Raises:
+        ConfigError: one line naming the option and the path.
+    """
+    from ..utils import ensure_output_dir, ensure_output_file
+
+    for key, path in paths.items():
+        if path is None:
+            continue
+        if key in _FOLDER_OPTIONS:
+            ensure_output_dir(path, _FOLDER_OPTIONS[key])
+        else:
+            ensure_output_file(path, _FILE_OPTIONS[key])
+
+
 def register(app: typer.Typer) -> None:
     """Add ``check``, ``bench`` and ``demo`` to the app. Defaults are read from the config dataclasses."""
     from ..bench import BenchConfig
@@ -91,7 +113,7 @@ def register(app: typer.Typer) -> None:
         min_agreement: list[str] = typer.Option([], help="Minimum agreement (%): '99.0' (all) or 'fp16=99.0'; repeatable."),
         max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
-        report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md and disagreement PNGs."),
+        report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md, report.html (self-contained) and disagreement PNGs."),
         pictures: int = typer.Option(cc.pictures, help="Frames per artifact in the disagreement picture."),
     ) -> None:
         """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
@@ -106,6 +128,7 @@ def register(app: typer.Typer) -> None:
         th = load_thresholds(thresholds) if thresholds is not None else \
             parse_threshold_overrides(min_agreement, max_miou_drop)
         cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures)
+        _check_outputs(json=json_out, report=report)  # before the (long) check: a bad path is one line now
         if is_bundle(reference):
             if dataset is not None or data is not None:
                 raise ConfigError("a reference bundle brings its own images: drop --dataset/--data")
@@ -116,9 +139,12 @@ def register(app: typer.Typer) -> None:
             ds = build_dataset(dataset.value if dataset else "synthetic", data, split=split.value, limit=limit)
         result = check_artifacts(artifacts, reference, ds, cfg)
         print_check_table(result)
-        for label, path in (("JSON", result.json_path), ("report", result.markdown_path)):
+        for label, path in (("JSON", result.json_path), ("report", result.markdown_path),
+                            ("HTML report", result.html_path)):
             if path:
                 console.print(f"{label}: {path}")
+        for w in result.warnings:
+            console.print(f"[yellow]warning:[/] {escape(str(w))}")
         result.raise_for_failure()
 
     @app.command(epilog="\b\nExamples:\n  danet-edge bench export/m/*.onnx -r best.pt --json bench.json --plot bench.png\n  "
@@ -140,9 +166,11 @@ def register(app: typer.Typer) -> None:
         """Latency (mean, p50, p90, p99 ms), FPS and peak memory per artifact, with speed-up vs PyTorch FP32."""
         from ..bench import bench_artifacts
 
+        _check_outputs(out=out)
         if out is not None:
             json_out = json_out or out / "bench.json"
             plot = plot or out / "bench.png"
+        _check_outputs(json=json_out, plot=plot)
         cfg = BenchConfig(reference=reference, warmup=warmup, runs=runs, batches=tuple(batch) or None,
                           threads=threads, device=device, check_json=check_json, json_path=json_out, plot_path=plot)
         result = bench_artifacts(artifacts or [], cfg)
@@ -159,6 +187,7 @@ def register(app: typer.Typer) -> None:
         """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""
         from ..demo import run_demo
 
+        _check_outputs(out=out)
         result = run_demo(DemoConfig.quick(out) if quick else DemoConfig(out=out))
         print_check_table(result.check)
         print_bench_table(result.bench)

@@ -78,6 +78,10 @@ def register(app: typer.Typer) -> None:
                            memory_limit_mib=memory_limit_mib, out=out, min_agreement=min_agreement,
                            max_miou_drop=max_miou_drop, dataset=dataset.value if dataset else None, data=data,
                            split=split.value, budget_images=budget_images, reference_images=reference_images)
+        from ..config import EXPORT_DIR
+        from ..utils import ensure_output_dir
+
+        ensure_output_dir(out if out is not None else EXPORT_DIR / checkpoint.stem, "--out")  # before any work
         result = export_model(checkpoint, cfg, log=info)
         for a in result.artifacts:
             console.print(f"{a.manifest.precision:5s} {a.path}", markup=False, highlight=False, soft_wrap=True)
@@ -94,8 +98,10 @@ def register(app: typer.Typer) -> None:
 
         from ..cost import JETSON_TARGETS, graph_cost
         from ..errors import DataError
-        from ..utils import write_json
+        from ..utils import ensure_output_file, write_json
 
+        if json_out is not None:
+            ensure_output_file(json_out, "--json")
         out = {}
         for path in graphs:
             try:
@@ -136,7 +142,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fill the calibration folder with a class-balanced sample of a data set (copies + calib.txt)."""
         from ..calib import fill_calib_dir
+        from ..utils import ensure_output_dir
 
+        ensure_output_dir(out, "--out")
         path = fill_calib_dir(dataset.value, data, count, out, split.value, seed)
         console.print(f"filled {path} (list {path / 'calib.txt'})", markup=False, highlight=False, soft_wrap=True)
 

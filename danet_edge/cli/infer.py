@@ -55,6 +55,15 @@ def register(app: typer.Typer) -> None:
         cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
                            calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose())
+        from ..utils import ensure_output_dir, ensure_output_file
+
+        if out is not None and (out.is_dir() or not out.suffix):  # a folder: build_engine puts <stem>.engine in it
+            ensure_output_dir(out, "--out")
+        else:
+            ensure_output_file(out if out is not None else model.with_suffix(".engine"), "--out")
+        for option, path in (("--timing-cache", timing_cache), ("--calib-cache", calib_cache)):
+            if path is not None:
+                ensure_output_file(path, option)  # read if there, written back after the build
         path = build_engine(model, out, cfg, log=info)
         trt_info = read_manifest(path).tensorrt or {}
         console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)
@@ -92,6 +101,9 @@ def register(app: typer.Typer) -> None:
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
                           save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames,
                           threads=threads, queue_size=queue_size)
+        from ..utils import ensure_output_dir
+
+        ensure_output_dir(out, "--out")  # before the model loads: a file or a read-only folder is one line
         try:
             summary = run_inference(model, source, cfg)
         except SourceBroken as e:

@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
                                                             "(default: the data set's image size)."),
         out: Path = typer.Option(Path(tc.out_dir), "--out", "-o", help="Output folder (last.pt, best.pt, metrics.jsonl)."),
         resume: bool = typer.Option(tc.resume, "--resume", help="Continue from OUT/last.pt."),
+        exist_ok: bool = typer.Option(tc.exist_ok, "--exist-ok", help="Start a new run in an OUT that already holds "
+                                      "one (last.pt, best.pt or metrics.jsonl), replacing it. Without it or --resume, "
+                                      "train refuses such an OUT. The flag is named after Ultralytics' exist_ok; where "
+                                      "Ultralytics picks a new numbered folder and Lightning warns that the checkpoint "
+                                      "folder is not empty, train refuses."),
         limit_train: Optional[int] = typer.Option(tc.limit_train, help="Use only the first N training images."),
         limit_val: Optional[int] = typer.Option(tc.limit_val, help="Use only the first N validation images."),
         output_stride: int = typer.Option(mc.output_stride, help="Output stride: 8 (paper) or 16."),
@@ -77,10 +82,13 @@ def register(app: typer.Typer) -> None:
             dataset=dataset.value, data_root=str(data) if data else None, model=model, epochs=epochs,
             batch_size=batch_size, crop_size=tuple(crop_size) if crop_size else None, lr=lr, weight_decay=weight_decay,
             aux_weight=aux_weight, grad_clip=grad_clip, amp=amp, seed=seed, workers=workers, out_dir=str(out),
-            resume=resume, limit_train=limit_train, limit_val=limit_val,
+            resume=resume, exist_ok=exist_ok, limit_train=limit_train, limit_val=limit_val,
             backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
             devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
             progress=not no_progress, quiet=STATE["verbosity"] < 0)
+        from ..utils import ensure_output_dir
+
+        ensure_output_dir(out, "--out")  # a file or a read-only folder: one line before any work
         best = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             console.print(f"best checkpoint: {best}")
@@ -106,6 +114,10 @@ def register(app: typer.Typer) -> None:
 
         if dataset != "synthetic" and data is None:
             raise ConfigError(f"--data is required for data set {dataset!r}")
+        if json_out is not None:
+            from ..utils import ensure_output_file
+
+            ensure_output_file(json_out, "--json")
         ds = build_dataset(dataset.value, data, split.value, limit,
                            **_data_options(num_classes, ignore_index, list(synthetic_size or [])))
         result = evaluate(checkpoint, ds, multi_scale=multi_scale, flip=flip, multi_grid=multi_grid,
@@ -130,6 +142,9 @@ def register(app: typer.Typer) -> None:
         from ..checkpoint import import_official
         from ..palettes import STANDARD_CLASSES
 
+        from ..utils import ensure_output_file
+
+        ensure_output_file(out, "--out")
         classes, palette = STANDARD_CLASSES[dataset.value] if dataset else (None, None)
         path = import_official(checkpoint, out, multi_grid, output_stride, classes, palette, imgsz)
         console.print(f"wrote {path}")

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .._optional import import_cv2
-from ..config import Config
-from ..errors import ConfigError, DataError
+from ..config import Config, check_threads
+from ..errors import ConfigError, DataError, Interrupted
 from ..frames import fit_frame, restore_labels
 from ..manifest import Manifest
 from ..progress import task
@@ -164,7 +164,9 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
 
     Raises:
         SourceBroken: the source stopped early (outputs hold the frames before the break).
-        ConfigError: ``show`` without GUI support. KeyboardInterrupt: outputs are closed first.
+        ConfigError: ``show`` without GUI support.
+        Interrupted: Ctrl-C (a ``KeyboardInterrupt``); the outputs are closed first (a playable video of the
+            frames so far, ``summary.json`` with ``interrupted``) and the message names them.
         MissingDependencyError: OpenCV is not importable (it resizes, draws and writes the frames).
     """
     cfg.validate()
@@ -276,8 +278,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                 if not _put(results_q, (i, t_start, frame, labels), stop):
                     break
     except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
+        summary.interrupted = True  # the outputs are closed below, then Interrupted says what they hold
     finally:
         stop.set()  # the decoder gives up its pending put; the encoder still drains what is queued
         while decoder.is_alive():
@@ -302,6 +303,10 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             cv2.destroyAllWindows()
         summary.outputs["summary"] = str(out_dir / "summary.json")
         write_json(out_dir / "summary.json", summary.to_dict())
+    if summary.interrupted:
+        kept = [summary.outputs[k] + (" playable" if k == "video" else "") for k in ("video", "labels", "summary")
+                if k in summary.outputs]
+        raise Interrupted(f"interrupted after {summary.frames} frames: {', '.join(kept)}")
     if errors:
         raise errors[0]
     if summary.broken:
@@ -320,6 +325,7 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     """
     cfg = cfg or InferConfig()
     cfg.validate()
+    check_threads("--threads", cfg.threads, 0)  # the machine's bound (a stage check, not the config's)
     import_cv2()  # a missing OpenCV fails when infer starts, before a model or a camera is opened
     spec = backend_spec(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
     if not Path(model_path).is_file():

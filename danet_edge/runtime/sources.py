@@ -23,6 +23,7 @@ import glob
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from .._optional import import_cv2
 from ..errors import DataError, MissingDependencyError
 from ..frames import IMAGE_SUFFIXES
 
-__all__ = ["FrameSource", "open_source", "gstreamer_support", "is_gstreamer", "VIDEO_SUFFIXES", "IMAGE_SUFFIXES"]
+__all__ = ["FrameSource", "open_source", "output_names", "gstreamer_support", "is_gstreamer", "VIDEO_SUFFIXES",
+           "IMAGE_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".wmv")
 DEFAULT_FPS = 25.0
@@ -48,7 +50,7 @@ class FrameSource:
         fps: frames per second (source's own, or 25 for images and streams that do not say).
         frame_count: frames announced by the container / number of images; None for live sources.
         broken: None, or why decoding stopped before ``frame_count`` (set after iteration).
-        names: per-frame names for image sources (file stems), else None.
+        names: per-frame output names for image sources (:func:`output_names`: the file stem, unique), else None.
     """
 
     def __init__(self, name: str, kind: str, fps: float, frame_count: int | None,
@@ -56,7 +58,7 @@ class FrameSource:
         self.name, self.kind, self.fps, self.frame_count = name, kind, fps, frame_count
         self._cap, self._files = capture, files
         self.broken: str | None = None
-        self.names = [p.stem for p in files] if files else None
+        self.names = output_names(files) if files else None
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self._iter_images() if self._files is not None else self._iter_capture()
@@ -88,6 +90,27 @@ class FrameSource:
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()
+
+
+def output_names(files: list[Path]) -> list[str]:
+    """One output name per image file (``labels/<name>.png``), never two alike.
+
+    The stem (``a.jpg`` -> ``a``) unless two files share it; those keep their extension
+    (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``); a name still taken (the same file name in two folders
+    of a glob, or a case-only difference) gets ``_2``, ``_3``... in path order.
+    """
+    stems = Counter(p.stem.casefold() for p in files)
+    used: set[str] = set()
+    out = []
+    for p in files:
+        base = p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, k = base, 1
+        while name.casefold() in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name.casefold())
+        out.append(name)
+    return out
 
 
 def _to_rgb(bgr: np.ndarray, what: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import LIB, MAJOR, TRT
 from danet_edge.engine import EngineConfig, build_engine, plan_build
-from danet_edge.errors import CalibrationError, ConfigError, EngineError, MissingDependencyError
+from danet_edge.errors import CalibrationError, ConfigError, EngineError, ManifestError, MissingDependencyError
 from danet_edge.manifest import read_manifest
 from danet_edge.runtime.backends import open_backend
 from trt_standin.hostmem import GPU
@@ -40,6 +41,8 @@ def test_strongly_typed_build_runs_like_the_onnx(exported, tmp_path, which):
     t = m.tensorrt
     assert eng.suffix == ".engine" and m.kind == "engine" and t["version"] == TRT.__version__
     assert t["flags"] == ["STRONGLY_TYPED"] and t["compute_capability"] == "8.7"
+    # what read_manifest checks on every load (a kill between the two renames leaves another engine here)
+    assert t["engine_bytes"] == eng.stat().st_size and t["engine_sha256"] == hashlib.sha256(eng.read_bytes()).hexdigest()
     assert ("--stronglyTyped" in t["trtexec"]) == (MAJOR == 10)  # a no-op flag in trtexec 11
     # the engine's real precision, read from the inspector's per-layer formats
     rep = m.precision_report
@@ -132,7 +135,11 @@ def test_engine_for_another_gpu_or_version_is_refused(exported, tmp_path):
         open_backend(eng)
     m["tensorrt"]["version"] = TRT.__version__
     eng.with_name(eng.name + ".json").write_text(json.dumps(m))
-    eng.write_bytes(b"not an engine")
+    eng.write_bytes(b"not an engine")  # other bytes than the build recorded: the pair is refused first
+    with pytest.raises(ManifestError, match="the engine has 13 bytes, its sidecar recorded"):
+        open_backend(eng)
+    m["tensorrt"].update(engine_bytes=13, engine_sha256=hashlib.sha256(b"not an engine").hexdigest())
+    eng.with_name(eng.name + ".json").write_text(json.dumps(m))
     with pytest.raises(EngineError, match="could not deserialize"):
         open_backend(eng)
 

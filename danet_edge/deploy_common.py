@@ -1,0 +1,97 @@
+"""What the deployment writers (``deepstream.py``, ``triton.py``) share: reading the artifact, and writing
+a folder atomically.
+
+A folder is written as a temporary folder beside it that is renamed onto it (as ``reference.write_bundle``
+does), so an interrupted deploy leaves the old folder or none, never half of one. A folder danet-edge did not
+write (no :data:`MARKER` in it) is never replaced: the user's files stay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, DataError, ManifestError
+from .manifest import Manifest, read_manifest
+
+__all__ = ["MARKER", "ARTIFACT_SUFFIXES", "load_artifact", "write_folder", "is_engine"]
+
+#: File danet-edge leaves in every folder it deploys to (what it came from); its presence allows a rewrite.
+MARKER = ".danet-edge-deploy.json"
+#: Artifacts a deployment takes (exact ``Path.suffix``, the backend table's): ONNX graphs and TensorRT engines.
+ARTIFACT_SUFFIXES = (".onnx", ".engine", ".plan")
+
+
+def is_engine(path: Path) -> bool:
+    return path.suffix in (".engine", ".plan")
+
+
+def load_artifact(artifact: str | os.PathLike[str]) -> tuple[Path, Manifest]:
+    """The artifact's path and validated manifest.
+
+    Raises:
+        DataError: the file does not exist.
+        ConfigError: not an ``.onnx`` / ``.engine`` / ``.plan`` file.
+        ManifestError: its ``.json`` sidecar is missing or invalid, or has no input / output shape.
+    """
+    path = Path(artifact)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix not in ARTIFACT_SUFFIXES:
+        what = path.suffix or "a file without suffix"
+        raise ConfigError(f"{path}: deploy takes {', '.join(ARTIFACT_SUFFIXES)} artifacts, not {what}")
+    m = read_manifest(path)
+    if len(m.input_shape) != 4 or not m.output_shape:
+        raise ManifestError(f"{path}: the manifest has no static input / output shape "
+                            f"(input {m.input_shape}, output {m.output_shape})")
+    return path, m
+
+
+def write_folder(out: str | os.PathLike[str], fill: Callable[[Path], None], record: dict[str, Any]) -> Path:
+    """Write folder ``out`` atomically: ``fill(tmp)`` writes into a temporary folder beside it, which then
+    replaces ``out``.
+
+    Args:
+        out: the folder to write.
+        fill: writes the folder's content into the path it is given.
+        record: JSON written as :data:`MARKER` (what was deployed, from where).
+
+    Raises:
+        ConfigError: ``out`` is a file, a non-empty folder that danet-edge did not write (no marker), or cannot
+            be written (the old folder is kept).
+    """
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: is a file, not a folder")
+        if any(out.iterdir()) and not (out / MARKER).is_file():
+            raise ConfigError(f"{out}: a non-empty folder that danet-edge did not write; give an empty or new folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write there: {e.strerror or e}") from None
+    try:
+        fill(tmp)
+        (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: one line, the old folder kept
+        raise ConfigError(f"{out}: writing failed: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,269 @@
+"""Reports people read at a glance: check's self-contained HTML and pictures, the bench charts, palettes.
+
+Charts are inspected as matplotlib figure objects (titles, axis labels with units, legends, label boxes that
+do not overlap) and the HTML as text (embedded PNGs, tables, every artifact); a slow test screenshots the HTML
+with Chromium when one is installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from danet_edge.checks import CheckConfig, check_artifacts
+from danet_edge.checks_report import (MIN_TILE_HEIGHT, confusion_figure, disagreement_picture,
+                                      per_class_iou_figure, precision_source_text)
+
+from test_checks import _dataset, _perturbed_copy, sensitive_checkpoint
+
+UNIT = re.compile(r"\((%|ms|points|ms per batch)[^)]*\)|%")
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory):
+    """A check of a good and a broken FP32 graph against a tiny 8-class checkpoint, with every report."""
+    from danet_edge.export import ExportConfig, export_model
+
+    root = tmp_path_factory.mktemp("reports")
+    ckpt = sensitive_checkpoint(root / "tiny.pt")
+    good = export_model(ckpt, ExportConfig(out=root / "export", fused_io=False)).artifacts[0].path
+    bad = _perturbed_copy(good, root / "broken.onnx")
+    cfg = CheckConfig(json_path=root / "check.json", report_dir=root / "report", pictures=2)
+    rep = check_artifacts([good, bad], ckpt, _dataset(4), cfg)
+    return {"root": root, "ckpt": ckpt, "good": good, "bad": bad, "report": rep}
+
+
+def _embedded_pngs(text: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(m)))
+            for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
+
+
+def test_html_report_is_self_contained_with_charts_tables_and_pictures(checked):
+    rep = checked["report"]
+    html = Path(rep.html_path).read_text()
+    assert Path(rep.html_path) == checked["root"] / "report" / "report.html"
+    for a in rep.artifacts:
+        assert Path(a.path).name in html
+    for name in rep.classes:
+        assert f"<td>{name}</td>" in html  # the per-class IoU table
+    assert "Per-class IoU" in html and "Confusion matrices (row-normalised)" in html
+    assert "<img src=\"http" not in html and "src=\"file" not in html  # nothing outside the page
+    pngs = _embedded_pngs(html)
+    # per-class chart + reference and worst confusion matrices + one disagreement picture per artifact
+    assert len(pngs) == 3 + 2
+    for im in pngs:
+        im.load()
+        assert im.width >= 500 and im.height >= 300
+    import html as html_mod
+
+    assert "precision_report" not in html and "read from the ONNX graph's node types" in html_mod.unescape(html)
+
+
+def test_markdown_shows_per_class_iou_and_a_human_precision_source(checked):
+    rep = checked["report"]
+    md = Path(rep.markdown_path).read_text()
+    assert "## Per-class IoU (%)" in md
+    table = md.split("## Per-class IoU (%)")[1].split("\n\n")[1]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and not r.startswith("| class")]
+    assert [r.split("|")[1].strip() for r in rows] == rep.classes
+    ref = rep.artifacts[0].reference_per_class_iou
+    first = next(k for k, v in enumerate(ref) if v is not None)
+    assert f"{ref[first]:.2f}" in rows[first]
+    assert "precision_report" not in md and "read from the ONNX graph's node types" in md
+    assert precision_source_text("precision.precision_report") == "read from the ONNX graph's node types"
+
+
+def test_reports_do_not_change_the_numbers(checked):
+    plain = check_artifacts([checked["good"], checked["bad"]], checked["ckpt"], _dataset(4), CheckConfig())
+    for a, b in zip(plain.artifacts, checked["report"].artifacts):
+        assert (a.miou, a.agreement, a.miou_delta, a.per_class_iou) == (b.miou, b.agreement, b.miou_delta,
+                                                                        b.per_class_iou)
+        assert a.reference_per_class_iou == b.reference_per_class_iou and len(a.reference_per_class_iou) == 8
+
+
+def test_disagreement_picture_is_large_with_ground_truth_and_legend(checked):
+    rep = checked["report"]
+    pic = Image.open(rep.artifacts[1].picture)
+    # 5 columns (image, ground truth, reference, artifact, disagreement) of tiles at least MIN_TILE_HEIGHT high
+    f = -(-MIN_TILE_HEIGHT // 64)
+    assert pic.width >= 5 * 96 * f and pic.height >= 2 * 64 * f
+    # the legend: every class's colour appears as a swatch in the bottom strip
+    strip = np.asarray(pic.convert("RGB"))[-120:]
+    from danet_edge.manifest import read_manifest
+
+    for colour in read_manifest(checked["good"]).palette:
+        assert (strip == np.asarray(colour, np.uint8)).all(-1).sum() > 50, colour
+
+
+def test_disagreement_picture_without_ground_truth_has_four_columns():
+    img = np.zeros((10, 20, 3), np.uint8)
+    lab = np.zeros((10, 20), np.uint8)
+    pic = disagreement_picture([(img, None, lab, lab)], [[0, 0, 0], [255, 0, 0]], ["a", "b"], "x.onnx")
+    f = -(-MIN_TILE_HEIGHT // 10)
+    assert 4 * 20 * f <= pic.width < 5 * 20 * f
+
+
+def _assert_readable_chart(fig) -> None:
+    """Every axes has a title, labelled axes (units for the value axis) and a legend or a colour bar;
+    tick labels and texts inside the figure do not overlap each other."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    main = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert main
+    for ax in main:
+        assert ax.get_title().strip(), "axes without a title"
+        assert ax.get_xlabel().strip() and ax.get_ylabel().strip()
+        assert UNIT.search(ax.get_xlabel() + ax.get_ylabel()) or any(
+            UNIT.search(c.get_ylabel()) for c in fig.axes if c.get_label() == "<colorbar>"), "no unit on an axis"
+        has_cbar = any(c.get_label() == "<colorbar>" for c in fig.axes)
+        assert ax.get_legend() is not None or has_cbar, "no legend"
+        for axis in (ax.xaxis, ax.yaxis):
+            boxes = [t.get_window_extent(renderer) for t in axis.get_ticklabels() if t.get_text()]
+            for i in range(len(boxes) - 1):
+                assert not boxes[i].overlaps(boxes[i + 1]), f"tick labels overlap: {axis}"
+
+
+def test_per_class_and_confusion_figures_have_titles_units_and_legends(checked):
+    import matplotlib.pyplot as plt
+
+    rep = checked["report"]
+    fig = per_class_iou_figure(rep)
+    _assert_readable_chart(fig)
+    ax = fig.axes[0]
+    assert "%" in ax.get_ylabel() and [t.get_text() for t in ax.get_xticklabels()] == rep.classes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["reference (PyTorch FP32)", "model.onnx",
+                                                                  "broken.onnx"]
+    plt.close(fig)
+    mat = np.array([[8, 2], [0, 0]])
+    fig = confusion_figure(mat, ["road", "car"], "t")
+    _assert_readable_chart(fig)
+    img = fig.axes[0].images[0].get_array()
+    assert np.allclose(img[0], [80, 20]) and np.allclose(img[1], [0, 0])  # row-normalised, empty row stays 0
+    plt.close(fig)
+
+
+def test_html_without_matplotlib_is_one_warning(checked, tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    cfg = CheckConfig(report_dir=tmp_path / "r", pictures=1)
+    rep = check_artifacts([checked["good"]], checked["ckpt"], _dataset(2), cfg)
+    html = Path(rep.html_path).read_text()
+    assert len(rep.warnings) == 1 and "matplotlib is not installed" in rep.warnings[0]
+    assert "Charts left out" in html and len(_embedded_pngs(html)) == 1  # the disagreement picture only
+    assert "<td>" + rep.classes[0] + "</td>" in html
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+def test_html_screenshot_in_headless_chromium(checked, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("no Chromium / Chrome executable on PATH (chromium, chromium-browser, google-chrome)")
+    shot = tmp_path / "report.png"
+    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                        "--window-size=1400,3000", Path(checked["report"].html_path).as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), r.stderr
+    arr = np.asarray(Image.open(shot).convert("RGB"))
+    assert arr.std() > 10  # something was rendered, not a blank page
+
+
+# ------------------------------------------------------------------------------------------ bench plot
+def _bench_report(mious=(55.04, 55.00, 54.94)):
+    from danet_edge.bench import BenchEntry, BenchReport
+
+    def entry(name, backend, provider, p50, p99, miou, ref=False, speed=None):
+        return BenchEntry(name=name, path=name, backend=backend, provider=provider, precision="fp32",
+                          image_size=[360, 480], batch=1, runs=20, latency_p50_ms=p50, latency_p99_ms=p99,
+                          latency_mean_ms=p50, miou=miou, is_reference=ref, speedup_vs_reference=speed,
+                          speedup_baseline="pytorch-fp32-eager (reference) 360x480")
+
+    rep = BenchReport(machine={"cpu": "Test CPU"}, config={})
+    rep.entries = [entry("pytorch-fp32-eager (reference) 360x480", "torch", "PyTorch 2.5 eager FP32 on cpu",
+                         400.0, 430.0, mious[0], ref=True, speed=1.0),
+                   entry("model.onnx", "onnxruntime", "ONNX Runtime 1.20.1 CPUExecutionProvider", 300.0, 320.0,
+                         mious[1], speed=1.33),
+                   entry("model_int8_trt.onnx", "onnxruntime", "ONNX Runtime 1.20.1 CPUExecutionProvider",
+                         290.0, 350.0, mious[2], speed=1.38)]
+    from danet_edge.bench import BenchEntry as _E
+
+    rep.entries.append(_E(name="pytorch-fp16-autocast", path="x", backend="torch", precision="fp16",
+                          image_size=[360, 480], batch=1, runs=0, skipped="no CUDA GPU here"))
+    return rep
+
+
+def _texts_do_not_overlap(fig, texts) -> None:
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+
+
+def test_bench_figure_latency_bars_name_the_provider_and_the_speedup():
+    import matplotlib.pyplot as plt
+
+    from danet_edge.bench_plot import bench_figure
+
+    fig = bench_figure(_bench_report())
+    _assert_readable_chart(fig)
+    lat = fig.axes[0]
+    assert "(ms)" in lat.get_xlabel() and "p50" in lat.get_title() and "p99" in lat.get_title()
+    assert "not timed: pytorch-fp16-autocast" in lat.get_title()
+    notes = [t.get_text() for t in lat.texts]
+    assert len(notes) == 3 and all("ran on " in t and "p50" in t and "p99" in t for t in notes)
+    assert any("model_int8_trt" not in t and "ONNX Runtime 1.20.1 CPUExecutionProvider" in t and "1.38x" in t
+               for t in notes)
+    assert [t.get_text() for t in lat.get_yticklabels()][-1].startswith("pytorch-fp32-eager")  # reference on top
+    _texts_do_not_overlap(fig, lat.texts)
+    plt.close(fig)
+
+
+def test_bench_figure_accuracy_axis_is_honest_and_labels_do_not_overlap():
+    import matplotlib.pyplot as plt
+
+    from danet_edge.bench_plot import MIN_ACCURACY_SPAN, accuracy_limits, bench_figure
+
+    fig = bench_figure(_bench_report())
+    acc = fig.axes[1]
+    low, high = acc.get_ylim()
+    assert high - low >= MIN_ACCURACY_SPAN - 1e-9 and low <= 54.94 and high >= 55.04  # reference included
+    assert acc.get_xlim()[0] == 0.0 and "(ms)" in acc.get_xlabel() and "mIoU (%)" == acc.get_ylabel()
+    labels = [t for t in acc.texts]
+    assert len(labels) == 3 and any("CPUExecutionProvider" in t.get_text() for t in labels)
+    _texts_do_not_overlap(fig, labels)
+    plt.close(fig)
+    assert accuracy_limits([99.9, 100.0]) == pytest.approx((98.0, 100.0))
+    assert accuracy_limits([10.0, 60.0])[1] - accuracy_limits([10.0, 60.0])[0] == pytest.approx(65.0)
+    assert accuracy_limits([0.1]) == pytest.approx((0.0, 2.0))
+
+
+def test_bench_plot_written_and_without_matplotlib_raises_one_line(tmp_path, monkeypatch):
+    from danet_edge.bench_plot import write_plot
+    from danet_edge.errors import MissingDependencyError
+
+    path = write_plot(_bench_report(), tmp_path / "b.png")
+    with Image.open(path) as im:
+        assert im.width >= 1000 and im.height >= 700
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match="matplotlib"):
+        write_plot(_bench_report(), tmp_path / "c.png")
