@@ -33,7 +33,7 @@ from .errors import CheckpointError, ConfigError
 from .manifest import MAX_IMAGE_SIDE, Manifest
 from .model import DANet, ModelConfig, load_official_checkpoint
 from .model.weights import safe_torch_load
-from .palettes import default_palette
+from .palettes import default_palette, palette_for
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .utils import atomic_path, sha256_file
 
@@ -124,7 +124,7 @@ def _validate_data(data: Any, num_classes: int, path: Path) -> dict[str, Any]:
                               "classes")
     out["classes"] = list(classes)
     palette = out.get("palette")
-    palette = default_palette(num_classes) if palette is None else palette
+    palette = palette_for(out["classes"]) if palette is None else palette
     if not isinstance(palette, (list, tuple)) or len(palette) != num_classes:
         n = len(palette) if isinstance(palette, (list, tuple)) else type(palette).__name__
         raise CheckpointError(f"{path}: 'data.palette' must hold one [r, g, b] colour per class ({num_classes}), "

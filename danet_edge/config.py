@@ -336,7 +336,7 @@ class ExportConfig(Config):
         check_range("--batch", self.batch, 1, 64)
         check_choice("--target", self.target, TARGETS)
         check_range("--opset", self.opset, max(11, OPSET_RANGE[0]), OPSET_RANGE[1])
-        if not self.int8:
+        if not self.int8 and not any(get_recipe(n).needs_calibration for n in self.recipes):
             for name, value in (("--calib-method", self.calib_method), ("--calib-size", self.calib_size)):
                 if value is not None:
                     raise ConfigError(f"{name} applies to INT8 only; add --int8 or drop {name}")

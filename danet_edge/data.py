@@ -28,7 +28,8 @@ from PIL import Image
 
 from .errors import ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
-from .palettes import CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, default_palette
+from .palettes import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,  # noqa: F401
+                       default_palette, palette_for)
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess, resize_labels
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, render_scene, synthetic_frames, write_synthetic_video
 
@@ -349,7 +350,7 @@ def _build_folder(root: Path | None, split: str, num_classes: int | None = None,
         pairs.append((img, masks[img.stem]))
     if not pairs:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {img_dir}")
-    info = DatasetInfo(root.name or "folder", names, default_palette(len(names)), ignore_index)
+    info = DatasetInfo(root.name or "folder", names, palette_for(names), ignore_index)
     return SegmentationDataset(info, pairs, split=split)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["default_palette", "CAMVID_CLASSES", "CAMVID_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE",
+__all__ = ["default_palette", "palette_for", "CAMVID_CLASSES", "CAMVID_PALETTE", "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE",
            "STANDARD_CLASSES"]
 
 # CamVid's 11-class set and colours as in the SegNet tutorial's CamVid release (Brostow et al. 2009;
@@ -40,3 +40,15 @@ CITYSCAPES_PALETTE = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 1
 
 #: Class names and colours of the standard data sets, by data set name.
 STANDARD_CLASSES = {"camvid": (CAMVID_CLASSES, CAMVID_PALETTE), "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)}
+
+
+def palette_for(classes: list[str] | tuple[str, ...]) -> list[list[int]]:
+    """The standard colours when ``classes`` are CamVid's or Cityscapes' (same names in the same order, case and
+    spaces/underscores ignored), else :func:`default_palette` for their count."""
+    def key(names):
+        return [str(n).lower().replace("_", " ").replace("-", " ").strip() for n in names]
+
+    for names, palette in STANDARD_CLASSES.values():
+        if key(classes) == key(names):
+            return [list(c) for c in palette]
+    return default_palette(len(classes))

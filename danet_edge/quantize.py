@@ -44,7 +44,7 @@ from .progress import track
 from .utils import atomic_path, read_json, write_json
 
 __all__ = ["Int8Result", "quantize_int8", "calibration_chunk", "CALIB_CHUNK", "residual_adds", "HIGH_PRECISIONS",
-           "drop_unread_qdq"]
+           "drop_unread_qdq", "classifier_conv"]
 
 #: What the part of an INT8 graph outside the Q/DQ runs at: ``fp16`` (TensorRT target default: under
 #: strong typing an op left FP32 runs FP32) or ``fp32``.
@@ -179,6 +179,11 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
             the Add into the INT8 convolution ("Quantize the residual input in skip-connections", TensorRT
             developer guide, Q/DQ layer placement). Default: on for ``target="tensorrt"``.
 
+    For ``target="cpu"`` the classifier (:func:`classifier_conv`, a 1x1 Conv of well under 1 % of the FLOPs) stays
+    FP32: ONNX Runtime's CPU form quantizes each Conv's output too, and uint8 logits flip the argmax wherever
+    classes are close (a CamVid-trained DANet R-50 lost 7.4 mIoU with 45 % agreement; with the classifier in
+    FP32, +0.1 mIoU and 99 %: NOTES.md, issue 9). The tensorrt target never quantizes Conv outputs.
+
     Raises:
         ConfigError: unknown target or method.
         CalibrationError: calibration failed (e.g. an image became unreadable).
@@ -228,6 +233,10 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
     if include_attention:  # only the attention MatMuls are MatMuls in DANet, but be explicit
         att = set(attention_nodes(model).matmuls)
         nodes_to_exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in att]
+    classifier = classifier_conv(model) if target == "cpu" else None
+    if classifier is not None:
+        nodes_to_exclude.append(classifier)
+        record["fp32_layers"] = {classifier: "classifier: its output (the logits) is not quantized"}
     residual = residual_adds(model) if residual_add else {}
     if residual:  # ORT puts Q/DQ on both inputs; the main branch's pair is taken out after
         op_types.append("Add")
@@ -274,6 +283,19 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
     write_json(record_path, record)
     record = {**record, "high_precision": high_precision, "residual_adds": len(residual), **scale_stats}
     return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0)
+
+
+_AFTER_CLASSIFIER = {"Resize", "Upsample", "Identity", "Cast", "ArgMax", "Softmax", "Transpose", "Reshape"}
+
+
+def classifier_conv(model: onnx.ModelProto) -> str | None:
+    """Name of the Conv that makes the logits: the one reached from the graph output back through
+    resampling / cast / argmax-like ops only (DANet: ``/head/conv8/...``); None when there is none."""
+    producer = _producer_map(model.graph)
+    node = producer.get(model.graph.output[0].name)
+    while node is not None and node.op_type in _AFTER_CLASSIFIER:
+        node = producer.get(node.input[0])
+    return node.name if node is not None and node.op_type == "Conv" else None
 
 
 def _producer_map(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

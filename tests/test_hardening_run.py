@@ -408,3 +408,13 @@ def test_export_options_that_would_do_nothing():
         ExportConfig(calib=Path("calib"), fp16=True)
     ExportConfig(target="cpu", int8=True, calib=Path("calib"))
     ExportConfig(target="cpu", recipes=("int8-cpu",))
+
+
+def test_calibration_options_apply_to_a_calibrating_recipe_without_int8():
+    """``--recipe int8-tensorrt-fp32 --calib-size 32`` calibrates: the options are not refused as INT8-only."""
+    from danet_edge.config import ExportConfig
+    from danet_edge.errors import ConfigError
+
+    ExportConfig(recipes=("int8-tensorrt-fp32",), calib_size=32, calib_method="minmax")
+    with pytest.raises(ConfigError, match="applies to INT8 only"):
+        ExportConfig(fp16=True, calib_size=32)

@@ -73,3 +73,53 @@ def test_infer_cli_engine_without_tensorrt(onnx_model, tmp_path):
     Path(str(engine) + ".json").write_text(Path(str(onnx_model) + ".json").read_text())
     clip = write_video(tmp_path / "c.mp4", random_frames(2, 64, 96))
     assert "tensorrt is not installed" in one_error_line(cli("infer", engine, clip, "--out", tmp_path / "o"))
+
+
+def _label_pngs(folder: Path) -> list:
+    import numpy as np
+    from PIL import Image
+
+    return [np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))]
+
+
+def test_compare_writes_a_side_by_side_video_whose_halves_equal_single_runs(tiny_checkpoint, onnx_model, tmp_path):
+    """--compare: the source's frame count, twice the width; the class maps of each half equal the single runs
+    (the second artifact is a fused-I/O export: class maps only, no logits)."""
+    import json
+
+    import numpy as np
+
+    from danet_edge.runtime.pipeline import InferConfig, run_inference
+
+    fused = export_tiny(tiny_checkpoint, tmp_path / "fused.onnx", fused=True)
+    frames = random_frames(5, 72, 100)
+    clip = write_video(tmp_path / "c.mp4", frames)
+    a = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "a", save_labels=True, stamp=False))
+    b = run_inference(fused, clip, InferConfig(out_dir=tmp_path / "b", save_labels=True, stamp=False))
+    c = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "c", save_labels=True, stamp=False,
+                                                    compare=fused))
+    n, _, size, _ = read_video(tmp_path / "c" / "c_compare.mp4")
+    assert n == 5 == a.frames == c.frames and size == (72, 2 * 100)
+    left, right = _label_pngs(tmp_path / "c" / "labels"), _label_pngs(tmp_path / "c" / "labels_compare")
+    assert len(left) == len(right) == 5
+    for x, y in zip(left, _label_pngs(tmp_path / "a" / "labels")):
+        assert np.array_equal(x, y)
+    for x, y in zip(right, _label_pngs(tmp_path / "b" / "labels")):
+        assert np.array_equal(x, y)
+    expect = 100.0 * np.mean([np.mean(x != y) for x, y in zip(left, right)])
+    assert c.disagreement_pct == pytest.approx(expect, abs=1e-3) and c.compare == str(fused)
+    assert json.loads((tmp_path / "c" / "summary.json").read_text())["outputs"]["labels_compare"]
+    # the left half of the side-by-side video is the single run's overlay (up to mp4v coding)
+    left_px = np.stack(read_video(tmp_path / "c" / "c_compare.mp4")[3])
+    single_px = np.stack(read_video(tmp_path / "a" / "c_overlay.mp4")[3])
+    assert np.abs(left_px[:, :, :100].astype(int) - single_px.astype(int)).mean() < 6
+
+
+def test_infer_cli_stamp_and_compare_flags(onnx_model, tmp_path):
+    clip = write_video(tmp_path / "c.mp4", random_frames(3, 64, 96))
+    r = cli("infer", onnx_model, clip, "--out", tmp_path / "o", "--no-stamp", "--compare", onnx_model)
+    assert r.returncode == 0, r.stderr
+    assert "disagreement with" in r.stdout and "0.000 % of pixels" in r.stdout
+    assert read_video(tmp_path / "o" / "c_compare.mp4")[0] == 3
+    assert "not found" in one_error_line(cli("infer", onnx_model, clip, "--compare", tmp_path / "none.onnx",
+                                             "--out", tmp_path / "o2"))

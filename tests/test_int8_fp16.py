@@ -218,3 +218,26 @@ def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_chec
     with pytest.raises(ConfigError, match="has 8 classes, the model 5"):
         export_model(tiny_checkpoint, cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_cpu_target_keeps_the_classifier_and_its_logits_out_of_int8(graphs, tmp_path):
+    """ONNX Runtime's CPU form quantizes Conv outputs: uint8 logits flipped the argmax of a CamVid-trained R-50
+    on more than half its pixels (NOTES.md, issue 9). The classifier Conv stays FP32, input and output."""
+    from danet_edge.precision import precision_report
+    from danet_edge.quantize import classifier_conv
+
+    fp32 = onnx.load(str(graphs["fp32"]))
+    name = classifier_conv(fp32)
+    assert name is not None and "conv8" in name  # DANet's fused classifier
+    res = quantize_int8(graphs["fp32"], graphs["cs"], tmp_path / "cpu.onnx", "cpu", "minmax")
+    model = onnx.load(str(res.path))
+    conv = next(n for n in model.graph.node if n.name == name)
+    producers = _producers(model)
+    assert all(getattr(producers.get(i), "op_type", None) != "DequantizeLinear" for i in conv.input)
+    assert not [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == conv.output[0]]
+    assert name not in precision_report(model).quantized and len(precision_report(model).quantized) > 10
+    assert res.record["fp32_layers"] == {name: "classifier: its output (the logits) is not quantized"}
+    # the tensorrt target keeps its classifier input quantized (the budget decides), its output never is
+    trt = onnx.load(str(graphs["new"].path))
+    trt_conv = next(n for n in trt.graph.node if n.name == name)
+    assert not [n for n in trt.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == trt_conv.output[0]]

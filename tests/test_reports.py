@@ -209,9 +209,15 @@ def _bench_report(mious=(55.04, 55.00, 54.94)):
 
 
 def _texts_do_not_overlap(fig, texts) -> None:
+    """No two texts overlap, and each lies inside the figure."""
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
-    boxes = [t.get_window_extent(r) for t in texts]
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t, r) for t in texts]  # the text itself, not an annotation's leader line
+    fb = fig.bbox
+    for t, b in zip(texts, boxes):
+        assert b.x0 >= fb.x0 - 1 and b.x1 <= fb.x1 + 1 and b.y0 >= fb.y0 - 1 and b.y1 <= fb.y1 + 1, t.get_text()
     for i in range(len(boxes)):
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
@@ -229,10 +235,13 @@ def test_bench_figure_latency_bars_name_the_provider_and_the_speedup():
     assert "not timed: pytorch-fp16-autocast" in lat.get_title()
     notes = [t.get_text() for t in lat.texts]
     assert len(notes) == 3 and all("ran on " in t and "p50" in t and "p99" in t for t in notes)
-    assert any("model_int8_trt" not in t and "ONNX Runtime 1.20.1 CPUExecutionProvider" in t and "1.38x" in t
+    assert any("model_int8_trt" not in t and "ONNX Runtime 1.20.1 CPUExecutionProvider" in t and "1.38x faster than the reference" in t
                for t in notes)
-    assert [t.get_text() for t in lat.get_yticklabels()][-1].startswith("pytorch-fp32-eager")  # reference on top
-    _texts_do_not_overlap(fig, lat.texts)
+    ticks = sorted(zip(lat.get_yticks(), (t.get_text() for t in lat.get_yticklabels())))
+    assert ticks[-1][1].startswith("pytorch-fp32-eager")  # the reference on top
+    _texts_do_not_overlap(fig, [*lat.texts, *lat.get_legend().get_texts()])
+    leg = lat.get_legend().get_window_extent()
+    assert all(not leg.overlaps(t.get_window_extent()) for t in lat.texts)
     plt.close(fig)
 
 
@@ -267,3 +276,26 @@ def test_bench_plot_written_and_without_matplotlib_raises_one_line(tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingDependencyError, match="matplotlib"):
         write_plot(_bench_report(), tmp_path / "c.png")
+
+
+# ------------------------------------------------------------------------------------------ palettes
+def test_standard_palettes_are_picked_when_the_classes_are_theirs():
+    from danet_edge.palettes import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
+                                     default_palette, palette_for)
+
+    assert palette_for(CAMVID_CLASSES) == CAMVID_PALETTE
+    assert palette_for([c.lower() for c in CAMVID_CLASSES]) == CAMVID_PALETTE
+    assert palette_for([c.replace(" ", "_") for c in CITYSCAPES_CLASSES]) == CITYSCAPES_PALETTE
+    assert palette_for(CAMVID_CLASSES[::-1]) == default_palette(11)  # another order: not CamVid's colours
+    assert palette_for(["a", "b"]) == default_palette(2)
+    assert CAMVID_PALETTE[0] == [128, 128, 128] and CITYSCAPES_PALETTE[10] == [70, 130, 180]  # Sky, sky
+
+
+def test_checkpoint_without_palette_gets_the_standard_one(tmp_path):
+    from danet_edge.checkpoint import _validate_data
+    from danet_edge.palettes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+    data = {"classes": list(CITYSCAPES_CLASSES), "mean": [0.5] * 3, "std": [0.5] * 3, "ignore_index": 255,
+            "image_size": [64, 64]}
+    out = _validate_data(data, 19, tmp_path / "x.pt")
+    assert out["palette"] == CITYSCAPES_PALETTE

@@ -280,3 +280,62 @@ def test_onnxruntime_threads_leave_a_core_for_decode_and_encode(onnx_model, clip
     assert seen["threads"] == 1
     with pytest.raises(ConfigError, match="threads"):
         InferConfig(threads=-1).validate()
+
+
+# ------------------------------------------------------------------------------- legend and stamp (issue: at a glance)
+CITY19 = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+          "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+
+
+@pytest.mark.parametrize("hw,min_text", [((360, 480), 9), ((1080, 1920), 20)])
+def test_legend_covers_every_class_in_order_inside_the_frame(hw, min_text):
+    from danet_edge.palettes import CITYSCAPES_PALETTE
+    from danet_edge.runtime.render import LEGEND_MAX_HEIGHT, draw_legend, legend_layout
+
+    lay = legend_layout(hw, tuple(CITY19))
+    h, w = hw
+    x0, y0, x1, y1 = lay.box
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    assert y1 - y0 <= LEGEND_MAX_HEIGHT * h + lay.text_height * 2  # no 990 px column at 1080p
+    assert lay.text_height >= min_text  # readable
+    assert len(lay.swatches) == 19 and lay.cols >= (2 if h == 1080 else 1)
+    for i, (sx0, sy0, sx1, sy1) in enumerate(lay.swatches):  # inside the box, column by column in class order
+        assert x0 <= sx0 < sx1 <= x1 and y0 <= sy0 < sy1 <= y1
+        c, r = divmod(i, lay.rows)
+        if r:
+            assert sy0 > lay.swatches[i - 1][1] and sx0 == lay.swatches[i - 1][0]
+        elif i:
+            assert sx0 > lay.swatches[i - 1][0]
+    for i in range(19):  # text boxes of neighbouring columns do not overlap the next column's swatches
+        if i + lay.rows < 19:
+            assert lay.text_origins[i][0] < lay.swatches[i + lay.rows][0]
+    img = np.full((h, w, 3), 255, np.uint8)
+    draw_legend(img, CITY19, np.asarray(CITYSCAPES_PALETTE, np.uint8))
+    for k, (sx0, sy0, sx1, sy1) in enumerate(lay.swatches):
+        assert img[(sy0 + sy1) // 2, (sx0 + sx1) // 2].tolist() == CITYSCAPES_PALETTE[k]
+    assert img[y1 - 2, x1 - 2].tolist() == [89, 89, 89]  # white under a 65 % opaque black box
+
+
+def test_legend_is_identical_between_frames_with_different_classes_present():
+    from danet_edge.palettes import CAMVID_CLASSES, CAMVID_PALETTE
+    from danet_edge.runtime.render import legend_layout
+
+    frame = np.asarray(random_frames(1, 360, 480)[0])
+    pal = np.asarray(CAMVID_PALETTE, np.uint8)
+    a = np.zeros((360, 480), np.int64)  # only Sky
+    b = np.full((360, 480), 8, np.int64)  # only Car
+    oa = overlay(frame, a, pal, 0.0, CAMVID_CLASSES)  # alpha 0: the pixels under the legend are the frame's
+    ob = overlay(frame, b, pal, 0.0, CAMVID_CLASSES)
+    x0, y0, x1, y1 = legend_layout((360, 480), tuple(CAMVID_CLASSES)).box
+    assert np.array_equal(oa[y0:y1, x0:x1], ob[y0:y1, x0:x1])
+    assert not np.array_equal(oa[y0:y1, x0:x1], frame[y0:y1, x0:x1])  # something was drawn
+
+
+def test_stamp_is_drawn_bottom_left_and_fits():
+    from danet_edge.runtime.render import draw_stamp
+
+    for h, w in ((360, 480), (1080, 1920), (64, 96)):
+        img = np.full((h, w, 3), 128, np.uint8)
+        x0, y0, x1, y1 = draw_stamp(img, "model_int8_trt.onnx | int8 | 12.3 FPS")
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and y1 > 0.8 * h
+        assert img[y0:y1, x0:x1].max() > 150 and (img[: h // 2] == 128).all()  # light text on the dark box

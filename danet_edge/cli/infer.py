@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
                         "danet-edge infer model.engine \"nvarguscamerasrc ! video/x-raw(memory:NVMM),width=1280,"
                         "height=720 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR "
                         "! appsink\" (Jetson CSI camera through GStreamer)\n  "
-                        "danet-edge infer model.onnx frames/ --save-labels -o runs/infer")
+                        "danet-edge infer model.onnx frames/ --save-labels -o runs/infer\n  "
+                        "danet-edge infer model_int8_trt.onnx video.mp4 --compare model.onnx (side by side)")
     def infer(
         model: Path = typer.Argument(..., help=".pt/.pth checkpoint, .onnx graph or .engine/.plan"),
         source: str = typer.Argument(..., help="video, image, folder, glob, camera index, URL or GStreamer pipeline"),
@@ -93,6 +94,9 @@ def register(app: typer.Typer) -> None:
         batch: Optional[int] = typer.Option(None, "--batch", help="frames per forward pass (checkpoints only)"),
         threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime CPU threads (default: cores - 1)"),
         queue_size: int = typer.Option(inf.queue_size, "--queue-size", help="frames buffered between stages (lower: less latency)"),
+        stamp: bool = typer.Option(inf.stamp, "--stamp/--no-stamp", help="write model, precision and running FPS on each frame"),
+        compare: Optional[Path] = typer.Option(inf.compare, "--compare", help="a second artifact: side-by-side video "
+                                               "(left MODEL, right this one, disagreement tinted magenta)"),
     ) -> None:
         """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
         from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table
@@ -100,7 +104,7 @@ def register(app: typer.Typer) -> None:
         cfg = InferConfig(backend=backend.value if backend else None, providers=[p.strip() for p in providers.split(",") if p.strip()]
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
                           save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames,
-                          threads=threads, queue_size=queue_size)
+                          threads=threads, queue_size=queue_size, stamp=stamp, compare=compare)
         from ..utils import ensure_output_dir
 
         ensure_output_dir(out, "--out")  # before the model loads: a file or a read-only folder is one line
@@ -110,5 +114,8 @@ def register(app: typer.Typer) -> None:
             err_console.print(summary_table(e.summary))
             raise
         console.print(summary_table(summary))
+        if summary.disagreement_pct is not None:
+            console.print(f"disagreement with {summary.compare}: {summary.disagreement_pct:.3f} % of pixels",
+                          markup=False, highlight=False, soft_wrap=True)
         for name, path in summary.outputs.items():
             console.print(f"{name}: {path}")

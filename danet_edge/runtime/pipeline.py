@@ -34,7 +34,7 @@ from ..manifest import Manifest
 from ..progress import task
 from ..utils import write_json
 from .backends import backend_spec, open_backend
-from .render import VideoOut, overlay, save_label_png
+from .render import VideoOut, overlay, save_label_png, side_by_side
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -60,7 +60,8 @@ class InferConfig(Config):
         backend, providers, device: backend choice (see ``runtime.backends.open_backend``).
         batch: frames per ``predict`` call (checkpoints only; ONNX / engines use their static batch).
         out_dir: where ``<source>_overlay.mp4``, ``labels/`` and ``summary.json`` go.
-        save_video: write the overlay video (colour mask blended over the frame, legend of classes present).
+        save_video: write the overlay video (colour mask blended over the frame, the legend of every class of
+            the model in a fixed order and place).
         save_labels: write one palette PNG per frame (PIL mode P, value = class index).
         show: display the overlay in a window (needs OpenCV with GUI support).
         letterbox: keep the aspect ratio (pad) instead of stretching frames to the model size.
@@ -70,6 +71,11 @@ class InferConfig(Config):
         threads: ONNX Runtime intra-op threads. None: all cores but one, so decode and encode keep a
             core and the pipeline hides them (CamVid 360x480 on 2 cores: 3.16 FPS end to end with 1
             thread against 2.82 FPS with 2, whose model-only rate is 3.53 FPS; see NOTES.md).
+        stamp: write the model's file name, its precision and the running throughput (FPS, frames written so far
+            over the time since the start) at the bottom left of each video frame.
+        compare: a second artifact with the same classes: each frame is segmented by both and the video becomes
+            ``<source>_compare.mp4``, left this model's overlay, right the other's with the pixels where the two
+            disagree tinted magenta; with ``save_labels`` its class maps go to ``labels_compare/``.
     """
 
     backend: str | None = None
@@ -85,6 +91,8 @@ class InferConfig(Config):
     max_frames: int | None = None
     queue_size: int = 8
     threads: int | None = None
+    stamp: bool = True
+    compare: Path | None = None
 
     def validate(self) -> None:
         """Raises ConfigError on out-of-range values."""
@@ -125,6 +133,8 @@ class InferSummary:
     broken: str | None = None
     interrupted: bool = False
     outputs: dict[str, str] = field(default_factory=dict)
+    compare: str | None = None
+    disagreement_pct: float | None = None  # with ``compare``: pixels whose class differs between the two, %
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,8 +169,12 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
                 return _END
 
 
-def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name: str = "model") -> InferSummary:
+def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name: str = "model",
+                 other: Any = None, other_name: str = "other") -> InferSummary:
     """Run ``backend`` over ``source`` with overlapped decode / infer / encode; see the module docstring.
+
+    With ``other`` (a second backend, ``InferConfig.compare``), each frame is also segmented by it and the video
+    shows both side by side (left ``backend``, right ``other`` with the disagreement tinted).
 
     Raises:
         SourceBroken: the source stopped early (outputs hold the frames before the break).
@@ -175,18 +189,24 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
     size = manifest.image_size
     batch = max(1, manifest.batch_size)
     palette = np.asarray(manifest.palette, np.uint8)
+    if other is not None and list(other.manifest.classes) != list(manifest.classes):
+        raise ConfigError(f"--compare: {other_name} has other classes than {Path(model_name).name}")
     out_dir = Path(cfg.out_dir)
     stem = Path(source.name).stem if source.kind in ("video", "image") else source.kind
     summary = InferSummary(model=model_name, backend=getattr(backend, "name", "?"), source=source.name,
-                           source_fps=source.fps, batch=batch)
+                           source_fps=source.fps, batch=batch, compare=None if other is None else other_name)
     if cfg.show:
         try:
             cv2.namedWindow("danet-edge", cv2.WINDOW_NORMAL)
         except cv2.error:
             raise ConfigError("--show needs OpenCV with GUI support (opencv-python, not opencv-python-headless)") \
                 from None
-    video = VideoOut(out_dir / f"{stem}_overlay.mp4", source.fps) if cfg.save_video else None
-    labels_dir = out_dir / "labels"
+    suffix = "overlay" if other is None else "compare"
+    video = VideoOut(out_dir / f"{stem}_{suffix}.mp4", source.fps) if cfg.save_video else None
+    labels_dir, labels_dir2 = out_dir / "labels", out_dir / "labels_compare"
+    clock = {"start": time.perf_counter(), "disagree": 0, "pixels": 0}
+    names = (Path(model_name).name, manifest.precision, Path(other_name).name,
+             None if other is None else other.manifest.precision)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     e2e: list[float] = []
     stop = threading.Event()
@@ -219,10 +239,20 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                 item = results_q.get()
                 if item is _END:
                     return
-                i, t_start, frame, labels = item
+                i, t_start, frame, labels, labels2 = item
                 t0 = time.perf_counter()
+                if labels2 is not None:
+                    disagree = labels != labels2
+                    clock["disagree"] += int(disagree.sum())
+                    clock["pixels"] += disagree.size
                 if video is not None or cfg.show:
-                    vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes)
+                    fps = summary.frames / max(1e-9, t0 - clock["start"])
+                    stamp = f"{names[0]} | {names[1]} | {fps:.1f} FPS" if cfg.stamp else None
+                    vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes, stamp)
+                    if labels2 is not None:
+                        stamp2 = f"{names[2]} | {names[3]} | {fps:.1f} FPS" if cfg.stamp else None
+                        vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2,
+                                                        highlight=disagree))
                     if video is not None:
                         video.write(vis)
                     if cfg.show:
@@ -232,6 +262,8 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                 if cfg.save_labels:
                     name = source.names[i] if source.names else f"{i:06d}"
                     save_label_png(labels_dir / f"{name}.png", labels, manifest.palette)
+                    if labels2 is not None:
+                        save_label_png(labels_dir2 / f"{name}.png", labels2, manifest.palette)
                 now = time.perf_counter()
                 times["encode"].append(now - t0)
                 e2e.append(now - t_start)
@@ -244,7 +276,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
 
     decoder = threading.Thread(target=decode, name="danet-decode", daemon=True)
     encoder = threading.Thread(target=encode, name="danet-encode", daemon=True)
-    t_run = time.perf_counter()
+    t_run = clock["start"] = time.perf_counter()
     bar = contextlib.ExitStack()  # a progress bar on a terminal (``progress.task``), none otherwise
     total = source.frame_count if cfg.max_frames is None else min(source.frame_count or cfg.max_frames, cfg.max_frames)
     advance = bar.enter_context(task(f"infer {source.name}", total))
@@ -268,14 +300,21 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             pred = backend.predict(np.stack([img for img, _ in fitted]))
             t2 = time.perf_counter()
             maps = [restore_labels(lab, pl, f.shape[:2]) for lab, (_, pl), (_, _, f) in zip(pred.labels, fitted, items)]
+            maps2: list[Any] = [None] * len(items)
+            if other is not None:
+                t_o = time.perf_counter()
+                fitted2 = [fit_frame(f, other.manifest.image_size, cfg.letterbox) for _, _, f in items]
+                labs = other.predict(np.stack([img for img, _ in fitted2])).labels  # any N (backends pad / split)
+                maps2 = [restore_labels(lab, pl, f.shape[:2]) for lab, (_, pl), (_, _, f) in zip(labs, fitted2, items)]
+                t2 += time.perf_counter() - t_o  # the second model's time counts as inference
             t3 = time.perf_counter()
             n = len(items)
             advance(n)
             times["preprocess"] += [(t1 - t0) / n] * n
             times["infer"] += [(t2 - t1) / n] * n
             times["postprocess"] += [(t3 - t2) / n] * n
-            for (i, t_start, frame), labels in zip(items, maps):
-                if not _put(results_q, (i, t_start, frame, labels), stop):
+            for (i, t_start, frame), labels, labels2 in zip(items, maps, maps2):
+                if not _put(results_q, (i, t_start, frame, labels, labels2), stop):
                     break
     except KeyboardInterrupt:
         summary.interrupted = True  # the outputs are closed below, then Interrupted says what they hold
@@ -299,6 +338,10 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
             summary.outputs["video"] = str(path)
         if cfg.save_labels and summary.frames:
             summary.outputs["labels"] = str(labels_dir)
+            if other is not None:
+                summary.outputs["labels_compare"] = str(labels_dir2)
+        if clock["pixels"]:
+            summary.disagreement_pct = round(100.0 * clock["disagree"] / clock["pixels"], 4)
         if cfg.show:
             cv2.destroyAllWindows()
         summary.outputs["summary"] = str(out_dir / "summary.json")
@@ -333,15 +376,24 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     threads = cfg.threads
     if threads is None and "threads" in spec.options:  # leave a core to decode / encode (measured, NOTES.md)
         threads = max(1, (os.cpu_count() or 2) - 1)
+    if cfg.compare is not None and not Path(cfg.compare).is_file():
+        raise DataError(f"{cfg.compare}: --compare model file not found")
     src = open_source(source)
-    try:
-        backend = open_backend(model_path, backend=cfg.backend, providers=cfg.providers, device=cfg.device,
-                               batch=cfg.batch, threads=threads)
-    except BaseException:
-        src.close()
-        raise
-    with backend:
-        return run_pipeline(backend, src, cfg, model_name=str(model_path))
+    with contextlib.ExitStack() as stack:
+        try:
+            backend = stack.enter_context(open_backend(model_path, backend=cfg.backend, providers=cfg.providers,
+                                                       device=cfg.device, batch=cfg.batch, threads=threads))
+            other = None
+            if cfg.compare is not None:  # its own backend by suffix, with the options its row takes
+                spec2 = backend_spec(cfg.compare)
+                given = {"providers": cfg.providers, "device": cfg.device, "threads": threads}
+                other = stack.enter_context(open_backend(cfg.compare, **{k: v for k, v in given.items()
+                                                                         if k in spec2.options}))
+        except BaseException:
+            src.close()
+            raise
+        return run_pipeline(backend, src, cfg, model_name=str(model_path), other=other,
+                            other_name=str(cfg.compare) if cfg.compare is not None else "other")
 
 
 def summary_table(summary: InferSummary):

@@ -6,8 +6,11 @@ interrupted run leaves complete files only.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from typing import Any
@@ -19,14 +22,142 @@ from .._optional import import_cv2
 from ..errors import DataError
 from ..utils import atomic_path
 
-__all__ = ["overlay", "save_label_png", "VideoOut"]
+__all__ = ["overlay", "save_label_png", "VideoOut", "LegendLayout", "legend_layout", "draw_legend", "draw_stamp",
+           "side_by_side", "LEGEND_MAX_HEIGHT", "LEGEND_MAX_WIDTH", "BOX_OPACITY"]
+
+#: Largest share of the frame height / width the legend's backing box may take (more classes: more columns,
+#: then a smaller font).
+LEGEND_MAX_HEIGHT = 0.45
+LEGEND_MAX_WIDTH = 0.6
+#: Opacity of the black backing box behind the legend and the stamp (0..1).
+BOX_OPACITY = 0.65
+_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
+
+
+@dataclass(frozen=True)
+class LegendLayout:
+    """Where the legend goes on a frame; pixels, ``(x0, y0, x1, y1)`` with x1/y1 exclusive.
+
+    Attributes:
+        box: the backing box. swatches: one colour square per class, in class order (column by column).
+        text_origins: the baseline origin ``(x, y)`` of each class name. scale, thickness: OpenCV Hershey font
+            scale and stroke (px). text_height: height of a capital letter (px). rows, cols: the grid.
+    """
+
+    box: tuple[int, int, int, int]
+    swatches: tuple[tuple[int, int, int, int], ...]
+    text_origins: tuple[tuple[int, int], ...]
+    scale: float
+    thickness: int
+    text_height: int
+    rows: int
+    cols: int
+
+
+def _font_scale(height: int) -> float:
+    """Hershey font scale for a frame ``height`` px high: about 2.3 % of the height for a capital letter
+    (about 10 px at 360 rows, 29 px at 1080)."""
+    return max(0.4, height / 800.0)
+
+
+@lru_cache(maxsize=32)
+def legend_layout(frame_hw: tuple[int, int], classes: tuple[str, ...]) -> LegendLayout:
+    """The legend of every class in ``classes`` order for a frame of ``frame_hw = (H, W)`` px.
+
+    The font scales with the frame height (:func:`_font_scale`); the box stays within
+    :data:`LEGEND_MAX_HEIGHT` of the height by using more columns (filled top to bottom, then left to right),
+    and within :data:`LEGEND_MAX_WIDTH` of the width by shrinking the font when needed. It depends on the frame
+    size and the class list only, never on the classes present, so it does not flicker or reorder.
+
+    Raises:
+        MissingDependencyError: OpenCV is not importable.
+    """
+    cv2 = import_cv2()
+    h, w = int(frame_hw[0]), int(frame_hw[1])
+    k = max(1, len(classes))
+    scale = _font_scale(h)
+    while True:
+        thick = max(1, round(scale * 1.5))
+        widths = [cv2.getTextSize(str(c), _FONT, scale, thick)[0][0] for c in classes] or [0]
+        (_, th), base = cv2.getTextSize("Ag", _FONT, scale, thick)
+        pad = max(2, round(5 * scale))
+        sw = th + base
+        row_h = sw + pad
+        col_w = sw + pad + max(widths) + 2 * pad
+        rows_fit = max(1, int((LEGEND_MAX_HEIGHT * h - pad) // row_h))
+        cols = math.ceil(k / rows_fit)
+        rows = math.ceil(k / cols)
+        bw, bh = cols * col_w + pad, rows * row_h + pad
+        if (bw <= LEGEND_MAX_WIDTH * w and bh <= LEGEND_MAX_HEIGHT * h + row_h) or scale <= 0.25:
+            break
+        scale *= 0.9
+    x0 = y0 = max(2, pad)
+    bw, bh = min(bw, w - 2 * x0), min(bh, h - 2 * y0)
+    swatches, origins = [], []
+    for i in range(len(classes)):
+        c, r = divmod(i, rows)
+        sx, sy = x0 + pad + c * col_w, y0 + pad + r * row_h
+        swatches.append((sx, sy, sx + sw, sy + sw))
+        origins.append((sx + sw + pad, sy + th + max(0, (sw - th) // 2) - 1))
+    return LegendLayout((x0, y0, x0 + bw, y0 + bh), tuple(swatches), tuple(origins), scale, thick, th, rows, cols)
+
+
+def _backing_box(img: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    x0, y0, x1, y1 = box
+    roi = img[y0:y1, x0:x1]
+    roi[...] = (roi.astype(np.float32) * (1.0 - BOX_OPACITY)).astype(np.uint8)
+
+
+def draw_legend(img: np.ndarray, classes: Sequence[str], palette: np.ndarray) -> LegendLayout:
+    """Draw the legend of every class (:func:`legend_layout`) on ``img (H, W, 3) uint8 RGB`` in place, on a
+    semi-opaque black box (:data:`BOX_OPACITY`), each swatch with a light outline so that dark and grey
+    colours (CamVid's "Sky") stay visible. Returns the layout.
+
+    Raises:
+        MissingDependencyError: OpenCV is not importable.
+    """
+    cv2 = import_cv2()
+    lay = legend_layout(img.shape[:2], tuple(str(c) for c in classes))
+    _backing_box(img, lay.box)
+    for k, ((sx0, sy0, sx1, sy1), org) in enumerate(zip(lay.swatches, lay.text_origins)):
+        colour = tuple(int(v) for v in palette[min(k, len(palette) - 1)])
+        cv2.rectangle(img, (sx0, sy0), (sx1 - 1, sy1 - 1), colour, -1)
+        cv2.rectangle(img, (sx0, sy0), (sx1 - 1, sy1 - 1), (230, 230, 230), 1)
+        cv2.putText(img, str(classes[k]), org, _FONT, lay.scale, (255, 255, 255), lay.thickness, cv2.LINE_AA)
+    return lay
+
+
+def draw_stamp(img: np.ndarray, text: str) -> tuple[int, int, int, int]:
+    """Write ``text`` (e.g. ``"model_int8_trt.onnx | int8 | 12.3 FPS"``) at the bottom left of ``img`` in place,
+    white on a semi-opaque black box, font scaled with the frame height. Returns the box ``(x0, y0, x1, y1)``.
+
+    Raises:
+        MissingDependencyError: OpenCV is not importable.
+    """
+    cv2 = import_cv2()
+    h, w = img.shape[:2]
+    scale = 0.85 * _font_scale(h)
+    thick = max(1, round(scale * 1.5))
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    while tw > 0.95 * w and scale > 0.25:
+        scale *= 0.9
+        (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    pad = max(2, round(5 * scale))
+    box = (pad, max(0, h - pad - th - base - 2 * pad), min(w, 3 * pad + tw), h - pad)
+    _backing_box(img, box)
+    cv2.putText(img, text, (2 * pad, h - 2 * pad - base), _FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return box
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float,
-            classes: Sequence[str] | None = None) -> np.ndarray:
+            classes: Sequence[str] | None = None, stamp: str | None = None,
+            highlight: np.ndarray | None = None) -> np.ndarray:
     """Blend the class colours over ``frame: (H, W, 3) uint8 RGB``; ``labels: (H, W)`` class indices.
 
-    With ``classes``, a legend of the classes present is drawn at the top left. Returns RGB uint8.
+    With ``classes``, the legend of every class of the model is drawn at the top left (:func:`draw_legend`:
+    fixed order and place, the same on every frame); with ``stamp``, that text at the bottom left
+    (:func:`draw_stamp`); with ``highlight (H, W) bool``, those pixels are tinted magenta (half blended; e.g.
+    where two artifacts disagree) under the legend and the stamp. Returns RGB uint8.
 
     Raises:
         MissingDependencyError: OpenCV is not importable.
@@ -34,16 +165,21 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     cv2 = import_cv2()
     colour = palette[np.clip(labels, 0, len(palette) - 1)]
     out = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
+    if highlight is not None and highlight.any():
+        tint = np.array([255, 0, 255], np.float32)
+        out[highlight] = (0.5 * out[highlight].astype(np.float32) + 0.5 * tint).astype(np.uint8)
     if classes:
-        present = np.unique(labels)
-        scale = max(0.35, min(frame.shape[:2]) / 900)
-        step = int(22 * scale / 0.5)
-        for row, k in enumerate(present[present < len(classes)][:20]):
-            y = 6 + row * step
-            cv2.rectangle(out, (6, y), (6 + step - 4, y + step - 4), tuple(int(v) for v in palette[k]), -1)
-            cv2.putText(out, str(classes[k]), (10 + step, y + step - 8), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                        (255, 255, 255), 1, cv2.LINE_AA)
+        draw_legend(out, classes, palette)
+    if stamp:
+        draw_stamp(out, stamp)
     return out
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left | right`` as one frame ``(H, W_left + W_right, 3)`` (the halves must have the same height)."""
+    if left.shape[0] != right.shape[0]:
+        raise DataError(f"side by side: halves of {left.shape[0]} and {right.shape[0]} rows")
+    return np.concatenate([left, right], axis=1)
 
 
 def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
