@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, ManifestError
 from .manifest import Manifest, read_manifest
+from .utils import atomic_dir
 
 __all__ = ["MARKER", "ARTIFACT_SUFFIXES", "load_artifact", "write_folder", "is_engine"]
 
@@ -72,26 +71,9 @@ def write_folder(out: str | os.PathLike[str], fill: Callable[[Path], None], reco
         if any(out.iterdir()) and not (out / MARKER).is_file():
             raise ConfigError(f"{out}: a non-empty folder that danet-edge did not write; give an empty or new folder")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise ConfigError(f"{out}: cannot write there: {e.strerror or e}") from None
-    try:
-        fill(tmp)
-        (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            fill(tmp)
+            (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     except OSError as e:  # a full disk, a folder made read-only meanwhile: one line, the old folder kept
         raise ConfigError(f"{out}: writing failed: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out

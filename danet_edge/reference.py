@@ -28,8 +28,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, ManifestError
-from .utils import read_json, sha256_file
+from .utils import atomic_dir, read_json, sha256_file
 
 __all__ = ["BUNDLE_FORMAT", "RESIZE_METHOD", "CHANNEL_ORDER", "preprocessing_fingerprint", "ReferenceBundle",
            "make_bundle", "write_bundle", "load_bundle", "is_bundle", "confusion_metrics"]
@@ -197,29 +195,15 @@ def write_bundle(out_dir: str | os.PathLike[str], manifest: Any, images: Sequenc
         else:
             logits_note = f"left out: {mib:.0f} MiB in float16 > {max_logits_mib:g} MiB"
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         np.savez_compressed(tmp / "bundle.npz", **arrays)
         meta = {"format": BUNDLE_FORMAT, "fingerprint": preprocessing_fingerprint(manifest), "count": n,
                 "labelled": labels is not None, "dataset": dataset, "classes": list(manifest.classes),
-                "ignore_index": int(manifest.ignore_index if ignore_index is None else ignore_index), "reference": {"kind": "pytorch fp32 eager", **reference_metrics},
+                "ignore_index": int(manifest.ignore_index if ignore_index is None else ignore_index),
+                "reference": {"kind": "pytorch fp32 eager", **reference_metrics},
                 "reference_logits": logits_note, "checkpoint_sha256": checkpoint_sha256,
                 "npz_sha256": sha256_file(tmp / "bundle.npz"), "array_mib": round(_npz_bytes(arrays) / 2**20, 2)}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

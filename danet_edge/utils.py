@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file"]
+__all__ = ["atomic_path", "atomic_dir", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file"]
 
 
 @contextlib.contextmanager
@@ -34,6 +34,36 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block succeeds it replaces ``path`` (an old folder is
+    moved aside, the new one renamed in, the old one removed). An exception leaves the old folder as it was.
+
+    Raises:
+        OSError: the parent cannot be written (callers turn it into one line).
+    """
+    import shutil
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

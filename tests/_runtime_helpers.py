@@ -76,3 +76,24 @@ def make_sensitive_checkpoint(path: Path, num_classes: int = 8, image_size=(64, 
     ckpt["model"]["head.conv8.1.weight"].mul_(10.0)
     del ckpt["format"]
     return save_checkpoint(path, ckpt)
+
+
+def run_cli(args, capsys) -> tuple:
+    """Run ``danet-edge ARGS`` in-process through the CLI's ``main``: ``(exit code, stdout, stderr lines)``.
+    Output captured before the call is dropped."""
+    import sys
+
+    import pytest
+
+    from danet_edge.cli import main
+
+    capsys.readouterr()
+    old = sys.argv
+    sys.argv = ["danet-edge", *map(str, args)]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err.strip().splitlines()

@@ -132,18 +132,12 @@ def ws(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
             "img": prep / "frames" / "a.png"}
 
 
-def _cli(args: list[str], capsys) -> tuple[int, list[str]]:
-    from danet_edge.cli import main
+def _cli(args, capsys):
+    """(exit code, stderr lines) of ``danet-edge ARGS`` run in-process."""
+    from _runtime_helpers import run_cli
 
-    capsys.readouterr()
-    old = sys.argv
-    sys.argv = ["danet-edge", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    return e.value.code, capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 def _run_case(ws: dict[str, Path], capsys, argv: str, code: int, phrase: str, case_id: str) -> list[str]:

@@ -96,17 +96,11 @@ def test_attention_memory_and_warning(tiny_checkpoint, tmp_path):
 
 
 def _cli(args, capsys):
-    from danet_edge.cli import main
+    """(exit code, stderr lines) of ``danet-edge ARGS`` run in-process."""
+    from _runtime_helpers import run_cli
 
-    old = sys.argv
-    sys.argv = ["danet-edge", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err.strip().splitlines()
-    return e.value.code, err
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize("case", ["missing", "size", "empty_calib", "bad_image"])

@@ -30,18 +30,11 @@ QUICK = ["--dataset", "synthetic", "--synthetic-size", "64", "96", "--limit-trai
 
 
 def _cli(args, capsys):
-    """Run ``danet-edge ARGS`` in-process: (exit code, stderr lines)."""
-    from danet_edge.cli import main
+    """(exit code, stderr lines) of ``danet-edge ARGS`` run in-process."""
+    from _runtime_helpers import run_cli
 
-    old = sys.argv
-    sys.argv = ["danet-edge", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    err = capsys.readouterr().err.strip().splitlines()
-    return e.value.code, err
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 def _hashes(folder: Path) -> dict[str, str]:

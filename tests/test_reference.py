@@ -111,19 +111,9 @@ def test_no_bundle_with_zero_images(tiny_checkpoint, tmp_path):
 
 
 def _cli(args, capsys):
-    import sys
+    from _runtime_helpers import run_cli
 
-    from danet_edge.cli import main
-
-    old = sys.argv
-    sys.argv = ["danet-edge", *args]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err.strip().splitlines()
+    return run_cli(args, capsys)
 
 
 def test_cli_check_with_a_bundle_and_bad_bundles(exported, tmp_path, capsys):

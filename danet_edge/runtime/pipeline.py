@@ -246,11 +246,12 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                     clock["disagree"] += int(disagree.sum())
                     clock["pixels"] += disagree.size
                 if video is not None or cfg.show:
-                    fps = summary.frames / max(1e-9, t0 - clock["start"])
-                    stamp = f"{names[0]} | {names[1]} | {fps:.1f} FPS" if cfg.stamp else None
+                    # frames written per second so far; none written yet: no rate to show (not "0.0 FPS")
+                    rate = f"{summary.frames / max(1e-9, t0 - clock['start']):.1f} FPS" if summary.frames else "-- FPS"
+                    stamp = f"{names[0]} | {names[1]} | {rate}" if cfg.stamp else None
                     vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes, stamp)
                     if labels2 is not None:
-                        stamp2 = f"{names[2]} | {names[3]} | {fps:.1f} FPS" if cfg.stamp else None
+                        stamp2 = f"{names[2]} | {names[3]} | {rate}" if cfg.stamp else None
                         vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2,
                                                         highlight=disagree))
                     if video is not None:
