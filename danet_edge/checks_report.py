@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import MissingDependencyError
+from .runtime.render import disagreement_tile
 from .utils import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -123,8 +124,7 @@ def disagreement_picture(rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.
     for r, (img, gt, ref, art) in enumerate(rows):
         img = np.asarray(img, np.uint8)
         diff = ref != art
-        highlight = (img.astype(np.float32) * 0.35).astype(np.uint8)
-        highlight[diff] = (255, 255, 255)
+        highlight = disagreement_tile(img, diff)
         tiles = [img]
         if with_gt:
             g = np.zeros_like(img) if gt is None else _colour(np.asarray(gt), pal)

@@ -99,7 +99,7 @@ def test_compare_writes_a_side_by_side_video_whose_halves_equal_single_runs(tiny
     c = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "c", save_labels=True, stamp=False,
                                                     compare=fused))
     n, _, size, _ = read_video(tmp_path / "c" / "c_compare.mp4")
-    assert n == 5 == a.frames == c.frames and size == (72, 2 * 100)
+    assert n == 5 == a.frames == c.frames and size == (72, 3 * 100)
     left, right = _label_pngs(tmp_path / "c" / "labels"), _label_pngs(tmp_path / "c" / "labels_compare")
     assert len(left) == len(right) == 5
     for x, y in zip(left, _label_pngs(tmp_path / "a" / "labels")):
@@ -113,7 +113,11 @@ def test_compare_writes_a_side_by_side_video_whose_halves_equal_single_runs(tiny
     left_px = np.stack(read_video(tmp_path / "c" / "c_compare.mp4")[3])
     single_px = np.stack(read_video(tmp_path / "a" / "c_overlay.mp4")[3])
     assert np.abs(left_px[:, :, :100].astype(int) - single_px.astype(int)).mean() < 6
-
+    # and the middle panel is the other artifact's single run (not retouched), the right one the disagreement
+    other_px = np.stack(read_video(tmp_path / "b" / "c_overlay.mp4")[3])
+    assert np.abs(left_px[:, :, 100:200].astype(int) - other_px.astype(int)).mean() < 6
+    dark = left_px[:, :, 200:].astype(int)
+    assert dark.mean() < 0.6 * np.stack(frames).astype(int).mean() + 20
 
 def test_infer_cli_stamp_and_compare_flags(onnx_model, tmp_path):
     clip = write_video(tmp_path / "c.mp4", random_frames(3, 64, 96))

@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         queue_size: int = typer.Option(inf.queue_size, "--queue-size", help="frames buffered between stages (lower: less latency)"),
         stamp: bool = typer.Option(inf.stamp, "--stamp/--no-stamp", help="write model, precision and running FPS on each frame"),
         compare: Optional[Path] = typer.Option(inf.compare, "--compare", help="a second artifact: side-by-side video "
-                                               "(left MODEL, right this one, disagreement tinted magenta)"),
+                                               "(MODEL | this one | where they disagree, white)"),
     ) -> None:
         """Segment a video, images, a camera or a stream; writes overlay video, label PNGs and summary.json."""
         from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table

@@ -34,7 +34,7 @@ from ..manifest import Manifest
 from ..progress import task
 from ..utils import write_json
 from .backends import backend_spec, open_backend
-from .render import VideoOut, overlay, save_label_png, side_by_side
+from .render import VideoOut, disagreement_tile, overlay, save_label_png, side_by_side
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -74,8 +74,9 @@ class InferConfig(Config):
         stamp: write the model's file name, its precision and the running throughput (FPS, frames written so far
             over the time since the start) at the bottom left of each video frame.
         compare: a second artifact with the same classes: each frame is segmented by both and the video becomes
-            ``<source>_compare.mp4``, left this model's overlay, right the other's with the pixels where the two
-            disagree tinted magenta; with ``save_labels`` its class maps go to ``labels_compare/``.
+            ``<source>_compare.mp4``: this model's overlay | the other's (each as its single run draws it) | the
+            frame darkened with the pixels where the two disagree in white; with ``save_labels`` its class maps go
+            to ``labels_compare/``.
     """
 
     backend: str | None = None
@@ -174,7 +175,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
     """Run ``backend`` over ``source`` with overlapped decode / infer / encode; see the module docstring.
 
     With ``other`` (a second backend, ``InferConfig.compare``), each frame is also segmented by it and the video
-    shows both side by side (left ``backend``, right ``other`` with the disagreement tinted).
+    shows both side by side (``backend`` | ``other`` | where they disagree, white).
 
     Raises:
         SourceBroken: the source stopped early (outputs hold the frames before the break).
@@ -252,8 +253,8 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                     vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes, stamp)
                     if labels2 is not None:
                         stamp2 = f"{names[2]} | {names[3]} | {rate}" if cfg.stamp else None
-                        vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2,
-                                                        highlight=disagree))
+                        vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2),
+                                           disagreement_tile(frame, disagree))
                     if video is not None:
                         video.write(vis)
                     if cfg.show:

@@ -150,14 +150,12 @@ def draw_stamp(img: np.ndarray, text: str) -> tuple[int, int, int, int]:
 
 
 def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float,
-            classes: Sequence[str] | None = None, stamp: str | None = None,
-            highlight: np.ndarray | None = None) -> np.ndarray:
+            classes: Sequence[str] | None = None, stamp: str | None = None) -> np.ndarray:
     """Blend the class colours over ``frame: (H, W, 3) uint8 RGB``; ``labels: (H, W)`` class indices.
 
     With ``classes``, the legend of every class of the model is drawn at the top left (:func:`draw_legend`:
     fixed order and place, the same on every frame); with ``stamp``, that text at the bottom left
-    (:func:`draw_stamp`); with ``highlight (H, W) bool``, those pixels are tinted magenta (half blended; e.g.
-    where two artifacts disagree) under the legend and the stamp. Returns RGB uint8.
+    (:func:`draw_stamp`). Returns RGB uint8.
 
     Raises:
         MissingDependencyError: OpenCV is not importable.
@@ -165,9 +163,6 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     cv2 = import_cv2()
     colour = palette[np.clip(labels, 0, len(palette) - 1)]
     out = cv2.addWeighted(frame, 1.0 - alpha, colour, alpha, 0.0)
-    if highlight is not None and highlight.any():
-        tint = np.array([255, 0, 255], np.float32)
-        out[highlight] = (0.5 * out[highlight].astype(np.float32) + 0.5 * tint).astype(np.uint8)
     if classes:
         draw_legend(out, classes, palette)
     if stamp:
@@ -175,11 +170,19 @@ def overlay(frame: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     return out
 
 
-def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """``left | right`` as one frame ``(H, W_left + W_right, 3)`` (the halves must have the same height)."""
-    if left.shape[0] != right.shape[0]:
-        raise DataError(f"side by side: halves of {left.shape[0]} and {right.shape[0]} rows")
-    return np.concatenate([left, right], axis=1)
+def side_by_side(*panels: np.ndarray) -> np.ndarray:
+    """``panels[0] | panels[1] | ...`` as one frame ``(H, sum of widths, 3)`` (all of the same height)."""
+    if len({p.shape[0] for p in panels}) != 1:
+        raise DataError(f"side by side: panels of {[p.shape[0] for p in panels]} rows")
+    return np.concatenate(panels, axis=1)
+
+
+def disagreement_tile(image: np.ndarray, disagree: np.ndarray) -> np.ndarray:
+    """``image (H, W, 3) uint8`` darkened to 35 %, with the pixels where ``disagree (H, W) bool`` is True white:
+    where two models' class maps differ, read at a glance (check's pictures and ``infer --compare``)."""
+    tile = (np.asarray(image, np.uint8).astype(np.float32) * 0.35).astype(np.uint8)
+    tile[np.asarray(disagree, bool)] = (255, 255, 255)
+    return tile
 
 
 def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]]) -> None:
