@@ -207,7 +207,14 @@ def _reference_kind(reference: Any) -> Any:
         return reference
     if is_bundle(reference):
         return load_bundle(reference)
-    return Path(reference)
+    path = Path(reference)
+    if path.is_dir():
+        raise DataError(f"reference {path} is a folder without bundle.json: give the checkpoint (.pt) or the "
+                        "reference/ folder export wrote")
+    if not path.exists():
+        raise DataError(f"reference {path} does not exist: give the checkpoint (.pt) or the reference/ folder "
+                        "export wrote")
+    return path
 
 
 def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,

@@ -126,3 +126,10 @@ def test_cli_check_with_a_bundle_and_bad_bundles(exported, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and "brings its own images" in err[0]
     code, _, err = _cli(["check", art, "-r", str(exported["other"].reference_bundle)], capsys)
     assert code not in (0, None) and len(err) == 1 and "image_size" in err[0]
+
+
+def test_a_missing_or_wrong_reference_says_what_to_give(exported, tmp_path, capsys):
+    art = str(exported["res"].artifacts[0].path)
+    for ref, words in ((tmp_path / "nothing", "does not exist"), (tmp_path, "folder without bundle.json")):
+        code, _, err = _cli(["check", art, "-r", str(ref)], capsys)
+        assert code == 3 and len(err) == 1 and words in err[0] and "reference/ folder" in err[0]
