@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -133,9 +134,17 @@ def import_openvino() -> ModuleType:
 _KEEP_JETPACK = "keep a venv made with --system-site-packages so it sees them, and do not pip install over them"
 
 
-def _cached(name: str) -> ModuleType | None:
-    """The module when it is already imported (the hot path: frame loops call ``import_cv2`` per frame)."""
-    return sys.modules.get(name)
+def _import(name: str, message: Callable[[ImportError], str]) -> ModuleType:
+    """The module ``name``: from ``sys.modules`` when already imported (the hot path: frame loops call
+    ``import_cv2`` per frame), else imported now; an ImportError becomes one MissingDependencyError line,
+    ``message(error)``."""
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise MissingDependencyError(message(e)) from None
 
 
 def _why(e: BaseException) -> str:
@@ -155,17 +164,13 @@ def import_cv2() -> ModuleType:
             ``pip install 'danet-edge[video]'``; when the import failed on NumPy, says that JetPack's OpenCV
             is built for NumPy 1.x).
     """
-    mod = _cached("cv2")
-    if mod is not None:
-        return mod
-    try:
-        return importlib.import_module("cv2")
-    except ImportError as e:
+    def message(e: ImportError) -> str:
         numpy_abi = "numpy" in str(e).lower()
         extra = ("; JetPack's OpenCV is built for NumPy 1.x: pip install 'numpy<2' in the venv" if numpy_abi else "")
-        raise MissingDependencyError(
-            "OpenCV is not importable: on a Jetson use JetPack's (sudo apt install python3-opencv; "
-            f"{_KEEP_JETPACK}); elsewhere pip install 'danet-edge[video]'{extra} ({_why(e)})") from None
+        return ("OpenCV is not importable: on a Jetson use JetPack's (sudo apt install python3-opencv; "
+                f"{_KEEP_JETPACK}); elsewhere pip install 'danet-edge[video]'{extra} ({_why(e)})")
+
+    return _import("cv2", message)
 
 
 def import_onnxruntime() -> ModuleType:
@@ -178,16 +183,10 @@ def import_onnxruntime() -> ModuleType:
         MissingDependencyError: onnxruntime cannot be imported (one line: on a Jetson install NVIDIA's
             onnxruntime-gpu wheel for JetPack 6; elsewhere ``pip install 'danet-edge[ort]'``).
     """
-    mod = _cached("onnxruntime")
-    if mod is not None:
-        return mod
-    try:
-        return importlib.import_module("onnxruntime")
-    except ImportError as e:
-        raise MissingDependencyError(
-            "ONNX Runtime is not importable (needed to run .onnx graphs; engines need only TensorRT): on a Jetson "
-            f"use NVIDIA's onnxruntime-gpu wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
-            f"pip install 'danet-edge[ort]' ({_why(e)})") from None
+    return _import("onnxruntime", lambda e: (
+        "ONNX Runtime is not importable (needed to run .onnx graphs; engines need only TensorRT): on a Jetson "
+        f"use NVIDIA's onnxruntime-gpu wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
+        f"pip install 'danet-edge[ort]' ({_why(e)})"))
 
 
 def import_torch(purpose: str = "this command") -> ModuleType:
@@ -200,16 +199,10 @@ def import_torch(purpose: str = "this command") -> ModuleType:
         MissingDependencyError: torch cannot be imported (one line: the ``[train]`` / ``[export]`` extras,
             or NVIDIA's wheel on a Jetson).
     """
-    mod = _cached("torch")
-    if mod is not None:
-        return mod
-    try:
-        return importlib.import_module("torch")
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"PyTorch is not importable (needed for {purpose}; build, infer, check and bench on .onnx / .engine "
-            f"do not need it): on a Jetson use NVIDIA's torch wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
-            f"pip install 'danet-edge[train]' (train, eval) or 'danet-edge[export]' (export) ({_why(e)})") from None
+    return _import("torch", lambda e: (
+        f"PyTorch is not importable (needed for {purpose}; build, infer, check and bench on .onnx / .engine "
+        f"do not need it): on a Jetson use NVIDIA's torch wheel for JetPack 6 ({_KEEP_JETPACK}); elsewhere "
+        f"pip install 'danet-edge[train]' (train, eval) or 'danet-edge[export]' (export) ({_why(e)})"))
 
 
 def import_matplotlib() -> ModuleType:
@@ -219,15 +212,9 @@ def import_matplotlib() -> ModuleType:
         MissingDependencyError: matplotlib cannot be imported (``pip install 'danet-edge[plot]'``, or
             ``sudo apt install python3-matplotlib`` on a Jetson).
     """
-    mod = _cached("matplotlib")
-    if mod is None:
-        try:
-            mod = importlib.import_module("matplotlib")
-        except ImportError as e:
-            raise MissingDependencyError(
-                "matplotlib is not importable (needed only for the PNG plots; leave out --plot to skip them): "
-                f"pip install 'danet-edge[plot]' (on a Jetson also sudo apt install python3-matplotlib) ({_why(e)})"
-            ) from None
+    mod = _import("matplotlib", lambda e: (
+        "matplotlib is not importable (needed only for the PNG plots; leave out --plot to skip them): "
+        f"pip install 'danet-edge[plot]' (on a Jetson also sudo apt install python3-matplotlib) ({_why(e)})"))
     mod.use("Agg")
     return mod
 

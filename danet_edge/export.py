@@ -41,7 +41,7 @@ from .calib import CalibrationSet, load_calibration_set
 from .config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, ExportConfig
 from .checkpoint import LoadedModel, checkpoint_manifest, load_model
 from .compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
-from .errors import CheckpointError, ConfigError, ExportError, MissingDependencyError
+from .errors import CheckpointError, ConfigError, ExportError, Interrupted, MissingDependencyError
 from .manifest import METADATA_KEY, Manifest, manifest_json, manifest_path, read_manifest, write_manifest
 from .precision import format_report, precision_report, verify_precision
 from .progress import track
@@ -347,63 +347,70 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
         _synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
     artifacts: list[Artifact] = []
-    fp32 = export_onnx(loaded, out_dir / "model.onnx", (h, w), cfg.batch, cfg.opset, False, frames,
-                       cfg.tolerance, cfg.target)  # logits: calibration, budget and checks work on them
-    artifacts.append(fp32)
-    log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
-    log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
-    ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
-    bundle = None
-    if bundle_set is not None:
-        from .reference import make_bundle
+    try:
+        fp32 = export_onnx(loaded, out_dir / "model.onnx", (h, w), cfg.batch, cfg.opset, False, frames,
+                           cfg.tolerance, cfg.target)  # logits: calibration, budget and checks work on them
+        artifacts.append(fp32)
+        log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
+        log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
+        ref = _run(_ort_session(fp32.path), fp32.manifest, frames)
+        bundle = None
+        if bundle_set is not None:
+            from .reference import make_bundle
 
-        bundle = make_bundle(ckpt, fp32.manifest, bundle_set.frames, bundle_set.labels, bundle_set.ignore_index,
-                             bundle_set.source, out_dir / "reference")
-        log(f"wrote {bundle} (reference bundle: {bundle_set.source}, for check on a device without PyTorch)")
+            bundle = make_bundle(ckpt, fp32.manifest, bundle_set.frames, bundle_set.labels, bundle_set.ignore_index,
+                                 bundle_set.source, out_dir / "reference")
+            log(f"wrote {bundle} (reference bundle: {bundle_set.source}, for check on a device without PyTorch)")
 
-    evaluator = budget_set.evaluator(fp32.path, fp32.manifest) if budget_set is not None else None
-    if budget_set is not None:
-        log(f"accuracy budget measured on {budget_set.source}")
-    calibration = None
-    options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
-               "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
-    for recipe in track(_recipes(cfg), "derived graphs"):
-        if recipe.needs_calibration and calib_set is None:  # pragma: no cover - loaded above or refused
-            raise ConfigError(f"the {recipe.name} recipe needs calibration images (--calib)")
-        t0 = time.perf_counter()
-        made = recipe.convert(RecipeInput(fp32.path, out_dir / recipe.file_name, calib_set, options))
-        calibration = made.manifest_fields.get("calibration", calibration)
-        budget = apply_budget(cfg, fp32.path, made.path, evaluator, warnings, log) \
-            if evaluator is not None and recipe.precision == "int8" else None
-        model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
-                                           cfg.include_attention and recipe.attention_quantized)
-        manifest.target = recipe.target or manifest.target
-        manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
-        _finalize(model, made.path, manifest, str(manifest.target or cfg.target))
-        ver = _compare(made.path, manifest, frames, ref, recipe.name)
-        limit = cfg.fp16_tolerance if recipe.name == "fp16" else recipe.max_rel_l2
-        if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
-            raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
-                              f"(limit {limit:g})")
-        manifest.extra = {**manifest.extra, "verification": ver}
-        write_manifest(made.path, manifest)
-        artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
-        log(f"wrote {made.path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
-        for line in made.log:
-            log(line)
-        log(format_report(report, recipe.precision))
-
-    if cfg.fused_io:
-        artifacts = _fuse_artifacts(artifacts, frames, cfg.target, log)
-    if build_engine is not None:
-        from .engine import EngineConfig
-
-        for src in list(artifacts):
+        evaluator = budget_set.evaluator(fp32.path, fp32.manifest) if budget_set is not None else None
+        if budget_set is not None:
+            log(f"accuracy budget measured on {budget_set.source}")
+        calibration = None
+        options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
+                   "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
+        for recipe in track(_recipes(cfg), "derived graphs"):
+            if recipe.needs_calibration and calib_set is None:  # pragma: no cover - loaded above or refused
+                raise ConfigError(f"the {recipe.name} recipe needs calibration images (--calib)")
             t0 = time.perf_counter()
-            engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig(), log=log))
-            artifacts.append(Artifact(engine, read_manifest(engine), time.perf_counter() - t0))
-            log(f"wrote {engine} ({artifacts[-1].seconds:.1f} s) from {src.path.name}")
-    return ExportResult(artifacts, att, warnings, calibration, bundle)
+            made = recipe.convert(RecipeInput(fp32.path, out_dir / recipe.file_name, calib_set, options))
+            calibration = made.manifest_fields.get("calibration", calibration)
+            budget = apply_budget(cfg, fp32.path, made.path, evaluator, warnings, log) \
+                if evaluator is not None and recipe.precision == "int8" else None
+            model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
+                                               cfg.include_attention and recipe.attention_quantized)
+            manifest.target = recipe.target or manifest.target
+            manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
+            _finalize(model, made.path, manifest, str(manifest.target or cfg.target))
+            ver = _compare(made.path, manifest, frames, ref, recipe.name)
+            limit = cfg.fp16_tolerance if recipe.name == "fp16" else recipe.max_rel_l2
+            if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
+                raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
+                                  f"(limit {limit:g})")
+            manifest.extra = {**manifest.extra, "verification": ver}
+            write_manifest(made.path, manifest)
+            artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
+            log(f"wrote {made.path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
+            for line in made.log:
+                log(line)
+            log(format_report(report, recipe.precision))
+
+        if cfg.fused_io:
+            artifacts = _fuse_artifacts(artifacts, frames, cfg.target, log)
+        if build_engine is not None:
+            from .engine import EngineConfig
+
+            for src in list(artifacts):
+                t0 = time.perf_counter()
+                engine = Path(build_engine(src.path, src.path.with_suffix(".engine"), EngineConfig(), log=log))
+                artifacts.append(Artifact(engine, read_manifest(engine), time.perf_counter() - t0))
+                log(f"wrote {engine} ({artifacts[-1].seconds:.1f} s) from {src.path.name}")
+        return ExportResult(artifacts, att, warnings, calibration, bundle)
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        done = [a.path.name for a in artifacts]
+        raise Interrupted(f"interrupted: {len(done)} artifact(s) complete in {out_dir}"
+                          + (f" ({', '.join(done)})" if done else "") + ", nothing half-written") from None
 
 
 def _fmt(ver: dict[str, float]) -> str:

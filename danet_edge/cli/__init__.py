@@ -82,58 +82,30 @@ class _CommandInterrupted(Exception):
     to :func:`main`, which prints its message (what was kept) and exits 130."""
 
 
-def _export_kept(kwargs: dict, started: float) -> str:
-    """What an interrupted ``export`` left in its output folder: the artifacts this run completed (file and
-    manifest written), and any written without its manifest yet."""
-    from pathlib import Path
-
-    from ..config import EXPORT_DIR
-
-    out = Path(kwargs.get("out") or EXPORT_DIR / Path(str(kwargs.get("checkpoint"))).stem)
-    fresh = lambda p: p.is_file() and p.stat().st_mtime >= started - 1.0  # noqa: E731 - coarse file clocks
-    made = sorted(p for p in out.glob("*") if p.suffix in (".onnx", ".engine", ".plan") and fresh(p)) \
-        if out.is_dir() else []
-    done = [p.name for p in made if fresh(p.with_name(p.name + ".json"))]
-    bare = [p.name for p in made if p.name not in done]
-    line = f"interrupted: {len(done)} artifact(s) complete in {out}" + (f" ({', '.join(done)})" if done else "")
-    if bare:
-        return line + f"; {', '.join(bare)} written without its manifest (export again)"
-    return line + ", nothing half-written"
-
-
-def _interrupt_line(command: str, error: KeyboardInterrupt, kwargs: dict, started: float) -> str:
-    """The one line for Ctrl-C in ``command``: the stage's own (``errors.Interrupted``: train, infer), the
-    artifacts export completed, else ``interrupted``."""
+def _interrupt_line(error: KeyboardInterrupt) -> str:
+    """The one line for Ctrl-C: the stage's own (``errors.Interrupted``: what train, export or infer kept), else
+    ``interrupted``."""
     from ..errors import Interrupted
 
-    if isinstance(error, Interrupted) and str(error):
-        return str(error)
-    if command == "export":
-        try:
-            return _export_kept(kwargs, started)
-        except OSError:
-            pass
-    return "interrupted"
+    return str(error) if isinstance(error, Interrupted) and str(error) else "interrupted"
 
 
-def _report_interrupts(command: str, callback):
+def _report_interrupts(callback):
     """Wrap a command's callback so that Ctrl-C inside it reaches :func:`main` with what was kept."""
     import functools
-    import time
 
     @functools.wraps(callback)  # Typer reads the options from the wrapped signature
     def run(*args, **kwargs):
-        started = time.time()
         try:
             return callback(*args, **kwargs)
         except KeyboardInterrupt as e:
-            raise _CommandInterrupted(_interrupt_line(command, e, kwargs, started)) from None
+            raise _CommandInterrupted(_interrupt_line(e)) from None
 
     return run
 
 
 for _info in app.registered_commands:
-    _info.callback = _report_interrupts(_info.name or _info.callback.__name__, _info.callback)
+    _info.callback = _report_interrupts(_info.callback)
 
 
 _GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
