@@ -5,7 +5,8 @@
   speed-up against the reference written under each bar;
 * bottom: accuracy against p50 latency with honest axes: the latency axis starts at 0, the accuracy axis holds
   every point and the reference and spans at least :data:`MIN_ACCURACY_SPAN` points (a 0.1-point spread looks
-  like one); every point is labelled beside it, labels pushed apart so that they never overlap.
+  like one); every point is labelled next to it (right of it where free, else left of it, else just above or below with a
+  short leader line), labels never over each other, a leader line or a point.
 """
 
 from __future__ import annotations
@@ -47,20 +48,69 @@ def _label(e: BenchEntry) -> str:
     return f"{e.name} (batch {e.batch})"
 
 
-def _spread_labels(ys: list[float], min_gap: float, low: float, high: float) -> list[float]:
-    """Label heights near ``ys`` (data units), at least ``min_gap`` apart and inside ``low..high``, order kept."""
-    order = sorted(range(len(ys)), key=lambda i: ys[i])
-    pos = [ys[i] for i in order]
-    for j in range(1, len(pos)):
-        pos[j] = max(pos[j], pos[j - 1] + min_gap)
-    overflow = pos[-1] - (high - min_gap / 2) if pos else 0.0
-    if overflow > 0:
-        pos = [p - overflow for p in pos]
-    for j in range(len(pos)):
-        pos[j] = max(pos[j], low + min_gap / 2 + j * min_gap) if pos[j] < low + min_gap / 2 else pos[j]
-    out = [0.0] * len(ys)
-    for j, i in enumerate(order):
-        out[i] = pos[j]
+def _hits(box: tuple[float, float, float, float], x0: float, y0: float, x1: float, y1: float) -> bool:
+    """Whether the segment (x0, y0)-(x1, y1) passes through ``box`` (x0, y0, x1, y1), sampled every ~2 px."""
+    n = max(2, int(max(abs(x1 - x0), abs(y1 - y0)) / 2))
+    return any(box[0] < x0 + (x1 - x0) * k / n < box[2] and box[1] < y0 + (y1 - y0) * k / n < box[3]
+               for k in range(n + 1))
+
+
+def _place_labels(fig: Any, ax: Any, pts: list[tuple[Any, float]], texts: list[str]) -> list[Any]:
+    """Annotate each point of ``pts`` (entry, accuracy) with its text next to the point: right of it where that is
+    free, else left of it, else a little above or below (with a short leader line), nearest spot first; never over
+    another label, leader line or point, always inside the axes. Greedy, in display pixels, the rightmost point
+    first. Returns the annotations."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    marker_r, gap = 7.0, 10.0  # px: half a marker kept clear; space between a point and its label
+    sizes = []
+    for (e, y), text in zip(pts, texts):
+        probe = ax.annotate(text, xy=(e.latency_p50_ms, y), fontsize=7.5, va="center", ha="left")
+        bb = probe.get_window_extent(renderer)
+        sizes.append((bb.width, bb.height))
+        probe.remove()
+    last = max(range(len(pts)), key=lambda k: pts[k][0].latency_p50_ms)  # the slowest point: its label fits right
+    room = box.width - gap - 4 - sizes[last][0]
+    if room > 0.3 * box.width:
+        ax.set_xlim(0, max(ax.get_xlim()[1], pts[last][0].latency_p50_ms * box.width / room))
+    xy = [tuple(ax.transData.transform((e.latency_p50_ms, y))) for e, y in pts]
+    boxes: list[tuple[float, float, float, float]] = []
+    lines: list[tuple[float, float, float, float]] = []
+    out = []
+    for i in sorted(range(len(pts)), key=lambda k: (-xy[k][0], -xy[k][1])):
+        (e, y), (px, py) = pts[i], xy[i]
+        w, h = sizes[i]
+        candidates = [(dx, s * k * h * 0.55) for k in range(0, 14) for s in ((1,) if k == 0 else (1, -1))
+                      for dx in (gap, -gap - w)]
+
+        def spot(dx: float, dy: float) -> tuple[tuple[float, float, float, float], tuple[float, float, float, float]]:
+            x0, y0 = px + dx, py + dy - h / 2
+            end = x0 if dx > 0 else x0 + w  # the leader line ends at the label's near edge
+            return (x0, y0, x0 + w, y0 + h), (px, py, end, py + dy)
+
+        def free(dx: float, dy: float) -> bool:
+            (x0, y0, x1, y1), seg = spot(dx, dy)
+            if x0 < box.x0 + 2 or x1 > box.x1 - 2 or y0 < box.y0 + 2 or y1 > box.y1 - 2:
+                return False
+            if any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in boxes):
+                return False
+            if any(x0 - marker_r < qx < x1 + marker_r and y0 - marker_r < qy < y1 + marker_r
+                   for j, (qx, qy) in enumerate(xy) if j != i):
+                return False
+            if dy and any(_hits(b, *seg) for b in boxes):
+                return False
+            return not any(_hits((x0, y0, x1, y1), *line) for line in lines)
+
+        dx, dy = next((c for c in candidates if free(*c)), candidates[0])
+        label_box, seg = spot(dx, dy)
+        boxes.append(label_box)
+        if dy:
+            lines.append(seg)
+        arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.8, "shrinkA": 0, "shrinkB": 3,  # from the near edge
+                 "relpos": (0.0, 0.5) if dx > 0 else (1.0, 0.5)} if dy else None
+        out.append(ax.annotate(texts[i], xy=(e.latency_p50_ms, y), xytext=(dx, dy), textcoords="offset pixels",
+                               fontsize=7.5, va="center", ha="left", arrowprops=arrow))
     return out
 
 
@@ -130,13 +180,7 @@ def bench_figure(report: BenchReport) -> Any:
         low, high = accuracy_limits([y for _, y in pts])
         ax_a.set_ylim(low, high)
         xmax = max(e.latency_p50_ms for e, _ in pts)
-        ax_a.set_xlim(0, 2.1 * xmax)  # room on the right for the labels
-        gap = (high - low) * 0.12  # two lines of 7.5 pt on an axes about 270 pt high, with air
-        heights = _spread_labels([y for _, y in pts], gap, low, high)
-        for (e, y), ly in zip(pts, heights):
-            ax_a.annotate(f"{e.name}: {y:.2f} %, {e.latency_p50_ms:.1f} ms\n{_where(e)}",
-                          xy=(e.latency_p50_ms, y), xytext=(xmax * 1.08, ly), fontsize=7.5, va="center",
-                          arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.8})
+        ax_a.set_xlim(0, 1.6 * xmax)  # widened by _place_labels until the slowest point's label fits right
     ax_a.set_xlabel("latency p50 per batch (ms)")
     ax_a.set_ylabel(what)
     atitle = ("Accuracy vs latency: mIoU from the check report" if use_miou else
@@ -150,6 +194,8 @@ def bench_figure(report: BenchReport) -> Any:
                          Line2D([], [], marker="o", color="tab:blue", ls="", ms=7, label="artifact")],
                 fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    if pts:  # after the layout: labels are placed in display pixels
+        _place_labels(fig, ax_a, pts, [f"{e.name}: {y:.2f} %, {e.latency_p50_ms:.1f} ms\n{_where(e)}" for e, y in pts])
     return fig
 
 

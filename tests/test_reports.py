@@ -264,6 +264,55 @@ def test_bench_figure_accuracy_axis_is_honest_and_labels_do_not_overlap():
     assert accuracy_limits([0.1]) == pytest.approx((0.0, 2.0))
 
 
+def _label_distances(fig, ax):
+    """Per label: (px from its point to the nearest edge of the label's text box, the text box, the point)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    out = []
+    for t in ax.texts:
+        b = Text.get_window_extent(t, r)
+        px, py = ax.transData.transform(t.xy)
+        dx = max(b.x0 - px, 0.0, px - b.x1)
+        dy = max(b.y0 - py, 0.0, py - b.y1)
+        out.append(((dx * dx + dy * dy) ** 0.5, b, (px, py)))
+    return out
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_bench_scatter_labels_sit_next_to_their_points(crowded):
+    """Each label within a short reach of its own point (not in a column at the side), none over another label,
+    a point, or the axes' edge; also when six points crowd together."""
+    import matplotlib.pyplot as plt
+
+    from danet_edge.bench_plot import bench_figure
+
+    rep = _bench_report()
+    if crowded:
+        base = rep.entries[1]
+        from dataclasses import replace
+
+        rep.entries[3:3] = [replace(base, name=f"model_{k}.onnx", latency_p50_ms=295.0 + 3 * k,
+                                    miou=54.9 + 0.02 * k) for k in range(3)]
+    fig = bench_figure(rep)
+    acc = fig.axes[1]
+    found = _label_distances(fig, acc)
+    assert len(found) == len([e for e in rep.entries if e.skipped is None])
+    height = max(b.height for _, b, _ in found)
+    for dist, b, _ in found:
+        assert dist <= 12 + 4 * height, dist  # next to its point: within a few label heights
+    if not crowded:
+        assert min(d for d, _, _ in found) <= 12  # an uncrowded label sits right beside its point
+    _texts_do_not_overlap(fig, acc.texts)
+    ab = acc.get_window_extent()
+    points = [p for _, _, p in found]
+    for _, b, own in found:
+        assert ab.x0 <= b.x0 and b.x1 <= ab.x1 and ab.y0 <= b.y0 and b.y1 <= ab.y1
+        assert not any(b.x0 - 3 < x < b.x1 + 3 and b.y0 - 3 < y < b.y1 + 3 for x, y in points if (x, y) != own)
+    plt.close(fig)
+
+
 def test_bench_plot_written_and_without_matplotlib_raises_one_line(tmp_path, monkeypatch):
     from danet_edge.bench_plot import write_plot
     from danet_edge.errors import MissingDependencyError
