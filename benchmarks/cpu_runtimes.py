@@ -8,7 +8,7 @@ time is ``segment_frames`` on one frame: resize, normalise, the graph, argmax, l
 which CPU runtime is the honest fast route, and how far INT8 goes against eager FP32.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/cpu_runtimes.py [--backbone resnet50] [--size 256 512]
-[--threads 2] [--runs 7] [--out runs/cpu_runtimes]`` (needs ``pip install openvino`` for its rows).
+[--threads 2] [--runs 7] [--out runs/cpu_runtimes] [--graph NAME=PATH ...]`` (needs ``pip install openvino`` for its rows).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_runtimes")
     ap.add_argument("--calib-dir", type=Path, help="a calibration folder (default: synthetic scenes)")
     ap.add_argument("--rows", default="all", help="'all' or 'fast' (the INT8 graphs on the fastest backends only)")
+    ap.add_argument("--graph", action="append", default=[], metavar="NAME=PATH",
+                    help="one more exported graph to time on ONNX Runtime and OpenVINO bf16 (repeatable), "
+                         "e.g. a budgeted export")
     args = ap.parse_args()
     out, size = args.out, tuple(args.size)
     ckpt = args.checkpoint or out / f"{args.backbone}_{size[0]}x{size[1]}.pt"
@@ -77,6 +80,12 @@ def main() -> None:
         entries.append((f"OpenVINO {name}, bf16 outside INT8", path, "openvino-bf16", {"threads": args.threads}))
     if args.rows == "fast":
         entries.insert(1, ("ONNX Runtime int8 cpu", graphs["int8 cpu"], "onnxruntime", {"threads": args.threads}))
+    for spec in args.graph:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path).is_file():
+            ap.error(f"--graph {spec!r}: give NAME=PATH of an exported .onnx")
+        entries.append((f"ONNX Runtime {name}", Path(path), "onnxruntime", {"threads": args.threads}))
+        entries.append((f"OpenVINO {name}, bf16 outside INT8", Path(path), "openvino-bf16", {"threads": args.threads}))
     import torch
 
     torch.set_num_threads(args.threads)
