@@ -94,7 +94,7 @@ class BudgetResult:
         return {"budget": self.budget, "met": self.met, "kept_high_precision": self.kept,
                 "reference": self.reference, "final": self.final, "int8_flop_share_pct": self.int8_share_pct,
                 "history": self.history,
-                "why": {x.name: {"gain": round(x.gain, 4), "gflop": x.gflop} for x in
+                "why": {x.name: {"gain": round(x.gain, 4), "agreement_gain": x.agreement_gain, "gflop": x.gflop} for x in
                         (self.ranking.layers if self.ranking else []) if x.name in self.kept}}
 
 
@@ -181,9 +181,11 @@ def keep_high_precision(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Seq
              onnx.shape_inference.infer_shapes(model).graph.value_info}
     types.update({i.name: i.data_type for i in g.initializer})
     types.update({v.name: v.type.tensor_type.elem_type for v in g.input})
+    touched: set[str] = set()
     for n in g.node:
         if n.name not in names:
             continue
+        touched.update(n.input[:2])
         if n.name not in quantized or n.name not in fp32_nodes:
             raise ConfigError(f"{n.name} is not a quantized layer of this graph")
         act_q = producer[producer[n.input[0]].input[0]]
@@ -197,14 +199,22 @@ def keep_high_precision(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Seq
         wname = f"{n.name}_weight_high_precision"
         g.initializer.append(numpy_helper.from_array(w, wname))
         n.input[0], n.input[1] = activation, wname
-    _bypass_orphan_qdq(model)
+    _bypass_orphan_qdq(model, names, touched)
     drop_unread_qdq(g)
     return model
 
 
-def _bypass_orphan_qdq(model: onnx.ModelProto) -> None:
-    """Q/DQ pairs read by no INT8 layer and no Add that fuses into an INT8 Conv (a skip whose main branch is
-    now in high precision) only add rounding: their readers take the tensor from before the Q."""
+def _bypass_orphan_qdq(model: onnx.ModelProto, kept: Sequence[str], touched: set[str]) -> None:
+    """Take away the rounding that only served the layers now kept in high precision; leave every other Q/DQ.
+
+    * A DQ the kept layers read (``touched``) that no remaining reader needs (an INT8 layer, an Add fusing into
+      an INT8 Conv, or an Add whose inputs are all DQ: ONNX Runtime's fusable QLinearAdd form of the cpu graph)
+      is bypassed: its readers take the tensor from before the Q.
+    * A residual Add fed straight by a kept layer no longer fuses into an INT8 Conv: it reads its skip input from
+      before the Q (the Q/DQ stays for any INT8 layer that shares it).
+
+    Q/DQ pairs elsewhere (the cpu graph quantizes Conv outputs and Add inputs too) stay as they are, so keeping
+    one layer measures that layer alone."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     int8 = set(quantized_layers(model))
@@ -213,18 +223,32 @@ def _bypass_orphan_qdq(model: onnx.ModelProto) -> None:
         for i in n.input:
             readers.setdefault(i, []).append(n)
 
+    def from_op(i: str, op: str) -> bool:
+        return producer.get(i) is not None and producer[i].op_type == op
+
     def needs_qdq(reader: onnx.NodeProto) -> bool:
         if reader.name in int8:
             return True
-        return reader.op_type == "Add" and any(producer.get(i) is not None and producer[i].name in int8
-                                               for i in reader.input)
+        return reader.op_type == "Add" and (any(producer.get(i) is not None and producer[i].name in int8
+                                                for i in reader.input)
+                                            or all(from_op(i, "DequantizeLinear") for i in reader.input))
 
-    for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
-        q = producer.get(dq.input[0])
-        if q is None or q.op_type != "QuantizeLinear" or any(needs_qdq(r) for r in readers.get(dq.output[0], [])):
+    def before_q(i: str) -> str | None:
+        dq = producer.get(i)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+    for out in touched:
+        src = before_q(out)
+        if src is None or any(needs_qdq(r) for r in readers.get(out, [])):
             continue
-        for r in readers.get(dq.output[0], []):
-            r.input[:] = [q.input[0] if i == dq.output[0] else i for i in r.input]
+        for r in readers.get(out, []):
+            r.input[:] = [src if i == out else i for i in r.input]
+    kept_outputs = {o for n in g.node if n.name in kept for o in n.output}
+    for add in [n for n in g.node if n.op_type == "Add" and kept_outputs.intersection(n.input)]:
+        if any(producer.get(i) is not None and producer[i].name in int8 for i in add.input):
+            continue  # still fuses into an INT8 Conv on its other input
+        add.input[:] = [before_q(i) or i for i in add.input]
 
 
 def rank_layers(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluator,
@@ -280,8 +304,14 @@ def fit_budget(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluato
     model = int8
     if not _meets(score, ref, min_agreement, max_miou_drop):
         ranking = ranking or rank_layers(int8, fp32, evaluator, log=log)
-        order = sorted((x for x in ranking.layers if x.gain > 0 or x.rel_l2_gain > 0),
-                       key=lambda x: (x.gain / max(x.gflop, 1e-6), x.rel_l2_gain), reverse=True)
+        # rank by what the budget asks: mIoU gain for a largest mIoU drop, else agreement gain (with labels the
+        # ranking's own order is by mIoU, which on a handful of images is too noisy for an agreement budget)
+
+        def gain(x: LayerSensitivity) -> float:
+            return x.gain if max_miou_drop is not None else x.agreement_gain
+
+        order = sorted((x for x in ranking.layers if gain(x) > 0 or x.rel_l2_gain > 0),
+                       key=lambda x: (gain(x) / max(x.gflop, 1e-6), x.rel_l2_gain), reverse=True)
         for layer in order:
             kept.append(layer.name)
             model = keep_high_precision(int8, fp32, kept)

@@ -144,6 +144,49 @@ def test_keeping_every_layer_in_high_precision_gives_back_the_fp32_graph(graphs)
     assert all_fp16["agreement"] > 99.5 and all_fp16["rel_l2"] < 0.01 < all_int8["rel_l2"]
 
 
+def _dq_edges(model):
+    """(DequantizeLinear output, reader name) for every reader of a DQ."""
+    dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return {(i, n.name) for n in model.graph.node for i in n.input if i in dq}
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_keeping_one_layer_leaves_every_other_quantization_point_alone(graphs, tmp_path, target):
+    """Leave-one-out means one layer: the cpu graph also quantizes Conv outputs and Add inputs (ONNX Runtime's
+    fusable form), and those stay; only the kept layer's own inputs leave INT8 (and, in the TensorRT graph, the
+    skip Q/DQ of an Add fed straight by the kept layer, which no longer fuses). Found on the CamVid R-50 cpu
+    graph, where every single layer 'gained' 9.4 points because all Add and Relu Q/DQ were dropped with it."""
+    from danet_edge.sensitivity import keep_high_precision, quantized_layers
+
+    path = graphs["new"].path if target == "tensorrt" else \
+        quantize_int8(graphs["fp32"], graphs["cs"], tmp_path / "int8_cpu.onnx", "cpu", "minmax").path
+    int8, fp32 = onnx.load(str(path)), onnx.load(str(graphs["fp32"]))
+    before = _dq_edges(int8)
+    for name in quantized_layers(int8):
+        kept = keep_high_precision(int8, fp32, [name])
+        fed = {n.name for n in kept.graph.node if n.op_type == "Add" and
+               any(o in n.input for m in kept.graph.node if m.name == name for o in m.output)}
+        others = {(i, r) for i, r in before if r != name and r not in fed}
+        assert others <= _dq_edges(kept), (name, sorted(others - _dq_edges(kept))[:3])
+        assert name not in quantized_layers(kept)
+
+
+def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
+    """With labels the ranking's own order is by mIoU gain; a minimum-agreement budget must still keep layers by
+    agreement gain per GFLOP (on 16 CamVid images every R-50 layer had a negative mIoU gain, and the budget kept
+    the largest layer first)."""
+    from danet_edge.sensitivity import LayerSensitivity, SensitivityReport, fit_budget, quantized_layers
+
+    int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
+    ev = _evaluator(graphs, n=2)
+    names = quantized_layers(int8)
+    layers = [LayerSensitivity(n, "Conv", 1.0, 0.0, 0.0, miou_gain=-1.0) for n in names]
+    layers[3].agreement_gain, layers[7].agreement_gain = 0.2, 0.5
+    ranking = SensitivityReport({"agreement": 90.0, "rel_l2": 0.1, "miou": 10.0}, layers, 2, 0.0)
+    res = fit_budget(int8, fp32, ev, min_agreement=100.5, ranking=ranking)  # never met: keeps every candidate
+    assert res.kept == [names[7], names[3]] and not res.met
+
+
 @pytest.mark.slow
 def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path):
     from danet_edge.sensitivity import fit_budget, rank_layers, write_ranking
