@@ -183,8 +183,14 @@ def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
     layers = [LayerSensitivity(n, "Conv", 1.0, 0.0, 0.0, miou_gain=-1.0) for n in names]
     layers[3].agreement_gain, layers[7].agreement_gain = 0.2, 0.5
     ranking = SensitivityReport({"agreement": 90.0, "rel_l2": 0.1, "miou": 10.0}, layers, 2, 0.0)
-    res = fit_budget(int8, fp32, ev, min_agreement=100.5, ranking=ranking)  # never met: keeps every candidate
-    assert res.kept == [names[7], names[3]] and not res.met
+    res = fit_budget(int8, fp32, ev, min_agreement=100.5, ranking=ranking)  # never met: tries every candidate
+    assert [h["layer"] for h in res.history[1:]] == [names[7], names[3]] and not res.met
+    # a layer is kept only when it brings the agreement closer to the budget, given those kept before it
+    best = res.history[0]["agreement"]
+    for h in res.history[1:]:
+        assert h["accepted"] == (h["agreement"] > best)
+        best = max(best, h["agreement"]) if h["accepted"] else best
+    assert res.kept == [h["layer"] for h in res.history[1:] if h["accepted"]]
 
 
 @pytest.mark.slow
@@ -202,7 +208,8 @@ def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path)
     assert res.met and res.final["agreement"] >= target and res.kept
     assert res.kept[0] in [x.name for x in ranking.layers if x.gain > 0 or x.rel_l2_gain > 0]
     assert 0 < res.int8_share_pct < graph_cost(int8).share("int8")
-    assert res.record()["kept_high_precision"] == res.kept and len(res.history) == len(res.kept) + 1
+    assert res.record()["kept_high_precision"] == res.kept
+    assert res.kept == [h["layer"] for h in res.history[1:] if h["accepted"]]
     easy = fit_budget(int8, fp32, ev, min_agreement=base["agreement"] - 1)
     assert easy.met and easy.kept == [] and easy.ranking is None  # nothing to keep, nothing ranked
     write_ranking(ranking, tmp_path / "s.md", tmp_path / "s.png")
