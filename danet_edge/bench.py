@@ -8,9 +8,21 @@ What one entry measures (every backend through the same protocol, ``Backend.pred
   the copy back to host ``numpy``, i.e. what ``infer`` pays per batch apart from decode, resize
   and drawing (see ``runtime`` for per-stage video timing);
 * set-up (session creation, engine deserialisation, model load) is done before timing and
-  reported apart (``setup_s``); then ``warmup`` untimed runs, then ``runs`` timed runs;
-* latency: mean, p50, p90, p99, min in ms per batch (``time.perf_counter``; ``predict`` returns
-  host arrays, so GPU work is finished when it returns); throughput ``FPS = N * 1000 / mean``;
+  reported apart (``setup_s``); then untimed runs until both ``warmup`` runs and ``warmup_s`` seconds
+  are done, then timed runs until both ``runs`` runs and ``duration_s`` seconds are done (trtexec's
+  ``--warmUp`` / ``--duration`` / ``--iterations``; at most ``max(runs, 10000)`` timed runs); the entry
+  records what ran (``warmup_runs``, ``runs``, ``timed_s``);
+* end-to-end latency (``latency_*``): mean, p50, p90, p99, min in ms per batch (``time.perf_counter``
+  around ``predict``, which returns host arrays, so GPU work is finished when it returns); throughput
+  ``FPS = N * 1000 / mean``;
+* compute latency (``compute_*``): the model alone inside the same calls: the session run for ONNX
+  Runtime and OpenVINO, the forward pass with CUDA synchronisation for PyTorch, CUDA events around the
+  engine's ``execute_async_v3`` for TensorRT (``compute_timing`` says which); the difference to the
+  end-to-end figure is normalisation, copies, argmax and Python;
+* on a Jetson: the board (model, L4T / JetPack, nvpmodel mode, jetson_clocks, GPU / EMC / DLA clocks) in
+  ``machine["jetson"]``, and the power rails sampled during each timed window (INA3221 in sysfs, else
+  tegrastats): average W per rail and in total, energy per frame in mJ, FPS per W (FPS here is frames
+  / ``timed_s``); elsewhere those fields say ``"not a Jetson"``;
 * peak host memory: the increase of the process's peak resident set (Linux ``VmHWM``, reset
   through ``/proc/self/clear_refs`` before each entry; elsewhere a psutil sampling thread) over
   the RSS before the artifact was opened, in MiB;
@@ -42,7 +54,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +63,11 @@ import numpy as np
 
 from .bench_plot import write_plot
 from ._optional import import_matplotlib, import_torch
-from .config import Config, check_threads
+from .config import Config, check_range, check_threads
 from .errors import ConfigError, MissingDependencyError
-from .measure import MiB, PeakRSS, gpu_peak, gpu_reset, latency_stats, machine_info  # noqa: F401 - latency_stats is API
+from .jetson import PowerReport
+from .measure import (MAX_TIMED_RUNS, MiB, PeakRSS, TimedRuns, gpu_peak, gpu_reset, latency_stats,  # noqa: F401
+                      machine_info, time_runs)  # latency_stats is API
 from .preprocess import resize_image
 from .progress import track
 from .runtime.backends import backend_for, backend_spec, open_backend
@@ -65,6 +79,8 @@ __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "laten
 
 #: Largest ``--batch`` bench takes; what fits in memory is checked per entry (:func:`check_batch_memory`).
 MAX_BATCH = 1024
+#: Longest ``--warmup-s`` / ``--duration`` bench takes, in s (one entry's warm-up or timed window).
+MAX_SECONDS = 3600
 
 
 def check_batch_memory(batch: int, size: Sequence[int], num_classes: int) -> None:
@@ -91,7 +107,10 @@ class BenchConfig(Config):
     Attributes:
         reference: PyTorch checkpoint timed as the FP32 eager reference (None: not timed; speed-ups are then
             relative to the first FP32 artifact at the same size and batch).
-        warmup: untimed runs before timing (>= 0). runs: timed runs (>= 1).
+        warmup: untimed runs before timing, at least (>= 0); warmup_s: untimed time before timing, at least,
+            in s (trtexec's ``--warmUp``, which is in ms); warm-up ends when both are done.
+        runs: timed runs, at least (>= 1); duration_s: timed window, at least, in s (trtexec's ``--duration``);
+            timing ends when both are done, or at ``max(runs, 10000)`` runs (a note says so).
         batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
             run at their own batch. None: the artifacts' batches.
         threads: CPU threads for PyTorch and ONNX Runtime (None: library defaults).
@@ -101,11 +120,15 @@ class BenchConfig(Config):
         json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there (the plot is
             left out, with a warning, when matplotlib is not installed).
         seed: seed of the synthetic input scenes.
+        jetson_root: file-system root the Jetson facts and power rails are read under (None: ``/``; a fake
+            sysfs tree in tests). Not a command-line option.
     """
 
     reference: Path | None = None
     warmup: int = 3
     runs: int = 20
+    warmup_s: float = 1.0
+    duration_s: float = 3.0
     batches: tuple[int, ...] | None = None
     threads: int | None = None
     device: str | None = None
@@ -114,12 +137,16 @@ class BenchConfig(Config):
     json_path: Path | None = None
     plot_path: Path | None = None
     seed: int = 0
+    jetson_root: Path | None = None
 
     def validate(self) -> None:
-        """Raises ConfigError for negative warm-up, no timed runs, batch sizes outside 1..``MAX_BATCH`` or
-        threads below 1 (the bounds that depend on the machine are the stage's: :func:`bench_artifacts`)."""
-        if self.warmup < 0 or self.runs < 1:
-            raise ConfigError(f"need warmup >= 0 and runs >= 1, got {self.warmup} and {self.runs}")
+        """Raises ConfigError for negative warm-up, no timed runs, warm-up or duration outside 0..``MAX_SECONDS``
+        s (or not finite), batch sizes outside 1..``MAX_BATCH`` or threads below 1 (the bounds that depend on
+        the machine are the stage's: :func:`bench_artifacts`)."""
+        check_range("--warmup", self.warmup, 0)
+        check_range("--runs", self.runs, 1)
+        check_range("--warmup-s", self.warmup_s, 0, MAX_SECONDS, integer=False)
+        check_range("--duration", self.duration_s, 0, MAX_SECONDS, integer=False)
         if self.batches is not None:
             self.batches = tuple(int(b) for b in self.batches)
             if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
@@ -130,7 +157,18 @@ class BenchConfig(Config):
 
 @dataclass
 class BenchEntry:
-    """One timed configuration. Times in ms per batch, memory in MiB, throughput in images/s (FPS)."""
+    """One timed configuration. Times in ms per batch, memory in MiB, throughput in images/s (FPS), power in W,
+    energy in mJ per image.
+
+    ``latency_*`` is end-to-end (``timing`` says how), ``compute_*`` the model alone inside the same runs
+    (``compute_timing`` says how; ``compute_*`` None and ``compute_timing`` "not measured ..." where the
+    backend has no compute hook). ``runs`` and ``warmup_runs``
+    are the runs done, ``timed_s`` the timed window in s. Power (a Jetson; each field says ``"not a Jetson"``
+    elsewhere, or why there is no figure): ``power_rails_w`` average W per rail, ``power_total_w`` the
+    module's total (``power_total_source``: the input rail, or the sum of the rails), ``energy_per_frame_mj``
+    = total W x ``timed_s`` / (runs x batch) x 1000, ``fps_per_w`` = (runs x batch / ``timed_s``) / total W,
+    ``power_source`` (``sysfs`` or ``tegrastats``) and ``power_samples`` (readings averaged).
+    """
 
     name: str
     path: str | None
@@ -151,11 +189,24 @@ class BenchEntry:
     speedup_vs_reference: float | None = None
     speedup_baseline: str | None = None  # the entry speedup_vs_reference divides by (the reference, or an FP32 artifact)
     is_reference: bool = False
-    timing: str = "perf_counter around predict() (host arrays in and out)"
+    timing: str = "end-to-end: perf_counter around predict() (uint8 host frames in, labels out)"
     agreement: float | None = None
     miou: float | None = None
     skipped: str | None = None
     provider: str = ""  # what it really ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "TensorRT 10.3.0 on Orin"
+    warmup_runs: int | None = None
+    timed_s: float | None = None
+    compute_mean_ms: float | None = None
+    compute_p50_ms: float | None = None
+    compute_p99_ms: float | None = None
+    compute_timing: str | None = None
+    power_source: str | None = None
+    power_samples: int | str | None = None
+    power_rails_w: dict[str, float] | str | None = None
+    power_total_w: float | str | None = None
+    power_total_source: str | None = None
+    energy_per_frame_mj: float | str | None = None
+    fps_per_w: float | str | None = None
 
 
 @dataclass
@@ -194,9 +245,40 @@ def _resizable(path: Path) -> bool:
     return "image_size" in backend_spec(path).options
 
 
+def _timing_fields(t: TimedRuns, batch: int, latency_ms: list[float]) -> dict[str, Any]:
+    """BenchEntry fields of one timed window: latency (``latency_ms``: the end-to-end figures), compute,
+    runs, throughput and power."""
+    s = latency_stats(latency_ms)
+    out: dict[str, Any] = dict(
+        runs=len(latency_ms), warmup_runs=t.warmup_runs, timed_s=t.timed_s, latency_mean_ms=s["mean"],
+        latency_p50_ms=s["p50"], latency_p90_ms=s["p90"], latency_p99_ms=s["p99"], latency_min_ms=s["min"],
+        throughput_fps=batch * 1e3 / s["mean"])
+    if t.compute_ms:
+        c = latency_stats(t.compute_ms)
+        out.update(compute_mean_ms=c["mean"], compute_p50_ms=c["p50"], compute_p99_ms=c["p99"])
+    p = t.power
+    if isinstance(p, PowerReport):
+        out.update(power_source=p.source, power_samples=p.samples, power_rails_w=p.rails_w, power_total_w=p.total_w,
+                   power_total_source=p.total_source, energy_per_frame_mj=p.energy_per_frame_mj,
+                   fps_per_w=p.fps_per_w)
+    else:  # "not a Jetson", or why a Jetson gave no figure
+        out.update({k: str(p) for k in ("power_source", "power_samples", "power_rails_w", "power_total_w",
+                                        "power_total_source", "energy_per_frame_mj", "fps_per_w")})
+    return out
+
+
+def _timed(step: Callable[[], float | None], cfg: BenchConfig, batch: int, power_root: str | None, warmup_done: int = 0,
+           warmup_started: float | None = None) -> TimedRuns:
+    return time_runs(step, warmup=cfg.warmup, warmup_s=cfg.warmup_s, runs=cfg.runs, duration_s=cfg.duration_s,
+                     frames_per_run=batch, warmup_done=warmup_done, warmup_started=warmup_started,
+                     power_root=power_root)
+
+
 def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
-                  size: tuple[int, int] | None = None, is_reference: bool = False) -> tuple[BenchEntry, np.ndarray]:
-    """Open, warm up and time one artifact (or the reference) through ``open_backend``."""
+                  size: tuple[int, int] | None = None, is_reference: bool = False,
+                  power_root: str | None = None) -> tuple[BenchEntry, np.ndarray]:
+    """Open, warm up and time one artifact (or the reference) through ``open_backend``; ``power_root``: sample
+    the Jetson's power rails under it during the timed window (None: not a Jetson)."""
     spec = backend_spec(path)
     kwargs: dict[str, Any] = {}
     torch_backend = spec.name == "torch"  # GPU memory is read from torch's allocator for it
@@ -216,47 +298,49 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
             n = batch or m.batch_size
             check_batch_memory(n, m.image_size, len(m.classes))
             images = _scenes(n, m.image_size, cfg.seed)
-            labels = backend.predict(images).labels  # first run: also the labels for agreement
-            for _ in range(max(0, cfg.warmup - 1)):
+            compute_timing = getattr(backend, "compute_timing", None)
+
+            def step() -> float | None:
                 backend.predict(images)
-            times = []
-            for _ in range(cfg.runs):
-                t = time.perf_counter()
-                backend.predict(images)
-                times.append((time.perf_counter() - t) * 1e3)
+                return backend.compute_ms if compute_timing else None
+
+            started = time.perf_counter()
+            labels = backend.predict(images).labels  # the first warm-up run: also the labels for agreement
+            timed = _timed(step, cfg, n, power_root, warmup_done=1, warmup_started=started)
         finally:
             backend.close()
-    s = latency_stats(times)
     entry = BenchEntry(
         name=name, path=str(path), backend=backend.name, provider=getattr(backend, "provider", ""), precision=m.precision,
-        image_size=list(m.image_size), batch=n, runs=cfg.runs, setup_s=setup, latency_mean_ms=s["mean"],
-        latency_p50_ms=s["p50"], latency_p90_ms=s["p90"], latency_p99_ms=s["p99"], latency_min_ms=s["min"],
-        throughput_fps=n * 1e3 / s["mean"], host_peak_mib=mem.delta_mib, gpu_peak_mib=gpu_peak(free, torch_backend),
-        is_reference=is_reference)
+        image_size=list(m.image_size), batch=n, setup_s=setup, host_peak_mib=mem.delta_mib,
+        gpu_peak_mib=gpu_peak(free, torch_backend), is_reference=is_reference,
+        compute_timing=compute_timing or "not measured (the backend has no compute hook)",
+        **_timing_fields(timed, n, timed.e2e_ms))
     return entry, labels
 
 
 def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: BenchConfig,
-                    ref_labels: np.ndarray | None) -> list[BenchEntry]:
-    """FP32 SDPA / FP32 explicit PAM / FP16 and bf16 autocast, model-only, CUDA events. GPU only."""
+                    ref_labels: np.ndarray | None, power_root: str | None = None) -> list[BenchEntry]:
+    """FP32 SDPA / FP32 explicit PAM / FP16 and bf16 autocast, model-only, CUDA events (latency and compute
+    are the same figure here). GPU only."""
     import torch
 
     from .checkpoint import load_model
     from .preprocess import normalize
 
-    base = dict(path=str(reference), backend="torch", image_size=list(size), batch=batch, runs=cfg.runs,
-                timing="CUDA events around model(x) (device tensors, no host copies)")
+    timing = "CUDA events around model(x) (device tensors, no host copies)"
+    base = dict(path=str(reference), backend="torch", image_size=list(size), batch=batch, timing=timing)
     names = [("pytorch-fp32-sdpa", "fp32", None, "sdpa"), ("pytorch-fp32-explicit-pam", "fp32", None, "explicit"),
              ("pytorch-fp16-autocast", "fp16", torch.float16, "sdpa"),
              ("pytorch-bf16-autocast", "bf16", torch.bfloat16, "sdpa")]
     if not torch.cuda.is_available() or (cfg.device is not None and not str(cfg.device).startswith("cuda")):
         reason = "no CUDA GPU here: autocast and PAM variants are GPU measurements"
-        return [BenchEntry(name=n, precision=p, skipped=reason, **base) for n, p, _, _ in names]
+        return [BenchEntry(name=n, precision=p, skipped=reason, runs=0, **base) for n, p, _, _ in names]
     loaded = load_model(reference)
     model = loaded.model.to(cfg.device or "cuda").eval()
     dev = next(model.parameters()).device
     x = torch.from_numpy(normalize(_scenes(batch, size, cfg.seed), loaded.data["mean"], loaded.data["std"])).to(dev)
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev)
+    step = _event_timed_forward(torch, model, x)
     out = []
     for name, prec, dtype, impl in names:
         model.set_attention(impl)
@@ -264,33 +348,37 @@ def _torch_variants(reference: Path, size: tuple[int, int], batch: int, cfg: Ben
         torch.cuda.reset_peak_memory_stats()
         try:
             with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                labels = model(x).argmax(1).cpu().numpy()
-                for _ in range(cfg.warmup):
-                    model(x)
-                times = []
-                for _ in range(cfg.runs):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    model(x)
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
+                started = time.perf_counter()
+                labels = model(x).argmax(1).cpu().numpy()  # the first warm-up run
+                timed = _timed(step, cfg, batch, power_root, warmup_done=1, warmup_started=started)
         except torch.cuda.OutOfMemoryError:
-            out.append(BenchEntry(name=name, precision=prec, skipped="CUDA out of memory", **base))
+            out.append(BenchEntry(name=name, precision=prec, skipped="CUDA out of memory", runs=0, **base))
             torch.cuda.empty_cache()
             continue
-        s = latency_stats(times)
         agreement = None if ref_labels is None or ref_labels.shape != labels.shape else \
             100.0 * float((labels == ref_labels).mean())
         out.append(BenchEntry(
-            name=name, precision=prec, latency_mean_ms=s["mean"], latency_p50_ms=s["p50"], latency_p90_ms=s["p90"],
-            latency_p99_ms=s["p99"], latency_min_ms=s["min"], throughput_fps=batch * 1e3 / s["mean"],
-            gpu_peak_mib=torch.cuda.max_memory_allocated() / MiB, agreement=agreement,
-            provider=f"PyTorch {torch.__version__} {prec} eager on {gpu}", **base))
+            name=name, precision=prec, gpu_peak_mib=torch.cuda.max_memory_allocated() / MiB, agreement=agreement,
+            provider=f"PyTorch {torch.__version__} {prec} eager on {gpu}", compute_timing=timing,
+            **_timing_fields(timed, batch, timed.compute_ms), **base))
     model.set_attention("sdpa")
-    del model
+    del model, step
     torch.cuda.empty_cache()
     return out
+
+
+def _event_timed_forward(torch: Any, model: Any, x: Any) -> Callable[[], float]:
+    """One run of ``model(x)`` timed with CUDA events on the current stream; returns its GPU time in ms."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def step() -> float:
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+
+    return step
 
 
 def _prime(paths: Sequence[Path], cfg: BenchConfig) -> None:
@@ -384,8 +472,10 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
 def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
     from .manifest import read_manifest
 
-    report = BenchReport(machine=machine_info(), config={k: (str(v) if isinstance(v, Path) else v)
-                                                     for k, v in asdict(cfg).items()})
+    jetson_root = str(cfg.jetson_root) if cfg.jetson_root is not None else "/"
+    report = BenchReport(machine=machine_info(jetson_root), config={k: (str(v) if isinstance(v, Path) else v)
+                                                                for k, v in asdict(cfg).items()})
+    power_root = jetson_root if report.machine["jetson"]["jetson"] else None  # sample the rails on a Jetson only
     plot_path = cfg.plot_path
     if plot_path is not None:
         try:
@@ -440,7 +530,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
     if cfg.reference is not None:
         for size, b in ref_keys:
             e, labels = _time_backend(f"pytorch-fp32-eager (reference) {size[0]}x{size[1]}", Path(cfg.reference),
-                                      cfg, b, size=size, is_reference=True)
+                                      cfg, b, size=size, is_reference=True, power_root=power_root)
             e.speedup_vs_reference = 1.0
             e.speedup_baseline = e.name
             e.agreement = 100.0  # by definition
@@ -448,7 +538,7 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             report.entries.append(e)
     mious = _check_mious(cfg.check_json)
     for p, size, b in track(plan, "bench", total=len(plan)):
-        e, labels = _time_backend(p.name, p, cfg, b, size=size if _resizable(p) else None)
+        e, labels = _time_backend(p.name, p, cfg, b, size=size if _resizable(p) else None, power_root=power_root)
         ref = ref_entries.get((tuple(e.image_size), e.batch))
         if ref is not None:
             e.speedup_vs_reference = ref[0].latency_p50_ms / e.latency_p50_ms
@@ -458,12 +548,17 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
         report.entries.append(e)
     if cfg.reference is not None and cfg.gpu_variants:
         for (size, b), (_, labels) in ref_entries.items():
-            report.entries.extend(_torch_variants(Path(cfg.reference), size, b, cfg, labels))
+            report.entries.extend(_torch_variants(Path(cfg.reference), size, b, cfg, labels, power_root))
     if cfg.reference is not None and mious:
         for e, _ in ref_entries.values():
             e.miou = mious.get(str(Path(cfg.reference).resolve()))
     if cfg.reference is None:
         report.notes.append(_relative_to_fp32(report.entries))
+    capped = [e.name for e in report.entries if e.timed_s is not None and e.runs >= max(cfg.runs, MAX_TIMED_RUNS)
+              and e.timed_s < cfg.duration_s]
+    if capped:
+        report.notes.append(f"{', '.join(capped)}: timing stopped at {max(cfg.runs, MAX_TIMED_RUNS)} runs, before "
+                            f"--duration {cfg.duration_s:g} s")
     if plot_path is not None:
         report.plot_path = str(write_plot(report, Path(plot_path)))
     if cfg.json_path is not None:

@@ -54,7 +54,8 @@ class ArtifactCheck:
     ``miou_delta`` is ``artifact - reference`` at the artifact's size; ``agreement`` is the share
     of pixels whose label equals the reference's; the logit fields are None when the artifact
     outputs labels only. ``precision`` is what the artifact really holds, ``manifest_precision``
-    what its manifest claims.
+    what its manifest claims; ``provider`` what it ran on (a runtime's accuracy is part of the result: OpenVINO
+    bf16 and ONNX Runtime give different mIoU on the same INT8 graph).
     """
 
     path: str
@@ -83,6 +84,7 @@ class ArtifactCheck:
     reference_per_class_iou: list[float | None] = field(default_factory=list)
     picture: str | None = None
     precision_detail: dict[str, Any] | None = None
+    provider: str = ""  # what it ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "OpenVINO 2026.4.1 CPU (bf16 ...)"
 
 
 @dataclass
@@ -314,6 +316,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
             key = (b.manifest.image_size, b.manifest.batch_size)
             art_ref_cms.append(ref_cms[key])
             results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled))
+            results[-1].provider = getattr(b, "provider", "")
     finally:
         for b in [*backends, *refs.values()]:
             b.close()

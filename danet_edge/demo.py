@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, check_range
 from .errors import ConfigError
 from .utils import write_json
 
@@ -48,7 +48,9 @@ class DemoConfig(Config):
         epochs, batch_size, train_images, val_images: training budget and the check's image count.
         lr: base learning rate (poly schedule).
         calib_images: calibration images for both INT8 graphs.
-        bench_runs, bench_warmup: timed / untimed runs per bench entry.
+        bench_runs, bench_warmup: timed / untimed runs per bench entry (at least);
+        bench_duration_s, bench_warmup_s: timed / untimed time per bench entry, at least, in s (kept short:
+            the demo times five entries; ``bench`` itself defaults to 3 s and 1 s).
         video_frames, video_size: the synthetic video sent through ``infer``.
         seed: seeds training, data, calibration and video.
     """
@@ -64,6 +66,8 @@ class DemoConfig(Config):
     calib_images: int = 32
     bench_runs: int = 10
     bench_warmup: int = 2
+    bench_duration_s: float = 1.0
+    bench_warmup_s: float = 0.2
     video_frames: int = 60
     video_size: tuple[int, int] = (240, 320)
     seed: int = 0
@@ -77,12 +81,15 @@ class DemoConfig(Config):
                      "video_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("bench_duration_s", "bench_warmup_s"):
+            check_range(name, getattr(self, name), 0, 60, integer=False)
 
     @classmethod
     def quick(cls, out: str | os.PathLike[str] = Path("runs/demo_quick")) -> "DemoConfig":
         """Tiny sizes and one epoch: every stage runs, in well under a minute on 2 cores."""
         return cls(out=Path(out), image_size=(64, 96), epochs=1, batch_size=4, train_images=16, val_images=4,
-                   calib_images=4, bench_runs=2, bench_warmup=1, video_frames=6, video_size=(72, 96))
+                   calib_images=4, bench_runs=2, bench_warmup=1, bench_duration_s=0.0, bench_warmup_s=0.0,
+                   video_frames=6, video_size=(72, 96))
 
 
 @dataclass
@@ -179,7 +186,8 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
 
     done = stage("bench")
     bench = bench_artifacts(artifacts, BenchConfig(
-        reference=ckpt, warmup=cfg.bench_warmup, runs=cfg.bench_runs, check_json=out / "check" / "check.json",
+        reference=ckpt, warmup=cfg.bench_warmup, runs=cfg.bench_runs, warmup_s=cfg.bench_warmup_s,
+        duration_s=cfg.bench_duration_s, check_json=out / "check" / "check.json",
         json_path=out / "bench" / "bench.json", plot_path=out / "bench" / "bench.png", gpu_variants=False))
     res.bench = bench
     res.paths["bench JSON"] = Path(bench.json_path)

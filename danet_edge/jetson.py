@@ -40,9 +40,12 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["read_board", "parse_nv_tegra_release", "parse_nvpmodel_query", "parse_jetson_clocks_show",
+__all__ = ["read_board", "board_summary", "NOT_JETSON", "parse_nv_tegra_release", "parse_nvpmodel_query", "parse_jetson_clocks_show",
            "parse_tegrastats_line", "find_ina3221_rails", "read_rails_mw", "total_power_w", "summarize_power",
            "PowerSampler", "PowerReport", "Rail", "INPUT_RAILS", "JETPACK_FOR_L4T"]
+
+#: What every Jetson field of a benchmark record says on another machine (a string, never a silent None).
+NOT_JETSON = "not a Jetson"
 
 #: Rails that measure the module's whole input (the total when present), in order of preference.
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
@@ -222,6 +225,27 @@ def read_board(root: str | os.PathLike[str] = "/", run: CommandRunner | None = N
     if out["emc"] is None and "emc" in clocks:
         out["emc"] = clocks["emc"]
     return out
+
+
+def board_summary(root: str | os.PathLike[str] = "/", run: CommandRunner | None = None) -> dict[str, Any]:
+    """The board facts a benchmark record carries, flat (:func:`read_board` underneath).
+
+    Returns:
+        On a Jetson: ``{"jetson": True, "board": model, "l4t": "36.4.0", "jetpack": "6.1" or None,
+        "nvpmodel": {"mode", "id"} or None, "jetson_clocks": bool or None, "clocks_source",
+        "clocks": {"gpu", "emc", "dla0", "dla1"} (each ``{cur_mhz, min_mhz, max_mhz}`` or None),
+        "power_rails": [labels], "devfreq": {...}}``. Elsewhere ``"jetson": False`` and :data:`NOT_JETSON`
+        for every other key, so a reader sees why there is no figure.
+    """
+    b = read_board(root, run)
+    keys = ("board", "l4t", "jetpack", "nvpmodel", "jetson_clocks", "clocks_source", "clocks", "power_rails")
+    if not b["jetson"]:
+        return {"jetson": False, **{k: NOT_JETSON for k in keys}}
+    l4t = b.get("l4t") or {}
+    return {"jetson": True, "board": b["model"], "l4t": l4t.get("l4t"), "jetpack": l4t.get("jetpack"),
+            "nvpmodel": b["nvpmodel"], "jetson_clocks": b["jetson_clocks"], "clocks_source": b["clocks_source"],
+            "clocks": {k: b.get(k) for k in ("gpu", "emc", "dla0", "dla1")}, "power_rails": b["power_rails"],
+            "devfreq": b["devfreq"]}
 
 
 # ---------------------------------------------------------------------------------------------- power

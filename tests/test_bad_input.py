@@ -9,6 +9,8 @@ C. A graph beside another graph's sidecar (a kill between the two renames) is re
    (``manifest.verify_artifact_pair``): ONNX through the manifest embedded in the graph, engines through
    the size and SHA-256 recorded at build.
 D. ``std`` 0 is refused by the validation (it used to surface as "relative L2 nan").
+E. ``infer`` options that contradict each other or that this OpenCV cannot honour (``--hw-decode`` without
+   GStreamer) are one line and exit 2 before a model loads.
 
 Every CLI case asserts: exit code as expected, exactly one ``error:`` line on stderr (``-q``: nothing else),
 no traceback, and an unchanged prepared folder (same files, same contents).
@@ -98,6 +100,12 @@ def ws(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     shutil.copy(tiny_checkpoint, prep / "tiny.pt")
     onnx_path = export_tiny(prep / "tiny.pt", prep / "exp" / "model.onnx")
     Image.fromarray(random_frames(1, 64, 96)[0]).save(prep / "frames" / "a.png")
+    import cv2
+
+    clip = cv2.VideoWriter(str(prep / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
+    for f in random_frames(2, 64, 96):
+        clip.write(f)
+    clip.release()
     (prep / "afile").write_text("not a folder\n")
     (prep / "adir").mkdir()
     # B: bad checkpoints (a one-tensor "state_dict": the data fields are refused before any weight is loaded)
@@ -129,7 +137,7 @@ def ws(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
                                                       "engine_sha256": "0" * 64}}
     manifest_path(prep / "eng" / "model.engine").write_text(json.dumps(engine_m))
     return {"prep": prep, "scratch": scratch, "onnx": onnx_path, "ckpt": prep / "tiny.pt",
-            "img": prep / "frames" / "a.png"}
+            "img": prep / "frames" / "a.png", "clip": prep / "clip.mp4"}
 
 
 def _cli(args, capsys):
@@ -141,7 +149,7 @@ def _cli(args, capsys):
 
 
 def _run_case(ws: dict[str, Path], capsys, argv: str, code: int, phrase: str, case_id: str) -> list[str]:
-    fill = {"prep": ws["prep"], "onnx": ws["onnx"], "ckpt": ws["ckpt"], "img": ws["img"],
+    fill = {"prep": ws["prep"], "onnx": ws["onnx"], "ckpt": ws["ckpt"], "img": ws["img"], "clip": ws["clip"],
             "out": ws["scratch"] / case_id}
     args = ["-q", *[a.format(**fill) for a in argv.split()]]
     before = _tree(ws["prep"])
@@ -181,6 +189,50 @@ OUTPUT_CASES = [
 @pytest.mark.parametrize("case_id,argv,phrase", OUTPUT_CASES, ids=[c[0] for c in OUTPUT_CASES])
 def test_output_path_refused_before_work(ws, capsys, case_id, argv, phrase):
     _run_case(ws, capsys, argv, 2, phrase.format(prep=ws["prep"]), case_id)
+
+
+# ------------------------------------------------------------------------- bench's warm-up and duration (s)
+BENCH_TIME_CASES = [
+    ("bench_warmup_s_negative", BENCH + " --warmup-s -1", "--warmup-s must be in 0..3600, got -1.0"),
+    ("bench_warmup_s_inf", BENCH + " --warmup-s inf", "--warmup-s must be a number, got inf"),
+    ("bench_duration_negative", BENCH + " --duration -0.5", "--duration must be in 0..3600, got -0.5"),
+    ("bench_duration_nan", BENCH + " --duration nan", "--duration must be a number, got nan"),
+    ("bench_duration_too_long", BENCH + " --duration 1e9", "--duration must be in 0..3600"),
+]
+
+
+@pytest.mark.parametrize("case_id,argv,phrase", BENCH_TIME_CASES, ids=[c[0] for c in BENCH_TIME_CASES])
+def test_bench_time_options_refused(ws, capsys, case_id, argv, phrase):
+    _run_case(ws, capsys, argv, 2, phrase, case_id)
+
+
+# ------------------------------------------------------------------------------------ E: infer options
+def _no_gstreamer() -> bool:
+    """This OpenCV says it has no GStreamer (pip's wheels); False where it has, or cannot say."""
+    from danet_edge.errors import MissingDependencyError
+    from danet_edge.runtime.videoio import gstreamer_support
+
+    try:
+        return gstreamer_support() is False
+    except MissingDependencyError:
+        return False
+
+
+INFER_OPTION_CASES = [
+    ("infer_low_latency_big_queue", "infer {onnx} {clip} --low-latency --queue-size 8 -o {out}",
+     "--low-latency keeps at most 2 frames queued", True),
+    ("infer_hw_decode_without_gstreamer", "infer {onnx} {clip} --hw-decode -o {out}",
+     "--hw-decode needs an OpenCV built with GStreamer", _no_gstreamer()),
+    ("infer_hw_decode_images", "infer {onnx} {img} --hw-decode -o {out}", "--hw-decode", True),
+]
+
+
+@pytest.mark.parametrize("case_id,argv,phrase,applies", INFER_OPTION_CASES, ids=[c[0] for c in INFER_OPTION_CASES])
+def test_infer_option_refused_in_one_line(ws, capsys, case_id, argv, phrase, applies):
+    if not applies:
+        pytest.skip("this OpenCV has GStreamer: --hw-decode is honoured")
+    _run_case(ws, capsys, argv, 2, phrase, case_id)
+    assert not (ws["scratch"] / case_id).exists()
 
 
 @pytest.fixture(scope="module")

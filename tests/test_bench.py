@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -11,6 +12,8 @@ from danet_edge.bench import BenchConfig, bench_artifacts, latency_stats
 from danet_edge.errors import ConfigError
 
 from conftest import make_tiny_checkpoint
+
+FAST = dict(warmup_s=0.0, duration_s=0.0)  # by count only: these tests check fields, not timing
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def test_latency_stats():
 
 
 def test_bench_json_fields_and_ratios(artifacts, tmp_path):
-    cfg = BenchConfig(reference=artifacts["ckpt"], warmup=1, runs=3, json_path=tmp_path / "b.json",
+    cfg = BenchConfig(**FAST, reference=artifacts["ckpt"], warmup=1, runs=3, json_path=tmp_path / "b.json",
                       plot_path=tmp_path / "b.png")
     rep = bench_artifacts([artifacts["onnx"]], cfg)
     data = json.loads((tmp_path / "b.json").read_text())
@@ -65,7 +68,7 @@ def test_bench_json_fields_and_ratios(artifacts, tmp_path):
 def test_bench_uses_check_json_miou(artifacts, tmp_path):
     check = {"artifacts": [{"path": str(artifacts["onnx"]), "miou": 42.5}]}
     (tmp_path / "check.json").write_text(json.dumps(check))
-    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=1, check_json=tmp_path / "check.json",
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=0, runs=1, check_json=tmp_path / "check.json",
                                                            plot_path=tmp_path / "p.png"))
     (e,) = rep.entries
     assert e.miou == 42.5 and e.agreement is None  # no reference given: no agreement
@@ -86,7 +89,7 @@ def test_without_reference_the_fp32_artifact_is_the_baseline(artifacts, tmp_path
     manifest = json.loads(src.with_name(src.name + ".json").read_text())
     manifest["precision"] = "fp16"  # stands for a reduced-precision artifact of the same size and batch
     other.with_name(other.name + ".json").write_text(json.dumps(manifest))
-    rep = bench_artifacts([other, src], BenchConfig(warmup=0, runs=2, json_path=tmp_path / "b.json"))
+    rep = bench_artifacts([other, src], BenchConfig(**FAST, warmup=0, runs=2, json_path=tmp_path / "b.json"))
     by = {e.name: e for e in rep.entries}
     assert not any(e.is_reference for e in rep.entries)
     assert by["model.onnx"].speedup_vs_reference == 1.0 and by["model.onnx"].speedup_baseline == "model.onnx"
@@ -98,13 +101,13 @@ def test_without_reference_the_fp32_artifact_is_the_baseline(artifacts, tmp_path
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["notes"] == rep.notes and data["machine"]["python"]
     # no FP32 artifact: no speed-up, and the note says why
-    rep = bench_artifacts([other], BenchConfig(warmup=0, runs=1))
+    rep = bench_artifacts([other], BenchConfig(**FAST, warmup=0, runs=1))
     assert rep.entries[0].speedup_vs_reference is None and "no FP32 artifact" in rep.notes[0]
 
 
 def test_plot_without_matplotlib_is_a_warning(artifacts, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=1, plot_path=tmp_path / "p.png",
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=0, runs=1, plot_path=tmp_path / "p.png",
                                                            json_path=tmp_path / "b.json"))
     assert rep.plot_path is None and not (tmp_path / "p.png").exists() and (tmp_path / "b.json").is_file()
     assert any("not written: matplotlib is not installed" in w and "[" not in w for w in rep.warnings)
@@ -122,13 +125,13 @@ def test_machine_info_imports_nothing_heavy():
 
 
 def test_static_batch_not_requested_is_skipped(artifacts):
-    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=1, batches=(2,)))
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=0, runs=1, batches=(2,)))
     (e,) = rep.entries
     assert e.skipped and "static batch 1" in e.skipped and e.latency_p50_ms is None
 
 
 def test_checkpoint_at_several_batches(artifacts):
-    rep = bench_artifacts([artifacts["ckpt"]], BenchConfig(warmup=0, runs=2, batches=(1, 2)))
+    rep = bench_artifacts([artifacts["ckpt"]], BenchConfig(**FAST, warmup=0, runs=2, batches=(1, 2)))
     assert [(e.batch, e.backend) for e in rep.entries] == [(1, "torch"), (2, "torch")]
     assert all(e.latency_p50_ms > 0 for e in rep.entries)
 
@@ -147,9 +150,114 @@ def test_cli_bench(artifacts, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["danet-edge", "bench", str(artifacts["onnx"]), "--reference",
                                       str(artifacts["ckpt"]), "--warmup", "0", "--runs", "2",
+                                      "--warmup-s", "0", "--duration", "0",
                                       "--json", str(tmp_path / "b.json")])
     with pytest.raises(SystemExit) as e:
         main()
     assert (e.value.code or 0) == 0
-    names = [x["name"] for x in json.loads((tmp_path / "b.json").read_text())["entries"]]
+    data = json.loads((tmp_path / "b.json").read_text())
+    names = [x["name"] for x in data["entries"]]
     assert "model.onnx" in names and any("reference" in n for n in names)
+    ref = next(x for x in data["entries"] if x["is_reference"])  # PyTorch: the forward alone, timed inside predict
+    assert ref["compute_timing"].startswith("perf_counter around model(x)") and ref["runs"] == 2
+    assert 0 < ref["compute_p50_ms"] <= ref["latency_p50_ms"]
+    from danet_edge.jetson import read_board
+
+    if not read_board()["jetson"]:  # this machine, as it is
+        assert data["machine"]["jetson"]["board"] == "not a Jetson" and ref["fps_per_w"] == "not a Jetson"
+
+
+def test_cli_bench_help_gives_the_time_options_in_seconds():
+    from typer.testing import CliRunner
+
+    from danet_edge.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["bench", "--help"], terminal_width=200).output.split())
+    assert "--warmup-s" in out and "--duration" in out and "in seconds (trtexec --warmUp" in out
+    assert "Timed window, at least, in seconds (trtexec --duration)" in out
+
+
+# ---------------------------------------------------------------- issue 13: duration, compute split, Jetson power
+
+def test_time_runs_goes_by_count_and_by_duration(monkeypatch):
+    """trtexec's rule: warm-up until both --warmup runs and --warmup-s are done, timing until both --runs
+    and --duration are done; a cap on the runs; the step's compute time kept per run."""
+    from danet_edge import measure
+
+    def slow():
+        time.sleep(0.01)
+        return 4.0
+
+    t = measure.time_runs(slow, warmup=1, warmup_s=0.15, runs=2, duration_s=0.4)
+    assert t.warmup_s >= 0.15 and t.warmup_runs >= 2  # 1 run is far short of 0.15 s: time decides
+    assert t.timed_s >= 0.4 and len(t.e2e_ms) >= 2
+    assert abs(sum(t.e2e_ms) / 1e3 - t.timed_s) < 0.05  # the window is the runs, nothing else
+    assert len(t.e2e_ms) <= 0.4 / 0.01 + 2  # no more than the window holds
+    assert all(ms >= 10.0 for ms in t.e2e_ms) and t.compute_ms == [4.0] * len(t.e2e_ms)
+    assert t.power == "not a Jetson" and not t.capped
+    t = measure.time_runs(lambda: None, warmup=3, warmup_s=0.0, runs=7, duration_s=0.0)
+    assert (t.warmup_runs, len(t.e2e_ms), t.compute_ms) == (3, 7, [])  # count decides, no compute figure
+    monkeypatch.setattr(measure, "MAX_TIMED_RUNS", 50)
+    t0 = time.perf_counter()
+    t = measure.time_runs(lambda: None, warmup=0, warmup_s=0.0, runs=5, duration_s=30.0)
+    assert len(t.e2e_ms) == 50 and t.capped and time.perf_counter() - t0 < 5
+
+
+def test_bench_by_duration_on_the_tiny_graph(artifacts):
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=1, runs=1, warmup_s=0.2, duration_s=0.5,
+                                                           jetson_root=artifacts["root"] / "no-jetson"))
+    (e,) = rep.entries
+    assert e.timed_s >= 0.5 and e.runs > 1 and e.warmup_runs >= 2  # the tiny graph runs in a few ms
+    assert rep.config["duration_s"] == 0.5 and rep.config["warmup_s"] == 0.2
+
+
+def test_bench_json_off_a_jetson_has_the_timing_split(artifacts, tmp_path):
+    """Issue 13's check: a bench JSON on a machine that is not a Jetson says so in every Jetson field and
+    still carries end-to-end and compute latency."""
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=1, runs=5, json_path=tmp_path / "b.json",
+                                                           jetson_root=tmp_path / "not-a-jetson"))
+    data = json.loads((tmp_path / "b.json").read_text())
+    jet = data["machine"]["jetson"]
+    assert jet["jetson"] is False
+    for key in ("board", "l4t", "jetpack", "nvpmodel", "jetson_clocks", "clocks"):
+        assert jet[key] == "not a Jetson", key
+    (e,) = data["entries"]
+    for key in ("power_source", "power_samples", "power_rails_w", "power_total_w", "energy_per_frame_mj", "fps_per_w"):
+        assert e[key] == "not a Jetson", key
+    assert e["compute_timing"].startswith("perf_counter around InferenceSession.run")
+    assert e["timing"].startswith("end-to-end") and e["runs"] == 5 and e["warmup_runs"] == 1
+    # the session run is inside predict(), run by run: compute can never exceed end-to-end
+    assert 0 < e["compute_p50_ms"] <= e["latency_p50_ms"] and 0 < e["compute_p99_ms"] <= e["latency_p99_ms"]
+    assert 0 < e["compute_mean_ms"] <= e["latency_mean_ms"]
+    assert rep.entries[0].compute_p50_ms == e["compute_p50_ms"]
+
+
+def test_bench_on_a_fake_jetson_reports_power(artifacts, tmp_path, capsys):
+    """The fake AGX Orin sysfs tree of test_jetson.py (made-up constant rails: 3.8 + 1.9 + 3.5 + 0.8 W)."""
+    from test_jetson import agx_orin_tree
+
+    from danet_edge.cli.check import print_bench_table
+
+    root = agx_orin_tree(tmp_path / "orin")
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=3, warmup_s=0.0, duration_s=0.3,
+                                                           jetson_root=root, json_path=tmp_path / "b.json"))
+    jet = rep.machine["jetson"]
+    assert jet["jetson"] is True and jet["board"] == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert (jet["l4t"], jet["jetpack"], jet["jetson_clocks"]) == ("36.4.0", "6.1", True)
+    assert jet["clocks"]["gpu"]["cur_mhz"] == 1300.5 and jet["clocks"]["emc"]["cur_mhz"] == 3199.0
+    assert rep.machine["gpu"] == jet["board"]
+    (e,) = rep.entries
+    assert e.power_source == "sysfs" and e.power_samples >= 2
+    assert e.power_rails_w == pytest.approx({"VDD_GPU_SOC": 3.8, "VDD_CPU_CV": 1.9, "VIN_SYS_5V0": 3.5,
+                                             "VDDQ_VDD2_1V8AO": 0.8})
+    assert e.power_total_w == pytest.approx(10.0) and e.power_total_source.startswith("sum of")  # AGX: no input rail
+    fps = e.runs * e.batch / e.timed_s
+    assert e.timed_s >= 0.3 and e.energy_per_frame_mj == pytest.approx(e.power_total_w * 1000 / fps)
+    assert e.fps_per_w == pytest.approx(fps / e.power_total_w)
+    assert e.fps_per_w * e.energy_per_frame_mj == pytest.approx(1000.0)  # frames per J x mJ per frame
+    assert json.loads((tmp_path / "b.json").read_text())["entries"][0]["power_rails_w"]["VDD_CPU_CV"] == \
+        pytest.approx(1.9)
+    print_bench_table(rep)
+    out = capsys.readouterr().out
+    assert "FPS/W" in out and "mJ/frame" in out and "jetson_clocks on" in out and "AGX Orin" in out
+    assert f"{e.fps_per_w:.2f}" in out

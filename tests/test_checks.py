@@ -127,6 +127,18 @@ def test_cli_exit_code_follows_the_check(setup, tmp_path, monkeypatch, capsys):
                     "--max-miou-drop", "100") == 0
 
 
+def test_cli_backend_option_runs_the_artifact_there_and_records_it(setup, tmp_path, monkeypatch):
+    """``check --backend openvino`` runs the graph on OpenVINO (the provider in the JSON says so) with the same
+    labels as ONNX Runtime on an FP32 graph; the default stays by suffix (ONNX Runtime)."""
+    pytest.importorskip("openvino")
+    common = [str(setup["onnx"]), "--reference", str(setup["ckpt"]), "--dataset", "synthetic", "--limit", "2"]
+    assert _run_cli(monkeypatch, "check", *common, "--json", str(tmp_path / "ort.json")) == 0
+    assert _run_cli(monkeypatch, "check", *common, "--backend", "openvino", "--json", str(tmp_path / "ov.json")) == 0
+    ort, ov = (json.loads((tmp_path / f).read_text())["artifacts"][0] for f in ("ort.json", "ov.json"))
+    assert ort["provider"].startswith("ONNX Runtime") and ov["provider"].startswith("OpenVINO")
+    assert ov["agreement"] > 99.0 and abs(ov["miou"] - ort["miou"]) < 1.0
+
+
 def test_precision_is_read_from_the_graph_not_the_name(setup, tmp_path):
     fake = tmp_path / "model_fp16.onnx"
     graph = onnx.load(str(setup["onnx"]))

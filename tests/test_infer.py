@@ -36,6 +36,9 @@ def test_infer_cli_checkpoint_and_onnx(tiny_checkpoint, onnx_model, tmp_path):
     r = cli("infer", onnx_model, clip, "--out", tmp_path / "o1", "--save-labels")
     assert r.returncode == 0, r.stderr
     assert "6 frames" in r.stdout and "end-to-end" in r.stdout
+    # throughput and latency up front, then what decoded and encoded (issue 13)
+    assert "throughput " in r.stdout and " FPS, latency p50 " in r.stdout and "dropped 0 of 6 frames" in r.stdout
+    assert "decoder: OpenCV FFMPEG (CPU)" in r.stdout and "codec read back" in r.stdout
     assert read_video(tmp_path / "o1" / "c_overlay.mp4")[0] == 6
     r = cli("infer", tiny_checkpoint, clip, "--out", tmp_path / "o2", "--batch", "4", "--device", "cpu",
             "--no-save-video")
@@ -127,3 +130,43 @@ def test_infer_cli_stamp_and_compare_flags(onnx_model, tmp_path):
     assert read_video(tmp_path / "o" / "c_compare.mp4")[0] == 3
     assert "not found" in one_error_line(cli("infer", onnx_model, clip, "--compare", tmp_path / "none.onnx",
                                              "--out", tmp_path / "o2"))
+
+
+def test_infer_cli_low_latency_on_a_file(onnx_model, tmp_path):
+    """--low-latency on a file: one frame queued, nothing dropped (a file waits for the reader)."""
+    import json
+
+    clip = write_video(tmp_path / "c.mp4", random_frames(4, 64, 96))
+    r = cli("infer", onnx_model, clip, "--out", tmp_path / "o", "--low-latency")
+    assert r.returncode == 0, r.stderr
+    assert "low latency, queue 1" in r.stdout
+    data = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert (data["low_latency"], data["queue_size"], data["dropped"], data["frames"]) == (True, 1, 0, 4)
+
+
+def test_infer_on_a_camvid_sequence_records_the_codec_it_wrote(camvid_root, onnx_model, tmp_path):
+    """Issue 13's check: a CamVid sequence (8 consecutive val frames, 360x480, as an mp4) through infer; the codec
+    in summary.json is the one OpenCV reads back from the overlay video, and the encoder says what wrote it."""
+    import json
+
+    import cv2
+
+    files = sorted((camvid_root / "val").glob("0016E5_*.png"))[:8]
+    if len(files) < 8:
+        pytest.skip("CamVid val has no 0016E5 sequence here")
+    wr = cv2.VideoWriter(str(tmp_path / "seq.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (480, 360))
+    for f in files:
+        wr.write(cv2.imread(str(f)))
+    wr.release()
+    r = cli("infer", onnx_model, tmp_path / "seq.mp4", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "o" / "summary.json").read_text())
+    cap = cv2.VideoCapture(str(tmp_path / "o" / "seq_overlay.mp4"))
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    n, size = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                                                       int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
+    cap.release()
+    assert (data["frames"], n, size) == (8, 8, (360, 480))
+    assert data["codec"] == bytes([(code >> (8 * k)) & 0xFF for k in range(4)]).decode("latin-1")
+    assert data["encoder"].startswith("H.264" if data["codec"].lower() in ("avc1", "h264") else "mp4v")
+    assert f"codec read back {data['codec']}" in r.stdout

@@ -92,7 +92,7 @@ def test_device_commands_run_without_torch(device_files, tmp_path):
     commands = [
         ("help", ["--help"]),
         ("infer", ["infer", onnx_path, frames, "-o", tmp_path / "infer", "--save-labels"]),
-        ("bench", ["bench", onnx_path, "--warmup", "0", "--runs", "2", "--json", tmp_path / "bench.json"]),
+        ("bench", ["bench", onnx_path, "--warmup", "0", "--runs", "2", "--warmup-s", "0", "--duration", "0", "--json", tmp_path / "bench.json"]),
         ("check", ["check", onnx_path, "--reference", device_files["bundle"], "--json", tmp_path / "check.json"]),
     ]
     result, stderr = run_device(commands)
@@ -137,7 +137,7 @@ def test_missing_packages_are_one_line_with_exit_4(device_files, tmp_path):
     ckpt.write_bytes(b"never read: the missing torch is found first")
     commands = [
         ("infer", ["infer", onnx_path, frames, "-o", tmp_path / "infer"]),
-        ("bench", ["bench", onnx_path, "--warmup", "0", "--runs", "1", "--json", tmp_path / "b.json"]),
+        ("bench", ["bench", onnx_path, "--warmup", "0", "--runs", "1", "--warmup-s", "0", "--duration", "0", "--json", tmp_path / "b.json"]),
         ("bench-reference", ["bench", onnx_path, "--reference", ckpt, "--runs", "1"]),
         ("train", ["train", "--epochs", "1", "--out", tmp_path / "train"]),  # torch imported at module level
     ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import queue
+import time
 from pathlib import Path
 
 import cv2
@@ -112,7 +114,7 @@ def _fake_cv2(gstreamer: str):
     import types
 
     fake = types.SimpleNamespace(
-        __version__="4.8.0-jetpack", CAP_GSTREAMER=1800, CAP_PROP_FPS=5, CAP_PROP_FRAME_COUNT=7,
+        __version__="4.8.0-jetpack", CAP_GSTREAMER=1800, CAP_PROP_FPS=5, CAP_PROP_FRAME_COUNT=7, CAP_PROP_FOURCC=6,
         COLOR_BGR2RGB=4, COLOR_GRAY2BGR=8, VideoCapture=_FakeCapture,
         getBuildInformation=lambda: f"  Video I/O:\n    FFMPEG:                      YES\n"
                                     f"    GStreamer:                   {gstreamer}\n",
@@ -262,7 +264,11 @@ def test_overlay_blends_and_draws_legend():
     assert not np.array_equal(overlay(frame, labels, pal, 0.5, ["road", "car"]), out)  # legend drawn
 
 
-def test_onnxruntime_threads_leave_a_core_for_decode_and_encode(onnx_model, clip, tmp_path, monkeypatch):
+def test_onnxruntime_threads_default_to_every_physical_core(onnx_model, clip, tmp_path, monkeypatch):
+    """Measured (InferConfig docstring): with the INT8 cpu graph, every core on the model beats leaving one
+    to decode / encode; physical cores, as ONNX Runtime counts them; the summary records the count that ran."""
+    import psutil
+
     import danet_edge.runtime.pipeline as pipeline
 
     seen = {}
@@ -273,11 +279,12 @@ def test_onnxruntime_threads_leave_a_core_for_decode_and_encode(onnx_model, clip
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "open_backend", spy)
-    monkeypatch.setattr(pipeline.os, "cpu_count", lambda: 4)
-    run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "a", max_frames=2, save_video=False))
-    assert seen["threads"] == 3
-    run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "b", max_frames=2, save_video=False, threads=1))
-    assert seen["threads"] == 1
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 8 if logical else 4)  # 4 cores, SMT
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "a", max_frames=2, save_video=False))
+    assert seen["threads"] == 4 and s.threads == 4
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "b", max_frames=2, save_video=False, threads=1))
+    assert seen["threads"] == 1 and s.threads == 1
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["threads"] == 1
     with pytest.raises(ConfigError, match="threads"):
         InferConfig(threads=-1).validate()
 
@@ -339,3 +346,230 @@ def test_stamp_is_drawn_bottom_left_and_fits():
         x0, y0, x1, y1 = draw_stamp(img, "model_int8_trt.onnx | int8 | 12.3 FPS")
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h and y1 > 0.8 * h
         assert img[y0:y1, x0:x1].max() > 150 and (img[: h // 2] == 128).all()  # light text on the dark box
+
+
+# --------------------------------------------------------------- issue 13: latency, low-latency mode, video codecs
+def _fourcc_of(path: Path) -> str:
+    """The codec fourcc OpenCV reads from ``path``, computed here (not with the code under test)."""
+    cap = cv2.VideoCapture(str(path))
+    code = int(cap.get(cv2.CAP_PROP_FOURCC))
+    cap.release()
+    return bytes([(code >> (8 * k)) & 0xFF for k in range(4)]).decode("latin-1")
+
+
+def test_summary_reports_throughput_latency_decoder_encoder_and_codec(onnx_model, clip, tmp_path):
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path))
+    data = json.loads((tmp_path / "summary.json").read_text())
+    keys = list(data)
+    assert keys.index("fps") < keys.index("latency_p50_ms") < keys.index("latency_p99_ms") < keys.index("stages")
+    assert data["fps"] > 0 and 0 < data["latency_p50_ms"] <= data["latency_p99_ms"]
+    e2e = data["end_to_end"]
+    assert (data["latency_p50_ms"], data["latency_p99_ms"]) == (e2e["p50_ms"], e2e["p99_ms"])
+    assert (data["decoded"], data["dropped"], data["queue_size"], data["low_latency"]) == (10, 0, 1, False)
+    assert data["decoder"] == "OpenCV FFMPEG (CPU)"
+    # the codec recorded is the one in the file, read back independently
+    assert data["codec"] == _fourcc_of(tmp_path / "clip_overlay.mp4") == s.codec
+    if data["codec"].lower() in ("avc1", "h264"):
+        assert data["encoder"].startswith("H.264")
+    else:  # this machine's pip OpenCV: no H.264 encoder, and the summary says so
+        assert data["codec"] == "FMP4" and data["encoder"].startswith("mp4v via OpenCV")
+        assert "cannot write H.264" in data["encoder_note"]
+
+
+def test_video_encoders_prefer_h264_and_say_why_not(monkeypatch):
+    import sys
+
+    from danet_edge.runtime import videoio
+
+    monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: True)
+    assert videoio.video_encoders() == ([videoio.AVC1, videoio.MP4V], [])
+    monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: False)
+    encoders, notes = videoio.video_encoders()
+    assert encoders == [videoio.MP4V] and len(notes) == 1 and "cannot write H.264 (avc1" in notes[0][1]
+    # JetPack's OpenCV (GStreamer): the hardware encoder first when GStreamer has the element
+    monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("YES (1.20.3)"))
+    monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: True)
+    monkeypatch.setattr(videoio, "gst_element_available", lambda name: name == "nvv4l2h264enc")
+    assert videoio.video_encoders() == ([videoio.GST_H264, videoio.AVC1, videoio.MP4V], [])
+    monkeypatch.setattr(videoio, "gst_element_available", lambda name: None)  # no gst-inspect: try to open it
+    assert videoio.video_encoders()[0][0] == videoio.GST_H264
+    monkeypatch.setattr(videoio, "gst_element_available", lambda name: False)  # Orin Nano: no NVENC
+    encoders, notes = videoio.video_encoders()
+    assert encoders == [videoio.AVC1, videoio.MP4V] and notes[0][0] == 0 and "no nvv4l2h264enc" in notes[0][1]
+
+
+def test_fourcc_probe_matches_what_this_opencv_writes(tmp_path):
+    """The probe's answer for avc1 is what a real writer does here (a pip wheel: no, silently)."""
+    from danet_edge.runtime.videoio import fourcc_writable
+
+    w = cv2.VideoWriter(str(tmp_path / "a.mp4"), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"avc1"), 10.0, (64, 64))
+    assert fourcc_writable("avc1") == w.isOpened()
+    w.release()
+    assert fourcc_writable("mp4v") is True
+
+
+class _RefuseAvc1:
+    """cv2.VideoWriter that cannot open avc1 (as on a pip wheel) and writes anything else for real."""
+
+    real = cv2.VideoWriter
+
+    def __new__(cls, *args):
+        fourcc = args[2] if len(args) == 5 else args[1]
+        if fourcc == cv2.VideoWriter_fourcc(*"avc1"):
+            return _ClosedWriter()
+        return cls.real(*args)
+
+
+class _ClosedWriter:
+    def isOpened(self):
+        return False
+
+    def release(self):
+        pass
+
+
+def test_video_out_falls_back_to_mp4v_when_the_h264_writer_does_not_open(monkeypatch, tmp_path):
+    """The probe said yes, the writer at the real size says no: mp4v is written, the note says why, and the codec
+    recorded is the file's."""
+    from danet_edge.runtime import videoio
+    from danet_edge.runtime.render import VideoOut
+
+    monkeypatch.setattr(cv2, "VideoWriter", _RefuseAvc1)
+    out = VideoOut(tmp_path / "v.mp4", 10.0, [videoio.AVC1, videoio.MP4V], [])
+    for f in random_frames(3, 48, 64):
+        out.write(f)
+    assert out.close() == tmp_path / "v.mp4"
+    assert out.encoder == "mp4v via OpenCV FFMPEG" and out.codec == _fourcc_of(tmp_path / "v.mp4") == "FMP4"
+    assert out.notes == ["the H.264 (avc1) writer did not open for 64x48 frames"]
+    assert read_video(tmp_path / "v.mp4")[0] == 3
+    # a note about an encoder better than the one that ran is kept, one about a worse one is not
+    out = VideoOut(tmp_path / "w.mp4", 10.0, [videoio.MP4V], [(0, "no nvv4l2h264enc"), (3, "not relevant")])
+    out.write(random_frames(1, 48, 64)[0])
+    out.close()
+    assert out.notes == ["no nvv4l2h264enc"]
+
+
+def test_pipeline_records_the_mp4v_fallback_when_avc1_cannot_be_written(onnx_model, clip, tmp_path, monkeypatch):
+    from danet_edge.runtime import videoio
+
+    monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: False)
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path, max_frames=2))
+    assert s.encoder == "mp4v via OpenCV FFMPEG" and "cannot write H.264" in s.encoder_note
+    assert s.codec == _fourcc_of(tmp_path / "clip_overlay.mp4")
+
+
+def test_gstreamer_pipeline_strings():
+    from danet_edge.runtime.videoio import gst_decode_pipeline, gst_encode_pipeline
+
+    assert gst_encode_pipeline("/out/a b/v.mp4") == (
+        "appsrc ! video/x-raw,format=BGR ! queue ! videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
+        "video/x-raw(memory:NVMM),format=NV12 ! nvv4l2h264enc ! h264parse ! qtmux ! "
+        'filesink location="/out/a b/v.mp4"')
+    assert gst_decode_pipeline("clip.mp4") == (
+        'filesrc location="clip.mp4" ! qtdemux ! h264parse ! nvv4l2decoder ! nvvidconv ! '
+        "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink")
+    assert gst_decode_pipeline('we"ird.mkv', "matroskademux", "h265parse").startswith(
+        'filesrc location="we\\"ird.mkv" ! matroskademux ! h265parse ! nvv4l2decoder ! ')
+
+
+def test_hw_decode_builds_the_nvv4l2decoder_pipeline(monkeypatch, clip, tmp_path):
+    import sys
+
+    from danet_edge.runtime.videoio import HW_DECODER, hw_decode_pipeline
+
+    assert " ! mpeg4videoparse ! nvv4l2decoder ! " in hw_decode_pipeline(clip)  # the clip is mp4v: parser follows
+    with pytest.raises(ConfigError, match="no GStreamer demuxer for '.wmv'"):
+        hw_decode_pipeline(tmp_path / "x.wmv")
+    monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("YES (1.20.3)"))
+    _FakeCapture.opened = []
+    src = open_source(clip, hw_decode=True)
+    spec, api = _FakeCapture.opened[-1]
+    assert api == 1800 and spec == f'filesrc location="{clip}" ! qtdemux ! h264parse ! nvv4l2decoder ! nvvidconv ! ' \
+        "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! appsink"  # fourcc unknown: H.264
+    assert (src.name, src.kind, src.decoder, src.live) == (str(clip), "video", HW_DECODER, False)
+    with pytest.raises(ConfigError, match="decodes a video file"):
+        open_source("0", hw_decode=True)
+    monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("NO"))
+    with pytest.raises(ConfigError, match=r"^--hw-decode needs an OpenCV built with GStreamer") as e:
+        open_source(clip, hw_decode=True)
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+class _LiveCapture:
+    """A camera stand-in: a new frame every 4 ms whether read or not (``read`` blocks until the next one)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.i = n, 0
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        if self.i == self.n:
+            return False, None
+        time.sleep(0.004)
+        self.i += 1
+        return True, np.full((64, 96, 3), self.i % 256, np.uint8)
+
+    def release(self):
+        pass
+
+
+class _SlowBackend:
+    """The real backend, 25 ms slower per call: a model that cannot keep up with the camera."""
+
+    def __init__(self, inner):
+        self.inner, self.manifest, self.name = inner, inner.manifest, "slow"
+
+    def predict(self, images):
+        time.sleep(0.025)
+        return self.inner.predict(images)
+
+
+class _RecordingQueue(queue.Queue):
+    made: list = []
+    deepest = 0
+
+    def __init__(self, maxsize=0):
+        super().__init__(maxsize)
+        _RecordingQueue.made.append(maxsize)
+
+    def _put(self, item):
+        super()._put(item)
+        _RecordingQueue.deepest = max(_RecordingQueue.deepest, self._qsize())
+
+
+def test_low_latency_drops_frames_of_a_live_source_and_counts_them(onnx_model, tmp_path, monkeypatch):
+    from danet_edge.runtime import pipeline
+    from danet_edge.runtime.sources import FrameSource
+
+    monkeypatch.setattr(pipeline.queue, "Queue", _RecordingQueue)
+    _RecordingQueue.made, _RecordingQueue.deepest = [], 0
+    with open_backend(onnx_model) as b:
+        camera = FrameSource("0", "camera", 250.0, None, capture=_LiveCapture(60), decoder="stand-in camera")
+        s = run_pipeline(_SlowBackend(b), camera, InferConfig(out_dir=tmp_path / "low", low_latency=True,
+                                                              save_video=False, save_labels=True))
+    assert _RecordingQueue.made == [1, 1] and _RecordingQueue.deepest == 1  # one frame between stages
+    assert s.decoded == 60 and s.dropped >= 20 and s.frames + s.dropped == 60
+    assert (s.queue_size, s.low_latency, s.decoder) == (1, True, "stand-in camera")
+    processed = sorted(int(p.stem) for p in (tmp_path / "low" / "labels").glob("*.png"))
+    assert len(processed) == s.frames and processed[-1] >= 55  # the model saw recent frames, not a backlog
+    assert json.loads((tmp_path / "low" / "summary.json").read_text())["dropped"] == s.dropped
+    # the same camera without --low-latency: every frame, none dropped (the model lags behind the camera)
+    with open_backend(onnx_model) as b:
+        camera = FrameSource("0", "camera", 250.0, None, capture=_LiveCapture(20))
+        s = run_pipeline(_SlowBackend(b), camera, InferConfig(out_dir=tmp_path / "all", save_video=False))
+    assert (s.frames, s.decoded, s.dropped, s.queue_size) == (20, 20, 0, 1)
+
+
+def test_low_latency_on_a_file_keeps_every_frame_unless_asked(onnx_model, clip, tmp_path):
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "a", low_latency=True, save_video=False))
+    assert (s.frames, s.dropped, s.queue_size) == (10, 0, 1)
+    # --drop-frames on a file: read at its 12 FPS as a camera would deliver it; nothing to drop at this speed
+    t0 = time.perf_counter()
+    s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "b", drop_frames=True, save_video=False))
+    assert time.perf_counter() - t0 >= 9 / 12 and s.frames + s.dropped == s.decoded == 10
+    with pytest.raises(ConfigError, match="--low-latency keeps at most 2 frames queued"):
+        InferConfig(low_latency=True, queue_size=8)
+    assert InferConfig(low_latency=True, queue_size=2).queue_frames == 2
+    assert InferConfig().queue_frames == 1 and InferConfig(queue_size=8).queue_frames == 8

@@ -59,7 +59,7 @@ def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpo
     from danet_edge.export import ExportConfig, export_model
 
     res = export_model(tiny_checkpoint, ExportConfig(imgsz=(32, 48), out=tmp_path))
-    report = bench_artifacts([res.artifacts[0].path, tiny_checkpoint], BenchConfig(runs=1, warmup=0))
+    report = bench_artifacts([res.artifacts[0].path, tiny_checkpoint], BenchConfig(runs=1, warmup=0, warmup_s=0.0, duration_s=0.0))
     sizes = {Path(e.path).suffix: e.image_size for e in report.entries if not e.skipped}
     assert sizes[".pt"] == sizes[".onnx"] == [32, 48]
 
@@ -70,7 +70,7 @@ def test_bench_restores_torch_threads(tmp_path, tiny_checkpoint):
     from danet_edge.bench import BenchConfig, bench_artifacts
 
     before = torch.get_num_threads()
-    bench_artifacts([tiny_checkpoint], BenchConfig(runs=1, warmup=0, threads=1 if before != 1 else 2))
+    bench_artifacts([tiny_checkpoint], BenchConfig(runs=1, warmup=0, warmup_s=0.0, duration_s=0.0, threads=1 if before != 1 else 2))
     assert torch.get_num_threads() == before
 
 

@@ -17,3 +17,10 @@ def info(msg: str) -> None:
 def verbose() -> bool:
     return STATE["verbosity"] > 0
 
+
+
+def backend_names() -> list[str]:
+    """The rows of the backend table (``runtime.backends.BACKEND_TABLE``), for a ``--backend`` choice."""
+    from ..runtime.backends import BACKEND_TABLE
+
+    return list(BACKEND_TABLE)

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..choices import Dataset, Split
+from ..choices import Dataset, Split, choice_enum
+from ._common import backend_names
 from ._common import console as _console
 
 # Tables stay readable when piped (rich falls back to 80 columns off a terminal).
@@ -21,6 +22,11 @@ console = _console if _console.is_terminal else Console(width=220)
 
 def _num(v: float | None, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _float(v: object) -> float | None:
+    """A measured figure, or None for the strings that say why there is none ("not a Jetson")."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def print_check_table(report) -> None:
@@ -38,13 +44,26 @@ def print_check_table(report) -> None:
     console.print(t)
 
 
+def _power_mode(jetson: dict | None) -> str:
+    """``", nvpmodel MAXN, jetson_clocks on"`` on a Jetson, else empty."""
+    if not jetson or jetson.get("jetson") is not True:
+        return ""
+    nvp = jetson.get("nvpmodel")
+    mode = nvp.get("mode") if isinstance(nvp, dict) else None
+    clocks = {True: "on", False: "off"}.get(jetson.get("jetson_clocks"), "unknown")
+    return f", nvpmodel {mode or 'unknown'}, jetson_clocks {clocks}"
+
+
 def print_bench_table(report) -> None:
-    """The bench report as a rich table on the terminal."""
+    """The bench report as a rich table on the terminal: end-to-end and compute latency (ms), FPS, memory,
+    speed-up; FPS/W where power was measured (a Jetson), with the power mode in the title."""
     m = report.machine
     threads = f", {m['torch_threads']} torch threads" if m.get("torch_threads") else ""
-    t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')}{threads}")
-    for col in ("entry", "precision", "size", "batch", "mean ms", "p50 ms", "p90 ms", "p99 ms", "FPS",
-                "host MiB", "GPU MiB", "speed-up", "note"):
+    t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')}{threads}{_power_mode(m.get('jetson'))}")
+    power = any(_float(e.power_total_w) is not None for e in report.entries)
+    for col in ("entry", "precision", "size", "batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms",
+                "compute p50 ms", "FPS", *(("W", "mJ/frame", "FPS/W") if power else ()), "host MiB", "GPU MiB",
+                "speed-up", "note"):
         t.add_column(col, justify="left" if col in ("entry", "note") else "right")
     skipped: dict[str, list[str]] = {}
     for e in report.entries:
@@ -52,14 +71,22 @@ def print_bench_table(report) -> None:
             skipped.setdefault(e.skipped, []).append(e.name)
             continue
         size = f"{e.image_size[0]}x{e.image_size[1]}" if e.image_size else "-"
-        t.add_row(e.name, e.precision, size, str(e.batch), _num(e.latency_mean_ms, ".1f"),
+        watts = [_num(_float(v), spec) for v, spec in ((e.power_total_w, ".2f"), (e.energy_per_frame_mj, ".1f"),
+                                                       (e.fps_per_w, ".2f"))] if power else []
+        t.add_row(e.name, e.precision, size, str(e.batch), str(e.runs), _num(e.latency_mean_ms, ".1f"),
                   _num(e.latency_p50_ms, ".1f"), _num(e.latency_p90_ms, ".1f"), _num(e.latency_p99_ms, ".1f"),
-                  _num(e.throughput_fps, ".2f"), _num(e.host_peak_mib, ".0f"), _num(e.gpu_peak_mib, ".0f"),
+                  _num(e.compute_p50_ms, ".1f"), _num(e.throughput_fps, ".2f"), *watts,
+                  _num(e.host_peak_mib, ".0f"), _num(e.gpu_peak_mib, ".0f"),
                   _num(e.speedup_vs_reference, ".2f") + ("x" if e.speedup_vs_reference else ""),
                   f"skipped: {e.skipped}" if e.skipped else "")
     console.print(t)
     for reason, names in skipped.items():
         console.print(f"skipped {', '.join(names)}: {reason}", markup=False)
+    from ..jetson import NOT_JETSON
+
+    no_power = {e.power_total_w for e in report.entries if isinstance(e.power_total_w, str)} - {NOT_JETSON}
+    for reason in sorted(no_power):  # a Jetson whose rails could not be read
+        console.print(f"note: no power figure: {reason}", markup=False)
     for n in getattr(report, "notes", []):
         console.print(f"note: {n}", markup=False)
     for w in getattr(report, "warnings", []):
@@ -115,6 +142,9 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
         report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md, report.html (self-contained) and disagreement PNGs."),
         pictures: int = typer.Option(cc.pictures, help="Frames per artifact in the disagreement picture."),
+        backend: Optional[choice_enum("Backend", backend_names())] = typer.Option(  # type: ignore[valid-type]
+            None, "--backend", help="Run the artifacts on this backend (default: by file suffix), e.g. "
+            "openvino-bf16: its accuracy is what that runtime gives, not the graph's."),
     ) -> None:
         """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
 
@@ -127,7 +157,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give thresholds either as --thresholds FILE or as --min-agreement/--max-miou-drop, not both")
         th = load_thresholds(thresholds) if thresholds is not None else \
             parse_threshold_overrides(min_agreement, max_miou_drop)
-        cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures)
+        cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures,
+                          backend=backend.value if backend else None)
         _check_outputs(json=json_out, report=report)  # before the (long) check: a bad path is one line now
         if is_bundle(reference):
             if dataset is not None or data is not None:
@@ -152,8 +183,13 @@ def register(app: typer.Typer) -> None:
     def bench(
         artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
         reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="PyTorch checkpoint timed as the FP32 eager reference."),
-        warmup: int = typer.Option(bc.warmup, help="Untimed runs before timing."),
-        runs: int = typer.Option(bc.runs, help="Timed runs."),
+        warmup: int = typer.Option(bc.warmup, help="Untimed runs before timing, at least (see --warmup-s)."),
+        warmup_s: float = typer.Option(bc.warmup_s, "--warmup-s", help="Untimed time before timing, at least, in "
+                                       "seconds (trtexec --warmUp, in ms there); 0: --warmup runs only."),
+        runs: int = typer.Option(bc.runs, help="Timed runs, at least (see --duration)."),
+        duration_s: float = typer.Option(bc.duration_s, "--duration", help="Timed window, at least, in seconds "
+                                         "(trtexec --duration): timing ends when both --runs and this are done, "
+                                         "or at max(--runs, 10000) runs; 0: --runs only."),
         batch: list[int] = typer.Option([], help="Batch sizes for PyTorch (static graphs run at their own batch); repeatable."),
         threads: Optional[int] = typer.Option(bc.threads, help="CPU threads for PyTorch and ONNX Runtime."),
         device: Optional[str] = typer.Option(bc.device, help="Torch device for PyTorch entries (cpu, cuda)."),
@@ -163,7 +199,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="Folder for bench.json and bench.png (unless --json / --plot say)."),
     ) -> None:
-        """Latency (mean, p50, p90, p99 ms), FPS and peak memory per artifact, with speed-up vs PyTorch FP32."""
+        """Latency (mean, p50, p90, p99 ms) end to end and of the model alone, FPS and peak memory per artifact,
+        with speed-up vs PyTorch FP32; on a Jetson also the power mode, clocks and W, mJ/frame, FPS/W.
+        """
         from ..bench import bench_artifacts
 
         _check_outputs(out=out)
@@ -171,7 +209,8 @@ def register(app: typer.Typer) -> None:
             json_out = json_out or out / "bench.json"
             plot = plot or out / "bench.png"
         _check_outputs(json=json_out, plot=plot)
-        cfg = BenchConfig(reference=reference, warmup=warmup, runs=runs, batches=tuple(batch) or None,
+        cfg = BenchConfig(reference=reference, warmup=warmup, runs=runs, warmup_s=warmup_s, duration_s=duration_s,
+                          batches=tuple(batch) or None,
                           threads=threads, device=device, check_json=check_json, json_path=json_out, plot_path=plot)
         result = bench_artifacts(artifacts or [], cfg)
         print_bench_table(result)

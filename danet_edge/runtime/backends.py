@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
@@ -55,7 +56,8 @@ class Prediction:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What ``checks``, ``bench`` and the video pipeline see of a model (see DESIGN.md)."""
+    """What ``checks``, ``bench`` and the video pipeline see of a model (see DESIGN.md). ``bench`` also reads
+    ``compute_ms`` / ``compute_timing`` where a backend has them (:class:`_BaseBackend` documents the hook)."""
 
     manifest: Manifest
     name: str
@@ -71,17 +73,40 @@ class Backend(Protocol):
 
 
 class _BaseBackend:
-    """Shared input checks, batching and context-manager plumbing.
+    """Shared input checks, batching, compute timing and context-manager plumbing.
 
     Subclasses set ``manifest``, ``provider`` and ``static_batch`` and implement ``_forward(images)``,
     which takes exactly ``manifest.batch_size`` images when ``static_batch`` is true (else any N) and
     returns ``(labels, logits | None)``.
+
+    **Compute time.** :meth:`predict` is the end-to-end host call (uint8 frames in, labels out). Inside it,
+    a subclass times the model alone, the graph or engine without normalisation, argmax or host work,
+    by running it through :meth:`_timed` (host-synchronous runtimes, or with a ``sync`` for CUDA) or
+    by adding a device-timed figure to :attr:`compute_ms` (TensorRT: CUDA events), and states how in
+    :attr:`compute_timing`. ``bench`` reports both; a backend that leaves ``compute_timing`` None has
+    no compute figure.
     """
 
     name = "base"
     provider = "?"
     manifest: Manifest
     static_batch = True
+    #: How :attr:`compute_ms` is measured, one line (a bench entry's ``compute_timing``); None: not measured.
+    compute_timing: str | None = None
+    #: The model alone during the last :meth:`predict` call, in ms (summed over the static-batch chunks).
+    compute_ms: float = 0.0
+
+    def _timed(self, fn: Callable[..., Any], *args: Any, sync: Callable[[], Any] | None = None) -> Any:
+        """``fn(*args)``, its wall time (``time.perf_counter``) in ms added to :attr:`compute_ms`; ``sync``
+        (e.g. ``torch.cuda.synchronize``) is called before the clock starts and before it stops."""
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        out = fn(*args)
+        if sync is not None:
+            sync()
+        self.compute_ms += (time.perf_counter() - t0) * 1e3
+        return out
 
     def __enter__(self):
         return self
@@ -105,7 +130,8 @@ class _BaseBackend:
         """Segment ``images: (N, h, w, 3) uint8 RGB`` at ``manifest.image_size``.
 
         Returns:
-            Prediction with ``labels (N, h, w) int64`` and ``logits (N, K, h, w) float32`` or None.
+            Prediction with ``labels (N, h, w) int64`` and ``logits (N, K, h, w) float32`` or None;
+            :attr:`compute_ms` then holds the model's own share of this call (ms).
 
         Raises:
             DataError: wrong shape or dtype.
@@ -116,6 +142,7 @@ class _BaseBackend:
             raise DataError(f"{self.name}: expected images (N, {h}, {w}, 3) uint8 RGB, got {images.shape} "
                             f"{images.dtype} (resize frames with segment_frames)")
         b = self.manifest.batch_size
+        self.compute_ms = 0.0
         if not self.static_batch or len(images) == b:
             labels, logits = self._forward(images)
             return Prediction(labels.astype(np.int64, copy=False), logits)

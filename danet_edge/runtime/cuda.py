@@ -7,11 +7,13 @@ since 10.14, and pycuda is hard to install on a Jetson). :func:`cuda_api` picks 
 
 NOT EXECUTED on the development machine (no GPU, no CUDA Python package there); written against:
 - pycuda: https://documen.tician.de/pycuda/driver.html (``mem_alloc``, ``pagelocked_empty``,
-  ``memcpy_htod_async``, ``memcpy_dtoh_async``, ``Stream``, ``Device.compute_capability``);
+  ``memcpy_htod_async``, ``memcpy_dtoh_async``, ``Stream``, ``Device.compute_capability``, ``Event.record``,
+  ``Event.synchronize``, ``Event.time_till`` in ms);
 - cuda-python: https://nvidia.github.io/cuda-python/cuda-bindings/latest/module/runtime.html
   (``cudaMalloc``, ``cudaMallocHost``, ``cudaMemcpyAsync``, ``cudaStreamCreate``,
-  ``cudaStreamSynchronize``, ``cudaFree``, ``cudaFreeHost``, ``cudaGetDeviceProperties``; every call
-  returns a tuple whose first item is a ``cudaError_t``);
+  ``cudaStreamSynchronize``, ``cudaFree``, ``cudaFreeHost``, ``cudaGetDeviceProperties``, ``cudaEventCreate``,
+  ``cudaEventRecord``, ``cudaEventSynchronize``, ``cudaEventElapsedTime`` in ms, ``cudaEventDestroy``; every
+  call returns a tuple whose first item is a ``cudaError_t``);
 - the TensorRT 8.x -> 10.x Python migration guide (named-tensor buffer allocation pattern),
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-patterns.html
 """
@@ -58,7 +60,8 @@ class HostDeviceBuffer:
 
 
 class CudaApi:
-    """Minimal CUDA host API: stream, pinned + device buffers, async copies, synchronize, free."""
+    """Minimal CUDA host API: stream, pinned + device buffers, async copies, synchronize, free, and the
+    timing events that measure the engine alone."""
 
     name = "base"
 
@@ -88,6 +91,21 @@ class CudaApi:
         raise NotImplementedError
 
     def destroy_stream(self, stream: Any) -> None:  # pragma: no cover
+        pass
+
+    def create_event(self) -> Any:  # pragma: no cover
+        """A CUDA event with timing enabled (the default flags)."""
+        raise NotImplementedError
+
+    def record_event(self, event: Any, stream: Any) -> None:  # pragma: no cover
+        """Capture the work queued on ``stream`` so far in ``event``."""
+        raise NotImplementedError
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:  # pragma: no cover
+        """GPU time between two recorded events in ms (waits for ``end`` to complete; about 0.5 us resolution)."""
+        raise NotImplementedError
+
+    def destroy_event(self, event: Any) -> None:  # pragma: no cover
         pass
 
 
@@ -125,6 +143,16 @@ class PyCudaApi(CudaApi):
 
     def free(self, buf: HostDeviceBuffer) -> None:
         buf._handles[0].free()  # the pinned host array is freed with its last reference
+
+    def create_event(self) -> Any:
+        return self.cuda.Event()
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        event.record(stream)
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        end.synchronize()
+        return float(start.time_till(end))  # ms from start to end
 
 
 class CudaPythonApi(CudaApi):
@@ -181,6 +209,19 @@ class CudaPythonApi(CudaApi):
 
     def destroy_stream(self, stream: Any) -> None:
         self._check(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
+
+    def create_event(self) -> Any:
+        return self._check(self.rt.cudaEventCreate(), "cudaEventCreate")
+
+    def record_event(self, event: Any, stream: Any) -> None:
+        self._check(self.rt.cudaEventRecord(event, stream), "cudaEventRecord")
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        self._check(self.rt.cudaEventSynchronize(end), "cudaEventSynchronize")
+        return float(self._check(self.rt.cudaEventElapsedTime(start, end), "cudaEventElapsedTime"))
+
+    def destroy_event(self, event: Any) -> None:
+        self._check(self.rt.cudaEventDestroy(event), "cudaEventDestroy")
 
 
 def cuda_api(prefer: str | None = None) -> CudaApi:

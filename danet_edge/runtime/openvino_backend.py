@@ -39,6 +39,7 @@ class OpenVinoBackend(OnnxRuntimeBackend):
     """
 
     name = "openvino"
+    compute_timing = "perf_counter around the compiled model's call alone (host tensors; no normalisation, no argmax)"
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 0,
                  inference_precision: str = "f32") -> None:  # noqa: D107 - see class

@@ -1,4 +1,4 @@
-"""Frames out: the overlay picture, palette label PNGs and the video writer of ``infer``.
+"""Frames out: the overlay picture, palette label PNGs and the video writer of ``infer`` (its codec: ``videoio``).
 
 Everything here writes under a temporary name and renames when done (``utils.atomic_path``), so an
 interrupted run leaves complete files only.
@@ -21,6 +21,7 @@ from PIL import Image
 from .._optional import import_cv2
 from ..errors import DataError
 from ..utils import atomic_path
+from .videoio import VideoEncoder, open_writer, read_fourcc, video_encoders
 
 __all__ = ["overlay", "save_label_png", "VideoOut", "LegendLayout", "legend_layout", "draw_legend", "draw_stamp",
            "side_by_side", "LEGEND_MAX_HEIGHT", "LEGEND_MAX_WIDTH", "BOX_OPACITY"]
@@ -195,16 +196,30 @@ def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[in
 
 
 class VideoOut:
-    """mp4v writer to a temporary name, renamed on close; nothing is left when no frame was written.
+    """The overlay video, written under a temporary name and renamed on close; nothing is left when no frame was
+    written. The encoder is the first of ``encoders`` that opens (``videoio.video_encoders``: H.264 on the Jetson
+    encoder, H.264 through OpenCV's FFmpeg, mp4v); ``encoder`` names it once the first frame is written, ``notes``
+    then say why each better one was not used, ``codec`` is the fourcc read back from the closed file.
+
+    Args:
+        encoders, notes: from ``videoio.video_encoders()`` (its probe writes to a temporary folder and silences
+            stderr for a moment: construct this before starting other threads); None: probed here.
 
     Raises (from ``write``):
-        DataError: OpenCV cannot open an mp4v writer there. MissingDependencyError: OpenCV is not importable.
+        DataError: no encoder opens a writer there. MissingDependencyError: OpenCV is not importable.
     """
 
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, encoders: Sequence[VideoEncoder] | None = None,
+                 notes: Sequence[tuple[int, str]] | None = None) -> None:
         self.path, self.fps = path, fps
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        if encoders is None:
+            encoders, notes = video_encoders()
+        self.encoders, self._left_out = list(encoders), list(notes or [])
+        self.notes: list[str] = []
         self.writer: Any = None  # cv2.VideoWriter once the first frame gives the size
+        self.encoder: str | None = None  # label of the encoder that opened (``VideoEncoder.label``)
+        self.codec: str | None = None  # fourcc read back from the closed file
         self.size: tuple[int, int] | None = None
         self.frames = 0
 
@@ -214,16 +229,18 @@ class VideoOut:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
-            self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
-            if not self.writer.isOpened():
-                raise DataError(f"{self.path}: OpenCV cannot write an mp4v video here")
+            writer, enc, failed = open_writer(self.encoders, self.tmp, self.fps, self.size, cv2)
+            if writer is None:
+                raise DataError(f"{self.path}: OpenCV cannot write a video here ({'; '.join(t for _, t in failed)})")
+            self.writer, self.encoder = writer, enc.label(writer)
+            self.notes = [why for rank, why in sorted(self._left_out + failed) if rank < enc.rank]
         if (rgb.shape[1], rgb.shape[0]) != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.frames += 1
 
     def close(self) -> Path | None:
-        """Finish the file and give it its name; None when no frame was written (nothing is left)."""
+        """Finish the file, give it its name and read its codec back; None when no frame was written."""
         if self.writer is None:
             return None
         self.writer.release()
@@ -232,4 +249,5 @@ class VideoOut:
             self.tmp.unlink(missing_ok=True)
             return None
         os.replace(self.tmp, self.path)
+        self.codec = read_fourcc(self.path)
         return self.path

@@ -15,6 +15,10 @@ Source strings (:func:`open_source`):
     ``clip.mp4`` (``VIDEO_SUFFIXES``) video file
     ``frame.png`` (``IMAGE_SUFFIXES``) one image
     ``dir/``, ``"dir/*.png"``         images in name order
+
+With ``hw_decode`` (``infer --hw-decode``) a video file is decoded by the Jetson hardware decoder through
+:func:`videoio.hw_decode_pipeline` (``filesrc ! qtdemux ! h264parse ! nvv4l2decoder ! ... ! appsink``); every
+source records the decoder that runs (:attr:`FrameSource.decoder`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import glob
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from .._optional import import_cv2
-from ..errors import DataError, MissingDependencyError
+from ..errors import ConfigError, DataError, MissingDependencyError
 from ..frames import IMAGE_SUFFIXES
+from .videoio import HW_DECODER, gstreamer_support, hw_decode_pipeline
 
 __all__ = ["FrameSource", "open_source", "output_names", "gstreamer_support", "is_gstreamer", "VIDEO_SUFFIXES",
            "IMAGE_SUFFIXES"]
@@ -51,11 +55,18 @@ class FrameSource:
         frame_count: frames announced by the container / number of images; None for live sources.
         broken: None, or why decoding stopped before ``frame_count`` (set after iteration).
         names: per-frame output names for image sources (:func:`output_names`: the file stem, unique), else None.
+        decoder: what decodes the frames, for the summary (``OpenCV FFMPEG (CPU)``, ``OpenCV imread (CPU)``,
+            ``GStreamer pipeline``, :data:`videoio.HW_DECODER`).
+        live: frames arrive at the source's pace whether read or not (camera, stream, GStreamer pipeline), so a
+            slow reader lags behind or must drop frames; files and images wait for the reader.
     """
 
+    LIVE_KINDS = ("camera", "stream", "gstreamer")
+
     def __init__(self, name: str, kind: str, fps: float, frame_count: int | None,
-                 capture: Any = None, files: list[Path] | None = None) -> None:
+                 capture: Any = None, files: list[Path] | None = None, decoder: str | None = None) -> None:
         self.name, self.kind, self.fps, self.frame_count = name, kind, fps, frame_count
+        self.decoder = decoder or ("OpenCV imread (CPU)" if files is not None else "OpenCV (CPU)")
         self._cap, self._files = capture, files
         self.broken: str | None = None
         self.names = output_names(files) if files else None
@@ -86,6 +97,10 @@ class FrameSource:
                 self.broken = f"{path}: not a readable image (stopped after {i} images)"
                 return
             yield _to_rgb(bgr, str(path))
+
+    @property
+    def live(self) -> bool:
+        return self.kind in self.LIVE_KINDS
 
     def close(self) -> None:
         if self._cap is not None:
@@ -128,31 +143,25 @@ def _fps(cap: Any) -> float:
     return float(fps) if fps and math.isfinite(fps) and 0 < fps <= 1000 else DEFAULT_FPS
 
 
-def gstreamer_support(cv2: Any = None) -> bool | None:
-    """Whether this OpenCV was built with GStreamer, from the ``GStreamer:`` line of ``cv2.getBuildInformation()``
-    (``YES (1.20.3)`` / ``NO``); None when the build information does not say.
-
-    Args:
-        cv2: the OpenCV module (default: :func:`danet_edge._optional.import_cv2`).
-
-    Raises:
-        MissingDependencyError: OpenCV is not importable.
-    """
-    cv2 = cv2 if cv2 is not None else import_cv2()
-    try:
-        info = str(cv2.getBuildInformation())
-    except Exception:  # noqa: BLE001 - a stripped or unusual build: say "unknown", let VideoCapture decide
-        return None
-    m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
-    return None if m is None else m.group(1).upper() != "NO"
-
-
 def is_gstreamer(spec: str) -> bool:
     """A source string that is a GStreamer pipeline: it contains ``!`` and names no existing file."""
     return "!" in spec and not Path(spec).exists()
 
 
-def _open_capture(spec: str | int, kind: str, api: int | None = None) -> FrameSource:
+def _decoder_name(cap: Any, kind: str, spec: str | int, hw: bool) -> str:
+    if hw:
+        return HW_DECODER
+    if kind == "gstreamer":
+        return "GStreamer pipeline" + (" (nvv4l2decoder)" if "nvv4l2decoder" in str(spec) else "")
+    try:
+        return f"OpenCV {cap.getBackendName()} (CPU)"
+    except Exception:  # noqa: BLE001 - a stand-in or old capture: the name is cosmetic
+        return "OpenCV (CPU)"
+
+
+def _open_capture(spec: str | int, kind: str, api: int | None = None, name: str | None = None,
+                  hw: bool = False) -> FrameSource:
+    """Open a ``cv2.VideoCapture``; ``name``: what the user gave when ``spec`` is a pipeline built from it."""
     cv2 = import_cv2()
     if kind == "gstreamer" and gstreamer_support(cv2) is False:
         raise MissingDependencyError(
@@ -161,6 +170,9 @@ def _open_capture(spec: str | int, kind: str, api: int | None = None) -> FrameSo
             "a venv made with --system-site-packages, no pip opencv-python in it), or give a video file or camera index")
     cap = cv2.VideoCapture(spec, api) if api is not None else cv2.VideoCapture(spec)
     if not cap.isOpened():
+        if hw:
+            raise DataError(f"{name}: --hw-decode pipeline cannot be opened (not H.264 / H.265 / MPEG-4, or "
+                            f"nvv4l2decoder missing: try it with gst-launch-1.0 ending in '! fakesink'): {spec}")
         what = {"video": "video file cannot be opened (truncated, corrupt, not a video, or a codec OpenCV lacks)",
                 "camera": "camera cannot be opened (wrong index, busy, or no permission)",
                 "gstreamer": "GStreamer pipeline cannot be opened (a bad pipeline or a missing plugin: end it with "
@@ -171,10 +183,11 @@ def _open_capture(spec: str | int, kind: str, api: int | None = None) -> FrameSo
             what += "; an .mp4 cut short loses its index (moov atom) and cannot be read at all"
         raise DataError(f"{spec}: {what}")
     count = None
-    if kind == "video":
+    if kind == "video" and not hw:  # GStreamer's count may differ by a frame: no "broke off" alarm on it
         c = cap.get(cv2.CAP_PROP_FRAME_COUNT)
         count = int(c) if c and math.isfinite(c) and c > 0 else None
-    return FrameSource(str(spec), kind, _fps(cap), count, capture=cap)
+    return FrameSource(str(spec if name is None else name), kind, _fps(cap), count, capture=cap,
+                       decoder=_decoder_name(cap, kind, spec, hw))
 
 
 def _image_source(name: str, files: list[Path]) -> FrameSource:
@@ -183,16 +196,36 @@ def _image_source(name: str, files: list[Path]) -> FrameSource:
     return FrameSource(name, "images" if len(files) > 1 else "image", DEFAULT_FPS, len(files), files=files)
 
 
-def open_source(source: str | int | os.PathLike[str]) -> FrameSource:
-    """Open ``source`` (see the module docstring).
+def _hw_decode(spec: str, cv2: Any) -> FrameSource:
+    """A video file through the Jetson hardware decoder (``--hw-decode``)."""
+    support = gstreamer_support(cv2)
+    if support is False:
+        raise ConfigError(f"--hw-decode needs an OpenCV built with GStreamer (JetPack's); this OpenCV "
+                          f"({getattr(cv2, '__version__', '?')}) says GStreamer: NO: leave out --hw-decode to decode "
+                          "on the CPU")
+    path = Path(spec)
+    if spec.isdigit() or is_gstreamer(spec) or "://" in spec or path.is_dir() or any(ch in spec for ch in "*?[") \
+            or path.suffix.lower() in IMAGE_SUFFIXES:
+        raise ConfigError(f"--hw-decode decodes a video file ({', '.join(VIDEO_SUFFIXES)}); for a camera or a "
+                          "stream give a GStreamer pipeline with nvv4l2decoder as the source instead")
+    if not path.is_file():
+        raise DataError(f"{spec}: source not found")
+    return _open_capture(hw_decode_pipeline(path, cv2), "video", cv2.CAP_GSTREAMER, name=spec, hw=True)
+
+
+def open_source(source: str | int | os.PathLike[str], hw_decode: bool = False) -> FrameSource:
+    """Open ``source`` (see the module docstring); ``hw_decode``: a video file through the Jetson hardware decoder.
 
     Raises:
         DataError: missing file, unsupported extension, video/camera/stream/pipeline that cannot be opened,
             folder or glob without images.
+        ConfigError: ``hw_decode`` on an OpenCV without GStreamer, or with a source that is not a video file.
         MissingDependencyError: OpenCV is not importable, or a GStreamer pipeline was given to an OpenCV
             built without GStreamer.
     """
     cv2 = import_cv2()  # every source decodes through OpenCV: say so before looking at the string
+    if hw_decode:
+        return _hw_decode(str(source), cv2)
     if isinstance(source, int):
         return _open_capture(source, "camera")
     spec = str(source)

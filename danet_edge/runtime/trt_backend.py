@@ -27,6 +27,7 @@ class TensorRTBackend(_BaseBackend):
     """
 
     name = "tensorrt"
+    compute_timing = "CUDA events around execute_async_v3 on the runner's stream (the engine alone: no copies)"
 
     def __init__(self, path: str | os.PathLike[str], cuda_backend: str | None = None) -> None:
         from .trt_runner import TrtRunner
@@ -48,6 +49,7 @@ class TensorRTBackend(_BaseBackend):
 
     def _forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self._runner.infer(self._model_input(images))
+        self.compute_ms += self._runner.compute_ms
         if self.manifest.output_kind == "labels":
             return out.astype(np.int64, copy=False), None
         logits = out.astype(np.float32, copy=False)

@@ -1,7 +1,9 @@
 """Run a serialized TensorRT engine with the TensorRT 10+ named-tensor API.
 
-Buffers (pinned host + device, one per I/O tensor) and the CUDA stream are allocated once at open
-through :mod:`danet_edge.runtime.cuda`; ``infer`` only copies and enqueues (no allocation per frame).
+Buffers (pinned host + device, one per I/O tensor), the CUDA stream and two timing events are allocated
+once at open through :mod:`danet_edge.runtime.cuda`; ``infer`` only copies and enqueues (no allocation per
+frame), and records the events around ``execute_async_v3`` so that ``compute_ms`` is the engine alone on
+the GPU, apart from the copies (what trtexec reports as "GPU Compute Time").
 
 NOT EXECUTED on the development machine (TensorRT cannot be installed there, no GPU). Written against:
 - ``tensorrt.Runtime``, ``Runtime.DLA_core``, ``deserialize_cuda_engine``:
@@ -10,6 +12,8 @@ NOT EXECUTED on the development machine (TensorRT cannot be installed there, no 
   ``create_execution_context``: .../python-api/infer/Core/Engine.html
 - ``IExecutionContext.set_tensor_address`` and ``execute_async_v3(stream_handle) -> bool``:
   .../python-api/infer/Core/ExecutionContext.html
+- CUDA events for timing: CUDA C++ Best Practices Guide, "Using CUDA GPU Timers",
+  https://docs.nvidia.com/cuda/cuda-c-best-practices-guide/index.html#using-cuda-gpu-timers
 - buffer pattern: "Migrating Python Code from TensorRT 8.x to 10.x",
   https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-8x-to-10x-python-api-patterns.html
 """
@@ -62,7 +66,11 @@ class TrtRunner:
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.create_stream()
         self.input_name = self.output_name = None
+        self._events: tuple[Any, Any] | None = None
+        #: GPU time of the last :meth:`infer`'s ``execute_async_v3`` alone, in ms (CUDA events on the stream).
+        self.compute_ms = 0.0
         try:
+            self._events = (self.cuda.create_event(), self.cuda.create_event())
             self._bind(path, trt, manifest)
         except BaseException:
             self.close()  # free what was allocated before the failure
@@ -97,12 +105,16 @@ class TrtRunner:
     def infer(self, x: np.ndarray) -> np.ndarray:
         """``x``: the engine input (manifest shape; cast to the engine's dtype). Returns a copy of the output."""
         inp, out = self._buffers[self.input_name], self._buffers[self.output_name]
+        start, end = self._events
         np.copyto(inp.host, x, casting="unsafe")
         self.cuda.h2d_async(inp, self.stream)
+        self.cuda.record_event(start, self.stream)
         if not self.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
             raise EngineError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        self.cuda.record_event(end, self.stream)
         self.cuda.d2h_async(out, self.stream)
         self.cuda.synchronize(self.stream)
+        self.compute_ms = self.cuda.elapsed_ms(start, end)
         return out.host.copy()
 
     def close(self) -> None:
@@ -110,6 +122,9 @@ class TrtRunner:
         for buf in self._buffers.values():
             self.cuda.free(buf)
         self._buffers = {}
+        for event in self._events or ():
+            self.cuda.destroy_event(event)
+        self._events = None
         if self.stream is not None:
             self.cuda.destroy_stream(self.stream)
             self.stream = None

@@ -16,6 +16,7 @@ import enum
 import importlib.abc
 import importlib.machinery
 import sys
+import time
 import types
 from typing import Any
 
@@ -103,6 +104,29 @@ def _make_pycuda_driver(errors: types.ModuleType) -> types.ModuleType:
         def free(self) -> None:
             POOL.free(self.ptr)
 
+    class Event:
+        """Timing event: the stand-in runs the engine on the host when it is enqueued, so the host clock
+        at ``record`` is where the real event would sit on the stream."""
+
+        def __init__(self, flags: int = 0) -> None:
+            _need_init()
+            self.t: float | None = None
+
+        def record(self, stream: Any = None) -> "Event":
+            _stream_ok(stream)
+            self.t = time.perf_counter()
+            return self
+
+        def synchronize(self) -> "Event":
+            if self.t is None:
+                raise errors.LogicError("cuEventSynchronize failed: event not recorded")
+            return self
+
+        def time_till(self, end: "Event") -> float:
+            if self.t is None or end.t is None:
+                raise errors.LogicError("cuEventElapsedTime failed: invalid resource handle")
+            return (end.t - self.t) * 1e3
+
     def mem_alloc(nbytes: int) -> DeviceAllocation:
         _need_init()
         if int(nbytes) <= 0:
@@ -127,7 +151,7 @@ def _make_pycuda_driver(errors: types.ModuleType) -> types.ModuleType:
         data = POOL.array(int(src), (dest.nbytes,), np.uint8)
         dest.reshape(-1).view(np.uint8)[:] = data
 
-    m.init, m.Device, m.Stream, m.DeviceAllocation = init, Device, Stream, DeviceAllocation
+    m.init, m.Device, m.Stream, m.DeviceAllocation, m.Event = init, Device, Stream, DeviceAllocation, Event
     m.mem_alloc, m.pagelocked_empty = mem_alloc, pagelocked_empty
     m.memcpy_htod_async, m.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     return m
@@ -161,10 +185,16 @@ class cudaStream_t:  # noqa: N801 - an opaque handle object that int() turns int
         return self._v
 
 
+class cudaEvent_t(cudaStream_t):  # noqa: N801 - an opaque handle as well
+    pass
+
+
 def _make_runtime(name: str) -> types.ModuleType:
     m = types.ModuleType(name)
-    m.cudaError_t, m.cudaMemcpyKind, m.cudaStream_t = cudaError_t, cudaMemcpyKind, cudaStream_t
+    m.cudaError_t, m.cudaMemcpyKind, m.cudaStream_t, m.cudaEvent_t = cudaError_t, cudaMemcpyKind, cudaStream_t, \
+        cudaEvent_t
     ok = cudaError_t.cudaSuccess
+    events: dict[int, float | None] = {}  # handle -> host time at record (the stand-in runs on the host)
 
     def gpu(fn: Any) -> Any:
         def wrapped(*args: Any) -> tuple:
@@ -236,13 +266,46 @@ def _make_runtime(name: str) -> types.ModuleType:
         ctypes.memmove(_addr(dst), _addr(src), int(count))
         return (ok,)
 
+    @gpu
+    def cudaEventCreate() -> tuple:  # noqa: N802
+        handle = 0x7E000000 + len(events) + 1
+        events[handle] = None
+        return (ok, cudaEvent_t(handle))
+
+    @gpu
+    def cudaEventRecord(event: Any, stream: Any) -> tuple:  # noqa: N802
+        if not isinstance(event, cudaEvent_t) or int(event) not in events or int(stream) not in GPU.streams:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        events[int(event)] = time.perf_counter()
+        return (ok,)
+
+    @gpu
+    def cudaEventSynchronize(event: Any) -> tuple:  # noqa: N802
+        return (ok,) if events.get(int(event)) is not None else (cudaError_t.cudaErrorInvalidResourceHandle,)
+
+    @gpu
+    def cudaEventElapsedTime(start: Any, end: Any) -> tuple:  # noqa: N802
+        t0, t1 = events.get(int(start)), events.get(int(end))
+        if t0 is None or t1 is None:
+            return (cudaError_t.cudaErrorInvalidResourceHandle, None)
+        return (ok, (t1 - t0) * 1e3)
+
+    @gpu
+    def cudaEventDestroy(event: Any) -> tuple:  # noqa: N802
+        if int(event) not in events:
+            return (cudaError_t.cudaErrorInvalidResourceHandle,)
+        del events[int(event)]
+        return (ok,)
+
     for fn in (cudaGetDeviceProperties, cudaStreamCreate, cudaStreamSynchronize, cudaStreamDestroy, cudaMalloc,
-               cudaMallocHost, cudaFree, cudaFreeHost, cudaMemcpyAsync):
+               cudaMallocHost, cudaFree, cudaFreeHost, cudaMemcpyAsync, cudaEventCreate, cudaEventRecord,
+               cudaEventSynchronize, cudaEventElapsedTime, cudaEventDestroy):
         setattr(m, fn.__name__, fn)
     return m
 
 
-_NO_VALUE = {"cudaStreamSynchronize", "cudaStreamDestroy", "cudaFree", "cudaFreeHost", "cudaMemcpyAsync"}
+_NO_VALUE = {"cudaStreamSynchronize", "cudaStreamDestroy", "cudaFree", "cudaFreeHost", "cudaMemcpyAsync",
+             "cudaEventRecord", "cudaEventSynchronize", "cudaEventDestroy"}
 
 
 # ----------------------------------------------------------------------------------------------- finder

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -28,9 +29,13 @@ def test_engine_runs_through_each_cuda_adapter(exported, tmp_path, layout):
     with open_backend(eng) as b:
         runner = b._runner
         assert type(runner.cuda).__name__ == ("PyCudaApi" if layout == "pycuda" else "CudaPythonApi")
+        t0 = time.perf_counter()
         first = b.predict(exported.frames[:1])
+        e2e_ms = (time.perf_counter() - t0) * 1e3
+        compute_ms = b.compute_ms  # the engine alone, between the two CUDA events on the stream
         streams = set(GPU.streams)
-    assert runner.stream is None and not runner._buffers  # closed: stream and buffers given back
+    assert 0 < compute_ms < e2e_ms
+    assert runner.stream is None and not runner._buffers and runner._events is None  # closed: all given back
     assert streams and not (streams & GPU.streams) or layout == "pycuda"  # cuda-python destroys its stream
     assert np.array_equal(first.labels, _labels(exported.int8, exported.frames[:1]))
     assert np.array_equal(_labels(eng, exported.frames), _labels(exported.int8, exported.frames))
@@ -78,10 +83,14 @@ def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsy
     assert rc == (0 if all(a["passed"] for a in report["artifacts"]) else 1)
     assert "engine layers per precision" in (tmp_path / "report" / "report.md").read_text()
     bench_json = tmp_path / "bench.json"
-    assert _cli("bench", str(eng), "--runs", "2", "--warmup", "1", "--json", str(bench_json)) == 0
+    assert _cli("bench", str(eng), "--runs", "2", "--warmup", "1", "--duration", "0", "--warmup-s", "0",
+                "--json", str(bench_json)) == 0
     entries = json.loads(bench_json.read_text())["entries"]
     (entry,) = [e for e in entries if e["path"] == str(eng)]
     assert entry["backend"] == "tensorrt" and entry["precision"] == "fp16" and entry["latency_p50_ms"] > 0
+    assert entry["compute_timing"].startswith("CUDA events around execute_async_v3")
+    assert 0 < entry["compute_p50_ms"] <= entry["latency_p50_ms"] and entry["runs"] == 2
+    assert entry["fps_per_w"] == entry["power_total_w"] == "not a Jetson"
 
 
 def test_cli_errors_are_one_line(exported, tmp_path, capsys):
@@ -137,7 +146,7 @@ def test_engine_commands_need_no_torch(exported, tmp_path):
     for i, f in enumerate(exported.frames[:2]):
         cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     argvs = [["build", str(src), "-o", str(eng)], ["infer", str(eng), str(frames), "-o", str(tmp_path / "i"), "-q"],
-             ["bench", str(eng), "--runs", "1", "--warmup", "0", "-q"]]
+             ["bench", str(eng), "--runs", "1", "--warmup", "0", "--duration", "0", "--warmup-s", "0", "-q"]]
     script = tmp_path / "no_torch.py"
     script.write_text(NO_TORCH.replace("{argvs}", repr(argvs)))
     launcher = Path(__file__).resolve().parents[1] / "trt_standin" / "cli.py"
