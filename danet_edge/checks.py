@@ -315,8 +315,8 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
         for p, b, acc in zip(paths, backends, accs):
             key = (b.manifest.image_size, b.manifest.batch_size)
             art_ref_cms.append(ref_cms[key])
-            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled))
-            results[-1].provider = getattr(b, "provider", "")
+            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled,
+                                   getattr(b, "provider", "")))
     finally:
         for b in [*backends, *refs.values()]:
             b.close()
@@ -358,7 +358,7 @@ def _pct(x: float) -> float:
 
 
 def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: _RefMeta,
-            cfg: CheckConfig, labelled: bool = True) -> ArtifactCheck:
+            cfg: CheckConfig, labelled: bool = True, provider: str = "") -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
     th = thresholds_for(precision, m, cfg.thresholds)
     miou, ref_miou = _pct(acc.cm.miou()), _pct(ref_cm.miou())
@@ -386,5 +386,6 @@ def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames:
         pixel_accuracy=_pct(acc.cm.pixel_accuracy()), reference_miou=ref_miou,
         reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
         thresholds=asdict(th), passed=not failures, failures=failures, notes=notes, precision_detail=detail,
+        provider=provider,
         per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()],
         reference_per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in ref_cm.iou()], **logit_fields)
