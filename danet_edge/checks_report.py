@@ -350,7 +350,8 @@ def _png_b64(fig_or_image: Any) -> str:
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    # a wide table scrolls inside its own box, so a narrow window never scrolls the whole page sideways
+    return f"<div class='scroll'><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _figure(b64: str, alt: str, caption: str) -> str:
@@ -362,7 +363,7 @@ _CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;font-si
 max-width:1600px}table{border-collapse:collapse;margin:8px 0 16px}th,td{border:1px solid #bbb;padding:4px 8px;
 text-align:right}th{background:#eee}td:first-child,th:first-child{text-align:left}img{max-width:100%;height:auto;
 border:1px solid #ddd}figure{margin:12px 0 24px}figcaption{font-size:14px;color:#444}.pass{color:#070}
-.fail{color:#b00}.warn{color:#a60}"""
+.fail{color:#b00}.warn{color:#a60}.scroll{overflow-x:auto;max-width:100%}code{overflow-wrap:anywhere}"""
 
 
 def write_html(report: CheckReport, accs: list[_Acc], ref_cms: Sequence[ConfusionMatrix],

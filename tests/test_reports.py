@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -170,18 +171,59 @@ def _chromium() -> str | None:
     return None
 
 
+# Injected into a copy of the report: after load, measure the real layout and write it into the DOM as JSON.
+_LAYOUT_PROBE = """<script>
+window.addEventListener('load', () => {
+  const r = e => e.getBoundingClientRect();
+  const imgs = [...document.images];
+  const boxes = [...document.querySelectorAll('img, figcaption, h1, h2, h3, table')].map(r)
+    .filter(b => b.width > 0 && b.height > 0);
+  let overlaps = 0;
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) overlaps++;
+  }
+  const out = {images: imgs.length, decoded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    min_rendered_width: Math.min(...imgs.map(i => r(i).width)), overlaps: overlaps,
+    page_width: document.documentElement.scrollWidth, window_width: window.innerWidth};
+  const pre = document.createElement('pre'); pre.id = 'layout'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _headless(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """Chromium headless with the flags a closed network needs (no background connections, fresh profile)."""
+    return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.slow
-def test_html_screenshot_in_headless_chromium(checked, tmp_path):
+@pytest.mark.parametrize("width", [1400, 800])
+def test_html_in_headless_chromium_renders_every_image_without_overlap(checked, tmp_path, width):
     exe = _chromium()
     if exe is None:
         pytest.skip("no Chromium / Chrome executable on PATH (chromium, chromium-browser, google-chrome)")
+    html = Path(checked["report"].html_path).read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", _LAYOUT_PROBE + "</body>"))
+    r = _headless(exe, tmp_path / "profile", f"--window-size={width},3000", "--virtual-time-budget=5000",
+                  "--dump-dom", probed.as_uri())
+    m = re.search(r'<pre id="layout">(.*?)</pre>', r.stdout)
+    assert m, r.stderr[-2000:]
+    layout = json.loads(m.group(1))
+    n_png = len(_embedded_pngs(html))
+    assert layout["images"] == n_png >= 4 and layout["decoded"] == n_png  # every embedded chart decodes
+    assert layout["overlaps"] == 0  # no image, caption, heading or table lies over another
+    assert layout["page_width"] <= layout["window_width"]  # images scale down: no sideways scrolling
+    assert layout["min_rendered_width"] >= min(300, width // 4)
+
     shot = tmp_path / "report.png"
-    r = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                        "--window-size=1400,3000", Path(checked["report"].html_path).as_uri()],
-                       capture_output=True, text=True, timeout=120)
-    assert shot.is_file(), r.stderr
+    _headless(exe, tmp_path / "profile2", f"--window-size={width},3000", f"--screenshot={shot}",
+              Path(checked["report"].html_path).as_uri())
     arr = np.asarray(Image.open(shot).convert("RGB"))
-    assert arr.std() > 10  # something was rendered, not a blank page
+    assert arr.shape[1] == width and arr.std() > 10  # a rendered page, not a blank one
 
 
 # ------------------------------------------------------------------------------------------ bench plot

@@ -9,7 +9,6 @@ The suite must pass with no skip; the counts and versions are printed at the end
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,7 @@ RESULTS: list[str] = []  # printed by tests/conftest.py's terminal summary
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_tensorrt_suite(version):
+def test_tensorrt_suite(version, tmp_path):
     try:
         site = prepare(version)
         cuda_site = prepare_cuda_bindings()
@@ -34,7 +33,8 @@ def test_tensorrt_suite(version):
     env = site.env()
     env["DANET_EDGE_CUDA_BINDINGS_SITE"] = str(cuda_site)
     r = subprocess.run([sys.executable, "-m", "pytest", str(HERE / "trt_suite"), "-q", "-p", "no:cacheprovider",
-                        "-rfEs", "--basetemp", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"trt-suite-{version}")],
+                        "-rfEs", "--basetemp", str(tmp_path / "suite"),
+                        "-o", "tmp_path_retention_policy=failed"],
                        env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=1200)
     lines = [ln for ln in r.stdout.strip().splitlines() if ln.strip()]
     summary = lines[-1] if lines else "(no output)"
