@@ -93,7 +93,7 @@ def disagreement_picture(rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.
             artifact labels (h, w))``, all at the artifact's size.
         palette: one RGB colour per class; classes: the class names (the legend, every class in this order).
         artifact: the artifact's name (column title). captions: one line per frame (drawn above its row).
-        ignore_index: ground-truth value drawn black (pixels without a label).
+        ignore_index: ground-truth value drawn black (pixels without a label); the legend then names black.
 
     Tiles are enlarged by an integer factor to at least :data:`MIN_TILE_HEIGHT` px; titles and legend use a
     font of about 1/16 of the tile height (at least 16 px).
@@ -140,7 +140,12 @@ def disagreement_picture(rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.
             ImageDraw.Draw(cap).text((gap, cap_h // 2), captions[r], fill=(0, 0, 0), font=font, anchor="lm")
         blocks += [np.asarray(cap), row]
     blocks.append(np.full((gap, width, 3), 255, np.uint8))
-    blocks.append(_legend_strip(classes, pal, width, font_px))
+    names, colours = list(classes), pal[:len(classes)]
+    if with_gt and ignore_index is not None and any(gt is not None and bool((np.asarray(gt) == ignore_index).any())
+                                                    for _, gt, _, _ in rows):
+        names.append("no label (ignored)")  # the black of the ground-truth tiles
+        colours = np.concatenate([colours, np.zeros((1, 3), np.uint8)])
+    blocks.append(_legend_strip(names, colours, width, font_px))
     return Image.fromarray(np.concatenate(blocks, axis=0))
 
 

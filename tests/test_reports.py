@@ -113,6 +113,28 @@ def test_disagreement_picture_without_ground_truth_has_four_columns():
     assert 4 * 20 * f <= pic.width < 5 * 20 * f
 
 
+def _has_solid_square(img: np.ndarray, colour, side: int) -> bool:
+    """Whether ``img`` (h, w, 3) holds a ``side`` x ``side`` block of exactly ``colour``."""
+    hit = (img == np.asarray(colour, np.uint8)).all(-1).astype(np.int32)
+    c = np.pad(hit.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]
+    return bool((sums == side * side).any())
+
+
+def test_legend_names_the_black_of_unlabelled_ground_truth():
+    img = np.full((40, 60, 3), 200, np.uint8)
+    lab = np.ones((40, 60), np.uint8)
+    palette, classes = [[255, 0, 0], [0, 255, 0]], ["a", "b"]
+    gt = lab.copy()
+    gt[:5] = 255
+    side = 14  # a swatch is font_px (>= 16) square, outlined
+    with_void = np.asarray(disagreement_picture([(img, gt, lab, lab)], palette, classes, "x", ignore_index=255))
+    without = np.asarray(disagreement_picture([(img, lab, lab, lab)], palette, classes, "x", ignore_index=255))
+    legend_h = with_void.shape[0] - without.shape[0] + 80  # bottom strip (same height here: one legend row)
+    assert _has_solid_square(with_void[-legend_h:], (0, 0, 0), side)
+    assert not _has_solid_square(without[-legend_h:], (0, 0, 0), side)
+
+
 def _assert_readable_chart(fig) -> None:
     """Every axes has a title, labelled axes (units for the value axis) and a legend or a colour bar;
     tick labels and texts inside the figure do not overlap each other."""
