@@ -121,6 +121,11 @@ def test_compare_writes_a_side_by_side_video_whose_halves_equal_single_runs(tiny
     assert np.abs(left_px[:, :, 100:200].astype(int) - other_px.astype(int)).mean() < 6
     dark = left_px[:, :, 200:].astype(int)
     assert dark.mean() < 0.6 * np.stack(frames).astype(int).mean() + 20
+    # with the stamp on, the disagreement panel says what white is and how much there is (bottom left), nothing else
+    d = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path / "d", compare=fused))
+    stamped = np.stack(read_video(tmp_path / "d" / "c_compare.mp4")[3])[:, :, 200:].astype(int)
+    changed = np.abs(stamped - dark).max(-1) > 40
+    assert changed[:, -24:, :60].any() and not changed[:, :36].any() and d.frames == 5
 
 def test_infer_cli_stamp_and_compare_flags(onnx_model, tmp_path):
     clip = write_video(tmp_path / "c.mp4", random_frames(3, 64, 96))

@@ -38,7 +38,7 @@ from ..manifest import Manifest
 from ..progress import task
 from ..utils import write_json
 from .backends import backend_spec, open_backend
-from .render import VideoOut, disagreement_tile, overlay, save_label_png, side_by_side
+from .render import VideoOut, disagreement_tile, draw_stamp, overlay, save_label_png, side_by_side
 from .sources import FrameSource, open_source
 
 __all__ = ["InferConfig", "InferSummary", "SourceBroken", "run_inference", "run_pipeline", "overlay",
@@ -104,7 +104,8 @@ class InferConfig(Config):
         hw_decode: decode a video file on the Jetson hardware decoder (``videoio.hw_decode_pipeline``:
             ``nvv4l2decoder`` through GStreamer); needs an OpenCV built with GStreamer (JetPack's).
         stamp: write the model's file name, its precision and the running throughput (FPS, frames written so far
-            over the time since the start) at the bottom left of each video frame.
+            over the time since the start) at the bottom left of each video frame; with ``compare``, the
+            disagreement panel's stamp gives that frame's share of disagreeing pixels (%).
         compare: a second artifact with the same classes: each frame is segmented by both and the video becomes
             ``<source>_compare.mp4``: this model's overlay | the other's (each as its single run draws it) | the
             frame darkened with the pixels where the two disagree in white; with ``save_labels`` its class maps go
@@ -392,8 +393,11 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                     vis = overlay(frame, labels, palette, cfg.alpha, manifest.classes, stamp)
                     if labels2 is not None:
                         stamp2 = f"{names[2]} | {names[3]} | {rate}" if cfg.stamp else None
+                        tile = disagreement_tile(frame, disagree)
+                        if cfg.stamp:
+                            draw_stamp(tile, f"disagreement (white) | {100.0 * disagree.mean():.2f} % of pixels")
                         vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2),
-                                           disagreement_tile(frame, disagree))
+                                           tile)
                     if video is not None:
                         video.write(vis)
                     if cfg.show:
