@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .utils import atomic_path
@@ -81,13 +82,20 @@ def _place_labels(fig: Any, ax: Any, pts: list[tuple[Any, float]], texts: list[s
     for i in sorted(range(len(pts)), key=lambda k: (-xy[k][0], -xy[k][1])):
         (e, y), (px, py) = pts[i], xy[i]
         w, h = sizes[i]
-        candidates = [(dx, s * k * h * 0.55) for k in range(0, 14) for s in ((1,) if k == 0 else (1, -1))
-                      for dx in (gap, -gap - w)]
+        # beside the point (right, then left), then above / below; a label too wide for either side slides
+        # along its row to stay inside the axes, its leader line then ending at its top or bottom edge
+        inside = min(max(gap, box.x0 + 2 - px), box.x1 - 2 - w - px)
+        steps = max(14, int(box.height / (0.55 * h)) + 1)
+        candidates = [(dx, s * k * h * 0.55) for k in range(0, steps) for s in ((1,) if k == 0 else (1, -1))
+                      for dx in ((gap, -gap - w) if k < 2 else (gap, -gap - w, inside))]
 
         def spot(dx: float, dy: float) -> tuple[tuple[float, float, float, float], tuple[float, float, float, float]]:
             x0, y0 = px + dx, py + dy - h / 2
-            end = x0 if dx > 0 else x0 + w  # the leader line ends at the label's near edge
-            return (x0, y0, x0 + w, y0 + h), (px, py, end, py + dy)
+            if x0 <= px <= x0 + w:  # over or under the point: the line meets the near horizontal edge
+                end = (px, y0 if dy > 0 else y0 + h)
+            else:  # beside it: the near vertical edge, at the label's middle
+                end = (x0 if dx > 0 else x0 + w, py + dy)
+            return (x0, y0, x0 + w, y0 + h), (px, py, *end)
 
         def free(dx: float, dy: float) -> bool:
             (x0, y0, x1, y1), seg = spot(dx, dy)
@@ -95,23 +103,43 @@ def _place_labels(fig: Any, ax: Any, pts: list[tuple[Any, float]], texts: list[s
                 return False
             if any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in boxes):
                 return False
-            if any(x0 - marker_r < qx < x1 + marker_r and y0 - marker_r < qy < y1 + marker_r
-                   for j, (qx, qy) in enumerate(xy) if j != i):
+            if any(x0 - marker_r < qx < x1 + marker_r and y0 - marker_r < qy < y1 + marker_r for qx, qy in xy):
                 return False
             if dy and any(_hits(b, *seg) for b in boxes):
                 return False
             return not any(_hits((x0, y0, x1, y1), *line) for line in lines)
 
         dx, dy = next((c for c in candidates if free(*c)), candidates[0])
-        label_box, seg = spot(dx, dy)
-        boxes.append(label_box)
+        (x0, y0, _, _), seg = spot(dx, dy)
+        boxes.append(spot(dx, dy)[0])
         if dy:
             lines.append(seg)
         arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.8, "shrinkA": 0, "shrinkB": 3,  # from the near edge
-                 "relpos": (0.0, 0.5) if dx > 0 else (1.0, 0.5)} if dy else None
+                 "relpos": ((seg[2] - x0) / w, (seg[3] - y0) / h)} if dy else None
         out.append(ax.annotate(texts[i], xy=(e.latency_p50_ms, y), xytext=(dx, dy), textcoords="offset pixels",
                                fontsize=7.5, va="center", ha="left", arrowprops=arrow))
     return out
+
+
+def _fit_inside(fig: Any, ax: Any, texts: Sequence[Any], min_size: float = 6.5) -> None:
+    """Make each text end inside ``ax``'s right edge: a smaller font (down to ``min_size`` pt), else what follows
+    its first ``"  ·  "`` on a second line at the first size, then smaller again if need be."""
+    renderer = fig.canvas.get_renderer()
+    right = ax.get_window_extent(renderer).x1
+
+    def shrink(t: Any, floor: float) -> None:  # stepwise: rendered glyph sizes are quantised
+        while t.get_window_extent(renderer).x1 > right and t.get_fontsize() > floor:
+            t.set_fontsize(max(floor, 0.95 * t.get_fontsize()))
+
+    for t in texts:
+        size = t.get_fontsize()
+        shrink(t, min_size)
+        text = t.get_text()
+        if t.get_window_extent(renderer).x1 > right and "  ·  " in text:
+            head, _, tail = text.partition("  ·  ")  # where it ran | the figures
+            t.set_text(f"{head}\n {tail}")
+            t.set_fontsize(size)
+            shrink(t, 5.0)
 
 
 def bench_figure(report: BenchReport) -> Any:
@@ -140,6 +168,7 @@ def bench_figure(report: BenchReport) -> Any:
 
     # ---- latency bars: p50 bar, p99 whisker, provider and speed-up under each bar
     ys = list(range(len(timed)))[::-1]
+    captions = []
     for y, e in zip(ys, timed):
         colour = "tab:orange" if e.is_reference else "tab:blue"
         p99 = e.latency_p99_ms if e.latency_p99_ms is not None else e.latency_p50_ms
@@ -151,8 +180,9 @@ def bench_figure(report: BenchReport) -> Any:
         speed = "" if e.speedup_vs_reference is None or e.is_reference else \
             f"  ·  {e.speedup_vs_reference:.2f}x faster than {base}" if e.speedup_vs_reference >= 1 else \
             f"  ·  {1 / e.speedup_vs_reference:.2f}x slower than {base}"
-        ax_l.text(0.0, y - 0.2, f" ran on {_where(e)}  ·  p50 {e.latency_p50_ms:.1f} ms, p99 {p99:.1f} ms{speed}",
-                  va="center", ha="left", fontsize=8, clip_on=False)
+        captions.append(ax_l.text(0.0, y - 0.2,
+                                  f" ran on {_where(e)}  ·  p50 {e.latency_p50_ms:.1f} ms, p99 {p99:.1f} ms{speed}",
+                                  va="center", ha="left", fontsize=8, clip_on=False))
     ax_l.set_yticks(ys)
     ax_l.set_yticklabels([_label(e) for e in timed], fontsize=8)
     ax_l.set_ylim(-0.7, len(timed) - 0.3)
@@ -194,6 +224,7 @@ def bench_figure(report: BenchReport) -> Any:
                          Line2D([], [], marker="o", color="tab:blue", ls="", ms=7, label="artifact")],
                 fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    _fit_inside(fig, ax_l, captions)
     if pts:  # after the layout: labels are placed in display pixels
         _place_labels(fig, ax_a, pts, [f"{e.name}: {y:.2f} %, {e.latency_p50_ms:.1f} ms\n{_where(e)}" for e, y in pts])
     return fig

@@ -309,6 +309,29 @@ def test_bench_figure_latency_bars_name_the_provider_and_the_speedup():
     plt.close(fig)
 
 
+def test_bench_bar_captions_end_inside_the_latency_axes():
+    """A long provider (TensorRT on a named board) and a 'slower than' caption still end inside the axes."""
+    import matplotlib.pyplot as plt
+
+    from danet_edge.bench_plot import bench_figure
+
+    rep = _bench_report()
+    rep.entries[2].provider = "TensorRT 10.3.0 on NVIDIA Jetson AGX Orin Developer Kit (MAXN, jetson_clocks on)"
+    rep.entries[2].speedup_vs_reference = 0.8
+    fig = bench_figure(rep)
+    fig.canvas.draw()
+    lat = fig.axes[0]
+    right = lat.get_window_extent().x1
+    assert any("slower than the reference" in t.get_text() for t in lat.texts)
+    bars = [b.get_window_extent() for b in lat.patches]
+    for t in lat.texts:
+        box = t.get_window_extent()
+        assert box.x1 <= right + 1 and t.get_fontsize() >= 6, t.get_text()
+        assert not any(box.overlaps(b) for b in bars), t.get_text()
+    _texts_do_not_overlap(fig, list(lat.texts))
+    plt.close(fig)
+
+
 def test_bench_figure_accuracy_axis_is_honest_and_labels_do_not_overlap():
     import matplotlib.pyplot as plt
 
@@ -344,16 +367,19 @@ def _label_distances(fig, ax):
     return out
 
 
-@pytest.mark.parametrize("crowded", [False, True])
+@pytest.mark.parametrize("crowded", [False, True, "long"])
 def test_bench_scatter_labels_sit_next_to_their_points(crowded):
     """Each label within a short reach of its own point (not in a column at the side), none over another label,
-    a point, or the axes' edge; also when six points crowd together."""
+    a point, or the axes' edge; also when six points crowd together, and when a label is too wide for either
+    side of its point (a TensorRT provider on a named board)."""
     import matplotlib.pyplot as plt
 
     from danet_edge.bench_plot import bench_figure
 
     rep = _bench_report()
-    if crowded:
+    if crowded == "long":
+        rep.entries[2].provider = "TensorRT 10.3.0 on NVIDIA Jetson AGX Orin Developer Kit (MAXN, jetson_clocks on)"
+    elif crowded:
         base = rep.entries[1]
         from dataclasses import replace
 
