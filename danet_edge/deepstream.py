@@ -239,7 +239,7 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
     """
     cfg = cfg or DeepStreamConfig()
     cfg.validate()
-    path, m = load_artifact(artifact)
+    path, m, loaded = load_artifact(artifact)
     if m.input_dtype == "uint8" or m.output_kind == OutputKind.LABELS:
         raise ConfigError(f"{path.name} has fused I/O (uint8 (N, H, W, 3) in, class map out): Gst-nvinfer feeds "
                           "TensorRT float planar (NCHW) data and parses class scores, so it cannot run this graph; "
@@ -266,13 +266,6 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
         model_name, model_key = path.name, "model-engine-file"
         ds_manifest = m
     else:
-        import onnx
-        from google.protobuf.message import DecodeError
-
-        try:
-            loaded = onnx.load(str(path))
-        except (OSError, ValueError, DecodeError) as e:
-            raise ExportError(f"{path.name}: cannot read the graph ({e})") from None
         graph = nvinfer_graph(loaded)
         model_name, model_key = f"{path.stem}.deepstream.onnx", "onnx-file"
         ds_manifest = replace(m, output_name=SCORES, extra={**m.extra, "deepstream": {

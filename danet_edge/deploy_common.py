@@ -30,13 +30,42 @@ def is_engine(path: Path) -> bool:
     return path.suffix in (".engine", ".plan")
 
 
-def load_artifact(artifact: str | os.PathLike[str]) -> tuple[Path, Manifest]:
-    """The artifact's path and validated manifest.
+def _graph_io(path: Path, m: Manifest) -> Any:
+    """The ONNX graph at ``path``, refused unless it parses and its first input and output are the manifest's
+    (name, dtype, static shape): the deployment configs are written from the manifest, so a mismatch would only
+    surface when DeepStream or Triton loads the model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path))
+    except (OSError, ValueError, DecodeError) as e:
+        raise ManifestError(f"{path}: not a readable ONNX graph ({str(e)[:160]})") from None
+    for which, tensors in (("input", model.graph.input), ("output", model.graph.output)):
+        want = (getattr(m, f"{which}_name"), getattr(m, f"{which}_dtype"), [int(d) for d in getattr(m, f"{which}_shape")])
+        if not tensors:
+            raise ManifestError(f"{path}: the graph has no {which}")
+        t = tensors[0].type.tensor_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        except (KeyError, ValueError, TypeError):
+            dtype = f"ONNX type {t.elem_type}"
+        got = (tensors[0].name, dtype, [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim])
+        if got != want:
+            raise ManifestError(f"{path}: the graph's {which} {got[0]} ({got[1]} {got[2]}) is not its manifest's "
+                                f"{want[0]} ({want[1]} {want[2]}): re-export")
+    return model
+
+
+def load_artifact(artifact: str | os.PathLike[str]) -> tuple[Path, Manifest, Any]:
+    """The artifact's path, validated manifest and, for an ``.onnx``, its graph (``onnx.ModelProto``; None for
+    an engine, which only TensorRT can read).
 
     Raises:
         DataError: the file does not exist.
         ConfigError: not an ``.onnx`` / ``.engine`` / ``.plan`` file.
-        ManifestError: its ``.json`` sidecar is missing or invalid, or has no input / output shape.
+        ManifestError: its ``.json`` sidecar is missing or invalid, or has no input / output shape; a graph that
+            does not parse or whose input / output differ from the manifest's.
     """
     path = Path(artifact)
     if not path.is_file():
@@ -48,7 +77,7 @@ def load_artifact(artifact: str | os.PathLike[str]) -> tuple[Path, Manifest]:
     if len(m.input_shape) != 4 or not m.output_shape:
         raise ManifestError(f"{path}: the manifest has no static input / output shape "
                             f"(input {m.input_shape}, output {m.output_shape})")
-    return path, m
+    return path, m, None if is_engine(path) else _graph_io(path, m)
 
 
 def write_folder(out: str | os.PathLike[str], fill: Callable[[Path], None], record: dict[str, Any]) -> Path:

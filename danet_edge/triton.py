@@ -58,7 +58,7 @@ class TritonConfig(Config):
         if self.name is not None and (not isinstance(self.name, str) or not _NAME.fullmatch(self.name)):
             raise ConfigError(f"--name must be letters, digits, '_', '.' or '-' (not starting with '.' or '-'), "
                               f"at most 128 characters, got {self.name!r}")
-        check_range("--version", self.version, 1, 2**31 - 1)
+        check_range("--model-version", self.version, 1, 2**31 - 1)
 
 
 def _dtype(m: Manifest, which: str) -> str:
@@ -95,12 +95,13 @@ def write_model_repository(artifact: str | os.PathLike[str], repo_dir: str | os.
         The model folder.
 
     Raises:
-        DataError, ManifestError: a missing artifact or a bad manifest (a dtype Triton has no name for).
+        DataError, ManifestError: a missing artifact, a bad manifest (a dtype Triton has no name for), or a graph
+            that does not parse or does not match its manifest.
         ConfigError: a bad name or version, or a model folder danet-edge did not write.
     """
     cfg = cfg or TritonConfig()
     cfg.validate()
-    path, m = load_artifact(artifact)
+    path, m, _ = load_artifact(artifact)
     name = cfg.name or path.stem
     if not _NAME.fullmatch(name):
         raise ConfigError(f"{path.name}: '{name}' cannot be a Triton model name: give --name")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -229,6 +230,29 @@ def test_bad_artifacts_are_one_line_errors(exported, tmp_path):
     (tmp_path / "m.pt").write_bytes(b"x")
     with pytest.raises(ConfigError, match="deploy takes"):
         deepstream.write_nvinfer_config(tmp_path / "m.pt", tmp_path / "ds")
+
+
+def test_a_graph_that_does_not_parse_or_match_its_manifest_is_refused(exported, tmp_path):
+    """The configs are written from the manifest: a corrupt graph, or one whose I/O is not the manifest's,
+    would only fail when DeepStream or Triton loads it; both writers refuse it, writing nothing."""
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a protobuf")
+    shutil.copyfile(exported["logits"].with_name("model.onnx.json"), tmp_path / "corrupt.onnx.json")
+    import onnx
+
+    swapped = tmp_path / "swapped.onnx"  # the fused graph, without the manifest export embeds, beside the logits
+    fused = onnx.load(str(exported["fused"]))  # graph's sidecar (an embedded one would be caught by read_manifest)
+    del fused.metadata_props[:]
+    onnx.save(fused, str(swapped))
+    shutil.copyfile(exported["logits"].with_name("model.onnx.json"), tmp_path / "swapped.onnx.json")
+    for artifact, want in ((corrupt, "not a readable ONNX graph"), (swapped, "is not its manifest's")):
+        with pytest.raises(ManifestError, match=want):
+            triton.write_model_repository(artifact, tmp_path / "repo")
+        with pytest.raises(ManifestError, match=want):
+            deepstream.write_nvinfer_config(artifact, tmp_path / "ds")
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "ds").exists()
+    with pytest.raises(ConfigError, match="--model-version"):
+        triton.write_model_repository(exported["logits"], tmp_path / "repo", triton.TritonConfig(version=0))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
