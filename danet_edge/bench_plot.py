@@ -110,8 +110,9 @@ def _place_labels(fig: Any, ax: Any, pts: list[tuple[Any, float]], texts: list[s
             return not any(_hits((x0, y0, x1, y1), *line) for line in lines)
 
         dx, dy = next((c for c in candidates if free(*c)), candidates[0])
-        (x0, y0, _, _), seg = spot(dx, dy)
-        boxes.append(spot(dx, dy)[0])
+        label_box, seg = spot(dx, dy)
+        x0, y0 = label_box[:2]
+        boxes.append(label_box)
         if dy:
             lines.append(seg)
         arrow = {"arrowstyle": "-", "color": "0.5", "lw": 0.8, "shrinkA": 0, "shrinkB": 3,  # from the near edge

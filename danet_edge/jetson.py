@@ -199,7 +199,7 @@ def read_board(root: str | os.PathLike[str] = "/", run: CommandRunner | None = N
     release_text = _read(r / _RELEASE)
     is_jetson = release_text is not None or any(w in (model or "").lower() for w in ("jetson", "tegra"))
     if not is_jetson:
-        return {"jetson": False, "note": "not a Jetson"}
+        return {"jetson": False, "note": NOT_JETSON}
     devfreq = _devfreq(r)
     gpu_name = next((n for n in devfreq if any(g in n.lower() for g in _GPU_NAMES)), None)
     gpu = devfreq.get(gpu_name) if gpu_name else None
@@ -487,12 +487,16 @@ class PowerSampler:
     def duration_s(self) -> float:
         return max(self._t1 - self._t0, 0.0)
 
-    def report(self, frames: int | None = None) -> PowerReport:
+    def report(self, frames: int | None = None, duration_s: float | None = None) -> PowerReport:
         """Average W per rail and total over the run; with ``frames``, mJ per frame and FPS/W.
+
+        Args:
+            duration_s: the window the frames took (s), when it is not the sampler's own enter-to-exit time.
 
         Raises:
             ConfigError: no reading was taken (tegrastats printed nothing before the run ended).
         """
         with self._lock:
             readings = list(self.readings)
-        return summarize_power(readings, self.duration_s or 1e-9, frames, self.source or "none", self.interval_s)
+        return summarize_power(readings, (self.duration_s if duration_s is None else duration_s) or 1e-9, frames,
+                               self.source or "none", self.interval_s)

@@ -90,7 +90,7 @@ def time_runs(step: Callable[[], float | None], *, warmup: int, warmup_s: float,
             :data:`POWER_INTERVAL_S` s, sysfs under this root, else tegrastats) during the timed window;
             None: not a Jetson, no sampling.
     """
-    from .jetson import NOT_JETSON, PowerSampler, summarize_power
+    from .jetson import NOT_JETSON, PowerSampler
 
     t0 = time.perf_counter() if warmup_started is None else warmup_started
     done = warmup_done
@@ -119,8 +119,7 @@ def time_runs(step: Callable[[], float | None], *, warmup: int, warmup_s: float,
         window = time.perf_counter() - start
     if sampler is not None:
         try:
-            power = summarize_power(sampler.readings, window, len(e2e) * frames_per_run, sampler.source or "none",
-                                    sampler.interval_s)
+            power = sampler.report(len(e2e) * frames_per_run, duration_s=window)
         except ConfigError as e:  # tegrastats printed nothing in a window shorter than its interval
             power = str(e)
     return TimedRuns(e2e, compute if len(compute) == len(e2e) else [], done, warm, window,

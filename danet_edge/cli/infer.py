@@ -8,13 +8,7 @@ from typing import Optional
 import typer
 
 from ..choices import choice_enum
-from ._common import console, err_console, info, verbose
-
-
-def _backend_names() -> list[str]:
-    from ..runtime.backends import BACKEND_TABLE
-
-    return list(BACKEND_TABLE)
+from ._common import backend_names, console, err_console, info, verbose
 
 
 def register(app: typer.Typer) -> None:
@@ -81,7 +75,7 @@ def register(app: typer.Typer) -> None:
     def infer(
         model: Path = typer.Argument(..., help=".pt/.pth checkpoint, .onnx graph or .engine/.plan"),
         source: str = typer.Argument(..., help="video, image, folder, glob, camera index, URL or GStreamer pipeline"),
-        backend: Optional[choice_enum("Backend", _backend_names())] = typer.Option(  # type: ignore[valid-type]
+        backend: Optional[choice_enum("Backend", backend_names())] = typer.Option(  # type: ignore[valid-type]
                                               None, "--backend",
                                               help="backend (default: by file suffix)"),
         providers: Optional[str] = typer.Option(None, "--providers", help="ONNX Runtime providers, e.g. cuda,cpu"),

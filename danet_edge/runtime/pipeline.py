@@ -384,7 +384,8 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                 t0 = time.perf_counter()
                 if labels2 is not None:
                     disagree = labels != labels2
-                    clock["disagree"] += int(disagree.sum())
+                    n_disagree = int(disagree.sum())
+                    clock["disagree"] += n_disagree
                     clock["pixels"] += disagree.size
                 if video is not None or cfg.show:
                     # frames written per second so far; none written yet: no rate to show (not "0.0 FPS")
@@ -395,7 +396,7 @@ def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name
                         stamp2 = f"{names[2]} | {names[3]} | {rate}" if cfg.stamp else None
                         tile = disagreement_tile(frame, disagree)
                         if cfg.stamp:
-                            draw_stamp(tile, f"disagreement (white) | {100.0 * disagree.mean():.2f} % of pixels")
+                            draw_stamp(tile, f"disagreement (white) | {100.0 * n_disagree / disagree.size:.2f} % of pixels")
                         vis = side_by_side(vis, overlay(frame, labels2, palette, cfg.alpha, manifest.classes, stamp2),
                                            tile)
                     if video is not None:

@@ -196,21 +196,24 @@ def _image_source(name: str, files: list[Path]) -> FrameSource:
     return FrameSource(name, "images" if len(files) > 1 else "image", DEFAULT_FPS, len(files), files=files)
 
 
-def _hw_decode(spec: str, cv2: Any) -> FrameSource:
-    """A video file through the Jetson hardware decoder (``--hw-decode``)."""
-    support = gstreamer_support(cv2)
-    if support is False:
-        raise ConfigError(f"--hw-decode needs an OpenCV built with GStreamer (JetPack's); this OpenCV "
-                          f"({getattr(cv2, '__version__', '?')}) says GStreamer: NO: leave out --hw-decode to decode "
-                          "on the CPU")
+def _source_kind(spec: str) -> str:
+    """What ``spec`` names, by the string and then the file system: ``camera``, ``gstreamer``, ``stream``,
+    ``folder``, ``glob``, ``missing``, ``image``, ``video`` or ``other`` (an unsupported extension)."""
+    if spec.isdigit():
+        return "camera"
+    if is_gstreamer(spec):
+        return "gstreamer"
+    if "://" in spec:
+        return "stream"
     path = Path(spec)
-    if spec.isdigit() or is_gstreamer(spec) or "://" in spec or path.is_dir() or any(ch in spec for ch in "*?[") \
-            or path.suffix.lower() in IMAGE_SUFFIXES:
-        raise ConfigError(f"--hw-decode decodes a video file ({', '.join(VIDEO_SUFFIXES)}); for a camera or a "
-                          "stream give a GStreamer pipeline with nvv4l2decoder as the source instead")
-    if not path.is_file():
-        raise DataError(f"{spec}: source not found")
-    return _open_capture(hw_decode_pipeline(path, cv2), "video", cv2.CAP_GSTREAMER, name=spec, hw=True)
+    if path.is_dir():
+        return "folder"
+    if any(ch in spec for ch in "*?["):
+        return "glob"
+    if not path.exists():
+        return "missing"
+    suffix = path.suffix.lower()
+    return "image" if suffix in IMAGE_SUFFIXES else "video" if suffix in VIDEO_SUFFIXES else "other"
 
 
 def open_source(source: str | int | os.PathLike[str], hw_decode: bool = False) -> FrameSource:
@@ -224,31 +227,38 @@ def open_source(source: str | int | os.PathLike[str], hw_decode: bool = False) -
             built without GStreamer.
     """
     cv2 = import_cv2()  # every source decodes through OpenCV: say so before looking at the string
-    if hw_decode:
-        return _hw_decode(str(source), cv2)
-    if isinstance(source, int):
+    if hw_decode and gstreamer_support(cv2) is False:
+        raise ConfigError(f"--hw-decode needs an OpenCV built with GStreamer (JetPack's); this OpenCV "
+                          f"({getattr(cv2, '__version__', '?')}) says GStreamer: NO: leave out --hw-decode to decode "
+                          "on the CPU")
+    if isinstance(source, int) and not hw_decode:
         return _open_capture(source, "camera")
     spec = str(source)
-    if spec.isdigit():
+    kind = _source_kind(spec)
+    if hw_decode and kind not in ("video", "other", "missing"):
+        raise ConfigError(f"--hw-decode decodes a video file ({', '.join(VIDEO_SUFFIXES)}); for a camera or a "
+                          "stream give a GStreamer pipeline with nvv4l2decoder as the source instead")
+    if kind == "camera":
         return _open_capture(int(spec), "camera")
-    if is_gstreamer(spec):
+    if kind == "gstreamer":
         return _open_capture(spec, "gstreamer", cv2.CAP_GSTREAMER)
-    if "://" in spec:
+    if kind == "stream":
         return _open_capture(spec, "stream")
-    path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if kind == "folder":
+        files = sorted(p for p in Path(spec).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         return _image_source(spec, files)
-    if any(ch in spec for ch in "*?["):
+    if kind == "glob":
         files = sorted(Path(p) for p in glob.glob(spec) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         return _image_source(spec, files)
-    if not path.exists():
+    if kind == "missing":
         raise DataError(f"{spec}: source not found (a video, an image, a folder, a glob, a camera index, "
                         "a stream URL or a GStreamer pipeline)")
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
-        return _image_source(spec, [path])
-    if suffix in VIDEO_SUFFIXES:
+    if hw_decode:  # a video file (any extension the decoder may take) through nvv4l2decoder
+        return _open_capture(hw_decode_pipeline(Path(spec), cv2), "video", cv2.CAP_GSTREAMER, name=spec, hw=True)
+    if kind == "image":
+        return _image_source(spec, [Path(spec)])
+    if kind == "video":
         return _open_capture(spec, "video")
+    suffix = Path(spec).suffix.lower()
     raise DataError(f"{spec}: unsupported extension {suffix or '(none)'!r}; videos: {' '.join(VIDEO_SUFFIXES)}; "
                     f"images: {' '.join(IMAGE_SUFFIXES)}")
