@@ -39,7 +39,8 @@ from typing import Any, Callable
 from .engine_info import check_engine_compat  # noqa: F401 - part of this module's API
 from .engine_plan import (BuildPlan, EngineConfig, no_tensorrt_hint, plan_build, trt_major,  # noqa: F401
                           trt_version_tuple)
-from .errors import CalibrationError, ConfigError, DataError, EngineError, ManifestError, MissingDependencyError
+from .errors import (CalibrationError, ConfigError, DataError, EngineError, Interrupted, ManifestError,
+                     MissingDependencyError)
 from .manifest import Manifest, manifest_json, manifest_path, read_manifest
 from .utils import atomic_path, sha256_file
 
@@ -86,26 +87,62 @@ def _inspect(trt: Any, logger: Any, serialized: Any, dla_core: int | None, atten
     return layers, summarize_layers(layers, attention)
 
 
-def make_progress_monitor(trt: Any, sink: Callable[[str, str, int], None]) -> Any:
+def make_progress_monitor(trt: Any, sink: Callable[[str, str, int], None] | None) -> Any:
     """An ``IProgressMonitor`` (TensorRT 10+) that reports the builder's phases to ``sink(event, phase,
-    value)``: ``("start", phase, num_steps)``, ``("step", phase, step)``, ``("finish", phase, 0)``; it
-    never cancels the build. Source: TensorRT Python API, ``IProgressMonitor``."""
+    value)``: ``("start", phase, num_steps)``, ``("step", phase, step)``, ``("finish", phase, 0)``
+    (``sink`` None: report nothing, the monitor still serves Ctrl-C).
+
+    TensorRT's Python wrapper reads an exception from ``step_complete`` as "cancel the build" and prints and
+    drops one from ``phase_start`` / ``phase_finish`` (``PyProgressMonitor`` in ``python/src/infer/pyCore.cpp``,
+    10.3 tag), so nothing may escape these methods unnoticed: the first exception (a display error, or the
+    ``KeyboardInterrupt`` of a Ctrl-C, which Python delivers inside the next callback) is kept in
+    ``monitor.error`` and the build is cancelled at the next step; :func:`build_engine` then names it.
+    Source: TensorRT Python API, ``IProgressMonitor``.
+    """
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
+            self.error: BaseException | None = None
+
+        def _report(self, event: str, phase: str, value: int) -> None:
+            if sink is None or self.error is not None:
+                return
+            try:
+                sink(event, phase, value)
+            except BaseException as e:  # noqa: BLE001 - kept, named after the cancelled build
+                self.error = e
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
-            sink("start", phase_name, int(num_steps))
+            self._report("start", phase_name, int(num_steps))
 
         def step_complete(self, phase_name: str, step: int) -> bool:
-            sink("step", phase_name, int(step))
-            return True
+            try:
+                self._report("step", phase_name, int(step))
+            except BaseException as e:  # noqa: BLE001 - a Ctrl-C between the sink and here
+                self.error = self.error or e
+            return self.error is None  # False cancels the build
 
         def phase_finish(self, phase_name: str) -> None:
-            sink("finish", phase_name, 0)
+            self._report("finish", phase_name, 0)
 
     return Monitor()
+
+
+def _cancelled(monitor: Any, onnx_path: Path) -> None:
+    """Name why the builder returned nothing when the progress monitor cancelled it (see
+    :func:`make_progress_monitor`).
+
+    Raises:
+        Interrupted: Ctrl-C during the build. EngineError: the progress display raised.
+    """
+    err = getattr(monitor, "error", None)
+    if err is None:
+        return
+    if isinstance(err, KeyboardInterrupt):
+        raise Interrupted(f"engine build of {onnx_path.name} interrupted: no engine written") from None
+    raise EngineError(f"engine build of {onnx_path.name} cancelled: the progress display failed "
+                      f"({type(err).__name__}: {err}); no engine written (run with -q to build without it)") from None
 
 
 def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str] | None = None,
@@ -222,10 +259,14 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
         from . import progress
 
+        monitor = None
         with progress.phases() as sink:
-            if sink is not None and hasattr(trt, "IProgressMonitor"):
-                config.progress_monitor = make_progress_monitor(trt, sink)
+            if hasattr(trt, "IProgressMonitor"):  # also without bars: Ctrl-C cancels at the next step
+                monitor = make_progress_monitor(trt, sink)
+                config.progress_monitor = monitor
             serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            _cancelled(monitor, onnx_path)
         if calibrator is not None and calibrator.error is not None:
             raise CalibrationError(f"calibration stopped after {calibrator.batches} batches: {calibrator.error}; "
                                    "no engine and no calibration cache written")

@@ -1,14 +1,25 @@
 """What a built TensorRT engine really runs: per-layer precision from the engine inspector (pure, no TensorRT).
 
-TensorRT's ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` returns
-``{"Layers": [...], "Bindings": [...]}``; with ``ProfilingVerbosity.DETAILED`` each layer is an object
-with ``Name``, ``LayerType``, ``Inputs`` / ``Outputs`` (each with ``Name``, ``Dimensions`` and
-``Format/Datatype``, e.g. ``"Row major linear FP32"``, ``"Channel major FP16 format where channel % 8 == 0"``,
-``"Thirty-two wide channel vectorized row major Int8 format"``), ``TacticName`` and ``Metadata``
-(``"[ONNX Layer: /head/sa/MatMul]"``); with less verbosity layers are bare names.
-Source: TensorRT developer guide, "Engine Inspector"
-(https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html#engine-inspector)
-and the ``EngineInspector`` Python API page.
+TensorRT's ``IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`` returns the engine's
+layers; with ``ProfilingVerbosity.DETAILED`` each layer is an object with ``Name``, ``LayerType``,
+``Inputs`` / ``Outputs``, ``TacticName`` and ``Metadata`` (``"[ONNX Layer: /head/sa/MatMul]"``); with less
+verbosity layers are bare names. The per-tensor schema differs by version:
+
+* TensorRT 10.x: ``{"Layers": [...], "Bindings": ["input", "output"]}``; each layer tensor has one
+  ``Format/Datatype`` text, e.g. ``"Row major linear FP32"``, ``"Channel major FP16 format where channel % 8
+  == 0"``, ``"Thirty-two wide channel vectorized row major Int8 format"`` (developer guide, "Engine
+  Inspector": https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html#engine-inspector).
+* TensorRT 11.x: ``Bindings`` became ``"I/O Tensors"`` (objects with ``Name``, ``IOMode``, ``DataType``,
+  ``Dimensions``...) and the layer tensors' ``Format/Datatype`` was split into ``Format`` and ``Datatype``
+  (docs, "Migrating IEngineInspector Usage from TensorRT 10.x to 11.x":
+  https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-IEngineInspector.html;
+  the TensorRT OSS perf-analysis schema ``.agents/skills/trt-perf-analysis/schemas/analyze-data.schema.json``
+  gives layer tensors ``Datatype`` and ``Format`` keys). Data type names follow ``DataType``: ``Float``,
+  ``Half``, ``BFloat16``, ``Int8``, ``Int32``...
+
+Both are read: ``Format/Datatype`` when present, else ``Datatype`` (the type itself, read before ``Format``).
+An output where no layer tensor carries any of these keys is refused (a schema this module does not know)
+instead of being counted as FP32.
 
 The layer precision used here is the one its data runs in: INT8 if an input is INT8, else FP16 if an
 input is FP16 (or BF16), else FP32; layers whose tensors carry no float type (shape, index, cast to
@@ -26,7 +37,7 @@ from .errors import EngineError, ManifestError
 
 __all__ = ["LayerInfo", "EnginePrecision", "parse_layer_info", "summarize_layers", "check_engine_compat"]
 
-_KINDS = (("int8", re.compile(r"\bint8\b", re.I)), ("fp16", re.compile(r"\b(fp16|half|bf16)\b", re.I)),
+_KINDS = (("int8", re.compile(r"\bint8\b", re.I)), ("fp16", re.compile(r"\b(fp16|half|bf16|bfloat16)\b", re.I)),
           ("fp32", re.compile(r"\b(fp32|float)\b", re.I)))
 _ATTENTION = re.compile(r"(/sa/|/sc/|attention|softmax|matmul)", re.I)
 
@@ -83,12 +94,26 @@ def _datatype(fmt: str) -> str:
     return "other"
 
 
+#: Per-tensor keys naming the data type, first found wins: 10.x's combined text, 11.x's split fields.
+TYPE_KEYS = ("Format/Datatype", "Datatype", "DataType")
+
+
+def _tensor_type(tensor: dict[str, Any]) -> str | None:
+    """The text naming a layer tensor's data type (with its format), or None if no known key holds one."""
+    for key in TYPE_KEYS:
+        if tensor.get(key):
+            fmt = tensor.get("Format") if key != "Format/Datatype" else None
+            return f"{tensor[key]} ({fmt})" if fmt else str(tensor[key])
+    return None
+
+
 def parse_layer_info(text: str) -> list[LayerInfo]:
     """Parse the inspector's JSON into :class:`LayerInfo` rows.
 
     Raises:
-        EngineError: not JSON, no ``Layers`` list, or layers given as bare names (the engine was built
-            without ``ProfilingVerbosity.DETAILED``, so precision cannot be read).
+        EngineError: not JSON, no ``Layers`` list, layers given as bare names (the engine was built
+            without ``ProfilingVerbosity.DETAILED``, so precision cannot be read), or layers whose tensors
+            carry none of :data:`TYPE_KEYS` (an inspector schema not known here).
     """
     try:
         data = json.loads(text)
@@ -98,18 +123,26 @@ def parse_layer_info(text: str) -> list[LayerInfo]:
     if not isinstance(layers, list):
         raise EngineError("engine inspector output has no 'Layers' list")
     rows = []
+    typed = 0  # tensors whose data type could be read
     for layer in layers:
         if not isinstance(layer, dict):
             raise EngineError("engine inspector gave layer names only: build with ProfilingVerbosity.DETAILED "
                               "to read layer precision")
-        ins = [str(t.get("Format/Datatype", "")) for t in layer.get("Inputs", []) if isinstance(t, dict)]
-        outs = [str(t.get("Format/Datatype", "")) for t in layer.get("Outputs", []) if isinstance(t, dict)]
-        kinds = {_datatype(f) for f in ins} or {_datatype(f) for f in outs}
+        ins = [_tensor_type(t) for t in layer.get("Inputs", []) if isinstance(t, dict)]
+        outs = [_tensor_type(t) for t in layer.get("Outputs", []) if isinstance(t, dict)]
+        typed += sum(t is not None for t in ins + outs)
+        ins = [t or "" for t in ins]
+        kinds = {_datatype(f) for f in ins} or {_datatype(t or "") for t in outs}
         tactic = str(layer.get("TacticName", ""))
         prec = next((k for k in ("int8", "fp16", "fp32") if k in kinds), "other")
         onnx_nodes = tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(layer.get("Metadata", ""))))
         rows.append(LayerInfo(str(layer.get("Name", "?")), str(layer.get("LayerType", "?")), prec,
                               tuple(ins), tactic, onnx_nodes))
+    if rows and not typed:
+        keys = sorted({k for layer in layers for t in layer.get("Inputs", []) + layer.get("Outputs", [])
+                       if isinstance(t, dict) for k in t})
+        raise EngineError(f"engine inspector JSON gives no tensor data type (tensor keys: {keys}; known: "
+                          f"{list(TYPE_KEYS)}): an inspector schema danet-edge does not read")
     return rows
 
 

@@ -19,7 +19,12 @@ from .config import CALIB_IMAGES, Config, check_range
 from .errors import ConfigError
 from .manifest import Manifest
 
-__all__ = ["EngineConfig", "BuildPlan", "plan_build", "trt_major", "trt_version_tuple", "no_tensorrt_hint"]
+__all__ = ["EngineConfig", "BuildPlan", "plan_build", "trt_major", "trt_version_tuple", "no_tensorrt_hint",
+           "DLA_TRT11"]
+
+#: The one TensorRT 11 release whose "Working with DLA" page supports DLA on a Jetson (AGX Orin, JetPack 7.2.2+;
+#: 11.0 to 11.4.0 and 11.5.0 have none; Jetson Thor has no DLA at all).
+DLA_TRT11 = (11, 4, 1)
 
 
 @dataclass
@@ -76,9 +81,11 @@ class BuildPlan:
         flags: builder flags by name, e.g. ``["STRONGLY_TYPED"]`` or ``["FP16", "INT8", "GPU_FALLBACK"]``.
         precision: precision recorded in the engine's manifest.
         calib_cache: calibration cache path (implicit INT8 only).
-        trtexec: the equivalent ``trtexec`` command line (argv list).
+        trtexec: the equivalent ``trtexec`` command line (argv list); empty when trtexec cannot build
+            the same engine (``trtexec_note`` says why).
         refusals: reasons the build cannot go ahead (empty when it can).
         warnings: things the user should know (DLA with an FP32 graph...).
+        trtexec_note: why there is no equivalent trtexec command ("" when there is one).
     """
 
     trt_version: str
@@ -89,10 +96,12 @@ class BuildPlan:
     trtexec: list[str]
     refusals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    trtexec_note: str = ""
 
     @property
     def trtexec_command(self) -> str:
-        return shlex.join(self.trtexec)
+        """The trtexec command as one shell line, or the sentence saying why there is none."""
+        return shlex.join(self.trtexec) if self.trtexec else self.trtexec_note
 
 
 def trt_major(version: str) -> int:
@@ -157,16 +166,24 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
             precision = "int8"
             calib_cache = Path(cfg.calib_cache) if cfg.calib_cache else None
     if cfg.dla_core is not None:
-        if (11, 0) <= trt_version_tuple(trt_version)[:3] < (11, 4, 1):
-            warnings.append(f"TensorRT {trt_version} does not support JetPack (11.0 to 11.4.0): no DLA there; "
-                            "Jetson Orin stays on TensorRT 10.3 (JetPack 6), AGX Orin / Thor need 11.4.1+ on "
-                            "JetPack 7.2.2+")
+        if major >= 11 and trt_version_tuple(trt_version)[:3] != DLA_TRT11:
+            warnings.append(f"TensorRT {trt_version} has no DLA on a Jetson: of the 11.x releases only "
+                            f"{'.'.join(map(str, DLA_TRT11))} documents DLA there, on Jetson AGX Orin with JetPack "
+                            "7.2.2+ (11.0 to 11.4.0 and 11.5.0 have none); Jetson Thor has no DLA; Orin boards on "
+                            "JetPack 6 use TensorRT 10.3 (TensorRT docs, 'Working with DLA')")
         if cfg.gpu_fallback:
             flags.append("GPU_FALLBACK")
         if precision == "fp32" and strongly_typed:
             warnings.append("DLA runs FP16 and INT8 only: an FP32 graph will fall back to the GPU layer by layer "
                             "(build an FP16 or INT8 graph for the DLA)")
 
+    if cfg.dla_core is not None and strongly_typed and major == 10:
+        # trtexec 10.x with --useDLACore sets BuilderFlag.FP16 (and PREFER_PRECISION_CONSTRAINTS) unless --int8
+        # is given (samples/common/sampleEngines.cpp), and the 10.x builder refuses FP16 on a strongly typed
+        # network (NVIDIA/TensorRT issue 4253): no trtexec 10 line builds what build_engine builds here.
+        note = ("none: trtexec 10.x adds --fp16 for --useDLACore, which a strongly typed "
+                "network refuses (NVIDIA/TensorRT issue 4253); build with danet-edge build")
+        return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, [], refusals, warnings, note)
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={out_path}"]
     if strongly_typed and major == 10:
         cmd.append("--stronglyTyped")
@@ -192,5 +209,6 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
 
 
 def no_tensorrt_hint(onnx_path: Path, plan: BuildPlan) -> str:
+    alt = f" or `{plan.trtexec_command}`" if plan.trtexec else f" ({plan.trtexec_note})"
     return (f"build it on the target (the Jetson) with {onnx_path.name} and {onnx_path.name}.json copied over: "
-            f"`danet-edge build {onnx_path.name}` or `{plan.trtexec_command}`")
+            f"`danet-edge build {onnx_path.name}`{alt}")

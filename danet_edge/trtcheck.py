@@ -12,7 +12,9 @@ REFERENCE.md section 2):
 * operator in ``SUPPORTED_OPS`` (the ops DANet graphs use plus common vision ops);
 * no DOUBLE tensor anywhere; UINT8 only as a network input or output;
 * QuantizeLinear / DequantizeLinear: zero point present, an initializer, INT8 (or FP8/INT4), all 0;
-  a QuantizeLinear without zero point produces UINT8, which is refused too;
+  a QuantizeLinear without zero point produces UINT8, which is refused too; the scale a constant whose
+  every value is finite and > 0 (onnx-tensorrt's ``QuantDequantLinearHelper`` refuses a zero or negative
+  scale; an FP16 scale under 3e-8 rounds to 0, see ``quantize.fp16_scale``);
 * Resize: mode ``nearest`` or ``linear``; coordinate transform in ``RESIZE_COORDINATE_MODES``;
 * Reduce*: ``axes`` an attribute before opset 18, an initializer input from opset 18;
 * static shapes: every graph input, output and inferred intermediate has fixed positive dims,
@@ -88,6 +90,19 @@ def _static(t: onnx.TypeProto) -> bool:
     return all(d.HasField("dim_value") and d.dim_value > 0 for d in t.tensor_type.shape.dim)
 
 
+def _scale_violations(name: str, op: str, scale: np.ndarray | None) -> list[Violation]:
+    """The positive-scale rule: ``scale`` a constant, every value finite and > 0 (bad channels named)."""
+    if scale is None:
+        return [Violation(name, op, "Q/DQ scale", "scale is not an initializer or Constant")]
+    flat = np.asarray(scale, dtype=np.float64).ravel()
+    bad = np.flatnonzero(~(np.isfinite(flat) & (flat > 0)))
+    if not bad.size:
+        return []
+    where = "scale" if flat.size == 1 else "channel " + ", ".join(str(int(i)) for i in bad[:4]) + \
+        (f" (and {bad.size - 4} more)" if bad.size > 4 else "")
+    return [Violation(name, op, "Q/DQ scale", f"{where}: scale {flat[bad[0]]:g}, must be finite and > 0")]
+
+
 def check_tensorrt_compat(model: onnx.ModelProto) -> list[Violation]:
     """Rules of the TensorRT 10 ONNX parser that ``model`` breaks (empty list: none).
 
@@ -153,6 +168,7 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> list[Violation]:
         if op == "Cast" and _attr(node, "to") == TensorProto.DOUBLE:
             out.append(Violation(name, op, "no float64", "Cast to DOUBLE"))
         if op in ("QuantizeLinear", "DequantizeLinear"):
+            out.extend(_scale_violations(name, op, const_value(node.input[1]) if len(node.input) > 1 else None))
             if len(node.input) < 3 or not node.input[2]:
                 if op == "QuantizeLinear":
                     out.append(Violation(name, op, "Q/DQ zero point", "no zero point: output defaults to UINT8"))

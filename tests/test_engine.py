@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from danet_edge.engine import BuildPlan, EngineConfig, build_engine, check_engine_compat, plan_build
+from danet_edge.engine_plan import no_tensorrt_hint
 from danet_edge.errors import ConfigError, EngineError, ManifestError, MissingDependencyError
 from danet_edge.manifest import Manifest
 
@@ -61,17 +62,32 @@ def test_plan_refuses_conflicts_and_bad_ranges(tmp_path):
     with pytest.raises(ConfigError, match="workspace"):
         EngineConfig(workspace_mib=0)
     p = plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=_manifest("fp32"))
-    assert "GPU_FALLBACK" in p.flags and "--useDLACore=0" in p.trtexec and "--allowGPUFallback" in p.trtexec
-    assert p.warnings  # FP32 graph on the DLA falls back to the GPU
-    # TensorRT 11.0 .. 11.4.0 do not support JetPack (so no DLA); 11.4.1 does on JetPack 7.2.2+
+    assert "GPU_FALLBACK" in p.flags and p.warnings  # FP32 graph on the DLA falls back to the GPU
+    # DLA on 11.x: only 11.4.1 documents it on a Jetson (AGX Orin, JetPack 7.2.2+); Thor has none at all
     fp16 = _manifest("fp16")
     assert not plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=fp16).warnings
-    for v in ("11.0.0.114", "11.4.0.106"):
-        assert any("does not support JetPack" in w for w in plan_build("m.onnx", EngineConfig(dla_core=0), v,
-                                                                          manifest=fp16).warnings)
-    assert not plan_build("m.onnx", EngineConfig(dla_core=0), "11.4.1", manifest=fp16).warnings
+    for v in ("11.0.0.114", "11.4.0.106", "11.5.0"):
+        w = plan_build("m.onnx", EngineConfig(dla_core=0), v, manifest=fp16).warnings
+        assert any("has no DLA on a Jetson" in x and "Jetson Thor has no DLA" in x for x in w), (v, w)
+        assert not any("Thor need" in x for x in w)  # the old text promised DLA on Thor
+    p11 = plan_build("m.onnx", EngineConfig(dla_core=0), "11.4.1", manifest=fp16)
+    assert not p11.warnings and "--useDLACore=0" in p11.trtexec and "--allowGPUFallback" in p11.trtexec
     with pytest.raises(ConfigError):
         plan_build("m.onnx", EngineConfig(), "ten")
+
+
+def test_plan_prints_no_trtexec_line_that_builds_something_else():
+    """Issue 20 defect 4: trtexec 10.x adds kFP16 for --useDLACore unless --int8, which the 10.x builder
+    refuses on a strongly typed network; the plan says there is no equivalent instead of printing one."""
+    for prec in ("fp32", "fp16", "int8"):
+        p = plan_build("m.onnx", EngineConfig(dla_core=0), "10.3.0", manifest=_manifest(prec))
+        assert p.strongly_typed and p.trtexec == [] and "--stronglyTyped" not in p.trtexec_command
+        assert p.trtexec_command.startswith("none: trtexec 10.x adds --fp16 for --useDLACore")
+        assert "trtexec --onnx" not in no_tensorrt_hint(Path("m.onnx"), p)
+    weak = plan_build("m.onnx", EngineConfig(dla_core=0, fp16=True), "10.3.0", manifest=_manifest("fp32"))
+    assert "--fp16" in weak.trtexec and "--useDLACore=0" in weak.trtexec  # weakly typed: trtexec builds the same
+    gpu = plan_build("m.onnx", EngineConfig(), "10.3.0", manifest=_manifest("fp16"))
+    assert "--stronglyTyped" in gpu.trtexec  # without DLA the strongly typed line stays
 
 
 def test_engine_compat_check():

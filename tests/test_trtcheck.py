@@ -84,3 +84,22 @@ def test_cpu_target_only_reports():
     assert violations and all(v.node in ("quant", "dequant") for v in violations)
     with pytest.raises(CompatibilityError, match="quant"):
         enforce_tensorrt_compat(m, target="tensorrt")
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, np.inf, np.nan])
+def test_qdq_scale_must_be_finite_and_positive(bad):
+    """Issue 20 defect 2: onnx-tensorrt's Q/DQ importer refuses a scale that is not > 0; the rule check names
+    the node and the channel, so export refuses what the parser would."""
+    w = numpy_helper.from_array(np.ones((3, 4), np.int8), "w")
+    scale = numpy_helper.from_array(np.array([0.1, bad, 0.2], np.float32), "ws")
+    zp = numpy_helper.from_array(np.zeros(3, np.int8), "wzp")
+    m = _model([helper.make_node("DequantizeLinear", ["w", "ws", "wzp"], ["wf"], name="wdq", axis=0),
+                helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm"),
+                helper.make_node("Transpose", ["wf"], ["wt"], name="t")], [w, scale, zp], out_shape=(1, 3))
+    v = [x for x in check_tensorrt_compat(m) if x.rule == "Q/DQ scale"]
+    assert len(v) == 1 and v[0].node == "wdq" and "channel 1" in v[0].detail
+    with pytest.raises(CompatibilityError, match=r"'wdq'.*Q/DQ scale.*channel 1"):
+        enforce_tensorrt_compat(m)
+    ws = next(i for i in m.graph.initializer if i.name == "ws")
+    ws.CopyFrom(numpy_helper.from_array(np.array([0.1, 0.3, 0.2], np.float32), "ws"))
+    assert not [x for x in check_tensorrt_compat(m) if x.rule == "Q/DQ scale"]

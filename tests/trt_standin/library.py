@@ -55,9 +55,19 @@ _LAYER_TYPE = {"Conv": "CaskConvolution", "MatMul": "CaskGemmMatrixMultiply", "G
                "Softmax": "CaskSoftMaxV2", "Resize": "Resize", "ArgMax": "TopK", "ReduceMax": "Reduce",
                "Transpose": "Shuffle", "Reshape": "Shuffle", "Cast": "Cast", "Relu": "PointWiseV2",
                "Add": "PointWiseV2", "Sub": "PointWiseV2", "Mul": "PointWiseV2", "MaxPool": "CaskPooling"}
+# Inspector JSON per version. 10.x: one ``Format/Datatype`` text per layer tensor (developer guide, "Engine
+# Inspector"; e.g. "Thirty-two wide channel vectorized row major Int8 format."). 11.x: ``Format`` and
+# ``Datatype`` split, ``Bindings`` replaced by ``I/O Tensors`` objects (docs, "Migrating IEngineInspector Usage
+# from TensorRT 10.x to 11.x"; TensorRT OSS trt-perf-analysis analyze-data.schema.json). The 11.x ``Format``
+# texts follow the page's I/O example ("Row major linear FP32 format (kLINEAR)"); the ``Datatype`` names are
+# TensorRT's DataType names as that example writes them ("Float"). No full 11.x layer record is published.
 _FORMAT = {"fp32": "Row major linear FP32", "fp16": "Channel major FP16 format where channel % 8 == 0",
            "int8": "Thirty-two wide channel vectorized row major Int8 format", "int32": "Row major linear Int32",
            "int64": "Row major linear Int64", "uint8": "Row major linear UInt8 format", "bool": "Row major linear Bool"}
+_FORMAT_11 = {"fp32": "Row major linear FP32 format (kLINEAR)", "fp16": "Channel major FP16 format where channel % 8 "
+              "== 0 (kHWC8)", "int8": "Thirty-two wide channel vectorized row major Int8 format (kCHW32)"}
+_DATATYPE_11 = {"fp32": "Float", "fp16": "Half", "bf16": "BFloat16", "int8": "Int8", "int32": "Int32",
+                "int64": "Int64", "uint8": "UInt8", "bool": "Bool"}
 _ONNX_TO_NAME = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.INT8: "int8",
                  onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.UINT8: "uint8",
                  onnx.TensorProto.BOOL: "bool", onnx.TensorProto.BFLOAT16: "bf16"}
@@ -258,6 +268,10 @@ def _parse_rules(proto: onnx.ModelProto) -> list[ParserErrorImpl]:
             errs.append(ParserErrorImpl(i, n.name, n.op_type, f"No importer registered for op: {n.op_type}"))
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):  # onnx-tensorrt QuantDequantLinearHelper
+            scale = _init_value(g, n.input[1]) if len(n.input) > 1 else None
+            if scale is not None and not np.all(np.isfinite(scale) & (scale > 0)):
+                errs.append(ParserErrorImpl(i, n.name, n.op_type, "Scale coefficients must all be positive"))
         if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
             zp = _init_value(g, n.input[2])
             if zp is not None and zp.dtype != np.int8:
@@ -410,19 +424,29 @@ def _precision_of_node(node: onnx.NodeProto, g: _Graph, producers: dict[str, onn
     return base
 
 
-def _layer_json(g: _Graph, weak: set[str], calibrated: bool, on_dla: bool, all_fp32: bool) -> list[dict[str, Any]]:
+def _tensor_json(name: str, dims: list[int], kind: str, major: int) -> dict[str, Any]:
+    """One layer tensor as the inspector of TensorRT ``major`` writes it (see ``_FORMAT`` above)."""
+    t: dict[str, Any] = {"Name": name, "Location": "Device", "Dimensions": dims}
+    if major >= 11:
+        t["Format"] = _FORMAT_11.get(kind, "Row major linear format (kLINEAR)")
+        t["Datatype"] = _DATATYPE_11.get(kind, "Float")
+    else:
+        t["Format/Datatype"] = _FORMAT.get(kind, _FORMAT["fp32"])
+    return t
+
+
+def _layer_json(g: _Graph, weak: set[str], calibrated: bool, on_dla: bool, all_fp32: bool,
+                major: int) -> list[dict[str, Any]]:
     producers = {o: n for n in g.model.graph.node for o in n.output}
     layers = []
     for n in g.model.graph.node:
         if n.op_type in _NOT_LAYERS:
             continue
         prec = "fp32" if all_fp32 else _precision_of_node(n, g, producers, weak, calibrated)
-        fmt = _FORMAT.get(prec, _FORMAT["fp32"])
 
-        def io(names: Any, fmt: str = fmt) -> list[dict[str, Any]]:
-            return [{"Name": t, "Location": "Device", "Dimensions": g.shapes.get(t, []),
-                     "Format/Datatype": fmt if g.types.get(t) in ("fp32", "fp16") else
-                     _FORMAT.get(g.types.get(t, "fp32"), fmt)} for t in names if t and t in g.shapes]
+        def io(names: Any, prec: str = prec) -> list[dict[str, Any]]:
+            return [_tensor_json(t, g.shapes.get(t, []), prec if g.types.get(t) in ("fp32", "fp16")
+                                 else g.types.get(t, "fp32"), major) for t in names if t and t in g.shapes]
 
         layers.append({"Name": n.name, "LayerType": _LAYER_TYPE.get(n.op_type, "PointWiseV2"),
                        "Inputs": io(n.input), "Outputs": io(n.output),
@@ -472,6 +496,34 @@ def _trt_ver_tag(trt: Any) -> str:
     return str(major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch)
 
 
+class _MonitorTrampoline:
+    """How TensorRT's C++ wrapper calls a Python ``IProgressMonitor`` (``PyProgressMonitor`` in
+    ``python/src/infer/pyCore.cpp``, 10.3 tag): an exception from ``phase_start`` / ``phase_finish`` is
+    printed and ignored; one from ``step_complete`` is printed and read as "cancel the build" (False)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def phase_start(self, phase: str, parent: str | None, steps: int) -> None:
+        try:
+            self.monitor.phase_start(phase, parent, steps)
+        except BaseException as e:  # noqa: BLE001 - the modelled behaviour
+            print(f"[ERROR] Exception caught in phase_start(): {e}", file=sys.stderr)
+
+    def step_complete(self, phase: str, step: int) -> bool:
+        try:
+            return bool(self.monitor.step_complete(phase, step))
+        except BaseException as e:  # noqa: BLE001 - pybind11 turns KeyboardInterrupt into error_already_set too
+            print(f"[ERROR] Exception caught in step_complete(): {e}", file=sys.stderr)
+            return False  # "Use the exception as an indicator that we should cancel the build"
+
+    def phase_finish(self, phase: str) -> None:
+        try:
+            self.monitor.phase_finish(phase)
+        except BaseException as e:  # noqa: BLE001
+            print(f"[ERROR] Exception caught in phase_finish(): {e}", file=sys.stderr)
+
+
 def _build(lib: Lib, logger: Any, net: NetworkImpl, cfg: ConfigImpl) -> bytes | None:
     trt = lib.trt
     if net.graph is None:
@@ -495,7 +547,7 @@ def _build(lib: Lib, logger: Any, net: NetworkImpl, cfg: ConfigImpl) -> bytes | 
         if fp32_layers and "GPU_FALLBACK" not in cfg._flags:
             _log(trt, logger, "ERROR", f"{fp32_layers[0]}: FP32 layer cannot run on DLA and GPU fallback is not enabled")
             return None
-    monitor = cfg.progress_monitor
+    monitor = None if cfg.progress_monitor is None else _MonitorTrampoline(cfg.progress_monitor)
     steps = max(1, sum(n.op_type not in _NOT_LAYERS for n in g.model.graph.node))
     if monitor is not None:
         monitor.phase_start("Building engine", None, steps)
@@ -520,7 +572,8 @@ def _build(lib: Lib, logger: Any, net: NetworkImpl, cfg: ConfigImpl) -> bytes | 
         cfg._timing.entries += steps
     header = {"trt": str(trt.__version__), "device": _this_device(), "strongly_typed": net.strongly_typed,
               "flags": sorted(cfg._flags), "inputs": g.inputs, "outputs": g.outputs, "dla": on_dla,
-              "verbosity": cfg.profiling_verbosity.name, "layers": _layer_json(g, weak, calibrated, on_dla, lib.force_fp32_layers),
+              "verbosity": cfg.profiling_verbosity.name, "layers": _layer_json(g, weak, calibrated, on_dla, lib.force_fp32_layers,
+                                                                   _major(trt)),
               "calibrated": calibrated, "types": sorted(set(g.types.values()))}
     hdr = json.dumps(header).encode()
     return ENGINE_MAGIC + struct.pack("<I", len(hdr)) + hdr + g.model_bytes
@@ -663,9 +716,15 @@ class InspectorImpl:
             layers = [layer["Name"] for layer in h["layers"]]
         else:
             layers = []
-        bindings = [t[0] for t in self.engine.io]
         if format == trt.LayerInformationFormat.JSON:
-            return json.dumps({"Layers": layers, "Bindings": bindings})
+            if _major(trt) >= 11:  # 11.x: "I/O Tensors" objects (the migration page's example) replace "Bindings"
+                io = [{"Name": n, "IOMode": "Input" if is_in else "Output", "DataType": _DATATYPE_11.get(d, "Float"),
+                       "Dimensions": s, "Location": "Device", "IsShapeInferenceIO": False,
+                       "ProfileInfo": [{"MinShape": s, "OptShape": s, "MaxShape": s,
+                                        "Format": _FORMAT_11.get(d, "Row major linear format (kLINEAR)")}]}
+                      for n, s, d, is_in in self.engine.io]
+                return json.dumps({"Layers": layers, "I/O Tensors": io})
+            return json.dumps({"Layers": layers, "Bindings": [t[0] for t in self.engine.io]})
         return "\n".join(layer["Name"] if isinstance(layer, dict) else layer for layer in layers)
 
     def get_layer_information(self, layer: int, format: Any) -> str:  # noqa: A002

@@ -116,3 +116,18 @@ def exported(tmp_path_factory) -> Exported:
     return Exported(ckpt, Path(by["fp32"]), Path(by["fp16"]), Path(by["int8"]),
                     Path([a.path for a in cpu.artifacts if a.manifest.precision == "int8"][0]),
                     Path(fused.artifacts[0].path), calib, frames, source)
+
+
+def run_cli(*args: str) -> int:
+    """``danet-edge ARGS`` in this process (against the stand-in); returns the exit code."""
+    from danet_edge.cli import main
+
+    old = sys.argv
+    sys.argv = ["danet-edge", *args]
+    try:
+        main()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+    return 0

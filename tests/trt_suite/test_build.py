@@ -79,7 +79,11 @@ def test_dla_core_with_gpu_fallback(exported, tmp_path):
     GPU.dla_cores = 2
     eng = build_engine(_copy(exported.fp16, tmp_path), None, EngineConfig(dla_core=1))
     t = read_manifest(eng).tensorrt
-    assert t["dla_core"] == 1 and "GPU_FALLBACK" in t["flags"] and "--useDLACore=1" in t["trtexec"]
+    assert t["dla_core"] == 1 and "GPU_FALLBACK" in t["flags"]
+    if MAJOR == 10:  # trtexec 10 adds --fp16 for DLA, which a strongly typed network refuses: no line to print
+        assert t["trtexec"].startswith("none: trtexec 10.x adds --fp16") and "--stronglyTyped" not in t["trtexec"]
+    else:
+        assert "--useDLACore=1" in t["trtexec"]
     assert any(layer["tactic"].startswith("dla_") for layer in t["layers"])
     assert np.array_equal(_labels(eng, exported.frames[:2]), _labels(exported.fp16, exported.frames[:2]))
     with pytest.raises(EngineError, match="this device has 2 DLA cores"):
@@ -305,3 +309,112 @@ def test_progress_monitor_sees_the_builder_phases(exported, tmp_path, monkeypatc
     steps = [e for e in events if e[0] == "step"]
     assert steps and len(steps) == events[0][2]
     assert isinstance(engine_mod.make_progress_monitor(TRT, lambda *e: None), TRT.IProgressMonitor)
+
+
+def test_inspector_schema_is_the_versions_own(exported, tmp_path):
+    """Issue 20 defect 1: TensorRT 11's inspector splits ``Format/Datatype`` into ``Format`` and ``Datatype``
+    and replaces ``Bindings`` with ``I/O Tensors``; the stand-in writes each version's schema, and the FP16
+    and INT8 builds still count their FP16 / INT8 layers (on 11.x the old reader counted none)."""
+    eng = build_engine(_copy(exported.fp16, tmp_path), None, EngineConfig())
+    with open_backend(eng):
+        pass
+    runtime = TRT.Runtime(TRT.Logger())
+    engine = runtime.deserialize_cuda_engine(eng.read_bytes())
+    info = json.loads(engine.create_engine_inspector().get_engine_information(TRT.LayerInformationFormat.JSON))
+    tensors = [t for layer in info["Layers"] for t in layer["Inputs"] + layer["Outputs"]]
+    if MAJOR >= 11:
+        assert "Bindings" not in info and {t["IOMode"] for t in info["I/O Tensors"]} == {"Input", "Output"}
+        assert all("Format/Datatype" not in t and "Datatype" in t and "Format" in t for t in tensors)
+        assert {"Half", "Float"} <= {t["Datatype"] for t in tensors}
+    else:
+        assert "I/O Tensors" not in info and len(info["Bindings"]) == 2
+        assert all("Format/Datatype" in t and "Datatype" not in t for t in tensors)
+    assert read_manifest(eng).precision_report["counts"]["fp16"] > 0
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("raised", [_Boom("the terminal went away"), KeyboardInterrupt()])
+def test_progress_sink_that_raises_cancels_with_its_cause(exported, tmp_path, monkeypatch, raised):
+    """Issue 20 defect 3: TensorRT's wrapper reads an exception in ``step_complete`` as "cancel"; the build
+    then names the cause (exit 5, or 130 for Ctrl-C) and leaves no engine, sidecar or temporary file."""
+    import contextlib
+
+    from danet_edge import progress
+    from danet_edge.errors import Interrupted
+
+    calls = []
+
+    def sink(event, phase, value):
+        calls.append(event)
+        if event == "step" and value == 2:
+            raise raised
+
+    monkeypatch.setattr(progress, "phases", contextlib.contextmanager(lambda: (yield sink)))
+    src = _copy(exported.fp16, tmp_path / "m")
+    before = sorted(p.name for p in src.parent.iterdir())
+    if isinstance(raised, KeyboardInterrupt):
+        with pytest.raises(Interrupted, match="interrupted: no engine written"):
+            build_engine(src)
+    else:
+        with pytest.raises(EngineError, match=r"cancelled: the progress display failed \(_Boom: the terminal went away\)"):
+            build_engine(src)
+    assert calls.count("step") == 3  # cancelled at the failing step, not run to the end
+    assert sorted(p.name for p in src.parent.iterdir()) == before  # no engine, no sidecar, no .tmp
+
+
+def test_progress_sink_error_is_one_line_exit_5(exported, tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    from danet_edge import progress
+    from conftest import run_cli
+
+    def sink(event, phase, value):
+        if event == "step":
+            raise OSError("stderr closed")
+
+    monkeypatch.setattr(progress, "phases", contextlib.contextmanager(lambda: (yield sink)))
+    src = _copy(exported.fp16, tmp_path / "m")
+    assert run_cli("build", str(src)) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "OSError: stderr closed" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not src.with_suffix(".engine").exists()
+
+
+def test_ctrl_c_without_progress_bars_still_cancels(exported, tmp_path, monkeypatch):
+    """Without bars (no terminal) a monitor is still attached, so a Ctrl-C delivered in its next callback
+    stops the build instead of waiting for it to end."""
+    import danet_edge.engine as engine_mod
+    from danet_edge.errors import Interrupted
+
+    made = []
+    real = engine_mod.make_progress_monitor
+
+    def spy(trt, sink):
+        assert sink is None  # bars are off in tests
+        m = real(trt, lambda *e: (_ for _ in ()).throw(KeyboardInterrupt()) if e[0] == "step" else None)
+        made.append(m)
+        return m
+
+    monkeypatch.setattr(engine_mod, "make_progress_monitor", spy)
+    with pytest.raises(Interrupted):
+        build_engine(_copy(exported.fp32, tmp_path / "m"))
+    assert made and isinstance(made[0].error, KeyboardInterrupt)
+
+
+def test_parser_refuses_a_zero_qdq_scale(exported, tmp_path):
+    """onnx-tensorrt's Q/DQ importer requires every scale > 0: a weight scale that FP16 rounded to 0 fails
+    the build (before issue 20, export could write one; now trtcheck and export refuse it first)."""
+    src = _copy(exported.int8, tmp_path)
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+    s = onnx.numpy_helper.to_array(inits[dq.input[1]]).copy()
+    s.flat[0] = 0
+    inits[dq.input[1]].CopyFrom(onnx.numpy_helper.from_array(s, dq.input[1]))
+    onnx.save(model, str(src))
+    with pytest.raises(EngineError, match=rf"{dq.name}.*Scale coefficients must all be positive"):
+        build_engine(src)
+    assert not src.with_suffix(".engine").exists()

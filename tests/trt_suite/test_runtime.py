@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import TRT
+from conftest import TRT, run_cli
 from danet_edge.engine import build_engine
 from danet_edge.runtime.backends import open_backend
 from trt_standin import cuda_fakes
@@ -41,24 +41,10 @@ def test_engine_runs_through_each_cuda_adapter(exported, tmp_path, layout):
     assert np.array_equal(_labels(eng, exported.frames), _labels(exported.int8, exported.frames))
 
 
-def _cli(*args: str) -> int:
-    from danet_edge.cli import main
-
-    old = sys.argv
-    sys.argv = ["danet-edge", *args]
-    try:
-        main()
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.argv = old
-    return 0
-
-
 def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsys):
     """The user's sequence on an engine: every step goes through danet-edge's own TensorRT code."""
     src = _copy(exported.fp16, tmp_path / "export")
-    assert _cli("build", str(src), "--timing-cache", str(tmp_path / "timing.cache")) == 0
+    assert run_cli("build", str(src), "--timing-cache", str(tmp_path / "timing.cache")) == 0
     out = capsys.readouterr().out
     eng = src.with_suffix(".engine")
     assert f"engine: {eng}" in out and "equivalent: trtexec --onnx=" in out and eng.is_file()
@@ -67,13 +53,13 @@ def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsy
     for f in exported.frames:
         vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     vw.release()
-    assert _cli("infer", str(eng), str(video), "--out", str(tmp_path / "infer"), "--save-labels") == 0
+    assert run_cli("infer", str(eng), str(video), "--out", str(tmp_path / "infer"), "--save-labels") == 0
     summary = json.loads((tmp_path / "infer" / "summary.json").read_text())
     assert summary["frames"] == len(exported.frames)
     pngs = sorted((tmp_path / "infer").rglob("*.png"))
     assert len(pngs) == len(exported.frames)
     check_json = tmp_path / "check.json"
-    rc = _cli("check", str(eng), str(src), "--reference", str(exported.checkpoint), "--limit", "4",
+    rc = run_cli("check", str(eng), str(src), "--reference", str(exported.checkpoint), "--limit", "4",
               "--json", str(check_json), "--report", str(tmp_path / "report"))
     capsys.readouterr()
     report = json.loads(check_json.read_text())
@@ -83,7 +69,7 @@ def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsy
     assert rc == (0 if all(a["passed"] for a in report["artifacts"]) else 1)
     assert "engine layers per precision" in (tmp_path / "report" / "report.md").read_text()
     bench_json = tmp_path / "bench.json"
-    assert _cli("bench", str(eng), "--runs", "2", "--warmup", "1", "--duration", "0", "--warmup-s", "0",
+    assert run_cli("bench", str(eng), "--runs", "2", "--warmup", "1", "--duration", "0", "--warmup-s", "0",
                 "--json", str(bench_json)) == 0
     entries = json.loads(bench_json.read_text())["entries"]
     (entry,) = [e for e in entries if e["path"] == str(eng)]
@@ -95,7 +81,7 @@ def test_build_infer_check_bench_from_the_command_line(exported, tmp_path, capsy
 
 def test_cli_errors_are_one_line(exported, tmp_path, capsys):
     src = _copy(exported.int8_cpu, tmp_path)
-    assert _cli("build", str(src)) != 0
+    assert run_cli("build", str(src)) != 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "ONNX parser failed" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
