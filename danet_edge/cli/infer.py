@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         workspace_mib: int = typer.Option(eng.workspace_mib, "--workspace-mib", help="builder workspace limit, MiB"),
         opt_level: Optional[int] = typer.Option(eng.opt_level, "--opt-level", help="builder optimisation level 0..5"),
         timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (reused)"),
-        dla_core: Optional[int] = typer.Option(eng.dla_core, "--dla-core", help="run on this DLA core (GPU fallback on)"),
+        dla_core: Optional[int] = typer.Option(eng.dla_core, "--dla-core", help="run on this DLA core, GPU fallback on (AGX Orin / Orin NX on TensorRT 10.3, AGX Orin on 11.4.1; Thor has no DLA)"),
         no_gpu_fallback: bool = typer.Option(not eng.gpu_fallback, "--no-gpu-fallback", help="with --dla-core: no GPU fallback"),
         fp16: bool = typer.Option(eng.fp16, "--fp16", help="TensorRT 10 only: weakly typed build allowing FP16"),
         int8_calib: Optional[Path] = typer.Option(None, "--int8-calib",
