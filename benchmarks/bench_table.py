@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from danet_edge.bench import BenchConfig, bench_artifacts  # noqa: E402
-from danet_edge.calib import fill_calib_dir  # noqa: E402
-from danet_edge.checkpoint import default_palette, save_checkpoint  # noqa: E402
-from danet_edge.export import ExportConfig, export_model  # noqa: E402
+from danet_edge.bench.run import BenchConfig, bench_artifacts  # noqa: E402
+from danet_edge.data.calib import fill_calib_dir  # noqa: E402
+from danet_edge.model.checkpoint import default_palette, save_checkpoint  # noqa: E402
+from danet_edge.export.export import ExportConfig, export_model  # noqa: E402
 from danet_edge.model import ModelConfig, build_model  # noqa: E402
 
 

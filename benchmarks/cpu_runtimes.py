@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_table import random_checkpoint  # noqa: E402
 
-from danet_edge.calib import fill_calib_dir, load_calibration_set  # noqa: E402
-from danet_edge.export import ExportConfig, export_model  # noqa: E402
+from danet_edge.data.calib import fill_calib_dir, load_calibration_set  # noqa: E402
+from danet_edge.export.export import ExportConfig, export_model  # noqa: E402
 from danet_edge.runtime.backends import open_backend, segment_frames  # noqa: E402
 
 

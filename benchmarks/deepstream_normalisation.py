@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from danet_edge.deepstream import normalisation_error, nvinfer_input, single_scale_normalisation
-from danet_edge.manifest import read_manifest
-from danet_edge.preprocess import normalize, resize_image, resize_labels
+from danet_edge.deploy.deepstream import normalisation_error, nvinfer_input, single_scale_normalisation
+from danet_edge.core.manifest import read_manifest
+from danet_edge.data.preprocess import normalize, resize_image, resize_labels
 
 
 def main() -> None:

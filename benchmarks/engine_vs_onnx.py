@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from danet_edge.data import build_dataset
-from danet_edge.manifest import read_manifest
+from danet_edge.data.datasets import build_dataset
+from danet_edge.core.manifest import read_manifest
 from danet_edge.runtime.backends import open_backend, segment_frames
-from danet_edge.utils import sha256_file
+from danet_edge.core.utils import sha256_file
 
 
 def main() -> None:

@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from danet_edge.calib import fill_calib_dir, load_calibration_set  # noqa: E402
-from danet_edge.quantize import quantize_int8  # noqa: E402
-from danet_edge.checkpoint import load_model  # noqa: E402
-from danet_edge.data import build_dataset  # noqa: E402
-from danet_edge.export import ExportConfig, _ort_session, export_model, export_onnx  # noqa: E402
-from danet_edge.metrics import ConfusionMatrix  # noqa: E402
-from danet_edge.preprocess import preprocess, resize_labels  # noqa: E402
+from danet_edge.data.calib import fill_calib_dir, load_calibration_set  # noqa: E402
+from danet_edge.export.quantize import quantize_int8  # noqa: E402
+from danet_edge.model.checkpoint import load_model  # noqa: E402
+from danet_edge.data.datasets import build_dataset  # noqa: E402
+from danet_edge.export.export import ExportConfig, _ort_session, export_model, export_onnx  # noqa: E402
+from danet_edge.core.metrics import ConfusionMatrix  # noqa: E402
+from danet_edge.data.preprocess import preprocess, resize_labels  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 
@@ -105,7 +105,7 @@ def main() -> None:
 
     if args.skip_r50:
         return
-    from danet_edge.checkpoint import save_checkpoint
+    from danet_edge.model.checkpoint import save_checkpoint
     from danet_edge.model import ModelConfig, build_model
 
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from danet_edge.frames import model_inputs
+from danet_edge.data.frames import model_inputs
 
 
 def _median_ms(fn, runs: int) -> float:

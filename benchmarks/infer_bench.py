@@ -1,7 +1,7 @@
 """End-to-end FPS of ``danet-edge infer`` against model-only FPS (ONNX Runtime, CPU) on a CamVid sequence.
 
 The CamVid val frames (360x480, name order) are written to a temporary mp4; the model is
-``runs/camvid_r18/best.pt`` exported with ``danet_edge.export`` when it exists, else a ResNet-18
+``runs/camvid_r18/best.pt`` exported with ``danet_edge.export.export`` when it exists, else a ResNet-18
 DANet with random weights (11 classes) exported here. Model-only = ``backend.predict`` on frames
 already at the model size (no decode, resize, overlay or encode). End-to-end = the threaded
 pipeline with decode, resize in and out, overlay and mp4 encode. The pipeline hides decode and
@@ -23,12 +23,12 @@ import cv2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from danet_edge.checkpoint import load_model  # noqa: E402
-from danet_edge.export import export_onnx  # noqa: E402
-from danet_edge.preprocess import resize_image  # noqa: E402
+from danet_edge.model.checkpoint import load_model  # noqa: E402
+from danet_edge.export.export import export_onnx  # noqa: E402
+from danet_edge.data.preprocess import resize_image  # noqa: E402
 from danet_edge.runtime.backends import open_backend  # noqa: E402
-from danet_edge.runtime.pipeline import InferConfig, run_pipeline  # noqa: E402
-from danet_edge.runtime.sources import open_source  # noqa: E402
+from danet_edge.infer.pipeline import InferConfig, run_pipeline  # noqa: E402
+from danet_edge.infer.sources import open_source  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"
 

@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from danet_edge.frames import fit_frame  # noqa: E402
+from danet_edge.data.frames import fit_frame  # noqa: E402
 from danet_edge.runtime.backends import open_backend  # noqa: E402
-from danet_edge.runtime.pipeline import InferConfig, run_inference  # noqa: E402
-from danet_edge.runtime.sources import open_source  # noqa: E402
+from danet_edge.infer.pipeline import InferConfig, run_inference  # noqa: E402
+from danet_edge.infer.sources import open_source  # noqa: E402
 
 
 def load1() -> float:

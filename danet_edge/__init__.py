@@ -2,7 +2,7 @@
 engines, and check accuracy and speed against the PyTorch reference.
 
 Importing this package imports neither tensorrt, pycuda, cuda-python nor modelopt
-(see ``danet_edge._optional``).
+(see ``danet_edge.core.optional``).
 """
 
 __version__ = "0.1.0"

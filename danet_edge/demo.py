@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ModelConfig, check_range
-from .errors import ConfigError
-from .utils import write_json
+from .core.config import Config, ModelConfig, check_range
+from .core.errors import ConfigError
+from .core.utils import write_json
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -121,14 +121,14 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
     Raises:
         DanetEdgeError subclasses from any stage (bad options, export or inference failures).
     """
-    from .bench import BenchConfig, bench_artifacts
-    from .calib import fill_calib_dir
-    from .checks import CheckConfig, check_artifacts
-    from .data import build_dataset, write_synthetic_video
-    from .errors import CheckFailed
-    from .export import ExportConfig, export_model
-    from .runtime.pipeline import InferConfig, run_inference
-    from .train import TrainConfig, train
+    from .bench.run import BenchConfig, bench_artifacts
+    from .data.calib import fill_calib_dir
+    from .check.run import CheckConfig, check_artifacts
+    from .data.datasets import build_dataset, write_synthetic_video
+    from .core.errors import CheckFailed
+    from .export.export import ExportConfig, export_model
+    from .infer.pipeline import InferConfig, run_inference
+    from .train.train import TrainConfig, train
 
     cfg = cfg or DemoConfig()
     log = log or (lambda msg: print(msg, flush=True))

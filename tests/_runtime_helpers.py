@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from danet_edge.checkpoint import load_model
+from danet_edge.model.checkpoint import load_model
 
 # CamVid in the SegNet layout, beside the project (tests that need it skip without it).
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "camvid"
@@ -17,7 +17,7 @@ CAMVID = Path(os.environ.get("DANET_EDGE_CAMVID", CAMVID))
 
 def export_tiny(ckpt: Path, out: Path, fused: bool = False, batch: int = 1) -> Path:
     """Export ``ckpt`` to ``out`` (static shape) with the project's exporter; writes ``out.json``."""
-    from danet_edge.export import export_onnx
+    from danet_edge.export.export import export_onnx
 
     lm = load_model(ckpt)
     h, w = lm.data["image_size"]
@@ -40,7 +40,7 @@ def make_tiny_checkpoint(path: Path, num_classes: int = 5, image_size=(64, 96), 
                          seed: int = 0) -> Path:
     """A danet-edge checkpoint with random weights, non-zero attention gammas and BN statistics
     that are not the identity, so that every part of the graph matters."""
-    from danet_edge.checkpoint import default_palette, save_checkpoint
+    from danet_edge.model.checkpoint import default_palette, save_checkpoint
     from danet_edge.model import ModelConfig, build_model
 
     torch.manual_seed(seed)
@@ -68,7 +68,7 @@ def make_sensitive_checkpoint(path: Path, num_classes: int = 8, image_size=(64, 
     """The tiny random checkpoint with a bias-free classifier and 10x weights, so that its labels
     follow the image (a random head predicts one class almost everywhere, and then any broken
     artifact would still agree with it)."""
-    from danet_edge.checkpoint import load_checkpoint, save_checkpoint
+    from danet_edge.model.checkpoint import load_checkpoint, save_checkpoint
 
     make_tiny_checkpoint(path, num_classes=num_classes, image_size=image_size)
     ckpt = load_checkpoint(path)

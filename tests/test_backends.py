@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.errors import ConfigError, DataError, ManifestError
-from danet_edge.manifest import manifest_path
+from danet_edge.core.errors import ConfigError, DataError, ManifestError
+from danet_edge.core.manifest import manifest_path
 from danet_edge.runtime.backends import (BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, backend_for,
                                          fit_frames, open_backend, restore_labels, segment_frames)
 
@@ -136,7 +136,7 @@ def test_letterbox_placement_roundtrip():
 
 def test_import_does_not_pull_optional_packages():
     code = ("import sys, danet_edge, danet_edge.runtime, danet_edge.runtime.backends, danet_edge.cli;"
-            "import danet_edge.engine, danet_edge.runtime.pipeline, danet_edge.runtime.cuda;"
+            "import danet_edge.trt.build, danet_edge.infer.pipeline, danet_edge.runtime.cuda;"
             "bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'modelopt') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -148,7 +148,7 @@ def test_openvino_backend_runs_the_same_graphs(tmp_path, tiny_checkpoint):
     pytest.importorskip("openvino")
     from _runtime_helpers import export_tiny, random_frames
 
-    from danet_edge.errors import ConfigError
+    from danet_edge.core.errors import ConfigError
     from danet_edge.runtime.backends import backend_for, open_backend, segment_frames
 
     path = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")

@@ -34,9 +34,9 @@ import torch
 from PIL import Image
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.checkpoint import save_checkpoint
-from danet_edge.errors import ManifestError
-from danet_edge.manifest import METADATA_KEY, embedded_manifest, manifest_path, read_manifest, write_manifest
+from danet_edge.model.checkpoint import save_checkpoint
+from danet_edge.core.errors import ManifestError
+from danet_edge.core.manifest import METADATA_KEY, embedded_manifest, manifest_path, read_manifest, write_manifest
 from danet_edge.model import ModelConfig
 
 K = 5  # classes of the tiny checkpoint (conftest.tiny_checkpoint)
@@ -209,8 +209,8 @@ def test_bench_time_options_refused(ws, capsys, case_id, argv, phrase):
 # ------------------------------------------------------------------------------------ E: infer options
 def _no_gstreamer() -> bool:
     """This OpenCV says it has no GStreamer (pip's wheels); False where it has, or cannot say."""
-    from danet_edge.errors import MissingDependencyError
-    from danet_edge.runtime.videoio import gstreamer_support
+    from danet_edge.core.errors import MissingDependencyError
+    from danet_edge.infer.videoio import gstreamer_support
 
     try:
         return gstreamer_support() is False
@@ -271,8 +271,8 @@ def test_read_only_folder_refused_before_work(ws, capsys, readonly_dir, case_id,
 
 
 def test_output_helpers_write_nothing(tmp_path):
-    from danet_edge.errors import ConfigError
-    from danet_edge.utils import ensure_output_dir, ensure_output_file
+    from danet_edge.core.errors import ConfigError
+    from danet_edge.core.utils import ensure_output_dir, ensure_output_file
 
     assert ensure_output_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
     assert ensure_output_file(tmp_path / "c" / "r.json", "--json") == tmp_path / "c" / "r.json"
@@ -349,7 +349,7 @@ def test_engine_beside_another_engines_sidecar_is_refused(ws, capsys, command):
 
 
 def test_engine_hash_is_checked_when_the_size_matches(ws, tmp_path):
-    from danet_edge.manifest import Manifest
+    from danet_edge.core.manifest import Manifest
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"abc" * 1000)
@@ -365,8 +365,8 @@ def test_engine_hash_is_checked_when_the_size_matches(ws, tmp_path):
 def test_kill_between_the_renames_is_detected(ws, tmp_path, monkeypatch):
     """``export._finalize`` renames the graph, then the sidecar; a kill in between leaves the new graph beside
     the old sidecar, and the next load refuses the pair instead of running with the old normalisation."""
-    from danet_edge import utils
-    from danet_edge.export import _finalize
+    from danet_edge.core import utils
+    from danet_edge.export.export import _finalize
 
     path = tmp_path / "model.onnx"
     shutil.copy(ws["onnx"], path)

@@ -48,8 +48,8 @@ def base_venv(tmp_path_factory) -> Path:
 
 
 def test_base_install_runs_the_device_commands_like_the_full_install(base_venv, tiny_checkpoint, tmp_path):
-    from danet_edge.manifest import read_manifest
-    from danet_edge.reference import make_bundle
+    from danet_edge.core.manifest import read_manifest
+    from danet_edge.export.reference import make_bundle
 
     py = base_venv / "bin" / "python"
     missing = _run([py, "-c", "import importlib.util as u; print([m for m in ('torch', 'torchvision', 'matplotlib') "

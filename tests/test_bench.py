@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from danet_edge.bench import BenchConfig, bench_artifacts, latency_stats
-from danet_edge.errors import ConfigError
+from danet_edge.bench.run import BenchConfig, bench_artifacts, latency_stats
+from danet_edge.core.errors import ConfigError
 
 from conftest import make_tiny_checkpoint
 
@@ -18,7 +18,7 @@ FAST = dict(warmup_s=0.0, duration_s=0.0)  # by count only: these tests check fi
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("bench")
     ckpt = make_tiny_checkpoint(root / "tiny.pt", num_classes=5, image_size=(64, 96))
@@ -116,7 +116,7 @@ def test_plot_without_matplotlib_is_a_warning(artifacts, tmp_path, monkeypatch):
 def test_machine_info_imports_nothing_heavy():
     import subprocess
 
-    code = ("import sys; sys.modules['torch'] = None; from danet_edge.measure import machine_info, gpu_reset;"
+    code = ("import sys; sys.modules['torch'] = None; from danet_edge.bench.measure import machine_info, gpu_reset;"
             "m = machine_info(); assert m['torch_threads'] is None and m['cpu_count'] >= 1, m;"
             "assert gpu_reset() is None; print(sorted(k for k in ('onnxruntime', 'cv2') if k in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -161,7 +161,7 @@ def test_cli_bench(artifacts, tmp_path, monkeypatch):
     ref = next(x for x in data["entries"] if x["is_reference"])  # PyTorch: the forward alone, timed inside predict
     assert ref["compute_timing"].startswith("perf_counter around model(x)") and ref["runs"] == 2
     assert 0 < ref["compute_p50_ms"] <= ref["latency_p50_ms"]
-    from danet_edge.jetson import read_board
+    from danet_edge.bench.jetson import read_board
 
     if not read_board()["jetson"]:  # this machine, as it is
         assert data["machine"]["jetson"]["board"] == "not a Jetson" and ref["fps_per_w"] == "not a Jetson"
@@ -182,7 +182,7 @@ def test_cli_bench_help_gives_the_time_options_in_seconds():
 def test_time_runs_goes_by_count_and_by_duration(monkeypatch):
     """trtexec's rule: warm-up until both --warmup runs and --warmup-s are done, timing until both --runs
     and --duration are done; a cap on the runs; the step's compute time kept per run."""
-    from danet_edge import measure
+    from danet_edge.bench import measure
 
     def slow():
         time.sleep(0.01)

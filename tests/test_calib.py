@@ -10,12 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from danet_edge.calib import fill_calib_dir, graph_sha256, load_calibration_set
-from danet_edge.quantize import quantize_int8
-from danet_edge.checkpoint import load_model
-from danet_edge.errors import CalibrationError
-from danet_edge.export import export_onnx
-from danet_edge.precision import attention_nodes, precision_report
+from danet_edge.data.calib import fill_calib_dir, graph_sha256, load_calibration_set
+from danet_edge.export.quantize import quantize_int8
+from danet_edge.model.checkpoint import load_model
+from danet_edge.core.errors import CalibrationError
+from danet_edge.export.export import export_onnx
+from danet_edge.export.precision import attention_nodes, precision_report
 
 
 def _write_images(folder, n=4, seed=0):
@@ -122,7 +122,7 @@ def test_fill_calib_dir_camvid_class_balanced(camvid_root, tmp_path):
 
 
 def test_calibration_chunk_bounds_memory_and_divides():
-    from danet_edge.quantize import calibration_chunk
+    from danet_edge.export.quantize import calibration_chunk
 
     assert calibration_chunk(64) == 4 and calibration_chunk(6) == 3 and calibration_chunk(7) == 1
     assert calibration_chunk(2) == 2 and calibration_chunk(1) == 1
@@ -137,9 +137,9 @@ def test_chunked_minmax_ranges_equal_all_at_once(tmp_path):
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    from danet_edge.calib import load_calibration_set
-    from danet_edge.quantize import _Reader
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.data.calib import load_calibration_set
+    from danet_edge.export.quantize import _Reader
+    from danet_edge.export.export import ExportConfig, export_model
     from conftest import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(tmp_path / "m.pt", image_size=(32, 48))

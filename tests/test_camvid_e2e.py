@@ -47,8 +47,8 @@ def _read_video(path: Path) -> tuple[int, tuple[int, int]]:
 @pytest.fixture(scope="module")
 def camvid_models(camvid_root, tmp_path_factory):
     """An input-sensitive 11-class checkpoint at CamVid's size and its FP32 and INT8 (cpu) exports."""
-    from danet_edge.calib import fill_calib_dir
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.data.calib import fill_calib_dir
+    from danet_edge.export.export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("camvid_e2e")
     ckpt = make_sensitive_checkpoint(root / "camvid.pt", num_classes=11, image_size=SIZE)
@@ -62,8 +62,8 @@ def camvid_models(camvid_root, tmp_path_factory):
 
 def test_check_against_the_bundle_equals_check_against_the_checkpoint_on_camvid(camvid_models, camvid_root):
     """What a Jetson without PyTorch reports (bundle) is what the workstation reports (checkpoint), on real frames."""
-    from danet_edge.checks import check_artifacts
-    from danet_edge.data import build_dataset
+    from danet_edge.check.run import check_artifacts
+    from danet_edge.data.datasets import build_dataset
 
     arts = [camvid_models["fp32"], camvid_models["int8"]]
     via_bundle = check_artifacts(arts, camvid_models["bundle"])
@@ -76,7 +76,7 @@ def test_check_against_the_bundle_equals_check_against_the_checkpoint_on_camvid(
 
 @pytest.fixture(scope="module")
 def camvid_frames(camvid_root):
-    from danet_edge.data import build_dataset
+    from danet_edge.data.datasets import build_dataset
 
     ds = build_dataset("camvid", camvid_root, "val", limit=FRAMES)
     return [ds[i][0] for i in range(FRAMES)]
@@ -84,11 +84,11 @@ def camvid_frames(camvid_root):
 
 @pytest.mark.parametrize("kind", ["pt", "fp32", "int8"])
 def test_infer_on_camvid_video_matches_eval(kind, camvid_models, camvid_frames, tmp_path):
-    from danet_edge.checkpoint import load_model
-    from danet_edge.evaluate import predict_logits
-    from danet_edge.preprocess import normalize
+    from danet_edge.model.checkpoint import load_model
+    from danet_edge.train.evaluate import predict_logits
+    from danet_edge.data.preprocess import normalize
     from danet_edge.runtime.backends import open_backend, segment_frames
-    from danet_edge.runtime.pipeline import InferConfig, run_inference
+    from danet_edge.infer.pipeline import InferConfig, run_inference
 
     # Lossless video, so the decoded frames are the PNGs' pixels and predictions can match exactly.
     video = _write_video(camvid_frames, tmp_path / "camvid_val.mkv", "FFV1")
@@ -123,7 +123,7 @@ def test_infer_on_camvid_video_matches_eval(kind, camvid_models, camvid_frames, 
 
 
 def test_lossy_mp4_keeps_frame_count_and_size(camvid_models, camvid_frames, tmp_path):
-    from danet_edge.runtime.pipeline import InferConfig, run_inference
+    from danet_edge.infer.pipeline import InferConfig, run_inference
 
     video = _write_video(camvid_frames, tmp_path / "camvid_val.mp4", "mp4v")
     summary = run_inference(camvid_models["fp32"], video, InferConfig(out_dir=tmp_path / "out"))

@@ -12,10 +12,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from danet_edge.checks import (DEFAULT_THRESHOLDS, CheckConfig, Thresholds, check_artifacts, load_thresholds,
+from danet_edge.check.run import (DEFAULT_THRESHOLDS, CheckConfig, Thresholds, check_artifacts, load_thresholds,
                                parse_threshold_overrides)
-from danet_edge.errors import CheckFailed, ConfigError
-from danet_edge.manifest import read_manifest, write_manifest
+from danet_edge.core.errors import CheckFailed, ConfigError
+from danet_edge.core.manifest import read_manifest, write_manifest
 
 from conftest import make_sensitive_checkpoint
 
@@ -30,7 +30,7 @@ def sensitive_checkpoint(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny 8-class checkpoint and its FP32 ONNX export."""
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("checks")
     ckpt = sensitive_checkpoint(root / "tiny.pt")
@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
 
 
 def _dataset(n: int = 4, size=SIZE):
-    from danet_edge.data import build_dataset
+    from danet_edge.data.datasets import build_dataset
 
     return build_dataset("synthetic", split="val", limit=n, size=size)
 
@@ -70,7 +70,7 @@ def test_reference_against_itself_is_exact(setup):
 
 
 def test_reference_miou_equals_evaluate(setup):
-    from danet_edge.evaluate import evaluate
+    from danet_edge.train.evaluate import evaluate
 
     ds = _dataset(6)
     rep = check_artifacts([setup["ckpt"]], setup["ckpt"], ds, CheckConfig())
@@ -195,8 +195,8 @@ def test_int8_calibrated_on_noise_fails(setup, tmp_path):
     INT8 thresholds; the same export calibrated on real scenes does better."""
     import cv2
 
-    from danet_edge.calib import fill_calib_dir
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.data.calib import fill_calib_dir
+    from danet_edge.export.export import ExportConfig, export_model
 
     noise = tmp_path / "noise"
     noise.mkdir()
@@ -221,7 +221,7 @@ def test_int8_calibrated_on_noise_fails(setup, tmp_path):
 def test_check_follows_the_infer_path(setup):
     """Images of another size than the artifact: mIoU equals segment_frames' labels (what infer
     writes) scored at the image size."""
-    from danet_edge.metrics import ConfusionMatrix
+    from danet_edge.core.metrics import ConfusionMatrix
     from danet_edge.runtime.backends import open_backend, segment_frames
 
     ds = _dataset(3, size=(80, 112))

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from danet_edge.cost import JETSON_TARGETS, GpuTarget, format_cost, graph_cost
+from danet_edge.graph.cost import JETSON_TARGETS, GpuTarget, format_cost, graph_cost
 
 
 def _tiny(quantized: bool = False) -> onnx.ModelProto:
@@ -105,7 +105,7 @@ def test_danet_r50_at_512x1024_is_877_gflop(tmp_path):
 def test_precision_report_carries_the_cost(tiny_checkpoint, tmp_path):
     from _runtime_helpers import export_tiny
 
-    from danet_edge.precision import convert_fp16, precision_report
+    from danet_edge.export.precision import convert_fp16, precision_report
 
     fp32 = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     fp16 = convert_fp16(fp32, tmp_path / "m16.onnx")

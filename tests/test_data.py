@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from danet_edge.data import (
+from danet_edge.data.datasets import (
     EvalTransform, TrainTransform, TransformedDataset, build_dataset, synthetic_frames, write_synthetic_video,
 )
-from danet_edge.errors import ConfigError, DataError
+from danet_edge.core.errors import ConfigError, DataError
 
 
 def test_synthetic_deterministic_and_splits_differ():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from danet_edge.demo import DemoConfig, run_demo
-from danet_edge.errors import ConfigError
+from danet_edge.core.errors import ConfigError
 
 
 def test_demo_config_refuses_bad_sizes():

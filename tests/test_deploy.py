@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge import deepstream, triton
-from danet_edge.errors import ConfigError, DataError, ManifestError
-from danet_edge.manifest import read_manifest, write_manifest
+from danet_edge.deploy import deepstream, triton
+from danet_edge.core.errors import ConfigError, DataError, ManifestError
+from danet_edge.core.manifest import read_manifest, write_manifest
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -106,7 +106,7 @@ def _label_change(onnx_path: Path, frames: np.ndarray) -> tuple[float, dict]:
     """Pixel agreement (%) between the graph on the exact normalisation and on nvinfer's single-scale one."""
     import onnxruntime as ort
 
-    from danet_edge.preprocess import normalize, resize_image
+    from danet_edge.data.preprocess import normalize, resize_image
 
     m = read_manifest(onnx_path)
     k, off = deepstream.single_scale_normalisation(m.mean, m.std)

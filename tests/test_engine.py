@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from danet_edge.engine import BuildPlan, EngineConfig, build_engine, check_engine_compat, plan_build
-from danet_edge.engine_plan import no_tensorrt_hint
-from danet_edge.errors import ConfigError, EngineError, ManifestError, MissingDependencyError
-from danet_edge.manifest import Manifest
+from danet_edge.trt.build import BuildPlan, EngineConfig, build_engine, check_engine_compat, plan_build
+from danet_edge.trt.plan import no_tensorrt_hint
+from danet_edge.core.errors import ConfigError, EngineError, ManifestError, MissingDependencyError
+from danet_edge.core.manifest import Manifest
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -117,7 +117,7 @@ def test_build_without_tensorrt_says_where_to_build(tmp_path, tiny_checkpoint):
 
 
 def test_build_rejects_bad_paths(tmp_path):
-    from danet_edge.errors import DataError
+    from danet_edge.core.errors import DataError
 
     with pytest.raises(DataError):
         build_engine(tmp_path / "missing.onnx")

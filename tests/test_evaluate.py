@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from danet_edge.data import DatasetInfo, build_dataset
-from danet_edge.errors import ConfigError
-from danet_edge.evaluate import evaluate, predict_logits, write_result
-from danet_edge.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from danet_edge.data.datasets import DatasetInfo, build_dataset
+from danet_edge.core.errors import ConfigError
+from danet_edge.train.evaluate import evaluate, predict_logits, write_result
+from danet_edge.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 K = 4
 

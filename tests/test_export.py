@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from danet_edge.checkpoint import load_model
-from danet_edge.export import ExportConfig, attention_memory_mib, export_model, relative_l2
-from danet_edge.manifest import read_manifest
-from danet_edge.precision import attention_nodes
-from danet_edge.preprocess import preprocess
+from danet_edge.model.checkpoint import load_model
+from danet_edge.export.export import ExportConfig, attention_memory_mib, export_model, relative_l2
+from danet_edge.core.manifest import read_manifest
+from danet_edge.export.precision import attention_nodes
+from danet_edge.data.preprocess import preprocess
 
 
 def _frames(n=2, size=(64, 96), seed=1):
@@ -128,7 +128,7 @@ def test_cli_bad_input_one_line_no_file(case, tiny_checkpoint, tmp_path, capsys)
 
 
 def test_conflicting_options_refused(tiny_checkpoint, tmp_path):
-    from danet_edge.errors import ConfigError
+    from danet_edge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="INT8 only"):
         export_model(tiny_checkpoint, ExportConfig(out=tmp_path, calib_method="minmax"))

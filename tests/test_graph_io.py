@@ -7,10 +7,10 @@ import onnx
 import pytest
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.errors import ExportError
-from danet_edge.graph_io import fuse_io, is_fused
-from danet_edge.manifest import read_manifest
-from danet_edge.preprocess import normalize
+from danet_edge.core.errors import ExportError
+from danet_edge.export.graph_io import fuse_io, is_fused
+from danet_edge.core.manifest import read_manifest
+from danet_edge.data.preprocess import normalize
 
 
 def test_fused_graph_equals_normalise_then_argmax(tiny_checkpoint, tmp_path):

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.checkpoint import load_checkpoint
-from danet_edge.errors import ConfigError, DataError, Interrupted
-from danet_edge.train import TrainConfig, activation_memory, train
+from danet_edge.model.checkpoint import load_checkpoint
+from danet_edge.core.errors import ConfigError, DataError, Interrupted
+from danet_edge.train.train import TrainConfig, activation_memory, train
 
 QUICK = ["--dataset", "synthetic", "--synthetic-size", "64", "96", "--limit-train", "4", "--limit-val", "2",
          "-b", "2", "--epochs", "1", "--workers", "0", "--no-progress"]
@@ -157,7 +157,7 @@ def test_corrupt_val_image_fails_before_the_first_epoch(tmp_path, capsys, monkey
     data = _folder_dataset(tmp_path / "data")
     (data / "val" / "images" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     epochs = []
-    monkeypatch.setattr("danet_edge.train._train_epoch", lambda *a, **k: epochs.append(1) or {})
+    monkeypatch.setattr("danet_edge.train.train._train_epoch", lambda *a, **k: epochs.append(1) or {})
     code, err = _cli(["train", "--dataset", "folder", "--data", data, "--num-classes", "3", "-b", "2",
                       "--epochs", "1", "--workers", "0", "--no-progress", "-o", tmp_path / "out"], capsys)
     assert code == 3 and len(err) == 1 and err[0].startswith("error: ") and "2.png" in err[0], err
@@ -170,7 +170,7 @@ def test_worker_errors_are_one_line(workers, tmp_path, capsys, monkeypatch):
     worker; PyTorch wraps it in the worker's traceback, train gives the worker's own line."""
     data = _folder_dataset(tmp_path / "data")
     (data / "train" / "images" / "1.png").write_bytes(b"garbage")
-    monkeypatch.setattr("danet_edge.data.SegmentationDataset.verify", lambda self, description=None: 0)
+    monkeypatch.setattr("danet_edge.data.datasets.SegmentationDataset.verify", lambda self, description=None: 0)
     code, err = _cli(["train", "--dataset", "folder", "--data", data, "--num-classes", "3", "-b", "2", "--epochs",
                       "1", "--workers", str(workers), "--no-progress", "-o", tmp_path / "out"], capsys)
     assert code == 3 and len(err) == 1, err
@@ -178,7 +178,7 @@ def test_worker_errors_are_one_line(workers, tmp_path, capsys, monkeypatch):
 
 
 def test_worker_error_unwrapping():
-    from danet_edge.train import _worker_errors
+    from danet_edge.train.train import _worker_errors
 
     class Loader:
         def __init__(self, exc):
@@ -189,12 +189,12 @@ def test_worker_error_unwrapping():
             raise self.exc
 
     wrapped = ("Caught DataError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
-               '  File "x.py", line 3, in f\n    raise DataError(m)\ndanet_edge.errors.DataError: a.png: bad mask\n')
+               '  File "x.py", line 3, in f\n    raise DataError(m)\ndanet_edge.core.errors.DataError: a.png: bad mask\n')
     with pytest.raises(DataError) as e:
         list(_worker_errors(Loader(DataError(wrapped))))
     assert str(e.value) == "a.png: bad mask"
     with pytest.raises(DataError, match=r"^reading the training data: OSError: \[Errno 5\] b.png$"):
-        list(_worker_errors(Loader(OSError(wrapped.replace("danet_edge.errors.DataError: a.png: bad mask",
+        list(_worker_errors(Loader(OSError(wrapped.replace("danet_edge.core.errors.DataError: a.png: bad mask",
                                                               "OSError: [Errno 5] b.png")))))
     with pytest.raises(ValueError):  # not from a worker: untouched
         list(_worker_errors(Loader(ValueError("plain"))))
@@ -207,7 +207,7 @@ def test_last_pt_is_written_before_validation_and_resume_validates_it(tmp_path, 
         raise DataError("val/3.png: cannot read image")
 
     with monkeypatch.context() as m:
-        m.setattr("danet_edge.train._validate", broken)
+        m.setattr("danet_edge.train.train._validate", broken)
         with pytest.raises(DataError):
             train(tiny_config(out, epochs=2))
     ckpt = load_checkpoint(out / "last.pt")  # the epoch's training survived its validation
@@ -220,7 +220,7 @@ def test_last_pt_is_written_before_validation_and_resume_validates_it(tmp_path, 
 
 
 def test_verify_finds_each_kind_of_bad_file(tmp_path):
-    from danet_edge.data import build_dataset
+    from danet_edge.data.datasets import build_dataset
 
     data = _folder_dataset(tmp_path / "data")
     ds = build_dataset("folder", data, "train", num_classes=3)
@@ -249,7 +249,7 @@ def _folder_reset(data: Path) -> None:
 def test_camvid_precheck_is_quick(camvid_root):
     import time
 
-    from danet_edge.data import build_dataset
+    from danet_edge.data.datasets import build_dataset
 
     t0 = time.perf_counter()
     n = sum(build_dataset("camvid", camvid_root, s).verify() for s in ("train", "val"))
@@ -259,7 +259,7 @@ def test_camvid_precheck_is_quick(camvid_root):
 
 # ------------------------------------------------------------------ 3. bounds by the machine
 def test_crop_memory_estimate_and_refusal(monkeypatch, tmp_path):
-    from danet_edge.config import ModelConfig
+    from danet_edge.core.config import ModelConfig
 
     small, _ = activation_memory((352, 352), 8, ModelConfig(backbone="resnet18"))
     assert 0.5e9 < small < 2e9  # README's CamVid crop: about 1 GB
@@ -277,7 +277,7 @@ def test_crop_memory_estimate_and_refusal(monkeypatch, tmp_path):
 
 
 def test_bench_batch_memory(monkeypatch):
-    from danet_edge.bench import BenchConfig, check_batch_memory
+    from danet_edge.bench.run import BenchConfig, check_batch_memory
 
     with pytest.raises(ConfigError, match="1..1024"):
         BenchConfig(batches=(1025,))
@@ -296,7 +296,7 @@ def test_train_interrupted_after_an_epoch(tmp_path, capsys, monkeypatch):
     def killed(record, epochs):  # Ctrl-C right after epoch 1's last.pt was written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("danet_edge.train._log_epoch", killed)
+    monkeypatch.setattr("danet_edge.train.train._log_epoch", killed)
     out = tmp_path / "run"
     code, err = _cli(["train", *QUICK, "--epochs", "2", "-o", out], capsys)
     assert code == 130 and err == [f"interrupted after epoch 1: {out / 'last.pt'} (--resume continues from it)"]
@@ -306,7 +306,7 @@ def test_train_interrupted_before_the_first_epoch(tmp_path, capsys, monkeypatch)
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("danet_edge.train._train_epoch", killed)
+    monkeypatch.setattr("danet_edge.train.train._train_epoch", killed)
     code, err = _cli(["train", *QUICK, "-o", tmp_path / "run"], capsys)
     assert code == 130 and err == ["interrupted before the first epoch ended: nothing saved"]
     with pytest.raises(Interrupted):  # the library raises a KeyboardInterrupt that says it
@@ -317,7 +317,7 @@ def test_export_interrupted_lists_the_complete_artifacts(tmp_path, tiny_checkpoi
     def killed(*a, **k):  # Ctrl-C right after the FP32 graph and its manifest were written
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("danet_edge.export.format_report", killed)  # first called once model.onnx is written
+    monkeypatch.setattr("danet_edge.export.export.format_report", killed)  # first called once model.onnx is written
     out = tmp_path / "exp"
     code, err = _cli(["-q", "export", tiny_checkpoint, "--fp16", "--reference-images", "0", "-o", out], capsys)
     assert code == 130
@@ -326,7 +326,7 @@ def test_export_interrupted_lists_the_complete_artifacts(tmp_path, tiny_checkpoi
 
 
 def test_infer_interrupted_leaves_a_playable_video(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    import danet_edge.runtime.pipeline as pipeline
+    import danet_edge.infer.pipeline as pipeline
 
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -365,7 +365,7 @@ def test_resume_removes_only_atomic_tmp_files_in_out(trained, tmp_path):
 
 
 def test_label_names_are_unique(tmp_path, tiny_checkpoint, capsys):
-    from danet_edge.runtime.sources import output_names
+    from danet_edge.infer.sources import output_names
 
     assert output_names([Path("a.png"), Path("a.jpg"), Path("b.png")]) == ["a_png", "a_jpg", "b"]
     assert output_names([Path("x/c.png"), Path("y/c.png"), Path("C.PNG")]) == ["c_png", "c_png_2", "C_png_3"]
@@ -382,7 +382,7 @@ def test_label_names_are_unique(tmp_path, tiny_checkpoint, capsys):
 
 
 def test_thresholds_file_values_in_range(tmp_path):
-    from danet_edge.thresholds import load_thresholds, parse_threshold_overrides
+    from danet_edge.check.thresholds import load_thresholds, parse_threshold_overrides
 
     (tmp_path / "t.json").write_text(json.dumps({"int8": {"min_agreement": 101}}))
     with pytest.raises(ConfigError, match="0..100"):
@@ -393,7 +393,7 @@ def test_thresholds_file_values_in_range(tmp_path):
 
 
 def test_export_options_that_would_do_nothing():
-    from danet_edge.config import ExportConfig
+    from danet_edge.core.config import ExportConfig
 
     with pytest.raises(ConfigError, match="--target cpu"):
         ExportConfig(target="cpu", fp16=True)
@@ -405,8 +405,8 @@ def test_export_options_that_would_do_nothing():
 
 def test_calibration_options_apply_to_a_calibrating_recipe_without_int8():
     """``--recipe int8-tensorrt-fp32 --calib-size 32`` calibrates: the options are not refused as INT8-only."""
-    from danet_edge.config import ExportConfig
-    from danet_edge.errors import ConfigError
+    from danet_edge.core.config import ExportConfig
+    from danet_edge.core.errors import ConfigError
 
     ExportConfig(recipes=("int8-tensorrt-fp32",), calib_size=32, calib_method="minmax")
     with pytest.raises(ConfigError, match="applies to INT8 only"):

@@ -9,12 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from danet_edge.calib import load_calibration_set
-from danet_edge.checkpoint import load_model
-from danet_edge.cost import graph_cost
-from danet_edge.export import export_onnx
-from danet_edge.precision import attention_nodes, default_fp32_islands, precision_report
-from danet_edge.quantize import quantize_int8, residual_adds
+from danet_edge.data.calib import load_calibration_set
+from danet_edge.model.checkpoint import load_model
+from danet_edge.graph.cost import graph_cost
+from danet_edge.export.export import export_onnx
+from danet_edge.export.precision import attention_nodes, default_fp32_islands, precision_report
+from danet_edge.export.quantize import quantize_int8, residual_adds
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +122,15 @@ def test_include_attention_keeps_quantized_attention_out_of_the_fp32_islands(gra
 # ---------------------------------------------------------------- sensitivity and the accuracy budget
 
 def _evaluator(graphs, n=4):
-    from danet_edge.manifest import read_manifest
-    from danet_edge.sensitivity import Evaluator
+    from danet_edge.core.manifest import read_manifest
+    from danet_edge.export.sensitivity import Evaluator
 
     frames = list(graphs["cs"].frames())[:n]
     return Evaluator(onnx.load(str(graphs["fp32"])), read_manifest(graphs["fp32"]), frames, threads=1)
 
 
 def test_keeping_every_layer_in_high_precision_gives_back_the_fp32_graph(graphs):
-    from danet_edge.sensitivity import keep_high_precision, quantized_layers
+    from danet_edge.export.sensitivity import keep_high_precision, quantized_layers
 
     int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
     names = quantized_layers(int8)
@@ -156,7 +156,7 @@ def test_keeping_one_layer_leaves_every_other_quantization_point_alone(graphs, t
     fusable form), and those stay; only the kept layer's own inputs leave INT8 (and, in the TensorRT graph, the
     skip Q/DQ of an Add fed straight by the kept layer, which no longer fuses). Found on the CamVid R-50 cpu
     graph, where every single layer 'gained' 9.4 points because all Add and Relu Q/DQ were dropped with it."""
-    from danet_edge.sensitivity import keep_high_precision, quantized_layers
+    from danet_edge.export.sensitivity import keep_high_precision, quantized_layers
 
     path = graphs["new"].path if target == "tensorrt" else \
         quantize_int8(graphs["fp32"], graphs["cs"], tmp_path / "int8_cpu.onnx", "cpu", "minmax").path
@@ -175,7 +175,7 @@ def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
     """With labels the ranking's own order is by mIoU gain; a minimum-agreement budget must still keep layers by
     agreement gain per GFLOP (on 16 CamVid images every R-50 layer had a negative mIoU gain, and the budget kept
     the largest layer first)."""
-    from danet_edge.sensitivity import LayerSensitivity, SensitivityReport, fit_budget, quantized_layers
+    from danet_edge.export.sensitivity import LayerSensitivity, SensitivityReport, fit_budget, quantized_layers
 
     int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
     ev = _evaluator(graphs, n=2)
@@ -195,7 +195,7 @@ def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
 
 @pytest.mark.slow
 def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path):
-    from danet_edge.sensitivity import fit_budget, keep_high_precision, rank_layers, write_ranking
+    from danet_edge.export.sensitivity import fit_budget, keep_high_precision, rank_layers, write_ranking
 
     int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
     ev = _evaluator(graphs)
@@ -227,9 +227,9 @@ def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path)
 def test_export_applies_the_budget_and_records_it(tiny_checkpoint, tmp_path, graphs):
     import json
 
-    from danet_edge.config import ExportConfig
-    from danet_edge.errors import ConfigError
-    from danet_edge.export import export_model
+    from danet_edge.core.config import ExportConfig
+    from danet_edge.core.errors import ConfigError
+    from danet_edge.export.export import export_model
 
     with pytest.raises(ConfigError, match="needs labelled images"):
         ExportConfig(int8=True, max_miou_drop=0.3)
@@ -266,9 +266,9 @@ def test_a_bias_shared_by_two_convs_does_not_hide_a_projection_shortcut():
 
 
 def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_checkpoint, tmp_path, graphs):
-    from danet_edge.config import ExportConfig
-    from danet_edge.errors import ConfigError
-    from danet_edge.export import export_model
+    from danet_edge.core.config import ExportConfig
+    from danet_edge.core.errors import ConfigError
+    from danet_edge.export.export import export_model
 
     cfg = ExportConfig(int8=True, calib=graphs["cs"].root, out=tmp_path / "out", max_miou_drop=0.3,
                        dataset="synthetic", budget_images=2)  # 8 classes; the checkpoint has 5
@@ -280,8 +280,8 @@ def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_chec
 def test_cpu_target_keeps_the_classifier_and_its_logits_out_of_int8(graphs, tmp_path):
     """ONNX Runtime's CPU form quantizes Conv outputs: uint8 logits flipped the argmax of a CamVid-trained R-50
     on more than half its pixels (NOTES.md, issue 9). The classifier Conv stays FP32, input and output."""
-    from danet_edge.precision import precision_report
-    from danet_edge.quantize import classifier_conv
+    from danet_edge.export.precision import precision_report
+    from danet_edge.export.quantize import classifier_conv
 
     fp32 = onnx.load(str(graphs["fp32"]))
     name = classifier_conv(fp32)
@@ -304,8 +304,8 @@ def test_tiny_weight_channels_keep_positive_fp16_scales(graphs, tmp_path):
     """Issue 20 defect 2: FP16 Q/DQ scales under 3e-8 rounded to 0 (TensorRT's parser refuses scale 0) and
     those under 6.1e-5 lost bits as subnormals. A channel of zeros, one of magnitude 1e-7 and one of 3e-5 now
     give scales > 0, a graph the TensorRT rules accept, and dequantized weights within one stored step."""
-    from danet_edge.quantize import FP16_MIN_NORMAL, fp16_scale
-    from danet_edge.trtcheck import check_tensorrt_compat
+    from danet_edge.export.quantize import FP16_MIN_NORMAL, fp16_scale
+    from danet_edge.graph.trtcheck import check_tensorrt_compat
 
     model = onnx.load(str(graphs["fp32"]))
     inits = {i.name: i for i in model.graph.initializer}

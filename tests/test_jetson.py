@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from danet_edge import jetson
-from danet_edge.errors import ConfigError
+from danet_edge.bench import jetson
+from danet_edge.core.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "jetson"
 
@@ -199,5 +199,5 @@ def test_power_sampler_refuses_a_machine_without_monitor(tmp_path):
 def test_jetson_module_imports_no_torch():
     import subprocess
 
-    code = "import sys, danet_edge.jetson; sys.exit(bool({'torch', 'onnx', 'onnxruntime'} & set(sys.modules)))"
+    code = "import sys, danet_edge.bench.jetson; sys.exit(bool({'torch', 'onnx', 'onnxruntime'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], env={**os.environ}, timeout=60).returncode == 0

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from danet_edge.errors import DataError
+from danet_edge.core.errors import DataError
 import torch
 
-from danet_edge.metrics import ConfusionMatrix
+from danet_edge.core.metrics import ConfusionMatrix
 
 # 3 classes, ignore 255. Class 2 appears in neither target nor prediction.
 TARGET = np.array([[0, 0, 1, 1], [0, 1, 1, 255]])
@@ -137,7 +137,7 @@ def test_metrics_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None; import numpy as np; from danet_edge.metrics import ConfusionMatrix;"
+    code = ("import sys; sys.modules['torch'] = None; import numpy as np; from danet_edge.core.metrics import ConfusionMatrix;"
             "cm = ConfusionMatrix(2).update(np.array([0, 1]), np.array([0, 0])); cm.all_reduce();"
             "print(cm.mat.tolist(), sys.modules['torch'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from danet_edge.errors import ConfigError
+from danet_edge.core.errors import ConfigError
 import torch
 
 from danet_edge.model import CAM, PAM, ModelConfig, build_model
@@ -87,7 +87,7 @@ def test_bad_config_raises():
 def test_unsafe_or_corrupt_checkpoint_is_refused_in_one_line(tmp_path):
     import argparse
 
-    from danet_edge.errors import CheckpointError
+    from danet_edge.core.errors import CheckpointError
     from danet_edge.model.weights import safe_torch_load
 
     unsafe = tmp_path / "unsafe.pt"

@@ -77,8 +77,8 @@ def device_files(tiny_checkpoint, tmp_path_factory):
     images = random_frames(3, 72, 100)
     for i, f in enumerate(images):  # not the model's 64x96: resize in and out
         Image.fromarray(f).save(frames / f"f{i}.png")
-    from danet_edge.manifest import read_manifest
-    from danet_edge.reference import make_bundle
+    from danet_edge.core.manifest import read_manifest
+    from danet_edge.export.reference import make_bundle
 
     labels = [np.random.default_rng(i).integers(0, 5, f.shape[:2]) for i, f in enumerate(images)]
     bundle = make_bundle(tiny_checkpoint, read_manifest(onnx_path), images, labels, 255, "random frames",
@@ -109,7 +109,7 @@ def test_device_commands_run_without_torch(device_files, tmp_path):
     assert any("PyTorch reference not timed" in n for n in bench["notes"])
     assert bench["machine"]["torch_threads"] is None and bench["machine"]["cpu_count"] >= 1
     # check against the bundle, without torch, reports what the full install reports against the checkpoint
-    from danet_edge.checks import check_artifacts
+    from danet_edge.check.run import check_artifacts
 
     class _Data(list):
         info = type("Info", (), {"classes": [f"c{i}" for i in range(5)], "ignore_index": 255, "name": "random"})
@@ -168,8 +168,8 @@ def test_onnx_without_onnxruntime_is_one_line(device_files, tmp_path):
     ("import_matplotlib", "matplotlib", ["danet-edge[plot]"]),
 ])
 def test_optional_imports_name_the_extra(monkeypatch, name, module, words):
-    from danet_edge import _optional
-    from danet_edge.errors import MissingDependencyError
+    from danet_edge.core import optional as _optional
+    from danet_edge.core.errors import MissingDependencyError
 
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingDependencyError) as e:
@@ -179,7 +179,7 @@ def test_optional_imports_name_the_extra(monkeypatch, name, module, words):
 
 
 def test_optional_imports_return_the_module():
-    from danet_edge import _optional
+    from danet_edge.core import optional as _optional
 
     cv2 = _optional.import_cv2()
     assert _optional.import_onnxruntime().InferenceSession and cv2.resize
@@ -190,8 +190,8 @@ def test_cv2_numpy_abi_hint(monkeypatch):
     """JetPack's OpenCV is built for NumPy 1.x: a NumPy 2 in the venv breaks its import; the hint says so."""
     import importlib
 
-    from danet_edge import _optional
-    from danet_edge.errors import MissingDependencyError
+    from danet_edge.core import optional as _optional
+    from danet_edge.core.errors import MissingDependencyError
 
     real = importlib.import_module
 
@@ -210,7 +210,7 @@ def test_readme_gstreamer_strings_are_pipelines():
     """The source strings README gives for a Jetson are taken as GStreamer pipelines by ``infer``."""
     import re
 
-    from danet_edge.runtime.sources import is_gstreamer
+    from danet_edge.infer.sources import is_gstreamer
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## On a Jetson (JetPack 6)", 1)[1].split("\n## ", 1)[0]
@@ -221,7 +221,7 @@ def test_readme_gstreamer_strings_are_pipelines():
 
 def test_cli_turns_a_module_level_import_error_into_one_line(monkeypatch):
     """``missing_dependency``: the CLI's last resort for stages that import torch & co. at module level."""
-    from danet_edge._optional import missing_dependency
+    from danet_edge.core.optional import missing_dependency
 
     monkeypatch.setitem(sys.modules, "torch", None)
     err = missing_dependency(ModuleNotFoundError("No module named 'torch'", name="torch.nn"))

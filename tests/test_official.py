@@ -16,8 +16,8 @@ from torch import nn
 
 import pytest
 
-from danet_edge.checkpoint import load_model
-from danet_edge.errors import CheckpointError
+from danet_edge.model.checkpoint import load_model
+from danet_edge.core.errors import CheckpointError
 from danet_edge.model import load_official_checkpoint
 
 
@@ -277,9 +277,9 @@ def test_import_official_records_multigrid_and_classes(tmp_path):
     """`danet-edge import-official` keeps the logits and records what the weights cannot tell."""
     from typer.testing import CliRunner
 
-    from danet_edge.checkpoint import load_model
+    from danet_edge.model.checkpoint import load_model
     from danet_edge.cli import app
-    from danet_edge.data import CITYSCAPES_CLASSES
+    from danet_edge.data.datasets import CITYSCAPES_CLASSES
 
     ref = make_reference(50, deep_stem=False, multi_grid=True, k=19)
     src = tmp_path / "official.pth"

@@ -8,12 +8,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from danet_edge.checkpoint import load_model
-from danet_edge.errors import PrecisionError
-from danet_edge.export import export_onnx
-from danet_edge.precision import (attention_nodes, convert_fp16, default_fp32_islands, precision_report,
+from danet_edge.model.checkpoint import load_model
+from danet_edge.core.errors import PrecisionError
+from danet_edge.export.export import export_onnx
+from danet_edge.export.precision import (attention_nodes, convert_fp16, default_fp32_islands, precision_report,
                                   verify_precision)
-from danet_edge.preprocess import preprocess
+from danet_edge.data.preprocess import preprocess
 
 
 def _frames():

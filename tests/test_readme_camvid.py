@@ -53,7 +53,7 @@ def test_readme_block_is_found():
 
 
 def test_readme_camvid_sequence_runs_as_written(camvid_root, tmp_path):
-    from danet_edge.data import build_dataset
+    from danet_edge.data.datasets import build_dataset
 
     frames = build_dataset("camvid", camvid_root, "val", limit=4)
     writer = cv2.VideoWriter(str(tmp_path / "video.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 360))

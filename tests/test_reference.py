@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from _runtime_helpers import make_tiny_checkpoint
-from danet_edge.checks import check_artifacts
-from danet_edge.config import CheckConfig, ExportConfig
-from danet_edge.data import build_dataset
-from danet_edge.errors import ConfigError, DataError, ManifestError
-from danet_edge.export import export_model
-from danet_edge.reference import is_bundle, load_bundle
+from danet_edge.check.run import check_artifacts
+from danet_edge.core.config import CheckConfig, ExportConfig
+from danet_edge.data.datasets import build_dataset
+from danet_edge.core.errors import ConfigError, DataError, ManifestError
+from danet_edge.export.export import export_model
+from danet_edge.export.reference import is_bundle, load_bundle
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from danet_edge.checks import CheckConfig, check_artifacts
-from danet_edge.checks_report import (MIN_TILE_HEIGHT, confusion_figure, disagreement_picture,
+from danet_edge.check.run import CheckConfig, check_artifacts
+from danet_edge.check.report import (MIN_TILE_HEIGHT, confusion_figure, disagreement_picture,
                                       per_class_iou_figure, precision_source_text)
 
 from test_checks import _dataset, _perturbed_copy, sensitive_checkpoint
@@ -32,7 +32,7 @@ UNIT = re.compile(r"\((%|ms|points|ms per batch)[^)]*\)|%")
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     """A check of a good and a broken FP32 graph against a tiny 8-class checkpoint, with every report."""
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("reports")
     ckpt = sensitive_checkpoint(root / "tiny.pt")
@@ -99,7 +99,7 @@ def test_disagreement_picture_is_large_with_ground_truth_and_legend(checked):
     assert pic.width >= 5 * 96 * f and pic.height >= 2 * 64 * f
     # the legend: every class's colour appears as a swatch in the bottom strip
     strip = np.asarray(pic.convert("RGB"))[-120:]
-    from danet_edge.manifest import read_manifest
+    from danet_edge.core.manifest import read_manifest
 
     for colour in read_manifest(checked["good"]).palette:
         assert (strip == np.asarray(colour, np.uint8)).all(-1).sum() > 50, colour
@@ -250,7 +250,7 @@ def test_html_in_headless_chromium_renders_every_image_without_overlap(checked, 
 
 # ------------------------------------------------------------------------------------------ bench plot
 def _bench_report(mious=(55.04, 55.00, 54.94)):
-    from danet_edge.bench import BenchEntry, BenchReport
+    from danet_edge.bench.run import BenchEntry, BenchReport
 
     def entry(name, backend, provider, p50, p99, miou, ref=False, speed=None):
         return BenchEntry(name=name, path=name, backend=backend, provider=provider, precision="fp32",
@@ -265,7 +265,7 @@ def _bench_report(mious=(55.04, 55.00, 54.94)):
                          mious[1], speed=1.33),
                    entry("model_int8_trt.onnx", "onnxruntime", "ONNX Runtime 1.20.1 CPUExecutionProvider",
                          290.0, 350.0, mious[2], speed=1.38)]
-    from danet_edge.bench import BenchEntry as _E
+    from danet_edge.bench.run import BenchEntry as _E
 
     rep.entries.append(_E(name="pytorch-fp16-autocast", path="x", backend="torch", precision="fp16",
                           image_size=[360, 480], batch=1, runs=0, skipped="no CUDA GPU here"))
@@ -290,7 +290,7 @@ def _texts_do_not_overlap(fig, texts) -> None:
 def test_bench_figure_latency_bars_name_the_provider_and_the_speedup():
     import matplotlib.pyplot as plt
 
-    from danet_edge.bench_plot import bench_figure
+    from danet_edge.bench.plot import bench_figure
 
     fig = bench_figure(_bench_report())
     _assert_readable_chart(fig)
@@ -313,7 +313,7 @@ def test_bench_bar_captions_end_inside_the_latency_axes():
     """A long provider (TensorRT on a named board) and a 'slower than' caption still end inside the axes."""
     import matplotlib.pyplot as plt
 
-    from danet_edge.bench_plot import bench_figure
+    from danet_edge.bench.plot import bench_figure
 
     rep = _bench_report()
     rep.entries[2].provider = "TensorRT 10.3.0 on NVIDIA Jetson AGX Orin Developer Kit (MAXN, jetson_clocks on)"
@@ -335,7 +335,7 @@ def test_bench_bar_captions_end_inside_the_latency_axes():
 def test_bench_figure_accuracy_axis_is_honest_and_labels_do_not_overlap():
     import matplotlib.pyplot as plt
 
-    from danet_edge.bench_plot import MIN_ACCURACY_SPAN, accuracy_limits, bench_figure
+    from danet_edge.bench.plot import MIN_ACCURACY_SPAN, accuracy_limits, bench_figure
 
     fig = bench_figure(_bench_report())
     acc = fig.axes[1]
@@ -374,7 +374,7 @@ def test_bench_scatter_labels_sit_next_to_their_points(crowded):
     side of its point (a TensorRT provider on a named board)."""
     import matplotlib.pyplot as plt
 
-    from danet_edge.bench_plot import bench_figure
+    from danet_edge.bench.plot import bench_figure
 
     rep = _bench_report()
     if crowded == "long":
@@ -404,8 +404,8 @@ def test_bench_scatter_labels_sit_next_to_their_points(crowded):
 
 
 def test_bench_plot_written_and_without_matplotlib_raises_one_line(tmp_path, monkeypatch):
-    from danet_edge.bench_plot import write_plot
-    from danet_edge.errors import MissingDependencyError
+    from danet_edge.bench.plot import write_plot
+    from danet_edge.core.errors import MissingDependencyError
 
     path = write_plot(_bench_report(), tmp_path / "b.png")
     with Image.open(path) as im:
@@ -419,7 +419,7 @@ def test_bench_plot_written_and_without_matplotlib_raises_one_line(tmp_path, mon
 
 # ------------------------------------------------------------------------------------------ palettes
 def test_standard_palettes_are_picked_when_the_classes_are_theirs():
-    from danet_edge.palettes import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
+    from danet_edge.core.palettes import (CAMVID_CLASSES, CAMVID_PALETTE, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE,
                                      default_palette, palette_for)
 
     assert palette_for(CAMVID_CLASSES) == CAMVID_PALETTE
@@ -431,8 +431,8 @@ def test_standard_palettes_are_picked_when_the_classes_are_theirs():
 
 
 def test_checkpoint_without_palette_gets_the_standard_one(tmp_path):
-    from danet_edge.checkpoint import _validate_data
-    from danet_edge.palettes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+    from danet_edge.model.checkpoint import _validate_data
+    from danet_edge.core.palettes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
     data = {"classes": list(CITYSCAPES_CLASSES), "mean": [0.5] * 3, "std": [0.5] * 3, "ignore_index": 255,
             "image_size": [64, 64]}

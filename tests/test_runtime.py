@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from _runtime_helpers import export_tiny, random_frames
-from danet_edge.errors import ConfigError, DataError, ManifestError, MissingDependencyError
+from danet_edge.core.errors import ConfigError, DataError, ManifestError, MissingDependencyError
 from danet_edge.runtime.backends import open_backend, segment_frames
-from danet_edge.runtime.pipeline import InferConfig, SourceBroken, overlay, run_inference, run_pipeline
-from danet_edge.runtime.sources import gstreamer_support, open_source
+from danet_edge.infer.pipeline import InferConfig, SourceBroken, overlay, run_inference, run_pipeline
+from danet_edge.infer.sources import gstreamer_support, open_source
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float = 12.0, fourcc: str = "mp4v") -> Path:
@@ -130,7 +130,7 @@ def test_gstreamer_pipeline_opens_with_cap_gstreamer(monkeypatch, tmp_path):
     """A source string with '!' is a GStreamer pipeline for cv2.CAP_GSTREAMER (JetPack's OpenCV has it)."""
     import sys
 
-    from danet_edge.runtime.sources import is_gstreamer
+    from danet_edge.infer.sources import is_gstreamer
 
     monkeypatch.setitem(sys.modules, "cv2", _fake_cv2("YES (1.20.3)"))
     _FakeCapture.opened = []
@@ -269,7 +269,7 @@ def test_onnxruntime_threads_default_to_every_physical_core(onnx_model, clip, tm
     to decode / encode; physical cores, as ONNX Runtime counts them; the summary records the count that ran."""
     import psutil
 
-    import danet_edge.runtime.pipeline as pipeline
+    import danet_edge.infer.pipeline as pipeline
 
     seen = {}
     real = pipeline.open_backend
@@ -296,8 +296,8 @@ CITY19 = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic ligh
 
 @pytest.mark.parametrize("hw,min_text", [((360, 480), 9), ((1080, 1920), 20)])
 def test_legend_covers_every_class_in_order_inside_the_frame(hw, min_text):
-    from danet_edge.palettes import CITYSCAPES_PALETTE
-    from danet_edge.runtime.render import LEGEND_MAX_HEIGHT, draw_legend, legend_layout
+    from danet_edge.core.palettes import CITYSCAPES_PALETTE
+    from danet_edge.infer.render import LEGEND_MAX_HEIGHT, draw_legend, legend_layout
 
     lay = legend_layout(hw, tuple(CITY19))
     h, w = hw
@@ -324,8 +324,8 @@ def test_legend_covers_every_class_in_order_inside_the_frame(hw, min_text):
 
 
 def test_legend_is_identical_between_frames_with_different_classes_present():
-    from danet_edge.palettes import CAMVID_CLASSES, CAMVID_PALETTE
-    from danet_edge.runtime.render import legend_layout
+    from danet_edge.core.palettes import CAMVID_CLASSES, CAMVID_PALETTE
+    from danet_edge.infer.render import legend_layout
 
     frame = np.asarray(random_frames(1, 360, 480)[0])
     pal = np.asarray(CAMVID_PALETTE, np.uint8)
@@ -339,7 +339,7 @@ def test_legend_is_identical_between_frames_with_different_classes_present():
 
 
 def test_stamp_is_drawn_bottom_left_and_fits():
-    from danet_edge.runtime.render import draw_stamp
+    from danet_edge.infer.render import draw_stamp
 
     for h, w in ((360, 480), (1080, 1920), (64, 96)):
         img = np.full((h, w, 3), 128, np.uint8)
@@ -379,7 +379,7 @@ def test_summary_reports_throughput_latency_decoder_encoder_and_codec(onnx_model
 def test_video_encoders_prefer_h264_and_say_why_not(monkeypatch):
     import sys
 
-    from danet_edge.runtime import videoio
+    from danet_edge.infer import videoio
 
     monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: True)
     assert videoio.video_encoders() == ([videoio.AVC1, videoio.MP4V], [])
@@ -400,7 +400,7 @@ def test_video_encoders_prefer_h264_and_say_why_not(monkeypatch):
 
 def test_fourcc_probe_matches_what_this_opencv_writes(tmp_path):
     """The probe's answer for avc1 is what a real writer does here (a pip wheel: no, silently)."""
-    from danet_edge.runtime.videoio import fourcc_writable
+    from danet_edge.infer.videoio import fourcc_writable
 
     w = cv2.VideoWriter(str(tmp_path / "a.mp4"), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"avc1"), 10.0, (64, 64))
     assert fourcc_writable("avc1") == w.isOpened()
@@ -431,8 +431,8 @@ class _ClosedWriter:
 def test_video_out_falls_back_to_mp4v_when_the_h264_writer_does_not_open(monkeypatch, tmp_path):
     """The probe said yes, the writer at the real size says no: mp4v is written, the note says why, and the codec
     recorded is the file's."""
-    from danet_edge.runtime import videoio
-    from danet_edge.runtime.render import VideoOut
+    from danet_edge.infer import videoio
+    from danet_edge.infer.render import VideoOut
 
     monkeypatch.setattr(cv2, "VideoWriter", _RefuseAvc1)
     out = VideoOut(tmp_path / "v.mp4", 10.0, [videoio.AVC1, videoio.MP4V], [])
@@ -450,7 +450,7 @@ def test_video_out_falls_back_to_mp4v_when_the_h264_writer_does_not_open(monkeyp
 
 
 def test_pipeline_records_the_mp4v_fallback_when_avc1_cannot_be_written(onnx_model, clip, tmp_path, monkeypatch):
-    from danet_edge.runtime import videoio
+    from danet_edge.infer import videoio
 
     monkeypatch.setattr(videoio, "fourcc_writable", lambda fourcc: False)
     s = run_inference(onnx_model, clip, InferConfig(out_dir=tmp_path, max_frames=2))
@@ -459,7 +459,7 @@ def test_pipeline_records_the_mp4v_fallback_when_avc1_cannot_be_written(onnx_mod
 
 
 def test_gstreamer_pipeline_strings():
-    from danet_edge.runtime.videoio import gst_decode_pipeline, gst_encode_pipeline
+    from danet_edge.infer.videoio import gst_decode_pipeline, gst_encode_pipeline
 
     assert gst_encode_pipeline("/out/a b/v.mp4") == (
         "appsrc ! video/x-raw,format=BGR ! queue ! videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! "
@@ -475,7 +475,7 @@ def test_gstreamer_pipeline_strings():
 def test_hw_decode_builds_the_nvv4l2decoder_pipeline(monkeypatch, clip, tmp_path):
     import sys
 
-    from danet_edge.runtime.videoio import HW_DECODER, hw_decode_pipeline
+    from danet_edge.infer.videoio import HW_DECODER, hw_decode_pipeline
 
     assert " ! mpeg4videoparse ! nvv4l2decoder ! " in hw_decode_pipeline(clip)  # the clip is mp4v: parser follows
     with pytest.raises(ConfigError, match="no GStreamer demuxer for '.wmv'"):
@@ -540,8 +540,8 @@ class _RecordingQueue(queue.Queue):
 
 
 def test_low_latency_drops_frames_of_a_live_source_and_counts_them(onnx_model, tmp_path, monkeypatch):
-    from danet_edge.runtime import pipeline
-    from danet_edge.runtime.sources import FrameSource
+    from danet_edge.infer import pipeline
+    from danet_edge.infer.sources import FrameSource
 
     monkeypatch.setattr(pipeline.queue, "Queue", _RecordingQueue)
     _RecordingQueue.made, _RecordingQueue.deepest = [], 0

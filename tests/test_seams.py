@@ -15,8 +15,9 @@ from _runtime_helpers import export_tiny, random_frames
 def test_one_image_suffix_list_for_every_stage():
     """Four lists had drifted (data, calib, engine, sources): a .webp calibration image was skipped by
     build and a .tif frame folder read by infer but not by the data sets."""
-    from danet_edge import calib, data, frames
-    from danet_edge.runtime import sources
+    from danet_edge.data import calib, frames
+    from danet_edge.data import datasets as data
+    from danet_edge.infer import sources
 
     assert calib.IMAGE_SUFFIXES is frames.IMAGE_SUFFIXES
     assert sources.IMAGE_SUFFIXES is frames.IMAGE_SUFFIXES
@@ -25,8 +26,8 @@ def test_one_image_suffix_list_for_every_stage():
 
 
 def test_static_batches_pad_and_count():
-    from danet_edge.errors import DataError
-    from danet_edge.frames import static_batches
+    from danet_edge.core.errors import DataError
+    from danet_edge.data.frames import static_batches
 
     fr = random_frames(5, 8, 12)
     out = list(static_batches(fr, 2))
@@ -41,8 +42,8 @@ def test_fp16_graph_checked_as_exported(tmp_path, tiny_checkpoint):
     overflow); check ran the same graph with optimisation on. Both now open it the same way."""
     import onnxruntime as ort
 
-    from danet_edge.precision import convert_fp16  # noqa: F401 - the FP16 recipe under test
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.precision import convert_fp16  # noqa: F401 - the FP16 recipe under test
+    from danet_edge.export.export import ExportConfig, export_model
     from danet_edge.runtime.backends import open_backend
 
     res = export_model(tiny_checkpoint, ExportConfig(fp16=True, out=tmp_path))
@@ -55,8 +56,8 @@ def test_fp16_graph_checked_as_exported(tmp_path, tiny_checkpoint):
 
 def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpoint):
     """A .pt beside artifacts was timed at the checkpoint's own size unless --reference was given."""
-    from danet_edge.bench import BenchConfig, bench_artifacts
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.bench.run import BenchConfig, bench_artifacts
+    from danet_edge.export.export import ExportConfig, export_model
 
     res = export_model(tiny_checkpoint, ExportConfig(imgsz=(32, 48), out=tmp_path))
     report = bench_artifacts([res.artifacts[0].path, tiny_checkpoint], BenchConfig(runs=1, warmup=0, warmup_s=0.0, duration_s=0.0))
@@ -67,7 +68,7 @@ def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpo
 def test_bench_restores_torch_threads(tmp_path, tiny_checkpoint):
     import torch
 
-    from danet_edge.bench import BenchConfig, bench_artifacts
+    from danet_edge.bench.run import BenchConfig, bench_artifacts
 
     before = torch.get_num_threads()
     bench_artifacts([tiny_checkpoint], BenchConfig(runs=1, warmup=0, warmup_s=0.0, duration_s=0.0, threads=1 if before != 1 else 2))
@@ -80,8 +81,8 @@ def test_calibration_leaves_logging_and_stdout_alone(tmp_path, tiny_checkpoint, 
     import cv2
     import onnxruntime.quantization as ortq
 
-    from danet_edge.calib import load_calibration_set
-    from danet_edge.quantize import quantize_int8
+    from danet_edge.data.calib import load_calibration_set
+    from danet_edge.export.quantize import quantize_int8
 
     src = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     (tmp_path / "calib").mkdir()
@@ -115,8 +116,8 @@ def test_calibration_leaves_logging_and_stdout_alone(tmp_path, tiny_checkpoint, 
 
 
 def test_library_raises_only_its_own_errors():
-    from danet_edge.errors import ConfigError, DataError
-    from danet_edge.metrics import ConfusionMatrix
+    from danet_edge.core.errors import ConfigError, DataError
+    from danet_edge.core.metrics import ConfusionMatrix
     from danet_edge.model import ModelConfig, build_model
 
     with pytest.raises(ConfigError, match="unknown backbone"):
@@ -162,10 +163,10 @@ def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
 
     from _runtime_helpers import make_tiny_checkpoint
 
-    from danet_edge.checks import CheckConfig, check_artifacts, parse_threshold_overrides
-    from danet_edge.data import build_dataset
-    from danet_edge.export import ExportConfig, export_model
-    from danet_edge.recipes import RECIPES, PrecisionRecipe, RecipeOutput, register_recipe
+    from danet_edge.check.run import CheckConfig, check_artifacts, parse_threshold_overrides
+    from danet_edge.data.datasets import build_dataset
+    from danet_edge.export.export import ExportConfig, export_model
+    from danet_edge.export.recipes import RECIPES, PrecisionRecipe, RecipeOutput, register_recipe
 
     def copy_graph(inp):  # a stand-in conversion: the FP32 graph itself
         shutil.copyfile(inp.fp32_path, inp.out)
@@ -192,7 +193,7 @@ def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
 def test_a_new_backend_is_one_class_and_one_row(tmp_path, tiny_checkpoint):
     import shutil
 
-    from danet_edge.errors import ConfigError
+    from danet_edge.core.errors import ConfigError
     from danet_edge.runtime.backends import BACKEND_TABLE, BackendSpec, open_backend, register_backend, segment_frames
     from danet_edge.runtime.ort_backend import OnnxRuntimeBackend
 
@@ -248,9 +249,11 @@ def test_every_command_takes_o_for_its_output(command):
 
 
 def test_closed_sets_have_one_home_and_fail_at_the_boundary():
-    from danet_edge import calib, choices, data
-    from danet_edge.errors import ManifestError
-    from danet_edge.manifest import Manifest, Precision
+    from danet_edge.core import choices
+    from danet_edge.data import calib
+    from danet_edge.data import datasets as data
+    from danet_edge.core.errors import ManifestError
+    from danet_edge.core.manifest import Manifest, Precision
 
     assert data.DATASET_NAMES == choices.DATASETS and calib.CALIB_METHODS is choices.CALIB_METHODS
     m = Manifest(kind="onnx", precision="fp16", model={}, classes=["a"], palette=[[0, 0, 0]], mean=[0, 0, 0],
@@ -268,8 +271,8 @@ def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
 
     import cv2
 
-    import danet_edge.runtime.pipeline as pipeline_mod
-    from danet_edge.runtime.pipeline import InferConfig, run_inference
+    import danet_edge.infer.pipeline as pipeline_mod
+    from danet_edge.infer.pipeline import InferConfig, run_inference
 
     seen = {"total": None, "advanced": 0}
 
@@ -294,11 +297,11 @@ def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
 # ---------------------------------------------------------------- one config style, defaults in one place
 
 def _stage_configs():
-    from danet_edge.bench import BenchConfig
-    from danet_edge.config import CheckConfig, ExportConfig, ModelConfig, TrainConfig
+    from danet_edge.bench.run import BenchConfig
+    from danet_edge.core.config import CheckConfig, ExportConfig, ModelConfig, TrainConfig
     from danet_edge.demo import DemoConfig
-    from danet_edge.engine_plan import EngineConfig
-    from danet_edge.runtime.pipeline import InferConfig
+    from danet_edge.trt.plan import EngineConfig
+    from danet_edge.infer.pipeline import InferConfig
 
     return {ModelConfig: {"output_stride": 32}, TrainConfig: {"epochs": 0}, ExportConfig: {"batch": 0},
             CheckConfig: {"pictures": -1}, BenchConfig: {"runs": 0}, DemoConfig: {"epochs": 0},
@@ -309,8 +312,8 @@ def test_every_stage_config_validates_the_same_way():
     """Construction, dataclasses.replace and validate() all refuse a bad value with ConfigError."""
     import dataclasses
 
-    from danet_edge.config import Config
-    from danet_edge.errors import ConfigError
+    from danet_edge.core.config import Config
+    from danet_edge.core.errors import ConfigError
 
     for cls, bad in _stage_configs().items():
         assert issubclass(cls, Config) and "__post_init__" not in cls.__dict__, cls  # one style: validate()
@@ -331,7 +334,7 @@ def test_cli_defaults_are_the_config_defaults():
     import typer.main
 
     from danet_edge.cli import app
-    from danet_edge.config import TrainConfig
+    from danet_edge.core.config import TrainConfig
 
     cmds = typer.main.get_command(app).commands
     tc = TrainConfig()
@@ -356,7 +359,7 @@ def test_cli_defaults_are_the_config_defaults():
 
 
 def test_train_config_nests_the_model_config(tmp_path):
-    from danet_edge.config import ModelConfig, TrainConfig
+    from danet_edge.core.config import ModelConfig, TrainConfig
 
     cfg = TrainConfig(model=ModelConfig(backbone="resnet34", output_stride=16))
     back = TrainConfig.from_dict(cfg.to_dict())
@@ -369,7 +372,7 @@ def test_train_config_nests_the_model_config(tmp_path):
 def test_reading_configs_imports_no_torch_or_onnx():
     import subprocess
 
-    code = ("import sys, danet_edge.cli, danet_edge.config as c; c.TrainConfig(); c.ExportConfig(); c.CheckConfig();"
+    code = ("import sys, danet_edge.cli, danet_edge.core.config as c; c.TrainConfig(); c.ExportConfig(); c.CheckConfig();"
             "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -419,9 +422,9 @@ def test_module_dependencies_have_a_direction():
     for m in sorted(graph):
         visit(m, [])
     lazy = _package_imports(lazy=True)
-    assert "danet_edge.checkpoint" not in lazy["danet_edge.data"]
-    assert not {"danet_edge.runtime.trt_runner", "danet_edge.runtime.trt_backend"} & lazy["danet_edge.engine"]
-    assert "danet_edge.engine" not in lazy["danet_edge.runtime.trt_runner"]
-    light = ("danet_edge.config", "danet_edge.choices", "danet_edge.manifest", "danet_edge.recipes")
+    assert "danet_edge.model.checkpoint" not in lazy["danet_edge.data.datasets"]
+    assert not {"danet_edge.runtime.trt_runner", "danet_edge.runtime.trt_backend"} & lazy["danet_edge.trt.build"]
+    assert "danet_edge.trt.build" not in lazy["danet_edge.runtime.trt_runner"]
+    light = ("danet_edge.core.config", "danet_edge.core.choices", "danet_edge.core.manifest", "danet_edge.export.recipes")
     for m in light:  # what the CLI reads at start-up imports no stage that needs torch
-        assert not {"danet_edge.model", "danet_edge.train", "danet_edge.export", "danet_edge.checks"} & graph[m], m
+        assert not {"danet_edge.model", "danet_edge.train.train", "danet_edge.export.export", "danet_edge.check.run"} & graph[m], m

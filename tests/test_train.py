@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from danet_edge.checkpoint import load_checkpoint, load_model
-from danet_edge.errors import ConfigError
-from danet_edge.train import TrainConfig, multi_loss, train
+from danet_edge.model.checkpoint import load_checkpoint, load_model
+from danet_edge.core.errors import ConfigError
+from danet_edge.train.train import TrainConfig, multi_loss, train
 
 
 def tiny_config(out, **kw) -> TrainConfig:
@@ -50,7 +50,7 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr("danet_edge.train._log_epoch", killed)
+        m.setattr("danet_edge.train.train._log_epoch", killed)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_config(split))
     assert load_checkpoint(split / "last.pt")["epoch"] == 0

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from danet_edge.errors import CompatibilityError
-from danet_edge.trtcheck import check_tensorrt_compat, enforce_tensorrt_compat
+from danet_edge.core.errors import CompatibilityError
+from danet_edge.graph.trtcheck import check_tensorrt_compat, enforce_tensorrt_compat
 
 
 def _model(nodes, inits=(), opset=17, in_shape=(1, 4), out_shape=(1, 4), in_type=TensorProto.FLOAT,

@@ -19,7 +19,7 @@ if not os.environ.get("OMP_WAIT_POLICY"):
 
 import typer  # noqa: E402
 
-from ..errors import DanetEdgeError  # noqa: E402
+from ..core.errors import DanetEdgeError  # noqa: E402
 
 app = typer.Typer(
     name="danet-edge",
@@ -49,7 +49,7 @@ def _main(
                                       help="Print the version and exit."),
 ) -> None:
     """DANet from training to a fast, checked TensorRT engine."""
-    from .. import progress
+    from ..core import progress
     from ._common import STATE
 
     if verbose and quiet:
@@ -85,7 +85,7 @@ class _CommandInterrupted(Exception):
 def _interrupt_line(error: KeyboardInterrupt) -> str:
     """The one line for Ctrl-C: the stage's own (``errors.Interrupted``: what train, export or infer kept), else
     ``interrupted``."""
-    from ..errors import Interrupted
+    from ..core.errors import Interrupted
 
     return str(error) if isinstance(error, Interrupted) and str(error) else "interrupted"
 
@@ -136,7 +136,7 @@ def main() -> None:
         typer.echo("error: " + " ".join(str(e).splitlines()), err=True)  # one line even if a value held a newline
         sys.exit(e.exit_code)
     except ImportError as e:  # an optional package a stage imports at module level (torch for train / export)
-        from .._optional import missing_dependency
+        from ..core.optional import missing_dependency
 
         missing = missing_dependency(e)
         if missing is None:

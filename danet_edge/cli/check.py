@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import ConfigError
-from ..choices import Dataset, Split, choice_enum
+from ..core.errors import ConfigError
+from ..core.choices import Dataset, Split, choice_enum
 from ._common import backend_names
 from ._common import console as _console
 
@@ -82,7 +82,7 @@ def print_bench_table(report) -> None:
     console.print(t)
     for reason, names in skipped.items():
         console.print(f"skipped {', '.join(names)}: {reason}", markup=False)
-    from ..jetson import NOT_JETSON
+    from ..bench.jetson import NOT_JETSON
 
     no_power = {e.power_total_w for e in report.entries if isinstance(e.power_total_w, str)} - {NOT_JETSON}
     for reason in sorted(no_power):  # a Jetson whose rails could not be read
@@ -104,7 +104,7 @@ def _check_outputs(**paths: Optional[Path]) -> None:
     Raises:
         ConfigError: one line naming the option and the path.
     """
-    from ..utils import ensure_output_dir, ensure_output_file
+    from ..core.utils import ensure_output_dir, ensure_output_file
 
     for key, path in paths.items():
         if path is None:
@@ -117,8 +117,8 @@ def _check_outputs(**paths: Optional[Path]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``check``, ``bench`` and ``demo`` to the app. Defaults are read from the config dataclasses."""
-    from ..bench import BenchConfig
-    from ..config import CheckConfig
+    from ..bench.run import BenchConfig
+    from ..core.config import CheckConfig
     from ..demo import DemoConfig
 
     cc, bc, dc = CheckConfig(), BenchConfig(), DemoConfig()
@@ -150,8 +150,8 @@ def register(app: typer.Typer) -> None:
 
         Exit code 1 when any artifact misses its thresholds (after writing the reports).
         """
-        from ..checks import check_artifacts, load_thresholds, parse_threshold_overrides
-        from ..reference import is_bundle
+        from ..check.run import check_artifacts, load_thresholds, parse_threshold_overrides
+        from ..export.reference import is_bundle
 
         if thresholds is not None and (min_agreement or max_miou_drop):
             raise ConfigError("give thresholds either as --thresholds FILE or as --min-agreement/--max-miou-drop, not both")
@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError("a reference bundle brings its own images: drop --dataset/--data")
             ds = None
         else:
-            from ..data import build_dataset  # torch: a checkpoint reference needs it anyway
+            from ..data.datasets import build_dataset  # torch: a checkpoint reference needs it anyway
 
             ds = build_dataset(dataset.value if dataset else "synthetic", data, split=split.value, limit=limit)
         result = check_artifacts(artifacts, reference, ds, cfg)
@@ -202,7 +202,7 @@ def register(app: typer.Typer) -> None:
         """Latency (mean, p50, p90, p99 ms) end to end and of the model alone, FPS and peak memory per artifact,
         with speed-up vs PyTorch FP32; on a Jetson also the power mode, clocks and W, mJ/frame, FPS/W.
         """
-        from ..bench import bench_artifacts
+        from ..bench.run import bench_artifacts
 
         _check_outputs(out=out)
         if out is not None:
@@ -231,7 +231,7 @@ def register(app: typer.Typer) -> None:
         print_check_table(result.check)
         print_bench_table(result.bench)
         if result.infer is not None:
-            from ..runtime.pipeline import summary_table
+            from ..infer.pipeline import summary_table
 
             console.print(summary_table(result.infer))
         table = Table(title=f"danet-edge demo: {result.wall_s:.0f} s")

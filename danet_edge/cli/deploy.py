@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ._common import console, info
 
 
 def register(app: typer.Typer) -> None:
     """Add ``deploy`` to the app. Defaults are read from the config dataclasses."""
-    from ..deepstream import DeepStreamConfig
-    from ..triton import TritonConfig
+    from ..deploy.deepstream import DeepStreamConfig
+    from ..deploy.triton import TritonConfig
 
     dc, tc = DeepStreamConfig(), TritonConfig()
 
@@ -33,10 +33,10 @@ def register(app: typer.Typer) -> None:
                                                      help="DeepStream segmentation-threshold on the softmax scores."),
     ) -> None:
         """Deployment files for DeepStream (nvinfer) and Triton Inference Server from an exported artifact."""
-        from ..deepstream import write_nvinfer_config
-        from ..triton import write_model_repository
+        from ..deploy.deepstream import write_nvinfer_config
+        from ..deploy.triton import write_model_repository
 
-        from ..utils import ensure_output_dir
+        from ..core.utils import ensure_output_dir
 
         if deepstream is None and triton is None:
             raise ConfigError("deploy needs --deepstream DIR and/or --triton REPO")

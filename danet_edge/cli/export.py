@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from ..choices import CalibMethod, Dataset, Split, Target, choice_enum
+from ..core.choices import CalibMethod, Dataset, Split, Target, choice_enum
 from ._common import console, info
 
 
 def _recipe_names() -> list[str]:
-    from ..recipes import RECIPES
+    from ..export.recipes import RECIPES
 
     return list(RECIPES)
 
@@ -20,7 +20,7 @@ def _recipe_names() -> list[str]:
 def register(app: typer.Typer) -> None:
     """Add ``export`` and the ``calib`` group to ``app``."""
 
-    from ..config import CALIB_DIR, CALIB_IMAGES, ExportConfig
+    from ..core.config import CALIB_DIR, CALIB_IMAGES, ExportConfig
 
     ec = ExportConfig()
 
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
                                              help="Images in the reference bundle reference/ (0: none)."),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
-        from ..export import export_model
+        from ..export.export import export_model
 
         cfg = ExportConfig(imgsz=tuple(imgsz) if imgsz else None, batch=batch, fp16=fp16, int8=int8,
                            recipes=tuple(r.value for r in recipe), calib=calib,
@@ -78,8 +78,8 @@ def register(app: typer.Typer) -> None:
                            memory_limit_mib=memory_limit_mib, out=out, min_agreement=min_agreement,
                            max_miou_drop=max_miou_drop, dataset=dataset.value if dataset else None, data=data,
                            split=split.value, budget_images=budget_images, reference_images=reference_images)
-        from ..config import EXPORT_DIR
-        from ..utils import ensure_output_dir
+        from ..core.config import EXPORT_DIR
+        from ..core.utils import ensure_output_dir
 
         ensure_output_dir(out if out is not None else EXPORT_DIR / checkpoint.stem, "--out")  # before any work
         result = export_model(checkpoint, cfg, log=info)
@@ -96,9 +96,9 @@ def register(app: typer.Typer) -> None:
         import onnx
         from rich.table import Table
 
-        from ..cost import JETSON_TARGETS, graph_cost
-        from ..errors import DataError
-        from ..utils import ensure_output_file, write_json
+        from ..graph.cost import JETSON_TARGETS, graph_cost
+        from ..core.errors import DataError
+        from ..core.utils import ensure_output_file, write_json
 
         if json_out is not None:
             ensure_output_file(json_out, "--json")
@@ -141,8 +141,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
     ) -> None:
         """Fill the calibration folder with a class-balanced sample of a data set (copies + calib.txt)."""
-        from ..calib import fill_calib_dir
-        from ..utils import ensure_output_dir
+        from ..data.calib import fill_calib_dir
+        from ..core.utils import ensure_output_dir
 
         ensure_output_dir(out, "--out")
         path = fill_calib_dir(dataset.value, data, count, out, split.value, seed)

@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from ..choices import choice_enum
+from ..core.choices import choice_enum
 from ._common import backend_names, console, err_console, info, verbose
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``build`` and ``infer`` commands to ``app``. Defaults are read from the config dataclasses."""
-    from ..engine_plan import EngineConfig
-    from ..runtime.pipeline import DEFAULT_QUEUE, InferConfig
+    from ..trt.plan import EngineConfig
+    from ..infer.pipeline import DEFAULT_QUEUE, InferConfig
 
     eng, inf = EngineConfig(), InferConfig()
 
@@ -43,13 +43,13 @@ def register(app: typer.Typer) -> None:
         Strongly typed by default: the precision comes from the graph (FP16 / INT8 Q/DQ from export).
         `-v` gives TensorRT's verbose log.
         """
-        from ..engine import EngineConfig, build_engine
-        from ..manifest import read_manifest
+        from ..trt.build import EngineConfig, build_engine
+        from ..core.manifest import read_manifest
 
         cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
                            dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
                            calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose())
-        from ..utils import ensure_output_dir, ensure_output_file
+        from ..core.utils import ensure_output_dir, ensure_output_file
 
         if out is not None and (out.is_dir() or not out.suffix):  # a folder: build_engine puts <stem>.engine in it
             ensure_output_dir(out, "--out")
@@ -111,14 +111,14 @@ def register(app: typer.Typer) -> None:
         The summary gives throughput (FPS) and end-to-end latency (p50 / p99), frames dropped, the decoder and the
         encoder that ran, and the codec read back from the video (H.264 where this OpenCV can write it, else mp4v).
         """
-        from ..runtime.pipeline import InferConfig, SourceBroken, run_inference, summary_table
+        from ..infer.pipeline import InferConfig, SourceBroken, run_inference, summary_table
 
         cfg = InferConfig(backend=backend.value if backend else None, providers=[p.strip() for p in providers.split(",") if p.strip()]
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,
                           save_labels=save_labels, show=show, letterbox=letterbox, alpha=alpha, max_frames=max_frames,
                           threads=threads, queue_size=queue_size, stamp=stamp, compare=compare,
                           low_latency=low_latency, drop_frames=drop_frames, hw_decode=hw_decode)
-        from ..utils import ensure_output_dir
+        from ..core.utils import ensure_output_dir
 
         ensure_output_dir(out, "--out")  # before the model loads: a file or a read-only folder is one line
         try:

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from ..errors import ConfigError
-from ..choices import Dataset, Split, choice_enum
+from ..core.errors import ConfigError
+from ..core.choices import Dataset, Split, choice_enum
 from ._common import STATE, console
 
 
@@ -30,7 +30,7 @@ def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size:
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``eval`` to the app."""
 
-    from ..config import ModelConfig, TrainConfig
+    from ..core.config import ModelConfig, TrainConfig
 
     tc = TrainConfig()
     mc = tc.model
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(not tc.progress, "--no-progress", help="No progress bar (plain log lines)."),
     ) -> None:
         """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
-        from ..train import train
+        from ..train.train import train
 
         model = ModelConfig(**{**mc.to_dict(), "backbone": backbone, "output_stride": output_stride,
                                "multi_grid": multi_grid, "deep_stem": deep_stem, "aux": aux})
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
             backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
             devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
             progress=not no_progress, quiet=STATE["verbosity"] < 0)
-        from ..utils import ensure_output_dir
+        from ..core.utils import ensure_output_dir
 
         ensure_output_dir(out, "--out")  # a file or a read-only folder: one line before any work
         best = train(cfg)
@@ -109,13 +109,13 @@ def register(app: typer.Typer) -> None:
         synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
     ) -> None:
         """mIoU, per-class IoU and pixel accuracy of a checkpoint, each image at its own size."""
-        from ..data import build_dataset
-        from ..evaluate import evaluate, write_result
+        from ..data.datasets import build_dataset
+        from ..train.evaluate import evaluate, write_result
 
         if dataset != "synthetic" and data is None:
             raise ConfigError(f"--data is required for data set {dataset!r}")
         if json_out is not None:
-            from ..utils import ensure_output_file
+            from ..core.utils import ensure_output_file
 
             ensure_output_file(json_out, "--json")
         ds = build_dataset(dataset.value, data, split.value, limit,
@@ -139,10 +139,10 @@ def register(app: typer.Typer) -> None:
         imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="Default export size H W."),
     ) -> None:
         """Convert an official DANet checkpoint once; export, check and infer then need no extra options."""
-        from ..checkpoint import import_official
-        from ..palettes import STANDARD_CLASSES
+        from ..model.checkpoint import import_official
+        from ..core.palettes import STANDARD_CLASSES
 
-        from ..utils import ensure_output_file
+        from ..core.utils import ensure_output_file
 
         ensure_output_file(out, "--out")
         classes, palette = STANDARD_CLASSES[dataset.value] if dataset else (None, None)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 __all__ = ["BACKBONES", "BACKBONE_REGISTRY", "check_backbone", "build_backbone", "BasicBlock", "Bottleneck",
            "DilatedResNet", "BackboneSpec", "register_backbone"]

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AttentionImpl, ModelConfig
-from ..errors import ConfigError
+from ..core.config import AttentionImpl, ModelConfig
+from ..core.errors import ConfigError
 from .backbone import build_backbone
 
 __all__ = ["ModelConfig", "PAM", "CAM", "DANetHead", "FCNHead", "DANet", "build_model"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..core.errors import CheckpointError
 from .backbone import BACKBONES
 from .danet import DANet, ModelConfig
 

@@ -29,10 +29,10 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..frames import Placement, fit_frame, restore_labels, static_batches
-from ..manifest import Manifest
-from ..preprocess import normalize
+from ..core.errors import ConfigError, DataError
+from ..data.frames import Placement, fit_frame, restore_labels, static_batches
+from ..core.manifest import Manifest
+from ..data.preprocess import normalize
 
 __all__ = ["Prediction", "Backend", "BackendSpec", "BACKEND_TABLE", "BACKENDS", "register_backend", "backend_for",
            "backend_spec", "open_backend", "segment_frames", "fit_frames", "restore_labels", "Placement",

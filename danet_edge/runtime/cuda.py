@@ -3,7 +3,7 @@
 Two implementations of :class:`CudaApi`: pycuda (the design card's choice) and cuda-python's runtime
 module (``cuda.bindings.runtime`` in 13.x, ``cuda.cudart`` in 12.x; TensorRT's own samples use it
 since 10.14, and pycuda is hard to install on a Jetson). :func:`cuda_api` picks one through
-``danet_edge._optional.import_cuda_backend``.
+``danet_edge.core.optional.import_cuda_backend``.
 
 NOT EXECUTED on the development machine (no GPU, no CUDA Python package there); written against:
 - pycuda: https://documen.tician.de/pycuda/driver.html (``mem_alloc``, ``pagelocked_empty``,
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineError
+from ..core.errors import EngineError
 
 __all__ = ["CudaApi", "PyCudaApi", "CudaPythonApi", "HostDeviceBuffer", "cuda_api", "open_device", "DeviceInfo"]
 
@@ -230,7 +230,7 @@ def cuda_api(prefer: str | None = None) -> CudaApi:
     Raises:
         MissingDependencyError: neither is installed (the message says what to install).
     """
-    from .._optional import import_cuda_backend
+    from ..core.optional import import_cuda_backend
 
     name, module = import_cuda_backend(prefer)
     return PyCudaApi(module) if name == "pycuda" else CudaPythonApi(module)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .._optional import import_openvino
-from ..errors import ConfigError, DataError, ManifestError
-from ..manifest import read_manifest
+from ..core.optional import import_openvino
+from ..core.errors import ConfigError, DataError, ManifestError
+from ..core.manifest import read_manifest
 from .ort_backend import OnnxRuntimeBackend
 
 __all__ = ["OpenVinoBackend", "OpenVinoBf16Backend"]

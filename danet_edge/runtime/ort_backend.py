@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .._optional import import_onnxruntime
-from ..errors import ConfigError, DataError, ManifestError
-from ..manifest import read_manifest
+from ..core.optional import import_onnxruntime
+from ..core.errors import ConfigError, DataError, ManifestError
+from ..core.manifest import read_manifest
 from .backends import _BaseBackend
 
 __all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options", "holds_fp16"]
@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(_BaseBackend):
         not from the file name or the manifest."""
         import onnx
 
-        from ..precision import precision_report
+        from ..export.precision import precision_report
 
         rep = precision_report(onnx.load(str(path), load_external_data=False))
         d = rep.to_dict()

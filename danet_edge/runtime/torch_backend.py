@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .backends import _BaseBackend
 
 __all__ = ["TorchBackend"]
@@ -32,10 +32,10 @@ class TorchBackend(_BaseBackend):
 
     def __init__(self, path: str | os.PathLike[str], device: str | None = None,
                  image_size: tuple[int, int] | None = None, batch: int | None = None) -> None:
-        from .._optional import import_torch
+        from ..core.optional import import_torch
 
         torch = import_torch("a .pt / .pth checkpoint (the torch backend)")
-        from ..checkpoint import checkpoint_manifest, load_model
+        from ..model.checkpoint import checkpoint_manifest, load_model
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"

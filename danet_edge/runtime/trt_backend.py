@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..manifest import read_manifest
+from ..core.manifest import read_manifest
 from .backends import _BaseBackend
 
 __all__ = ["TensorRTBackend"]

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from .._optional import import_tensorrt
-from ..engine_info import check_engine_compat
-from ..errors import EngineError, ManifestError
-from ..manifest import Manifest
+from ..core.optional import import_tensorrt
+from ..trt.inspector import check_engine_compat
+from ..core.errors import EngineError, ManifestError
+from ..core.manifest import Manifest
 from .cuda import open_device
 
 __all__ = ["TrtRunner"]

@@ -89,7 +89,7 @@ def _test_frames(n: int, size: tuple[int, int]) -> tuple[np.ndarray, str]:
         frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), size[::-1],
                              interpolation=cv2.INTER_AREA) for f in files]
         return np.stack(frames), f"CamVid val ({n} frames)"
-    from danet_edge.synthetic import render_scene
+    from danet_edge.data.synthetic import render_scene
 
     return (np.stack([render_scene(np.random.default_rng(i), *size)[0] for i in range(n)]),
             f"synthetic street scenes ({n})")
@@ -100,7 +100,7 @@ def exported(tmp_path_factory) -> Exported:
     import cv2
 
     from _runtime_helpers import make_sensitive_checkpoint
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.export import ExportConfig, export_model
 
     root = tmp_path_factory.mktemp("exported")
     ckpt = make_sensitive_checkpoint(root / "model.pt", num_classes=8, image_size=(64, 96))

@@ -12,9 +12,9 @@ import onnx
 import pytest
 
 from conftest import LIB, MAJOR, TRT
-from danet_edge.engine import EngineConfig, build_engine, plan_build
-from danet_edge.errors import CalibrationError, ConfigError, EngineError, ManifestError, MissingDependencyError
-from danet_edge.manifest import read_manifest
+from danet_edge.trt.build import EngineConfig, build_engine, plan_build
+from danet_edge.core.errors import CalibrationError, ConfigError, EngineError, ManifestError, MissingDependencyError
+from danet_edge.core.manifest import read_manifest
 from danet_edge.runtime.backends import open_backend
 from trt_standin.hostmem import GPU
 
@@ -197,7 +197,7 @@ def test_calibration_error_fails_the_build(exported, tmp_path, monkeypatch):
     if MAJOR >= 11:
         assert not hasattr(TRT, "IInt8EntropyCalibrator2")
         return
-    import danet_edge.calib as calib_mod
+    import danet_edge.data.calib as calib_mod
 
     src = _copy(exported.fp32, tmp_path)
     real = calib_mod._read_rgb
@@ -271,7 +271,7 @@ def test_bf16_output_frees_its_buffers(exported, tmp_path):
 
 def test_export_engine_lists_the_engines(exported, tmp_path):
     """``export --engine`` built engines but left them out of its result and printed table."""
-    from danet_edge.export import ExportConfig, export_model
+    from danet_edge.export.export import ExportConfig, export_model
 
     res = export_model(exported.checkpoint, ExportConfig(fp16=True, engine=True, out=tmp_path, fused_io=False))
     engines = [a for a in res.artifacts if a.path.suffix == ".engine"]
@@ -282,7 +282,7 @@ def test_export_engine_lists_the_engines(exported, tmp_path):
 def test_calib_fill_folder_feeds_build_int8_calib(exported, tmp_path):
     """Issue 11: `calib fill --out calib/` writes calib/images/ + calib.txt, and `build --int8-calib calib/`
     listed the folder flat (first N by name, default 500): the README's own sequence found no images."""
-    from danet_edge.calib import fill_calib_dir
+    from danet_edge.data.calib import fill_calib_dir
 
     calib = fill_calib_dir("synthetic", None, 5, tmp_path / "calib", split="train", seed=0)
     src = _copy(exported.fp32, tmp_path / "g")
@@ -299,8 +299,8 @@ def test_progress_monitor_sees_the_builder_phases(exported, tmp_path, monkeypatc
     """build draws the builder's phases through TensorRT's IProgressMonitor (real base class)."""
     import contextlib
 
-    import danet_edge.engine as engine_mod
-    from danet_edge import progress
+    import danet_edge.trt.build as engine_mod
+    from danet_edge.core import progress
 
     events = []
     monkeypatch.setattr(progress, "phases", contextlib.contextmanager(lambda: (yield lambda *e: events.append(e))))
@@ -342,8 +342,8 @@ def test_progress_sink_that_raises_cancels_with_its_cause(exported, tmp_path, mo
     then names the cause (exit 5, or 130 for Ctrl-C) and leaves no engine, sidecar or temporary file."""
     import contextlib
 
-    from danet_edge import progress
-    from danet_edge.errors import Interrupted
+    from danet_edge.core import progress
+    from danet_edge.core.errors import Interrupted
 
     calls = []
 
@@ -368,7 +368,7 @@ def test_progress_sink_that_raises_cancels_with_its_cause(exported, tmp_path, mo
 def test_progress_sink_error_is_one_line_exit_5(exported, tmp_path, monkeypatch, capsys):
     import contextlib
 
-    from danet_edge import progress
+    from danet_edge.core import progress
     from conftest import run_cli
 
     def sink(event, phase, value):
@@ -386,8 +386,8 @@ def test_progress_sink_error_is_one_line_exit_5(exported, tmp_path, monkeypatch,
 def test_ctrl_c_without_progress_bars_still_cancels(exported, tmp_path, monkeypatch):
     """Without bars (no terminal) a monitor is still attached, so a Ctrl-C delivered in its next callback
     stops the build instead of waiting for it to end."""
-    import danet_edge.engine as engine_mod
-    from danet_edge.errors import Interrupted
+    import danet_edge.trt.build as engine_mod
+    from danet_edge.core.errors import Interrupted
 
     made = []
     real = engine_mod.make_progress_monitor

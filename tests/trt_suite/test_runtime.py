@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TRT, run_cli
-from danet_edge.engine import build_engine
+from danet_edge.trt.build import build_engine
 from danet_edge.runtime.backends import open_backend
 from trt_standin import cuda_fakes
 from trt_standin.hostmem import GPU

@@ -1,0 +1,148 @@
+"""Precision recipes: one registry of the graphs ``export`` can derive from the FP32 ONNX.
+
+A recipe is a row: its name, the precision the graph holds, its file name, how it is made from the
+FP32 graph (``convert``), how far it may drift from FP32 at export (``max_rel_l2``, relative L2 of the
+logits on the verification images) and the default ``check`` thresholds for it (pixel agreement with
+the PyTorch reference and mIoU drop). ``export`` loops over the recipes asked for; ``check`` reads the
+recipe name from the manifest (``extra["recipe"]``) for its default thresholds. A new precision is one
+file with a ``convert`` function plus one :func:`register_recipe` call.
+
+Built-in rows: ``fp16`` (FP16 with FP32 islands for the attention, ``precision.convert_fp16``),
+``int8-tensorrt`` (symmetric INT8 Q/DQ, TensorRT's explicit quantization) and ``int8-cpu`` (uint8
+activations for ONNX Runtime's CPU kernels), both through ``quantize.quantize_int8``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import ConfigError
+
+__all__ = ["RecipeInput", "RecipeOutput", "PrecisionRecipe", "RECIPES", "register_recipe", "get_recipe",
+           "DEFAULT_THRESHOLDS"]
+
+#: Default ``check`` limits per precision: minimum pixel agreement with the reference (%), largest mIoU
+#: drop (points). Recipes carry their own; these apply to artifacts without a recipe (checkpoints, FP32).
+DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
+    "fp32": {"min_agreement": 99.9, "max_miou_drop": 0.1},
+    "fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2},
+    "int8": {"min_agreement": 98.0, "max_miou_drop": 1.0},
+}
+
+
+@dataclass(frozen=True)
+class RecipeInput:
+    """What a recipe's ``convert`` gets.
+
+    Attributes:
+        fp32_path: the verified FP32 graph (with its ``.json`` manifest).
+        out: where to write the derived graph (``out_dir / recipe.file_name``).
+        calib_set: calibration images (``calib.CalibrationSet``) or None.
+        options: export options a recipe may read (``calib_method``, ``include_attention``, ``mean``,
+            ``std``, ``target``).
+    """
+
+    fp32_path: Path
+    out: Path
+    calib_set: Any = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeOutput:
+    """What ``convert`` returns: the graph path, manifest fields to add, and lines for the log."""
+
+    path: Path
+    manifest_fields: dict[str, Any] = field(default_factory=dict)
+    log: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrecisionRecipe:
+    """One row of the recipe registry (see the module docstring)."""
+
+    name: str
+    precision: str
+    file_name: str
+    convert: Callable[[RecipeInput], RecipeOutput]
+    max_rel_l2: float | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    needs_calibration: bool = False
+    target: str | None = None
+    attention_quantized: bool = False  # may the attention MatMuls be quantized (with include_attention)
+    help: str = ""
+
+
+RECIPES: dict[str, PrecisionRecipe] = {}
+
+
+def register_recipe(recipe: PrecisionRecipe) -> PrecisionRecipe:
+    """Add a row (or replace the row of the same name).
+
+    Raises:
+        ConfigError: unknown precision, or a file name another recipe writes.
+    """
+    if recipe.precision not in DEFAULT_THRESHOLDS:
+        raise ConfigError(f"recipe {recipe.name}: precision must be one of {', '.join(DEFAULT_THRESHOLDS)}")
+    for other in RECIPES.values():
+        if other.name != recipe.name and other.file_name == recipe.file_name:
+            raise ConfigError(f"recipe {recipe.name}: {recipe.file_name} is already written by {other.name}")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def get_recipe(name: str) -> PrecisionRecipe:
+    """The row named ``name``.
+
+    Raises:
+        ConfigError: no such recipe (lists the valid ones).
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown precision recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def _fp16(inp: RecipeInput) -> RecipeOutput:
+    from .precision import convert_fp16
+
+    return RecipeOutput(convert_fp16(inp.fp32_path, inp.out))
+
+
+def _int8(target: str, high_precision: str | None = None, residual_add: bool | None = None
+          ) -> Callable[[RecipeInput], RecipeOutput]:
+    """``quantize.quantize_int8`` for ``target``; None = that function's defaults for the target."""
+    def convert(inp: RecipeInput) -> RecipeOutput:
+        from .quantize import quantize_int8
+
+        o = inp.options
+        method = o.get("calib_method") or "entropy"
+        res = quantize_int8(inp.fp32_path, inp.calib_set, inp.out, target, method, bool(o.get("include_attention")),
+                            o["mean"], o["std"], high_precision=high_precision, residual_add=residual_add)
+        calibration = {**res.record, "record": res.record_path.name}
+        note = (f"calibration {method} on {len(inp.calib_set)} images{', ranges reused' if res.reused else ''}; "
+                f"record {res.record_path}")
+        return RecipeOutput(res.path, {"calibration": calibration}, (note,))
+
+    return convert
+
+
+register_recipe(PrecisionRecipe("fp16", "fp16", "model_fp16.onnx", _fp16, max_rel_l2=5e-2,
+                                thresholds=DEFAULT_THRESHOLDS["fp16"],
+                                help="FP16 with FP32 islands for CAM energy, row max, softmaxes, PAM energy"))
+register_recipe(PrecisionRecipe("int8-tensorrt", "int8", "model_int8_trt.onnx", _int8("tensorrt"),
+                                thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="tensorrt",
+                                attention_quantized=True,
+                                help="symmetric INT8 Q/DQ on Conv inputs and residual skips, the rest FP16 with the "
+                                     "FP16 graph's FP32 islands (TensorRT, strong typing)"))
+register_recipe(PrecisionRecipe("int8-tensorrt-fp32", "int8", "model_int8_trt_fp32.onnx",
+                                _int8("tensorrt", "fp32", False),
+                                thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="tensorrt",
+                                attention_quantized=True,
+                                help="symmetric INT8 Q/DQ on Conv inputs only, the rest FP32 (the 0.1 form; slower "
+                                     "under strong typing)"))
+register_recipe(PrecisionRecipe("int8-cpu", "int8", "model_int8_cpu.onnx", _int8("cpu"),
+                                thresholds=DEFAULT_THRESHOLDS["int8"], needs_calibration=True, target="cpu",
+                                attention_quantized=True, help="uint8 activations, int8 weights (ONNX Runtime CPU)"))

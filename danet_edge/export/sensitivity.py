@@ -1,0 +1,472 @@
+"""Per-layer quantization sensitivity, and mixed precision to an accuracy budget.
+
+For an INT8 Q/DQ graph (``quantize.quantize_int8``) and the FP32 graph it came from, each quantized
+layer (a Conv, MatMul or Gemm fed by DequantizeLinear) is ranked by what quantizing it costs: the graph is
+evaluated with that one layer taken back to high precision (its input read before the Q/DQ, its FP32
+weights at the graph's high precision: FP16 in the TensorRT-target graph, FP32 otherwise) and everything
+else left INT8; the gain in pixel agreement with the FP32 graph (points), in relative L2 of the logits,
+and (with labels) in mIoU is the layer's sensitivity. This leave-one-out measure on the all-INT8 graph is
+what keeping a layer buys, the question the budget asks (Polygraphy's ``debug precision`` and ModelOpt's
+per-layer analysis ask it the same way, by bisecting or one layer at a time).
+
+:func:`fit_budget` then tries layers in high precision, most gain per GFLOP first (the knapsack greedy:
+the INT8 share of compute stays as large as it can), re-measuring after each and keeping a layer only if it
+brings the graph closer to the budget with the layers already kept, until the budget holds:
+``min_agreement`` (% of pixels equal to the FP32 graph's) and/or ``max_miou_drop`` (mIoU points against
+labels, FP32 graph minus candidate). Everything runs in ONNX Runtime on CPU, on the frames given.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from ..graph.cost import WEIGHTED_OPS, graph_cost
+from ..core.errors import ConfigError
+from ..core.utils import atomic_path
+from ..data.frames import model_inputs
+from .quantize import drop_unread_qdq
+
+__all__ = ["LayerSensitivity", "SensitivityReport", "BudgetResult", "Evaluator", "quantized_layers",
+           "keep_high_precision", "rank_layers", "fit_budget", "format_ranking", "write_ranking",
+           "BudgetImages", "budget_images", "export_images", "apply_budget"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class LayerSensitivity:
+    """One quantized layer: its compute (GFLOP) and what keeping it in high precision gains over the
+    all-INT8 graph: ``agreement_gain`` (points of pixel agreement with FP32), ``rel_l2_gain`` (drop of the
+    logits' relative L2 error), ``miou_gain`` (mIoU points, with labels; else None)."""
+
+    name: str
+    op_type: str
+    gflop: float
+    agreement_gain: float
+    rel_l2_gain: float
+    miou_gain: float | None = None
+
+    @property
+    def gain(self) -> float:
+        """The figure the budget ranks by: mIoU gain with labels, else agreement gain (points)."""
+        return self.miou_gain if self.miou_gain is not None else self.agreement_gain
+
+
+@dataclass
+class SensitivityReport:
+    """The ranking (most sensitive first) and the all-INT8 graph's figures it is measured from."""
+
+    base: dict[str, float | None]
+    layers: list[LayerSensitivity]
+    frames: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "frames": self.frames, "seconds": round(self.seconds, 1),
+                "layers": [asdict(x) for x in self.layers]}
+
+
+@dataclass
+class BudgetResult:
+    """What :func:`fit_budget` kept and why. ``model`` is the graph that meets the budget (or the best
+    reached when ``met`` is False); ``history`` has the figures after each kept layer."""
+
+    model: onnx.ModelProto
+    kept: list[str]
+    met: bool
+    budget: dict[str, float | None]
+    reference: dict[str, float | None]
+    final: dict[str, float | None]
+    int8_share_pct: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    ranking: SensitivityReport | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON for the manifest (``extra["budget"]``)."""
+        return {"budget": self.budget, "met": self.met, "kept_high_precision": self.kept,
+                "reference": self.reference, "final": self.final, "int8_flop_share_pct": self.int8_share_pct,
+                "history": self.history,
+                "why": {x.name: {"gain": round(x.gain, 4), "agreement_gain": x.agreement_gain, "gflop": x.gflop} for x in
+                        (self.ranking.layers if self.ranking else []) if x.name in self.kept}}
+
+
+class Evaluator:
+    """Runs candidate graphs in ONNX Runtime on fixed frames and compares them with the FP32 graph.
+
+    Args:
+        fp32: the FP32 graph (reference).
+        manifest: its manifest (size, batch, normalisation, I/O names).
+        frames: ``(H, W, 3) uint8 RGB`` images.
+        labels: ground truth ``(H, W)`` per frame (optional; gives mIoU), with ``num_classes`` and
+            ``ignore_index``.
+        threads: ONNX Runtime intra-op threads (0: its default).
+    """
+
+    def __init__(self, fp32: onnx.ModelProto, manifest: Any, frames: Sequence[np.ndarray],
+                 labels: Sequence[np.ndarray] | None = None, num_classes: int | None = None,
+                 ignore_index: int = 255, threads: int = 0) -> None:
+        from ..data.preprocess import resize_labels
+
+        if not frames:
+            raise ConfigError("the sensitivity analysis needs at least one image")
+        self.manifest, self.threads, self.n = manifest, threads, len(frames)
+        self.inputs = model_inputs(list(frames), manifest)
+        self.num_classes = num_classes or len(manifest.classes)
+        self.ignore_index = ignore_index
+        size = tuple(manifest.image_size)
+        self.labels = [resize_labels(np.asarray(lb), size) for lb in labels] if labels is not None else None
+        self.ref_logits = self._run(fp32, fp16=False)
+        self.ref_pred = self.ref_logits.argmax(1)
+        self.reference = {"agreement": 100.0, "rel_l2": 0.0, "miou": self._miou(self.ref_pred)}
+
+    def _run(self, model: onnx.ModelProto, fp16: bool) -> np.ndarray:
+        from ..core.optional import import_onnxruntime
+        from ..runtime.ort_backend import session_options
+
+        ort = import_onnxruntime()
+        s = ort.InferenceSession(model.SerializeToString(), session_options("int8", self.threads, fp16),
+                                 providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        return np.concatenate([s.run(None, {name: x})[0] for x in self.inputs])[:self.n].astype(np.float32)
+
+    def _miou(self, pred: np.ndarray) -> float | None:
+        from ..core.metrics import ConfusionMatrix
+
+        if self.labels is None:
+            return None
+        cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+        for p, t in zip(pred, self.labels):
+            cm.update(p, t)
+        return 100.0 * float(cm.miou())
+
+    def evaluate(self, model: onnx.ModelProto) -> dict[str, float | None]:
+        """``{"agreement": % vs FP32, "rel_l2": logits vs FP32, "miou": % or None}`` of ``model``."""
+        fp16 = any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
+        logits = self._run(model, fp16)
+        pred = logits.argmax(1)
+        rel = float(np.linalg.norm(logits - self.ref_logits) / max(float(np.linalg.norm(self.ref_logits)), 1e-30))
+        return {"agreement": 100.0 * float((pred == self.ref_pred).mean()), "rel_l2": rel, "miou": self._miou(pred)}
+
+
+def quantized_layers(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes whose data inputs come from DequantizeLinear (INT8 layers)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and n.input[:2]
+            and all(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2])]
+
+
+def keep_high_precision(int8: onnx.ModelProto, fp32: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``int8`` with the layers ``names`` out of INT8: each reads its activation from before the
+    Q/DQ and its FP32 weights (from ``fp32``, same node names) at the type the activation has (FP16 or FP32);
+    Q/DQ nodes nobody reads any more are removed.
+
+    Raises:
+        ConfigError: a name that is not a quantized layer of ``int8`` or has no counterpart in ``fp32``.
+    """
+    model = copy.deepcopy(int8)
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer}
+    quantized = set(quantized_layers(model))
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             onnx.shape_inference.infer_shapes(model).graph.value_info}
+    types.update({i.name: i.data_type for i in g.initializer})
+    types.update({v.name: v.type.tensor_type.elem_type for v in g.input})
+    touched: set[str] = set()
+    for n in g.node:
+        if n.name not in names:
+            continue
+        touched.update(n.input[:2])
+        if n.name not in quantized or n.name not in fp32_nodes:
+            raise ConfigError(f"{n.name} is not a quantized layer of this graph")
+        act_q = producer[producer[n.input[0]].input[0]]
+        activation = act_q.input[0] if act_q.op_type == "QuantizeLinear" else producer[n.input[0]].input[0]
+        dtype = types.get(activation, TensorProto.FLOAT)
+        ref = fp32_nodes[n.name]
+        if ref.input[1] not in fp32_inits:
+            raise ConfigError(f"{n.name}: its FP32 weights are not an initializer of the FP32 graph")
+        w = numpy_helper.to_array(fp32_inits[ref.input[1]])
+        w = w.astype(np.float16 if dtype == TensorProto.FLOAT16 else np.float32)
+        wname = f"{n.name}_weight_high_precision"
+        g.initializer.append(numpy_helper.from_array(w, wname))
+        n.input[0], n.input[1] = activation, wname
+    _bypass_orphan_qdq(model, names, touched)
+    drop_unread_qdq(g)
+    return model
+
+
+def _bypass_orphan_qdq(model: onnx.ModelProto, kept: Sequence[str], touched: set[str]) -> None:
+    """Take away the rounding that only served the layers now kept in high precision; leave every other Q/DQ.
+
+    * A DQ the kept layers read (``touched``) that no remaining reader needs (an INT8 layer, an Add fusing into
+      an INT8 Conv, or an Add whose inputs are all DQ: ONNX Runtime's fusable QLinearAdd form of the cpu graph)
+      is bypassed: its readers take the tensor from before the Q.
+    * A residual Add fed straight by a kept layer no longer fuses into an INT8 Conv: it reads its skip input from
+      before the Q (the Q/DQ stays for any INT8 layer that shares it).
+
+    Q/DQ pairs elsewhere (the cpu graph quantizes Conv outputs and Add inputs too) stay as they are, so keeping
+    one layer measures that layer alone."""
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    int8 = set(quantized_layers(model))
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def from_op(i: str, op: str) -> bool:
+        return producer.get(i) is not None and producer[i].op_type == op
+
+    def needs_qdq(reader: onnx.NodeProto) -> bool:
+        if reader.name in int8:
+            return True
+        return reader.op_type == "Add" and (any(producer.get(i) is not None and producer[i].name in int8
+                                                for i in reader.input)
+                                            or all(from_op(i, "DequantizeLinear") for i in reader.input))
+
+    def before_q(i: str) -> str | None:
+        dq = producer.get(i)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+    for out in touched:
+        src = before_q(out)
+        if src is None or any(needs_qdq(r) for r in readers.get(out, [])):
+            continue
+        for r in readers.get(out, []):
+            r.input[:] = [src if i == out else i for i in r.input]
+    kept_outputs = {o for n in g.node if n.name in kept for o in n.output}
+    for add in [n for n in g.node if n.op_type == "Add" and kept_outputs.intersection(n.input)]:
+        if any(producer.get(i) is not None and producer[i].name in int8 for i in add.input):
+            continue  # still fuses into an INT8 Conv on its other input
+        add.input[:] = [before_q(i) or i for i in add.input]
+
+
+def rank_layers(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluator,
+                layers: Sequence[str] | None = None, log: Log | None = None) -> SensitivityReport:
+    """Leave-one-out sensitivity of every quantized layer (module docstring), most sensitive first."""
+    from ..core.progress import track
+
+    t0 = time.perf_counter()
+    base = evaluator.evaluate(int8)
+    flops = {n.name: n.flops for n in graph_cost(int8).nodes}
+    out = []
+    for name in track(list(layers or quantized_layers(int8)), "layer sensitivity"):
+        score = evaluator.evaluate(keep_high_precision(int8, fp32, [name]))
+        op = next(n.op_type for n in int8.graph.node if n.name == name)
+        miou_gain = score["miou"] - base["miou"] if base["miou"] is not None else None
+        out.append(LayerSensitivity(name, op, round(flops.get(name, 0) / 1e9, 4),
+                                    round(score["agreement"] - base["agreement"], 4),
+                                    round(base["rel_l2"] - score["rel_l2"], 6),
+                                    None if miou_gain is None else round(miou_gain, 4)))
+        if log:
+            log(f"  {name}: agreement {score['agreement']:.3f} % ({out[-1].agreement_gain:+.3f})")
+    out.sort(key=lambda x: (x.gain, x.rel_l2_gain), reverse=True)
+    return SensitivityReport(base, out, evaluator.n, time.perf_counter() - t0)
+
+
+def _meets(score: dict[str, float | None], ref: dict[str, float | None], min_agreement: float | None,
+           max_miou_drop: float | None) -> bool:
+    ok = min_agreement is None or (score["agreement"] or 0.0) >= min_agreement
+    if max_miou_drop is not None:
+        ok = ok and ref["miou"] is not None and score["miou"] is not None and ref["miou"] - score["miou"] <= max_miou_drop
+    return ok
+
+
+def _progress(score: dict[str, float | None], ref: dict[str, float | None], min_agreement: float | None,
+              max_miou_drop: float | None) -> float:
+    """How close ``score`` is to the budget, one number (higher is closer): the agreement short of
+    ``min_agreement`` plus the mIoU drop beyond ``max_miou_drop`` (points), negated."""
+    short = 0.0
+    if min_agreement is not None:
+        short += max(0.0, min_agreement - (score["agreement"] or 0.0))
+    if max_miou_drop is not None and ref["miou"] is not None and score["miou"] is not None:
+        short += max(0.0, ref["miou"] - score["miou"] - max_miou_drop)
+    return -short
+
+
+def fit_budget(int8: onnx.ModelProto, fp32: onnx.ModelProto, evaluator: Evaluator,
+               min_agreement: float | None = None, max_miou_drop: float | None = None,
+               log: Log | None = None, ranking: SensitivityReport | None = None) -> BudgetResult:
+    """Keep the fewest GFLOP of layers in high precision that make the budget hold (module docstring).
+    ``ranking``: a :func:`rank_layers` result for these graphs and images (computed when needed if None).
+
+    Raises:
+        ConfigError: no budget given, or ``max_miou_drop`` without labels in ``evaluator``.
+    """
+    if min_agreement is None and max_miou_drop is None:
+        raise ConfigError("give an accuracy budget: a minimum agreement (%) and/or a largest mIoU drop (points)")
+    if max_miou_drop is not None and evaluator.labels is None:
+        raise ConfigError("a largest mIoU drop needs labelled images (a data set), not only calibration images")
+    log = log or (lambda _m: None)
+    budget = {"min_agreement": min_agreement, "max_miou_drop": max_miou_drop}
+    ref = evaluator.reference
+    score = evaluator.evaluate(int8)
+    history = [{"kept": 0, **score}]
+    kept: list[str] = []
+    model = int8
+    if not _meets(score, ref, min_agreement, max_miou_drop):
+        ranking = ranking or rank_layers(int8, fp32, evaluator, log=log)
+        # rank by what the budget asks: mIoU gain for a largest mIoU drop, else agreement gain (with labels the
+        # ranking's own order is by mIoU, which on a handful of images is too noisy for an agreement budget)
+
+        def gain(x: LayerSensitivity) -> float:
+            return x.gain if max_miou_drop is not None else x.agreement_gain
+
+        order = sorted((x for x in ranking.layers if gain(x) > 0 or x.rel_l2_gain > 0),
+                       key=lambda x: (gain(x) / max(x.gflop, 1e-6), x.rel_l2_gain), reverse=True)
+        for layer in order:
+            trial = keep_high_precision(int8, fp32, [*kept, layer.name])
+            got = evaluator.evaluate(trial)
+            # a layer stays out of INT8 only if it helps with the others already kept (single-layer gains do not
+            # add up: on CamVid R-50 most small layers' gains vanished once the head convs were kept)
+            helps = _progress(got, ref, min_agreement, max_miou_drop) > _progress(score, ref, min_agreement,
+                                                                                   max_miou_drop)
+            history.append({"kept": len(kept) + helps, "layer": layer.name, "accepted": helps, **got})
+            log(f"{'kept' if helps else 'left INT8'} {layer.name}: agreement {got['agreement']:.3f} %"
+                + (f", mIoU {got['miou']:.2f}" if got["miou"] is not None else ""))
+            if helps:
+                kept.append(layer.name)
+                model, score = trial, got
+            if _meets(score, ref, min_agreement, max_miou_drop):
+                break
+    cost = graph_cost(model)
+    return BudgetResult(model, kept, _meets(score, ref, min_agreement, max_miou_drop), budget, ref, score,
+                        cost.share("int8"), history, ranking)
+
+
+def format_ranking(report: SensitivityReport, top: int = 15) -> str:
+    """The ranking as a Markdown table (the ``top`` most sensitive layers)."""
+    lines = [f"All-INT8 graph on {report.frames} images: agreement with FP32 {report.base['agreement']:.3f} %, "
+             f"relative L2 {report.base['rel_l2']:.3g}" + (f", mIoU {report.base['miou']:.2f}"
+                                                           if report.base.get("miou") is not None else ""), "",
+             "| rank | layer | op | GFLOP | agreement gain (points) | rel L2 gain | mIoU gain |", "|---|---|---|---|---|---|---|"]
+    for i, x in enumerate(report.layers[:top], 1):
+        miou = "-" if x.miou_gain is None else f"{x.miou_gain:+.3f}"
+        lines.append(f"| {i} | `{x.name}` | {x.op_type} | {x.gflop:.3f} | {x.agreement_gain:+.4f} | "
+                     f"{x.rel_l2_gain:+.2e} | {miou} |")
+    return "\n".join(lines)
+
+
+def write_ranking(report: SensitivityReport, md_path: Any, png_path: Any | None = None, top: int = 20) -> None:
+    """The ranking as Markdown (``md_path``) and a bar chart of the ``top`` gains (``png_path``), atomically.
+
+    Raises:
+        MissingDependencyError: ``png_path`` is given and matplotlib is not importable (the Markdown is written).
+    """
+    with atomic_path(Path(md_path)) as tmp:
+        tmp.write_text("# Per-layer INT8 sensitivity\n\n" + format_ranking(report, top) + "\n")
+    if png_path is None:
+        return
+    from ..core.optional import import_matplotlib
+
+    import_matplotlib()  # MissingDependencyError (one line) without it; selects Agg
+    import matplotlib.pyplot as plt
+
+    layers = report.layers[:top][::-1]
+    labels = "mIoU" if layers and layers[0].miou_gain is not None else "agreement with FP32"
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(layers) + 1.4))
+    ax.barh([x.name.strip("/") for x in layers], [x.gain for x in layers], color="#4a78b5")
+    ax.set_xlabel(f"gain in {labels} when the layer is kept in high precision (points)")
+    ax.set_title(f"INT8 sensitivity, top {len(layers)} layers ({report.frames} images)")
+    ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(png_path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class BudgetImages:
+    """The images an accuracy budget is measured on: ``frames`` ``(H, W, 3) uint8``, ``labels`` ``(H, W)``
+    (None: agreement only), the data set's class count and ignore index, and a line saying what they are."""
+
+    frames: list[np.ndarray]
+    labels: list[np.ndarray] | None
+    num_classes: int | None
+    ignore_index: int
+    source: str
+
+    def evaluator(self, fp32_path: Path, manifest: Any) -> Evaluator:
+        """An :class:`Evaluator` of these images against the FP32 graph at ``fp32_path``."""
+        return Evaluator(onnx.load(str(fp32_path)), manifest, self.frames, self.labels, self.num_classes,
+                         self.ignore_index)
+
+
+def export_images(cfg: Any, calib_set: Any, data: dict[str, Any], count: int) -> BudgetImages:
+    """The images ``export`` measures a budget on and writes into the reference bundle (``cfg``: a
+    ``config.ExportConfig``; ``data``: the checkpoint's ``data`` dict), the first ``count`` of:
+
+    1. the labelled data set ``cfg.dataset`` (``cfg.data``, ``cfg.split``) when given;
+    2. else, for a checkpoint trained on the synthetic scenes, those scenes (labelled);
+    3. else the calibration images (no labels: agreement only);
+    4. else synthetic scenes without labels (agreement only).
+
+    Read before anything is written, so a bad data set leaves the output folder alone.
+
+    Raises:
+        ConfigError: a data set whose class count is not the model's. DataError: unreadable data.
+    """
+    num_classes = len(data["classes"])
+    if cfg.dataset is None and calib_set is not None and data.get("dataset") != "synthetic":
+        frames = list(calib_set.frames())[:count]
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} calibration images (no labels)")
+    from ..data.datasets import build_dataset  # torch: export has it already
+
+    name = cfg.dataset or "synthetic"
+    ds = build_dataset(name, cfg.data, cfg.split, count)  # synthetic: the scenes check's default data set uses
+    items = [ds[i] for i in range(len(ds))]
+    frames = [np.asarray(x[0]) for x in items]
+    if ds.info.num_classes != num_classes:
+        if cfg.dataset is not None:
+            raise ConfigError(f"--dataset {cfg.dataset} has {ds.info.num_classes} classes, the model {num_classes}")
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} synthetic scenes (no labels)")
+    return BudgetImages(frames, [np.asarray(x[1]) for x in items], num_classes, ds.info.ignore_index,
+                        f"{name} {cfg.split}, first {len(items)}")
+
+
+def budget_images(cfg: Any, calib_set: Any, data: dict[str, Any]) -> BudgetImages | None:
+    """The images ``export``'s accuracy budget is measured on (:func:`export_images`, ``cfg.budget_images`` of
+    them; a budget without a data set uses the calibration images); None without a budget.
+
+    Raises:
+        ConfigError, DataError: as :func:`export_images`.
+    """
+    if cfg.min_agreement is None and cfg.max_miou_drop is None:
+        return None
+    if cfg.dataset is None:
+        frames = list(calib_set.frames())[:cfg.budget_images] if calib_set is not None else []
+        return BudgetImages(frames, None, None, 255, f"{len(frames)} calibration images")
+    return export_images(cfg, calib_set, data, cfg.budget_images)
+
+
+def apply_budget(cfg: Any, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],
+                 log: Log) -> dict[str, Any]:
+    """Keep the most sensitive layers of ``int8_path`` in high precision until the budget holds; rewrites the
+    graph in place and writes the sensitivity ranking (``.sensitivity.md`` / ``.png``) beside it."""
+    res = fit_budget(onnx.load(str(int8_path)), onnx.load(str(fp32_path)), evaluator, cfg.min_agreement,
+                     cfg.max_miou_drop, log)
+    with atomic_path(int8_path) as tmp:
+        onnx.save(res.model, str(tmp))
+    if res.ranking is not None:
+        stem = int8_path.with_suffix("")
+        write_ranking(res.ranking, Path(f"{stem}.sensitivity.md"), Path(f"{stem}.sensitivity.png"))
+    final = res.final
+    log(f"budget {res.budget}: {'met' if res.met else 'NOT met'} with {len(res.kept)} layer(s) kept in high "
+        f"precision; agreement {final['agreement']:.3f} %" + (f", mIoU {final['miou']:.2f} (FP32 "
+                                                               f"{res.reference['miou']:.2f})" if final["miou"] is not None else "")
+        + f"; INT8 share of compute {res.int8_share_pct:.1f} %")
+    if not res.met:
+        warnings.append(f"{int8_path.name}: the accuracy budget {res.budget} is not met even with every helpful "
+                        "layer kept in high precision")
+    return res.record()

@@ -1,0 +1,508 @@
+"""Training DANet: SGD with poly learning rate, multi-loss cross-entropy, checkpoints, resume, DDP.
+
+Recipe (Fu et al. 2019, section 4.1, and the official PyTorch-Encoding code):
+
+* SGD, momentum 0.9, weight decay 1e-4, base lr 0.01, poly schedule ``lr * (1 - it/max_it)^0.9``
+  stepped every iteration; the head (and FCN aux head) learn at ``head_lr_mult`` = 10 x the base
+  lr, the backbone at 1 x, as the official ``train.py`` does.
+* Loss: ``CE(fused) + aux_weight * (CE(pam) + CE(cam)) [+ fcn_aux_weight * CE(fcn)]`` with the
+  data set's ignore index. The official ``SegmentationMultiLosses`` sums the three DANet outputs
+  with weight 1 each, hence ``aux_weight = 1.0``; PyTorch-Encoding's ``--aux`` FCN head uses 0.2.
+* Augmentation: random scale 0.5-2.0, crop (padded with the ignore index), flip, colour jitter.
+
+Files in ``out_dir`` (written by rank 0 only, atomically): ``last.pt`` after every epoch (and
+once more before its validation, so a validation that fails or is interrupted keeps the epoch's
+training; ``--resume`` runs that validation first), ``best.pt`` whenever val mIoU improves,
+``metrics.jsonl`` (one JSON line per epoch), ``config.json``. A killed run loses at most the current
+epoch; ``resume=True`` continues from ``last.pt`` at the same learning-rate schedule position with
+the same data order (the data order and augmentation of epoch ``e`` depend only on ``seed`` and ``e``).
+
+Before anything is trained: an ``out_dir`` that already holds a run is refused unless ``resume``
+(continue it) or ``exist_ok`` (replace it: its ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are
+removed when the new run starts); every image and label file is opened once (``SegmentationDataset.verify``);
+the crop's activation memory is estimated against the machine's (:func:`activation_memory`). With
+``resume`` or ``exist_ok``, temporary files a killed run left in ``out_dir`` (``.<name>.*.tmp`` of
+``utils.atomic_path``) are removed. Errors from DataLoader workers come out as the one-line error the
+worker raised. Ctrl-C raises ``errors.Interrupted`` saying which epoch ``last.pt`` holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..data.datasets import TrainTransform, TransformedDataset, build_dataset
+from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
+from ..core.errors import CheckpointError, ConfigError, DanetEdgeError, DataError, Interrupted, TrainingError
+from .evaluate import confusion_on
+from ..core.config import ModelConfig, TrainConfig
+from ..model import build_model, check_backbone, load_backbone_weights
+from ..core.utils import atomic_path, write_json
+
+__all__ = ["TrainConfig", "train", "multi_loss", "activation_memory", "RUN_FILES"]
+
+#: The files that make ``out_dir`` a training run (a new run there needs ``resume`` or ``exist_ok``).
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+#: Files ``train`` writes in ``out_dir`` through ``utils.atomic_path`` (their stale ``.<name>.*.tmp`` are removed).
+_WRITTEN = (*RUN_FILES, "config.json")
+
+
+def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_index: int,
+               aux_weight: float = 1.0, fcn_aux_weight: float = 0.2) -> torch.Tensor:
+    """DANet's training loss from train-mode outputs ``(fused, pam, cam[, fcn])`` ``(N, K, H, W)``
+    and ``target (N, H, W) int64``: ``CE(fused) + aux_weight*(CE(pam)+CE(cam)) + fcn_aux_weight*CE(fcn)``."""
+    def ce(x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(x.float(), target, ignore_index=ignore_index)
+
+    loss = ce(outputs[0]) + aux_weight * (ce(outputs[1]) + ce(outputs[2]))
+    if len(outputs) > 3:
+        loss = loss + fcn_aux_weight * ce(outputs[3])
+    return loss
+
+
+# ------------------------------------------------------------------------------------ state
+def _rng_state() -> dict[str, Any]:
+    """RNG states as tensors / lists so ``torch.load(weights_only=True)`` can read them."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+             "python": {"version": int(py_state[0]), "state": list(py_state[1]),
+                        "gauss": py_state[2] if py_state[2] is None else float(py_state[2])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult}]
+
+
+# ------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig) -> Path:
+    """Train DANet as ``cfg`` says; returns the path of the best checkpoint (``out_dir/best.pt``).
+
+    With ``cfg.devices > 1`` (and not under torchrun) spawns that many processes (DDP; gloo on
+    CPU, NCCL + SyncBatchNorm on CUDA). Under torchrun, each process calls ``train`` itself.
+
+    Raises:
+        ConfigError: invalid or contradicting options, resume without ``last.pt``, an ``out_dir`` holding a
+            run without ``resume`` / ``exist_ok``, a crop whose activations cannot fit in memory here.
+        DataError: missing or bad data (checked for every file before the first epoch).
+        CheckpointError: bad backbone weights or ``last.pt``.
+        Interrupted: Ctrl-C (a ``KeyboardInterrupt``); the message says what ``last.pt`` holds.
+    """
+    cfg.validate()
+    check_backbone(cfg.model.backbone)
+    if cfg.amp and not torch.cuda.is_available():
+        raise ConfigError("--amp needs a CUDA GPU (none found)")
+    out = Path(cfg.out_dir)
+    if cfg.resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
+    if not cfg.resume and not cfg.exist_ok:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise ConfigError(f"{out} already holds a training run ({', '.join(found)}): add --resume to continue "
+                              "it, --exist-ok to replace it, or give another --out")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun every process runs this; rank 0 writes
+    saved: dict[str, int] = {}
+    try:
+        # Build and check the data sets once here so that bad data fails before any process starts.
+        train_ds, val_ds = _datasets(cfg)
+        _check_memory(cfg, train_ds, val_ds)
+        if main:  # every file opened once (rank 0: one progress bar; the others wait for it in the group)
+            train_ds.verify()
+            val_ds.verify()
+        if cfg.devices > 1 and not in_torchrun():
+            spawn(_run, cfg.devices, cfg)
+        else:
+            ctx = init_from_env()
+            if ctx.world_size != cfg.devices and in_torchrun():
+                cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
+                cfg.validate()
+            try:
+                _run(ctx, cfg, saved)
+            finally:
+                cleanup()
+    except KeyboardInterrupt:
+        raise _interrupted(out, cfg, saved) from None
+    return out / "best.pt"
+
+
+def _interrupted(out: Path, cfg: TrainConfig, saved: dict[str, int]) -> Interrupted:
+    """What a Ctrl-C left: the epoch ``last.pt`` holds from this run, or that nothing was saved."""
+    last = out / "last.pt"
+    if "epoch" in saved:
+        return Interrupted(f"interrupted after epoch {saved['epoch'] + 1}: {last} (--resume continues from it)")
+    if "start" in saved and saved["start"] > 0:
+        return Interrupted(f"interrupted before epoch {saved['start'] + 1} ended: {last} still holds epoch "
+                           f"{saved['start']} (--resume continues from it)")
+    if cfg.devices > 1 and not in_torchrun() and last.is_file():  # spawned processes: they kept the count
+        return Interrupted(f"interrupted: {last} holds the last finished epoch (--resume continues from it)")
+    if cfg.resume:
+        return Interrupted(f"interrupted before training resumed: {last} unchanged")
+    return Interrupted("interrupted before the first epoch ended: nothing saved")
+
+
+def _prepare_out(out: Path, cfg: TrainConfig) -> None:
+    """Rank 0, once the data, the model and ``last.pt`` have been read: drop the temporary files a killed run
+    left (``resume`` / ``exist_ok``) and, for ``exist_ok`` without ``resume``, the replaced run's files (no mix
+    of two runs in one folder, which a later ``--resume`` would continue)."""
+    if not (cfg.resume or cfg.exist_ok) or not out.is_dir():
+        return
+    for name in _WRITTEN:  # only utils.atomic_path's pattern for the files train writes, only in OUT
+        for tmp in out.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+    if not cfg.resume:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+# Saved activations per image pixel (bytes, FP32) of a DANet training step, backbone and head, measured with
+# autograd's saved-tensor hooks at 128-384 px crops (CPU, batch 2; weights excluded). PAM adds its (L x L)
+# attention map (4 bytes per entry, L = positions) where it is materialised (every impl on CPU, "explicit" on CUDA).
+_BYTES_PER_PIXEL = {("resnet18", 8): 955, ("resnet18", 16): 533, ("resnet34", 8): 1467, ("resnet34", 16): 758,
+                    ("resnet50", 8): 4373, ("resnet50", 16): 2135, ("resnet101", 8): 7641, ("resnet101", 16): 2955}
+
+
+def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, attention_map: bool = True,
+                      amp: bool = False) -> tuple[float, float]:
+    """A lower-bound estimate of the activations one training step keeps for backward, in bytes.
+
+    Args:
+        crop: ``(H, W)`` training crop. batch: images in one process's batch.
+        model: backbone and output stride (an unregistered backbone counts as ResNet-18, the smallest).
+        attention_map: count PAM's ``(L x L)`` map (False for SDPA on CUDA, whose kernels do not keep it).
+        amp: mixed precision (activations about half).
+
+    Returns:
+        ``(total bytes, bytes of the attention map per image)``.
+    """
+    h, w = crop
+    per_px = _BYTES_PER_PIXEL.get((model.backbone, model.output_stride),
+                                  _BYTES_PER_PIXEL[("resnet18", model.output_stride)])
+    positions = (h // model.output_stride) * (w // model.output_stride)
+    attention = 4.0 * positions * positions if attention_map else 0.0
+    total = batch * (per_px * h * w + attention) * (0.5 if amp else 1.0)
+    return total, attention
+
+
+def _check_memory(cfg: TrainConfig, train_ds: Any, val_ds: Any) -> None:
+    """Refuse a crop (or the data set's own size) whose activations cannot fit in this machine's memory
+    (the RAM available on CPU, the GPU's memory on CUDA), naming the estimate."""
+    import psutil
+
+    crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(train_ds.info.image_size or val_ds.image_size(0))
+    cuda = torch.cuda.is_available()
+    per_proc = cfg.batch_size // cfg.devices
+    batch = per_proc if cuda else cfg.batch_size  # CPU processes share one RAM
+    need, att = activation_memory(crop, batch, cfg.model, attention_map=not cuda or cfg.model.attention == "explicit",
+                                  amp=cfg.amp)
+    if cuda:  # the GPU's size (no CUDA context is made here: under torchrun every rank runs this)
+        gpu = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        have, where = torch.cuda.get_device_properties(gpu).total_memory, "the GPU has"
+    else:
+        have, where = psutil.virtual_memory().available, "of RAM available"
+    if need > have:
+        pam = f" (PAM's attention map alone {_gb(att)} per image)" if att > need / (2 * batch) else ""
+        raise ConfigError(f"crop {crop[0]}x{crop[1]} needs about {_gb(need)} of activations for a batch of {batch}"
+                          f"{pam}, more than the {_gb(have)} {where}: use a smaller --crop-size or --batch-size, "
+                          "or --output-stride 16")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
+    train_ds = build_dataset(cfg.dataset, cfg.data_root, "train", cfg.limit_train, **cfg.data_options)
+    val_ds = build_dataset(cfg.dataset, cfg.data_root, "val", cfg.limit_val, **cfg.data_options)
+    if len(train_ds) < cfg.batch_size:
+        raise ConfigError(f"{len(train_ds)} training images are fewer than one batch of {cfg.batch_size}")
+    return train_ds, val_ds
+
+
+def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None) -> None:
+    """One process's training loop; ``saved`` (when given) records ``start`` and the last ``epoch`` in ``last.pt``."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    saved = saved if saved is not None else {}
+    out = Path(cfg.out_dir)
+    train_raw, val_raw = _datasets(cfg)
+    info = train_raw.info
+    val_size = list(info.image_size) if info.image_size else list(val_raw.image_size(0))
+    crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(val_size)
+    _seed_all(cfg.seed)
+    model = build_model(cfg.model_config(info.num_classes))
+    if cfg.backbone_weights:
+        load_backbone_weights(model, cfg.backbone_weights)
+    model.to(ctx.device)
+    optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    per_proc = cfg.batch_size // ctx.world_size
+    train_ds = TransformedDataset(train_raw, TrainTransform(crop, ignore_index=info.ignore_index,
+                                                            mean=info.mean, std=info.std))
+    iters_per_epoch = len(train_ds) // cfg.batch_size
+    max_iter = cfg.epochs * iters_per_epoch
+    power = cfg.poly_power
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # closed form: lr depends only on the iteration
+        optimizer, lambda it: max(0.0, 1.0 - it / max_iter) ** power)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
+
+    start_epoch, best_miou, pending = 0, -1.0, None
+    if cfg.resume:
+        ckpt = load_checkpoint(out / "last.pt")
+        old = ckpt.get("model_config", {})
+        if ModelConfig.from_dict(old) != model.config:
+            raise CheckpointError(f"{out / 'last.pt'}: model {old} differs from the requested {model.config.to_dict()}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _seek_schedule(scheduler, int(ckpt["scheduler"]["last_epoch"]))  # same position; a raised
+        # --epochs stretches the schedule from here on
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_miou = int(ckpt["epoch"]) + 1, float(ckpt.get("best_miou", -1.0))
+        if "rng" in ckpt:
+            _set_rng_state(ckpt["rng"])
+        if ckpt.get("pending_validation"):  # saved before its validation, which did not finish: run it first
+            pending = {"epoch": int(ckpt["epoch"]), **ckpt.get("metrics", {})}
+    saved["start"] = start_epoch
+
+    if ctx.distributed:
+        if ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net: nn.Module = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    else:
+        net = model
+    if ctx.is_main:  # everything given has been read and checked: from here on OUT changes
+        out.mkdir(parents=True, exist_ok=True)
+        _prepare_out(out, cfg)
+        write_json(out / "config.json", cfg.to_dict())
+        _trim_metrics(out / "metrics.jsonl", start_epoch)
+
+    def save(record: dict[str, Any], validated: bool) -> None:
+        """Rank 0: ``last.pt`` of ``record["epoch"]``; once validated also the metrics row and ``best.pt``."""
+        nonlocal best_miou
+        improved = validated and record.get("val_miou") is not None and record["val_miou"] > best_miou
+        if improved:
+            best_miou = record["val_miou"]
+        payload = {
+            "model": _plain_state_dict(model),
+            "model_config": model.config.to_dict(),
+            "data": info.to_checkpoint_data(val_size),
+            "train_config": cfg.to_dict(), "epoch": record["epoch"], "best_miou": best_miou,
+            "metrics": {k: v for k, v in record.items() if k != "val_per_class_iou"},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), "pending_validation": not validated,
+        }
+        if validated:
+            with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
+                f.write(json.dumps(record) + "\n")
+            if improved or not (out / "best.pt").exists():
+                save_checkpoint(out / "best.pt", payload)
+        save_checkpoint(out / "last.pt", payload)
+        saved["epoch"] = record["epoch"]
+        if validated:
+            _log_epoch(record, cfg.epochs)
+
+    def finish(record: dict[str, Any]) -> None:
+        """Validate the epoch of ``record`` when due (its training already in ``last.pt``), then save."""
+        epoch = record["epoch"]
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            record.update(_validate(model, val_raw, ctx))
+        model.train()
+        if ctx.is_main:
+            save(record, validated=True)
+        if ctx.distributed:
+            torch.distributed.barrier()
+
+    if pending is not None:
+        finish(pending)
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # augmentation / dropout of epoch e depend only on (seed, e)
+        if ctx.distributed:
+            sampler: Any = DistributedSampler(train_ds, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed,
+                                              drop_last=True)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        loader = DataLoader(train_ds, per_proc, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                            pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        stats = _train_epoch(net, loader, optimizer, scheduler, scaler, cfg, ctx, epoch, info.ignore_index,
+                             iters_per_epoch)
+        record: dict[str, Any] = {"epoch": epoch, **stats}
+        due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if due and ctx.is_main:  # the epoch's training is kept whatever its validation does
+            save(record, validated=False)
+        finish(record)
+
+
+def _seek_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> None:
+    """Put a closed-form LambdaLR at ``iteration`` and set each group's lr accordingly."""
+    scheduler.last_epoch = iteration
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(iteration)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def _trim_metrics(path: Path, start_epoch: int) -> None:
+    """Keep only the metrics rows of epochs before ``start_epoch`` (all of them for a fresh run: none)."""
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", -1) < start_epoch:
+                rows.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(r + "\n" for r in rows))
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """SyncBatchNorm keeps BatchNorm2d's parameter names, so the state dict loads into a plain DANet."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                 scaler: torch.amp.GradScaler, cfg: TrainConfig, ctx: DistContext, epoch: int, ignore_index: int,
+                 iters: int) -> dict[str, Any]:
+    net.train()
+    show = cfg.progress and ctx.is_main and not cfg.quiet
+    bar = None
+    if show:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+        task = bar.add_task("train", total=iters, info="")
+        bar.start()
+    total_loss, n_img, t0 = 0.0, 0, time.perf_counter()
+    log_plain = ctx.is_main and not cfg.quiet and (bar is None or not bar.console.is_terminal)
+    try:
+        for it, (x, y) in enumerate(_worker_errors(loader)):
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=cfg.amp):
+                outputs = net(x)
+            loss = multi_loss(outputs, y, ignore_index, cfg.aux_weight, cfg.fcn_aux_weight)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, iteration {it + 1}; "
+                                         "lower --lr or set --grad-clip")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.item() * x.shape[0]
+            n_img += x.shape[0] * ctx.world_size
+            ips = n_img / (time.perf_counter() - t0)
+            lr = optimizer.param_groups[0]["lr"]
+            if bar is not None:
+                bar.update(task, advance=1, info=f"loss {loss.item():.3f}  lr {lr:.2e}  {ips:.1f} img/s")
+            if log_plain and ((it + 1) % 10 == 0 or it + 1 == iters):
+                print(f"epoch {epoch + 1}/{cfg.epochs} it {it + 1}/{iters} loss {loss.item():.4f} "
+                      f"lr {lr:.3e} {ips:.2f} img/s", flush=True)
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = time.perf_counter() - t0
+    mean_loss = torch.tensor([total_loss, n_img / ctx.world_size], dtype=torch.float64)
+    if ctx.distributed:
+        torch.distributed.all_reduce(mean_loss)
+    return {"train_loss": float(mean_loss[0] / max(mean_loss[1], 1)), "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": n_img / seconds if seconds > 0 else None, "epoch_seconds": round(seconds, 2)}
+
+
+_WORKER_TRACEBACK = "in DataLoader worker process"
+
+
+def _worker_errors(loader: Iterable[Any]) -> Iterator[Any]:
+    """Iterate ``loader``, turning an error raised in a DataLoader worker back into its one line.
+
+    PyTorch re-raises a worker's exception in the main process as the same type whose message is the
+    whole worker traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ...").
+    A ``DanetEdgeError`` keeps its type (and exit code) with the worker's own message; any other error
+    from reading the data (OSError, a decoder's error) becomes a ``DataError`` with its last line.
+    """
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is a worker's wrapped error
+            text = str(e)
+            if _WORKER_TRACEBACK not in text:
+                raise
+            last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), text)
+            kind = type(e)
+            line = last
+            for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+                if last.startswith(prefix):  # traceback's "module.Type: message"
+                    line = last[len(prefix):]
+                    break
+            if isinstance(e, DanetEdgeError):
+                raise type(e)(line) from None
+            raise DataError(f"reading the training data: {last}") from None
+        yield batch
+
+
+def _validate(model: nn.Module, val_raw: Any, ctx: DistContext) -> dict[str, Any]:
+    """Single-scale val mIoU; each process takes every world_size-th image, matrices summed."""
+    model.eval()
+    info = val_raw.info
+    t0 = time.perf_counter()
+    cm, _ = confusion_on(model, val_raw, range(ctx.rank, len(val_raw), ctx.world_size), info.num_classes,
+                         info.ignore_index, info.mean, info.std, device=ctx.device)
+    cm.all_reduce()
+    d = cm.to_dict(info.classes)
+    return {"val_miou": d["miou"], "val_pixel_accuracy": d["pixel_accuracy"],
+            "val_mean_class_accuracy": d["mean_class_accuracy"], "val_seconds": round(time.perf_counter() - t0, 2),
+            "val_per_class_iou": d["per_class_iou"]}
+
+
+def _log_epoch(r: dict[str, Any], epochs: int) -> None:
+    from rich.console import Console
+
+    val = (f"  val mIoU {100 * r['val_miou']:.2f} %  pixel acc {100 * r['val_pixel_accuracy']:.2f} %"
+           if r.get("val_miou") is not None else "")
+    Console(soft_wrap=True).print(f"epoch {r['epoch'] + 1}/{epochs}  loss {r['train_loss']:.4f}  lr {r['lr']:.2e}  "
+                    f"{r['images_per_s']:.2f} img/s  {r['epoch_seconds']:.0f} s{val}", highlight=False)
+

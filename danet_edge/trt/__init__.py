@@ -1,0 +1,1 @@
+"""trt: see DESIGN.md."""
