@@ -20,11 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from danet_edge.bench.run import BenchConfig, bench_artifacts  # noqa: E402
+from danet_edge.bench.config import BenchConfig
+from danet_edge.bench.run import bench_artifacts
 from danet_edge.data.calib import fill_calib_dir  # noqa: E402
 from danet_edge.model.checkpoint import default_palette, save_checkpoint  # noqa: E402
 from danet_edge.export.export import ExportConfig, export_model  # noqa: E402
-from danet_edge.model import ModelConfig, build_model  # noqa: E402
+from danet_edge.model.config import ModelConfig
+from danet_edge.model.danet import build_model
 
 
 def random_checkpoint(path: Path, backbone: str, size: tuple[int, int], classes: int) -> Path:

@@ -106,7 +106,8 @@ def main() -> None:
     if args.skip_r50:
         return
     from danet_edge.model.checkpoint import save_checkpoint
-    from danet_edge.model import ModelConfig, build_model
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.model.danet import build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet50", num_classes=19)

@@ -27,7 +27,8 @@ from danet_edge.model.checkpoint import load_model  # noqa: E402
 from danet_edge.export.export import export_onnx  # noqa: E402
 from danet_edge.data.preprocess import resize_image  # noqa: E402
 from danet_edge.runtime.backends import open_backend  # noqa: E402
-from danet_edge.infer.pipeline import InferConfig, run_pipeline  # noqa: E402
+from danet_edge.infer.config import InferConfig
+from danet_edge.infer.pipeline import run_pipeline
 from danet_edge.infer.sources import open_source  # noqa: E402
 
 CAMVID = ROOT.parent / "shared" / "datasets" / "camvid"

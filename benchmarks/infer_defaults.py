@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from danet_edge.data.frames import fit_frame  # noqa: E402
 from danet_edge.runtime.backends import open_backend  # noqa: E402
-from danet_edge.infer.pipeline import InferConfig, run_inference  # noqa: E402
+from danet_edge.infer.config import InferConfig
+from danet_edge.infer.pipeline import run_inference
 from danet_edge.infer.sources import open_source  # noqa: E402
 
 

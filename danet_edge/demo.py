@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.config import Config, ModelConfig, check_range
+from .core.config import Config, check_range
+from .model.config import ModelConfig
 from .core.errors import ConfigError
 from .core.utils import write_json
 
@@ -121,14 +122,18 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
     Raises:
         DanetEdgeError subclasses from any stage (bad options, export or inference failures).
     """
-    from .bench.run import BenchConfig, bench_artifacts
+    from .bench.config import BenchConfig
+    from .bench.run import bench_artifacts
     from .data.calib import fill_calib_dir
-    from .check.run import CheckConfig, check_artifacts
+    from .check.config import CheckConfig
+    from .check.run import check_artifacts
     from .data.datasets import build_dataset, write_synthetic_video
     from .core.errors import CheckFailed
     from .export.export import ExportConfig, export_model
-    from .infer.pipeline import InferConfig, run_inference
-    from .train.train import TrainConfig, train
+    from .infer.config import InferConfig
+    from .infer.pipeline import run_inference
+    from .train.config import TrainConfig
+    from .train.train import train
 
     cfg = cfg or DemoConfig()
     log = log or (lambda msg: print(msg, flush=True))

@@ -41,7 +41,8 @@ def make_tiny_checkpoint(path: Path, num_classes: int = 5, image_size=(64, 96), 
     """A danet-edge checkpoint with random weights, non-zero attention gammas and BN statistics
     that are not the identity, so that every part of the graph matters."""
     from danet_edge.model.checkpoint import default_palette, save_checkpoint
-    from danet_edge.model import ModelConfig, build_model
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.model.danet import build_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig(backbone=backbone, num_classes=num_classes)

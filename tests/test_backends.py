@@ -13,8 +13,9 @@ import pytest
 from _runtime_helpers import export_tiny, random_frames
 from danet_edge.core.errors import ConfigError, DataError, ManifestError
 from danet_edge.core.manifest import manifest_path
+from danet_edge.data.frames import fit_frame, restore_labels
 from danet_edge.runtime.backends import (BACKENDS, Backend, OnnxRuntimeBackend, TorchBackend, backend_for,
-                                         fit_frames, open_backend, restore_labels, segment_frames)
+                                         open_backend, segment_frames)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_missing_and_mismatching_manifest(onnx_fp32, tmp_path):
     with pytest.raises(ManifestError, match="lone.onnx.json not found"):
         open_backend(lone)
     data = json.loads(manifest_path(onnx_fp32).read_text())
-    for change, pattern in (({"input_name": "x"}, "named 'images'"),
+    for change, pattern in (({"input_name": "x"}, "input 'images' .* is not its manifest's 'x'"),
                             ({"input_shape": [1, 3, 64, 128]}, "static shapes"),
                             ({"output_kind": "labels"}, "needs a 3-D output")):
         manifest_path(lone).write_text(json.dumps({**data, **change}))
@@ -116,7 +117,7 @@ def test_segment_frames_any_size(onnx_fp32):
     big = [random_frames(1, 128, 192, seed=2)[0], random_frames(1, 50, 70, seed=3)[0]]
     with open_backend(onnx_fp32) as ob:
         maps = segment_frames(ob, big)
-        direct = ob.predict(np.stack([fit_frames(big[0], (64, 96))[0]])).labels[0]
+        direct = ob.predict(np.stack([fit_frame(big[0], (64, 96))[0]])).labels[0]
         boxed = segment_frames(ob, big, letterbox=True)
     assert [m.shape for m in maps] == [(128, 192), (50, 70)]
     assert [m.shape for m in boxed] == [(128, 192), (50, 70)]
@@ -126,7 +127,7 @@ def test_segment_frames_any_size(onnx_fp32):
 
 def test_letterbox_placement_roundtrip():
     frame = np.zeros((100, 300, 3), np.uint8)
-    img, pl = fit_frames(frame, (64, 96), letterbox=True)
+    img, pl = fit_frame(frame, (64, 96), letterbox=True)
     assert img.shape == (64, 96, 3) and (pl.height, pl.width) == (32, 96) and pl.top == 16
     assert (img[:16] == 114).all() and (img[16:48] == 0).all()
     labels = np.zeros((64, 96), np.int64)
@@ -136,7 +137,7 @@ def test_letterbox_placement_roundtrip():
 
 def test_import_does_not_pull_optional_packages():
     code = ("import sys, danet_edge, danet_edge.runtime, danet_edge.runtime.backends, danet_edge.cli;"
-            "import danet_edge.trt.build, danet_edge.infer.pipeline, danet_edge.runtime.cuda;"
+            "import danet_edge.trt.build, danet_edge.infer.pipeline, danet_edge.trt.cuda;"
             "bad = [m for m in ('tensorrt', 'pycuda', 'cuda', 'modelopt') if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

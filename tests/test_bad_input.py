@@ -36,8 +36,9 @@ from PIL import Image
 from _runtime_helpers import export_tiny, random_frames
 from danet_edge.model.checkpoint import save_checkpoint
 from danet_edge.core.errors import ManifestError
-from danet_edge.core.manifest import METADATA_KEY, embedded_manifest, manifest_path, read_manifest, write_manifest
-from danet_edge.model import ModelConfig
+from danet_edge.core.onnx_meta import METADATA_KEY, embedded_manifest
+from danet_edge.core.manifest import manifest_path, read_manifest, write_manifest
+from danet_edge.model.config import ModelConfig
 
 K = 5  # classes of the tiny checkpoint (conftest.tiny_checkpoint)
 GOOD_DATA = {"dataset": "synthetic", "classes": [f"c{i}" for i in range(K)],

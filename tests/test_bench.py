@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from danet_edge.bench.run import BenchConfig, bench_artifacts, latency_stats
+from danet_edge.bench.config import BenchConfig
+from danet_edge.bench.run import bench_artifacts, latency_stats
 from danet_edge.core.errors import ConfigError
 
 from conftest import make_tiny_checkpoint

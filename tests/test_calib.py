@@ -15,7 +15,7 @@ from danet_edge.export.quantize import quantize_int8
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.errors import CalibrationError
 from danet_edge.export.export import export_onnx
-from danet_edge.export.precision import attention_nodes, precision_report
+from danet_edge.graph.precision import attention_nodes, precision_report
 
 
 def _write_images(folder, n=4, seed=0):

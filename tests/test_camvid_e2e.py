@@ -88,7 +88,8 @@ def test_infer_on_camvid_video_matches_eval(kind, camvid_models, camvid_frames, 
     from danet_edge.train.evaluate import predict_logits
     from danet_edge.data.preprocess import normalize
     from danet_edge.runtime.backends import open_backend, segment_frames
-    from danet_edge.infer.pipeline import InferConfig, run_inference
+    from danet_edge.infer.config import InferConfig
+    from danet_edge.infer.pipeline import run_inference
 
     # Lossless video, so the decoded frames are the PNGs' pixels and predictions can match exactly.
     video = _write_video(camvid_frames, tmp_path / "camvid_val.mkv", "FFV1")
@@ -123,7 +124,8 @@ def test_infer_on_camvid_video_matches_eval(kind, camvid_models, camvid_frames, 
 
 
 def test_lossy_mp4_keeps_frame_count_and_size(camvid_models, camvid_frames, tmp_path):
-    from danet_edge.infer.pipeline import InferConfig, run_inference
+    from danet_edge.infer.config import InferConfig
+    from danet_edge.infer.pipeline import run_inference
 
     video = _write_video(camvid_frames, tmp_path / "camvid_val.mp4", "mp4v")
     summary = run_inference(camvid_models["fp32"], video, InferConfig(out_dir=tmp_path / "out"))

@@ -12,8 +12,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from danet_edge.check.run import (DEFAULT_THRESHOLDS, CheckConfig, Thresholds, check_artifacts, load_thresholds,
-                               parse_threshold_overrides)
+from danet_edge.check.thresholds import DEFAULT_THRESHOLDS, Thresholds, load_thresholds, parse_threshold_overrides
+from danet_edge.check.config import CheckConfig
+from danet_edge.check.run import check_artifacts
 from danet_edge.core.errors import CheckFailed, ConfigError
 from danet_edge.core.manifest import read_manifest, write_manifest
 

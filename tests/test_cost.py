@@ -89,7 +89,7 @@ def test_danet_r50_at_512x1024_is_877_gflop(tmp_path):
     import onnxslim
     import torch
 
-    from danet_edge.model import build_model
+    from danet_edge.model.danet import build_model
 
     model = build_model(backbone="resnet50", num_classes=19).eval()
     model.set_attention("explicit")  # as export writes it
@@ -105,7 +105,8 @@ def test_danet_r50_at_512x1024_is_877_gflop(tmp_path):
 def test_precision_report_carries_the_cost(tiny_checkpoint, tmp_path):
     from _runtime_helpers import export_tiny
 
-    from danet_edge.export.precision import convert_fp16, precision_report
+    from danet_edge.export.fp16 import convert_fp16
+    from danet_edge.graph.precision import precision_report
 
     fp32 = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     fp16 = convert_fp16(fp32, tmp_path / "m16.onnx")

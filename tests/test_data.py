@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from danet_edge.data.datasets import (
-    EvalTransform, TrainTransform, TransformedDataset, build_dataset, synthetic_frames, write_synthetic_video,
-)
+from danet_edge.data.transforms import EvalTransform, TrainTransform, TransformedDataset
+from danet_edge.data.datasets import build_dataset, synthetic_frames, write_synthetic_video
 from danet_edge.core.errors import ConfigError, DataError
 
 

@@ -140,7 +140,7 @@ def _gpu_and_trt():
 def test_build_and_run_engine_matches_onnx(tmp_path, tiny_checkpoint):
     _gpu_and_trt()
     from _runtime_helpers import export_tiny, random_frames
-    from danet_edge.runtime import open_backend
+    from danet_edge.runtime.backends import open_backend
 
     onnx = export_tiny(tiny_checkpoint, tmp_path / "m.onnx")
     engine = build_engine(onnx, tmp_path / "m.engine", EngineConfig(timing_cache=tmp_path / "t.cache"))

@@ -15,7 +15,7 @@ from torch import nn
 from danet_edge.data.datasets import DatasetInfo, build_dataset
 from danet_edge.core.errors import ConfigError
 from danet_edge.train.evaluate import evaluate, predict_logits, write_result
-from danet_edge.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from danet_edge.model.config import IMAGENET_MEAN, IMAGENET_STD
 
 K = 4
 

@@ -16,7 +16,7 @@ import torch
 from danet_edge.model.checkpoint import load_model
 from danet_edge.export.export import ExportConfig, attention_memory_mib, export_model, relative_l2
 from danet_edge.core.manifest import read_manifest
-from danet_edge.export.precision import attention_nodes
+from danet_edge.graph.precision import attention_nodes
 from danet_edge.data.preprocess import preprocess
 
 

@@ -23,7 +23,9 @@ from PIL import Image
 from _runtime_helpers import export_tiny, random_frames
 from danet_edge.model.checkpoint import load_checkpoint
 from danet_edge.core.errors import ConfigError, DataError, Interrupted
-from danet_edge.train.train import TrainConfig, activation_memory, train
+from danet_edge.train.config import TrainConfig
+from danet_edge.train.memory import activation_memory
+from danet_edge.train.train import train
 
 QUICK = ["--dataset", "synthetic", "--synthetic-size", "64", "96", "--limit-train", "4", "--limit-val", "2",
          "-b", "2", "--epochs", "1", "--workers", "0", "--no-progress"]
@@ -178,7 +180,7 @@ def test_worker_errors_are_one_line(workers, tmp_path, capsys, monkeypatch):
 
 
 def test_worker_error_unwrapping():
-    from danet_edge.train.train import _worker_errors
+    from danet_edge.train.loader_errors import _worker_errors
 
     class Loader:
         def __init__(self, exc):
@@ -259,7 +261,7 @@ def test_camvid_precheck_is_quick(camvid_root):
 
 # ------------------------------------------------------------------ 3. bounds by the machine
 def test_crop_memory_estimate_and_refusal(monkeypatch, tmp_path):
-    from danet_edge.core.config import ModelConfig
+    from danet_edge.model.config import ModelConfig
 
     small, _ = activation_memory((352, 352), 8, ModelConfig(backbone="resnet18"))
     assert 0.5e9 < small < 2e9  # README's CamVid crop: about 1 GB
@@ -277,7 +279,7 @@ def test_crop_memory_estimate_and_refusal(monkeypatch, tmp_path):
 
 
 def test_bench_batch_memory(monkeypatch):
-    from danet_edge.bench.run import BenchConfig, check_batch_memory
+    from danet_edge.bench.config import BenchConfig, check_batch_memory
 
     with pytest.raises(ConfigError, match="1..1024"):
         BenchConfig(batches=(1025,))
@@ -393,7 +395,7 @@ def test_thresholds_file_values_in_range(tmp_path):
 
 
 def test_export_options_that_would_do_nothing():
-    from danet_edge.core.config import ExportConfig
+    from danet_edge.export.config import ExportConfig
 
     with pytest.raises(ConfigError, match="--target cpu"):
         ExportConfig(target="cpu", fp16=True)
@@ -405,7 +407,7 @@ def test_export_options_that_would_do_nothing():
 
 def test_calibration_options_apply_to_a_calibrating_recipe_without_int8():
     """``--recipe int8-tensorrt-fp32 --calib-size 32`` calibrates: the options are not refused as INT8-only."""
-    from danet_edge.core.config import ExportConfig
+    from danet_edge.export.config import ExportConfig
     from danet_edge.core.errors import ConfigError
 
     ExportConfig(recipes=("int8-tensorrt-fp32",), calib_size=32, calib_method="minmax")

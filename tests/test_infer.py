@@ -92,7 +92,8 @@ def test_compare_writes_a_side_by_side_video_whose_halves_equal_single_runs(tiny
 
     import numpy as np
 
-    from danet_edge.infer.pipeline import InferConfig, run_inference
+    from danet_edge.infer.config import InferConfig
+    from danet_edge.infer.pipeline import run_inference
 
     fused = export_tiny(tiny_checkpoint, tmp_path / "fused.onnx", fused=True)
     frames = random_frames(5, 72, 100)

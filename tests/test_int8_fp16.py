@@ -13,7 +13,7 @@ from danet_edge.data.calib import load_calibration_set
 from danet_edge.model.checkpoint import load_model
 from danet_edge.graph.cost import graph_cost
 from danet_edge.export.export import export_onnx
-from danet_edge.export.precision import attention_nodes, default_fp32_islands, precision_report
+from danet_edge.graph.precision import attention_nodes, default_fp32_islands, precision_report
 from danet_edge.export.quantize import quantize_int8, residual_adds
 
 
@@ -175,7 +175,8 @@ def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
     """With labels the ranking's own order is by mIoU gain; a minimum-agreement budget must still keep layers by
     agreement gain per GFLOP (on 16 CamVid images every R-50 layer had a negative mIoU gain, and the budget kept
     the largest layer first)."""
-    from danet_edge.export.sensitivity import LayerSensitivity, SensitivityReport, fit_budget, quantized_layers
+    from danet_edge.export.sensitivity import LayerSensitivity, SensitivityReport, quantized_layers
+    from danet_edge.export.budget import fit_budget
 
     int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
     ev = _evaluator(graphs, n=2)
@@ -195,7 +196,8 @@ def test_an_agreement_budget_ranks_by_agreement_even_with_labels(graphs):
 
 @pytest.mark.slow
 def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path):
-    from danet_edge.export.sensitivity import fit_budget, keep_high_precision, rank_layers, write_ranking
+    from danet_edge.export.budget import fit_budget
+    from danet_edge.export.sensitivity import keep_high_precision, rank_layers, write_ranking
 
     int8, fp32 = onnx.load(str(graphs["new"].path)), onnx.load(str(graphs["fp32"]))
     ev = _evaluator(graphs)
@@ -227,7 +229,7 @@ def test_budget_keeps_the_most_sensitive_layers_until_it_holds(graphs, tmp_path)
 def test_export_applies_the_budget_and_records_it(tiny_checkpoint, tmp_path, graphs):
     import json
 
-    from danet_edge.core.config import ExportConfig
+    from danet_edge.export.config import ExportConfig
     from danet_edge.core.errors import ConfigError
     from danet_edge.export.export import export_model
 
@@ -266,7 +268,7 @@ def test_a_bias_shared_by_two_convs_does_not_hide_a_projection_shortcut():
 
 
 def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_checkpoint, tmp_path, graphs):
-    from danet_edge.core.config import ExportConfig
+    from danet_edge.export.config import ExportConfig
     from danet_edge.core.errors import ConfigError
     from danet_edge.export.export import export_model
 
@@ -280,7 +282,7 @@ def test_a_wrong_budget_data_set_is_refused_before_anything_is_written(tiny_chec
 def test_cpu_target_keeps_the_classifier_and_its_logits_out_of_int8(graphs, tmp_path):
     """ONNX Runtime's CPU form quantizes Conv outputs: uint8 logits flipped the argmax of a CamVid-trained R-50
     on more than half its pixels (NOTES.md, issue 9). The classifier Conv stays FP32, input and output."""
-    from danet_edge.export.precision import precision_report
+    from danet_edge.graph.precision import precision_report
     from danet_edge.export.quantize import classifier_conv
 
     fp32 = onnx.load(str(graphs["fp32"]))
@@ -304,7 +306,7 @@ def test_tiny_weight_channels_keep_positive_fp16_scales(graphs, tmp_path):
     """Issue 20 defect 2: FP16 Q/DQ scales under 3e-8 rounded to 0 (TensorRT's parser refuses scale 0) and
     those under 6.1e-5 lost bits as subnormals. A channel of zeros, one of magnitude 1e-7 and one of 3e-5 now
     give scales > 0, a graph the TensorRT rules accept, and dequantized weights within one stored step."""
-    from danet_edge.export.quantize import FP16_MIN_NORMAL, fp16_scale
+    from danet_edge.export.qdq_fp16 import FP16_MIN_NORMAL, fp16_scale
     from danet_edge.graph.trtcheck import check_tensorrt_compat
 
     model = onnx.load(str(graphs["fp32"]))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from danet_edge.bench import jetson
+from danet_edge.bench import jetson, power
 from danet_edge.core.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "jetson"
@@ -32,34 +32,34 @@ def sample(name: str) -> list[str]:
 def test_agx_orin_tegrastats_rails_in_watts():
     lines = sample("tegrastats_agx_orin_64gb.txt")
     assert len(lines) == 4
-    first = jetson.parse_tegrastats_line(lines[0])
+    first = power.parse_tegrastats_line(lines[0])
     # only the four rails: RAM 13031/62841MB, SWAP, EMC_FREQ 1%@2133, APE 174, temperatures are not rails
     assert first == {"VDD_GPU_SOC": 2.389, "VDD_CPU_CV": 1.991, "VIN_SYS_5V0": 3.634, "VDDQ_VDD2_1V8AO": 0.807}
-    second = jetson.parse_tegrastats_line(lines[1])
+    second = power.parse_tegrastats_line(lines[1])
     assert second["VDD_CPU_CV"] == 2.389  # the instantaneous value, not tegrastats' running average (2190)
-    dla = jetson.parse_tegrastats_line(lines[3])  # JetPack 6 line with NVDLA0_FREQ @1600, upper-case sensors
+    dla = power.parse_tegrastats_line(lines[3])  # JetPack 6 line with NVDLA0_FREQ @1600, upper-case sensors
     assert dla == {"VDD_GPU_SOC": 3.15, "VDD_CPU_CV": 14.312, "VIN_SYS_5V0": 4.968, "VDDQ_VDD2_1V8AO": 1.091}
-    total, source = jetson.total_power_w(first)  # AGX Orin has no input rail: the sum, said so
+    total, source = power.total_power_w(first)  # AGX Orin has no input rail: the sum, said so
     assert total == pytest.approx(2.389 + 1.991 + 3.634 + 0.807) and source.startswith("sum of VDD_GPU_SOC")
 
 
 def test_orin_nano_tegrastats_total_is_vdd_in():
     lines = sample("tegrastats_orin_nano.txt")
-    loaded = jetson.parse_tegrastats_line(lines[0])
+    loaded = power.parse_tegrastats_line(lines[0])
     assert loaded == {"VDD_IN": 12.479, "VDD_CPU_GPU_CV": 4.667, "VDD_SOC": 2.817}
-    assert jetson.total_power_w(loaded) == (12.479, "VDD_IN")
-    idle = jetson.parse_tegrastats_line(lines[1])
+    assert power.total_power_w(loaded) == (12.479, "VDD_IN")
+    idle = power.parse_tegrastats_line(lines[1])
     assert idle == {"VDD_IN": 4.824, "VDD_CPU_GPU_CV": 0.518, "VDD_SOC": 1.475}
 
 
 def test_pre_orin_tegrastats_without_units():
-    nano, xavier, tx2 = (jetson.parse_tegrastats_line(line) for line in sample("tegrastats_legacy.txt"))
+    nano, xavier, tx2 = (power.parse_tegrastats_line(line) for line in sample("tegrastats_legacy.txt"))
     assert nano == {"POM_5V_IN": 2.746, "POM_5V_GPU": 0.159, "POM_5V_CPU": 0.796}  # IRAM 0/252kB is not a rail
-    assert jetson.total_power_w(nano) == (2.746, "POM_5V_IN")
+    assert power.total_power_w(nano) == (2.746, "POM_5V_IN")
     assert xavier == {"GPU": 0.463, "CPU": 0.618, "SOC": 2.936, "CV": 0.0, "VDDRQ": 0.309, "SYS5V": 3.306}
-    assert jetson.total_power_w(xavier)[0] == pytest.approx(0.463 + 0.618 + 2.936 + 0.309 + 3.306)
+    assert power.total_power_w(xavier)[0] == pytest.approx(0.463 + 0.618 + 2.936 + 0.309 + 3.306)
     assert tx2["VDD_IN"] == 1.931 and len(tx2) == 6  # "APE 150" and "MTS fg 1%" are not rails
-    assert jetson.parse_tegrastats_line("RAM 100/200MB APE 25 VIC_FREQ 115") == {}
+    assert power.parse_tegrastats_line("RAM 100/200MB APE 25 VIC_FREQ 115") == {}
 
 
 # ---------------------------------------------------------------------------------------------- board facts
@@ -142,7 +142,7 @@ def test_ina3221_rails_from_sysfs(tmp_path):
     root = agx_orin_tree(tmp_path)
     rails = jetson.find_ina3221_rails(root)
     assert [r.label for r in rails] == ["VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0", "VDDQ_VDD2_1V8AO"]  # no channel 7
-    assert jetson.read_rails_mw(rails) == {"VDD_GPU_SOC": 3800.0, "VDD_CPU_CV": 1900.0, "VIN_SYS_5V0": 3500.0,
+    assert power.read_rails_mw(rails) == {"VDD_GPU_SOC": 3800.0, "VDD_CPU_CV": 1900.0, "VIN_SYS_5V0": 3500.0,
                                            "VDDQ_VDD2_1V8AO": 800.0}
 
 
@@ -152,7 +152,7 @@ def test_power_sampler_on_sysfs(tmp_path):
     root = tmp_path
     _ina3221(root, "1-0040", "hwmon1", {1: ("VDD_IN", 5000, 1000), 2: ("VDD_CPU_GPU_CV", 5000, 300),
                                         3: ("VDD_SOC", 5000, 200)})
-    with jetson.PowerSampler(interval_s=0.01, root=root, tegrastats=None) as ps:
+    with power.PowerSampler(interval_s=0.01, root=root, tegrastats=None) as ps:
         time.sleep(0.15)
     rep = ps.report(frames=30)
     assert rep.source == "sysfs" and rep.samples >= 3
@@ -174,7 +174,7 @@ def test_power_sampler_falls_back_to_tegrastats(tmp_path):
                     f"lines = open({str(tmp_path / 'lines.txt')!r}).read().splitlines()\n"
                     "while True:\n    for l in lines:\n        print(l, flush=True)\n        time.sleep(0.02)\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    with jetson.PowerSampler(interval_s=0.02, root=tmp_path / "nosys", tegrastats=str(fake)) as ps:
+    with power.PowerSampler(interval_s=0.02, root=tmp_path / "nosys", tegrastats=str(fake)) as ps:
         deadline = time.time() + 10
         while len(ps.readings) < 4 and time.time() < deadline:
             time.sleep(0.02)
@@ -186,13 +186,13 @@ def test_power_sampler_falls_back_to_tegrastats(tmp_path):
 
 def test_power_sampler_refuses_a_machine_without_monitor(tmp_path):
     with pytest.raises(ConfigError, match="no power monitor"):
-        with jetson.PowerSampler(root=tmp_path, tegrastats=None):
+        with power.PowerSampler(root=tmp_path, tegrastats=None):
             pass
     with pytest.raises(ConfigError, match="interval"):
-        jetson.PowerSampler(interval_s=0)
+        power.PowerSampler(interval_s=0)
     with pytest.raises(ConfigError, match="no reading"):
-        jetson.summarize_power([], 1.0)
-    rep = jetson.summarize_power([{"VDD_GPU_SOC": 2.0, "VDD_CPU_CV": 1.0}], 2.0, frames=0)
+        power.summarize_power([], 1.0)
+    rep = power.summarize_power([{"VDD_GPU_SOC": 2.0, "VDD_CPU_CV": 1.0}], 2.0, frames=0)
     assert rep.total_w == 3.0 and rep.energy_j == 6.0 and rep.fps is None and rep.notes
 
 

@@ -7,7 +7,8 @@ import pytest
 from danet_edge.core.errors import ConfigError
 import torch
 
-from danet_edge.model import CAM, PAM, ModelConfig, build_model
+from danet_edge.model.danet import CAM, PAM, build_model
+from danet_edge.model.config import ModelConfig
 
 
 def _explicit_pam(pam: PAM, x: torch.Tensor) -> torch.Tensor:

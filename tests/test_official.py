@@ -18,7 +18,7 @@ import pytest
 
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.errors import CheckpointError
-from danet_edge.model import load_official_checkpoint
+from danet_edge.model.weights import load_official_checkpoint
 
 
 # ------------------------------------------------------------------ reference (official names)

@@ -11,7 +11,8 @@ import pytest
 
 from _runtime_helpers import make_tiny_checkpoint
 from danet_edge.check.run import check_artifacts
-from danet_edge.core.config import CheckConfig, ExportConfig
+from danet_edge.check.config import CheckConfig
+from danet_edge.export.config import ExportConfig
 from danet_edge.data.datasets import build_dataset
 from danet_edge.core.errors import ConfigError, DataError, ManifestError
 from danet_edge.export.export import export_model

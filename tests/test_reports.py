@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from danet_edge.check.run import CheckConfig, check_artifacts
+from danet_edge.check.config import CheckConfig
+from danet_edge.check.run import check_artifacts
 from danet_edge.check.report import (MIN_TILE_HEIGHT, confusion_figure, disagreement_picture,
                                       per_class_iou_figure, precision_source_text)
 
@@ -250,7 +251,7 @@ def test_html_in_headless_chromium_renders_every_image_without_overlap(checked, 
 
 # ------------------------------------------------------------------------------------------ bench plot
 def _bench_report(mious=(55.04, 55.00, 54.94)):
-    from danet_edge.bench.run import BenchEntry, BenchReport
+    from danet_edge.bench.results import BenchEntry, BenchReport
 
     def entry(name, backend, provider, p50, p99, miou, ref=False, speed=None):
         return BenchEntry(name=name, path=name, backend=backend, provider=provider, precision="fp32",
@@ -265,7 +266,7 @@ def _bench_report(mious=(55.04, 55.00, 54.94)):
                          mious[1], speed=1.33),
                    entry("model_int8_trt.onnx", "onnxruntime", "ONNX Runtime 1.20.1 CPUExecutionProvider",
                          290.0, 350.0, mious[2], speed=1.38)]
-    from danet_edge.bench.run import BenchEntry as _E
+    from danet_edge.bench.results import BenchEntry as _E
 
     rep.entries.append(_E(name="pytorch-fp16-autocast", path="x", backend="torch", precision="fp16",
                           image_size=[360, 480], batch=1, runs=0, skipped="no CUDA GPU here"))

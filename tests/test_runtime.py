@@ -15,7 +15,10 @@ from PIL import Image
 from _runtime_helpers import export_tiny, random_frames
 from danet_edge.core.errors import ConfigError, DataError, ManifestError, MissingDependencyError
 from danet_edge.runtime.backends import open_backend, segment_frames
-from danet_edge.infer.pipeline import InferConfig, SourceBroken, overlay, run_inference, run_pipeline
+from danet_edge.infer.config import InferConfig
+from danet_edge.infer.results import SourceBroken
+from danet_edge.infer.render import overlay
+from danet_edge.infer.pipeline import run_inference, run_pipeline
 from danet_edge.infer.sources import gstreamer_support, open_source
 
 

@@ -42,7 +42,7 @@ def test_fp16_graph_checked_as_exported(tmp_path, tiny_checkpoint):
     overflow); check ran the same graph with optimisation on. Both now open it the same way."""
     import onnxruntime as ort
 
-    from danet_edge.export.precision import convert_fp16  # noqa: F401 - the FP16 recipe under test
+    from danet_edge.export.fp16 import convert_fp16
     from danet_edge.export.export import ExportConfig, export_model
     from danet_edge.runtime.backends import open_backend
 
@@ -56,7 +56,8 @@ def test_fp16_graph_checked_as_exported(tmp_path, tiny_checkpoint):
 
 def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpoint):
     """A .pt beside artifacts was timed at the checkpoint's own size unless --reference was given."""
-    from danet_edge.bench.run import BenchConfig, bench_artifacts
+    from danet_edge.bench.config import BenchConfig
+    from danet_edge.bench.run import bench_artifacts
     from danet_edge.export.export import ExportConfig, export_model
 
     res = export_model(tiny_checkpoint, ExportConfig(imgsz=(32, 48), out=tmp_path))
@@ -68,7 +69,8 @@ def test_bench_times_the_checkpoint_at_the_artifacts_size(tmp_path, tiny_checkpo
 def test_bench_restores_torch_threads(tmp_path, tiny_checkpoint):
     import torch
 
-    from danet_edge.bench.run import BenchConfig, bench_artifacts
+    from danet_edge.bench.config import BenchConfig
+    from danet_edge.bench.run import bench_artifacts
 
     before = torch.get_num_threads()
     bench_artifacts([tiny_checkpoint], BenchConfig(runs=1, warmup=0, warmup_s=0.0, duration_s=0.0, threads=1 if before != 1 else 2))
@@ -118,7 +120,8 @@ def test_calibration_leaves_logging_and_stdout_alone(tmp_path, tiny_checkpoint, 
 def test_library_raises_only_its_own_errors():
     from danet_edge.core.errors import ConfigError, DataError
     from danet_edge.core.metrics import ConfusionMatrix
-    from danet_edge.model import ModelConfig, build_model
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.model.danet import build_model
 
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_model(ModelConfig(backbone="resnet7", num_classes=3))
@@ -135,7 +138,8 @@ def test_a_new_backbone_is_one_class_and_one_row():
     import torch
     from torch import nn
 
-    from danet_edge.model import ModelConfig, build_model
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.model.danet import build_model
     from danet_edge.model.backbone import BACKBONE_REGISTRY, register_backbone
 
     class Toy(nn.Module):  # the encoder contract: (N, 3, H, W) -> (c3, c4) at H/OS, W/OS
@@ -163,7 +167,9 @@ def test_a_new_precision_recipe_is_one_function_and_one_row(tmp_path):
 
     from _runtime_helpers import make_tiny_checkpoint
 
-    from danet_edge.check.run import CheckConfig, check_artifacts, parse_threshold_overrides
+    from danet_edge.check.config import CheckConfig
+    from danet_edge.check.run import check_artifacts
+    from danet_edge.check.thresholds import parse_threshold_overrides
     from danet_edge.data.datasets import build_dataset
     from danet_edge.export.export import ExportConfig, export_model
     from danet_edge.export.recipes import RECIPES, PrecisionRecipe, RecipeOutput, register_recipe
@@ -272,7 +278,8 @@ def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
     import cv2
 
     import danet_edge.infer.pipeline as pipeline_mod
-    from danet_edge.infer.pipeline import InferConfig, run_inference
+    from danet_edge.infer.config import InferConfig
+    from danet_edge.infer.pipeline import run_inference
 
     seen = {"total": None, "advanced": 0}
 
@@ -297,11 +304,14 @@ def test_long_steps_report_progress(tmp_path, tiny_checkpoint, monkeypatch):
 # ---------------------------------------------------------------- one config style, defaults in one place
 
 def _stage_configs():
-    from danet_edge.bench.run import BenchConfig
-    from danet_edge.core.config import CheckConfig, ExportConfig, ModelConfig, TrainConfig
+    from danet_edge.bench.config import BenchConfig
+    from danet_edge.check.config import CheckConfig
+    from danet_edge.export.config import ExportConfig
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.train.config import TrainConfig
     from danet_edge.demo import DemoConfig
     from danet_edge.trt.plan import EngineConfig
-    from danet_edge.infer.pipeline import InferConfig
+    from danet_edge.infer.config import InferConfig
 
     return {ModelConfig: {"output_stride": 32}, TrainConfig: {"epochs": 0}, ExportConfig: {"batch": 0},
             CheckConfig: {"pictures": -1}, BenchConfig: {"runs": 0}, DemoConfig: {"epochs": 0},
@@ -334,7 +344,7 @@ def test_cli_defaults_are_the_config_defaults():
     import typer.main
 
     from danet_edge.cli import app
-    from danet_edge.core.config import TrainConfig
+    from danet_edge.train.config import TrainConfig
 
     cmds = typer.main.get_command(app).commands
     tc = TrainConfig()
@@ -359,7 +369,8 @@ def test_cli_defaults_are_the_config_defaults():
 
 
 def test_train_config_nests_the_model_config(tmp_path):
-    from danet_edge.core.config import ModelConfig, TrainConfig
+    from danet_edge.model.config import ModelConfig
+    from danet_edge.train.config import TrainConfig
 
     cfg = TrainConfig(model=ModelConfig(backbone="resnet34", output_stride=16))
     back = TrainConfig.from_dict(cfg.to_dict())
@@ -372,8 +383,12 @@ def test_train_config_nests_the_model_config(tmp_path):
 def test_reading_configs_imports_no_torch_or_onnx():
     import subprocess
 
-    code = ("import sys, danet_edge.cli, danet_edge.core.config as c; c.TrainConfig(); c.ExportConfig(); c.CheckConfig();"
-            "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = ("import sys, danet_edge.cli\n"
+            "from danet_edge.train.config import TrainConfig\nfrom danet_edge.export.config import ExportConfig\n"
+            "from danet_edge.check.config import CheckConfig\nfrom danet_edge.bench.config import BenchConfig\n"
+            "from danet_edge.infer.config import InferConfig\nfrom danet_edge.trt.plan import EngineConfig\n"
+            "TrainConfig(); ExportConfig(); CheckConfig(); BenchConfig(); InferConfig(); EngineConfig()\n"
+            "bad = [m for m in ('torch', 'onnx', 'onnxruntime', 'cv2') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from danet_edge.model.checkpoint import load_checkpoint, load_model
 from danet_edge.core.errors import ConfigError
-from danet_edge.train.train import TrainConfig, multi_loss, train
+from danet_edge.train.config import TrainConfig
+from danet_edge.train.train import multi_loss, train
 
 
 def tiny_config(out, **kw) -> TrainConfig:
@@ -104,7 +105,7 @@ def test_multi_loss_weights():
 
 
 def test_backbone_weights_loaded(tmp_path):
-    from danet_edge.model import build_model
+    from danet_edge.model.danet import build_model
 
     donor = build_model(backbone="resnet18", num_classes=8).backbone.state_dict()
     torch.save({k: v + 0.5 if v.is_floating_point() else v for k, v in donor.items()}, tmp_path / "r18.pth")

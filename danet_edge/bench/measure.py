@@ -58,7 +58,7 @@ class TimedRuns:
         warmup_runs: untimed runs done, those before the call included; warmup_s: their wall time (s).
         timed_s: the timed window, from the first timed run's start to the last one's end (s).
         capped: the run cap ended the window before ``duration_s``.
-        power: the window's :class:`~danet_edge.bench.jetson.PowerReport` (``frames`` = runs x frames per run,
+        power: the window's :class:`~danet_edge.bench.power.PowerReport` (``frames`` = runs x frames per run,
             ``duration_s`` = ``timed_s``), or one line saying why there is none
             (:data:`~danet_edge.bench.jetson.NOT_JETSON` off a Jetson).
     """
@@ -86,11 +86,12 @@ def time_runs(step: Callable[[], float | None], *, warmup: int, warmup_s: float,
     Args:
         step: one run; returns its compute time in ms (the model alone) or None.
         frames_per_run: images per run (the batch), for the power report's energy per frame.
-        power_root: sample the Jetson's power rails (:class:`~danet_edge.bench.jetson.PowerSampler`, every
+        power_root: sample the Jetson's power rails (:class:`~danet_edge.bench.power.PowerSampler`, every
             :data:`POWER_INTERVAL_S` s, sysfs under this root, else tegrastats) during the timed window;
             None: not a Jetson, no sampling.
     """
-    from .jetson import NOT_JETSON, PowerSampler
+    from .jetson import NOT_JETSON
+    from .power import PowerSampler
 
     t0 = time.perf_counter() if warmup_started is None else warmup_started
     done = warmup_done

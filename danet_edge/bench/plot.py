@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.utils import atomic_path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import BenchEntry, BenchReport
+from .results import BenchEntry, BenchReport
 
 __all__ = ["write_plot", "bench_figure", "accuracy_limits", "MIN_ACCURACY_SPAN"]
 

@@ -55,17 +55,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core.config import check_threads
+from .config import BenchConfig, check_batch_memory
 from .plot import write_plot
+from .results import BenchEntry, BenchReport
 from ..core.optional import import_matplotlib, import_torch
-from ..core.config import Config, check_range, check_threads
 from ..core.errors import ConfigError, MissingDependencyError
-from .jetson import PowerReport
+from .power import PowerReport
 from .measure import (MAX_TIMED_RUNS, MiB, PeakRSS, TimedRuns, gpu_peak, gpu_reset, latency_stats,  # noqa: F401
                       machine_info, time_runs)  # latency_stats is API
 from ..data.preprocess import resize_image
@@ -75,156 +77,6 @@ from ..core.utils import read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
 
-
-
-#: Largest ``--batch`` bench takes; what fits in memory is checked per entry (:func:`check_batch_memory`).
-MAX_BATCH = 1024
-#: Longest ``--warmup-s`` / ``--duration`` bench takes, in s (one entry's warm-up or timed window).
-MAX_SECONDS = 3600
-
-
-def check_batch_memory(batch: int, size: Sequence[int], num_classes: int) -> None:
-    """Refuse a batch whose frames, model input, logits and labels cannot fit in the RAM available now
-    (a lower bound of what timing it holds: the model's activations come on top).
-
-    Raises:
-        ConfigError: naming the estimate and what is available.
-    """
-    import psutil
-
-    h, w = int(size[0]), int(size[1])
-    per_image = h * w * (3 + 3 * 4 + num_classes * 4 + 8)  # uint8 frame, f32 input, f32 logits, int64 labels
-    need, have = batch * per_image, psutil.virtual_memory().available
-    if need > have:
-        raise ConfigError(f"--batch {batch} at {h}x{w} needs at least {need / 2**30:.1f} GiB for its inputs and "
-                          f"outputs, more than the {have / 2**30:.1f} GiB of RAM available: use a smaller --batch")
-
-
-@dataclass
-class BenchConfig(Config):
-    """Options of :func:`bench_artifacts`.
-
-    Attributes:
-        reference: PyTorch checkpoint timed as the FP32 eager reference (None: not timed; speed-ups are then
-            relative to the first FP32 artifact at the same size and batch).
-        warmup: untimed runs before timing, at least (>= 0); warmup_s: untimed time before timing, at least,
-            in s (trtexec's ``--warmUp``, which is in ms); warm-up ends when both are done.
-        runs: timed runs, at least (>= 1); duration_s: timed window, at least, in s (trtexec's ``--duration``);
-            timing ends when both are done, or at ``max(runs, 10000)`` runs (a note says so).
-        batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
-            run at their own batch. None: the artifacts' batches.
-        threads: CPU threads for PyTorch and ONNX Runtime (None: library defaults).
-        device: torch device for PyTorch entries (None: CUDA when available, else CPU).
-        gpu_variants: time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).
-        check_json: a ``danet-edge check`` JSON whose mIoU the plot uses.
-        json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there (the plot is
-            left out, with a warning, when matplotlib is not installed).
-        seed: seed of the synthetic input scenes.
-        jetson_root: file-system root the Jetson facts and power rails are read under (None: ``/``; a fake
-            sysfs tree in tests). Not a command-line option.
-    """
-
-    reference: Path | None = None
-    warmup: int = 3
-    runs: int = 20
-    warmup_s: float = 1.0
-    duration_s: float = 3.0
-    batches: tuple[int, ...] | None = None
-    threads: int | None = None
-    device: str | None = None
-    gpu_variants: bool = True
-    check_json: Path | None = None
-    json_path: Path | None = None
-    plot_path: Path | None = None
-    seed: int = 0
-    jetson_root: Path | None = None
-
-    def validate(self) -> None:
-        """Raises ConfigError for negative warm-up, no timed runs, warm-up or duration outside 0..``MAX_SECONDS``
-        s (or not finite), batch sizes outside 1..``MAX_BATCH`` or threads below 1 (the bounds that depend on
-        the machine are the stage's: :func:`bench_artifacts`)."""
-        check_range("--warmup", self.warmup, 0)
-        check_range("--runs", self.runs, 1)
-        check_range("--warmup-s", self.warmup_s, 0, MAX_SECONDS, integer=False)
-        check_range("--duration", self.duration_s, 0, MAX_SECONDS, integer=False)
-        if self.batches is not None:
-            self.batches = tuple(int(b) for b in self.batches)
-            if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
-                raise ConfigError(f"--batch sizes must be in 1..{MAX_BATCH}, got {list(self.batches)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {self.threads}")
-
-
-@dataclass
-class BenchEntry:
-    """One timed configuration. Times in ms per batch, memory in MiB, throughput in images/s (FPS), power in W,
-    energy in mJ per image.
-
-    ``latency_*`` is end-to-end (``timing`` says how), ``compute_*`` the model alone inside the same runs
-    (``compute_timing`` says how; ``compute_*`` None and ``compute_timing`` "not measured ..." where the
-    backend has no compute hook). ``runs`` and ``warmup_runs``
-    are the runs done, ``timed_s`` the timed window in s. Power (a Jetson; each field says ``"not a Jetson"``
-    elsewhere, or why there is no figure): ``power_rails_w`` average W per rail, ``power_total_w`` the
-    module's total (``power_total_source``: the input rail, or the sum of the rails), ``energy_per_frame_mj``
-    = total W x ``timed_s`` / (runs x batch) x 1000, ``fps_per_w`` = (runs x batch / ``timed_s``) / total W,
-    ``power_source`` (``sysfs`` or ``tegrastats``) and ``power_samples`` (readings averaged).
-    """
-
-    name: str
-    path: str | None
-    backend: str
-    precision: str
-    image_size: list[int]
-    batch: int
-    runs: int
-    setup_s: float | None = None
-    latency_mean_ms: float | None = None
-    latency_p50_ms: float | None = None
-    latency_p90_ms: float | None = None
-    latency_p99_ms: float | None = None
-    latency_min_ms: float | None = None
-    throughput_fps: float | None = None
-    host_peak_mib: float | None = None
-    gpu_peak_mib: float | None = None
-    speedup_vs_reference: float | None = None
-    speedup_baseline: str | None = None  # the entry speedup_vs_reference divides by (the reference, or an FP32 artifact)
-    is_reference: bool = False
-    timing: str = "end-to-end: perf_counter around predict() (uint8 host frames in, labels out)"
-    agreement: float | None = None
-    miou: float | None = None
-    skipped: str | None = None
-    provider: str = ""  # what it really ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "TensorRT 10.3.0 on Orin"
-    warmup_runs: int | None = None
-    timed_s: float | None = None
-    compute_mean_ms: float | None = None
-    compute_p50_ms: float | None = None
-    compute_p99_ms: float | None = None
-    compute_timing: str | None = None
-    power_source: str | None = None
-    power_samples: int | str | None = None
-    power_rails_w: dict[str, float] | str | None = None
-    power_total_w: float | str | None = None
-    power_total_source: str | None = None
-    energy_per_frame_mj: float | str | None = None
-    fps_per_w: float | str | None = None
-
-
-@dataclass
-class BenchReport:
-    """All entries plus the machine they ran on; ``notes`` say how to read them (e.g. what the speed-up is
-    relative to), ``warnings`` what may distort them."""
-
-    machine: dict[str, Any]
-    config: dict[str, Any]
-    entries: list[BenchEntry] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    json_path: str | None = None
-    plot_path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-ready dicts and lists."""
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------------- inputs

@@ -20,7 +20,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +28,8 @@ from ..core.errors import MissingDependencyError
 from ..infer.render import disagreement_tile
 from ..core.utils import atomic_path
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import ArtifactCheck, CheckReport, _Acc
-    from ..core.metrics import ConfusionMatrix
+from ..core.metrics import ConfusionMatrix
+from .results import ArtifactCheck, ArtifactStats, CheckReport
 
 __all__ = ["write_pictures", "write_markdown", "write_html", "disagreement_picture", "per_class_iou_figure",
            "confusion_figure", "precision_source_text", "MIN_TILE_HEIGHT"]
@@ -149,7 +148,7 @@ def disagreement_picture(rows: Sequence[tuple[np.ndarray, np.ndarray | None, np.
     return Image.fromarray(np.concatenate(blocks, axis=0))
 
 
-def _worst_rows(acc: _Acc, labelled: bool) -> tuple[list[Any], list[str]]:
+def _worst_rows(acc: ArtifactStats, labelled: bool) -> tuple[list[Any], list[str]]:
     rows, caps = [], []
     for bad, neg_idx, img, ref, art, gt in sorted(acc.worst, key=lambda t: t[:2], reverse=True):
         rows.append((img, gt if labelled else None, ref, art))
@@ -157,7 +156,7 @@ def _worst_rows(acc: _Acc, labelled: bool) -> tuple[list[Any], list[str]]:
     return rows, caps
 
 
-def write_pictures(report: CheckReport, accs: list[_Acc], palette: list[list[int]], out: Path,
+def write_pictures(report: CheckReport, accs: list[ArtifactStats], palette: list[list[int]], out: Path,
                    labelled: bool = True, ignore_index: int | None = 255) -> None:
     """One PNG per artifact (``NN_<name>_disagreement.png`` in ``out``): :func:`disagreement_picture` of the frames
     with most disagreement, most first; sets ``ArtifactCheck.picture``. Written atomically."""
@@ -371,7 +370,7 @@ border:1px solid #ddd}figure{margin:12px 0 24px}figcaption{font-size:14px;color:
 .fail{color:#b00}.warn{color:#a60}.scroll{overflow-x:auto;max-width:100%}code{overflow-wrap:anywhere}"""
 
 
-def write_html(report: CheckReport, accs: list[_Acc], ref_cms: Sequence[ConfusionMatrix],
+def write_html(report: CheckReport, accs: list[ArtifactStats], ref_cms: Sequence[ConfusionMatrix],
                palette: list[list[int]], path: Path, labelled: bool = True, ignore_index: int | None = 255) -> Path:
     """``report.html``: one self-contained page (images embedded as base64 PNG); see the module docstring.
 

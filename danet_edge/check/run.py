@@ -25,99 +25,26 @@ import heapq
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.compare import OutputComparison
-from ..core.errors import CheckFailed, ConfigError, DataError, ManifestError
+from ..core.errors import ConfigError, DataError, ManifestError
 from ..core.manifest import Manifest
 from ..core.metrics import ConfusionMatrix
 from ..data.preprocess import resize_image, resize_labels
 from .report import write_html, write_markdown, write_pictures
+from .results import ArtifactCheck, ArtifactStats, CheckReport
 from ..core.progress import track
-from ..core.config import CheckConfig
+from .config import CheckConfig
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
                          parse_threshold_overrides, thresholds_for)
 from ..core.utils import write_json
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
            "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
-
-
-@dataclass
-class ArtifactCheck:
-    """Result for one artifact. Percentages are 0..100; mIoU in points.
-
-    ``miou_delta`` is ``artifact - reference`` at the artifact's size; ``agreement`` is the share
-    of pixels whose label equals the reference's; the logit fields are None when the artifact
-    outputs labels only. ``precision`` is what the artifact really holds, ``manifest_precision``
-    what its manifest claims; ``provider`` what it ran on (a runtime's accuracy is part of the result: OpenVINO
-    bf16 and ONNX Runtime give different mIoU on the same INT8 graph).
-    """
-
-    path: str
-    kind: str
-    precision: str
-    manifest_precision: str
-    precision_source: str
-    image_size: list[int]
-    batch_size: int
-    frames: int
-    miou: float
-    pixel_accuracy: float
-    reference_miou: float
-    reference_pixel_accuracy: float
-    miou_delta: float
-    agreement: float
-    max_abs_error: float | None
-    rel_l2_error: float | None
-    cosine_similarity: float | None
-    nonfinite: int | None
-    thresholds: dict[str, float]
-    passed: bool
-    failures: list[str]
-    notes: list[str] = field(default_factory=list)
-    per_class_iou: list[float | None] = field(default_factory=list)
-    reference_per_class_iou: list[float | None] = field(default_factory=list)
-    picture: str | None = None
-    precision_detail: dict[str, Any] | None = None
-    provider: str = ""  # what it ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "OpenVINO 2026.4.1 CPU (bf16 ...)"
-
-
-@dataclass
-class CheckReport:
-    """All artifact results plus the reference and data description."""
-
-    reference: str
-    dataset: str
-    frames: int
-    classes: list[str]
-    artifacts: list[ArtifactCheck]
-    json_path: str | None = None
-    markdown_path: str | None = None
-    html_path: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(a.passed for a in self.artifacts)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["passed"] = self.passed
-        return d
-
-    def raise_for_failure(self) -> None:
-        """Raises:
-            CheckFailed: when any artifact failed; the message names each failure.
-        """
-        bad = [a for a in self.artifacts if not a.passed]
-        if bad:
-            detail = "; ".join(f"{Path(a.path).name}: {', '.join(a.failures)}" for a in bad)
-            raise CheckFailed(f"{len(bad)} of {len(self.artifacts)} artifact(s) failed the check ({detail})")
 
 
 # ---------------------------------------------------------------------------------- precision
@@ -176,18 +103,6 @@ def _open_reference(path: Path, size: tuple[int, int], batch: int):
     from ..runtime.backends import open_backend
 
     return open_backend(path, backend="torch", image_size=size, batch=batch)
-
-
-@dataclass
-class _Acc:
-    """Running state for one artifact: its confusion matrix, the comparison with the reference's outputs
-    (``compare.OutputComparison``, shared with export verification) and the frames with most disagreement:
-    heap items ``(disagreeing pixels, -frame index, image, reference labels, artifact labels, ground truth)``,
-    all at the artifact's size."""
-
-    cm: ConfusionMatrix
-    cmp: OutputComparison = field(default_factory=OutputComparison)
-    worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -285,7 +200,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
             if b.manifest.num_classes != k:
                 raise ManifestError(f"{p}: {b.manifest.num_classes} classes, the reference {k}")
         ref_cms = {key: ConfusionMatrix(k, ignore) for key in keys}
-        accs = [_Acc(ConfusionMatrix(k, ignore)) for _ in paths]
+        accs = [ArtifactStats(ConfusionMatrix(k, ignore)) for _ in paths]
         chunk = max(bs for _, bs in keys)
         frames = 0
         for group in track(_chunks(_frames(dataset, cfg.limit), chunk), f"check {len(paths)} artifact(s)"):
@@ -336,7 +251,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
     return report
 
 
-def _accumulate(acc: _Acc, pred: Any, n: int, piece: list[tuple[int, np.ndarray, np.ndarray]], batch: np.ndarray,
+def _accumulate(acc: ArtifactStats, pred: Any, n: int, piece: list[tuple[int, np.ndarray, np.ndarray]], batch: np.ndarray,
                 ref_logits: np.ndarray, ref_labels: np.ndarray, cfg: CheckConfig) -> None:
     labels = np.asarray(pred.labels)[:n]
     for (_, _, mask), lab in zip(piece, labels):
@@ -357,7 +272,7 @@ def _pct(x: float) -> float:
     return 100.0 * x if math.isfinite(x) else float("nan")
 
 
-def _result(path: Path, m: Manifest, acc: _Acc, ref_cm: ConfusionMatrix, frames: int, ref_m: _RefMeta,
+def _result(path: Path, m: Manifest, acc: ArtifactStats, ref_cm: ConfusionMatrix, frames: int, ref_m: _RefMeta,
             cfg: CheckConfig, labelled: bool = True, provider: str = "") -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
     th = thresholds_for(precision, m, cfg.thresholds)

@@ -117,8 +117,8 @@ def _check_outputs(**paths: Optional[Path]) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``check``, ``bench`` and ``demo`` to the app. Defaults are read from the config dataclasses."""
-    from ..bench.run import BenchConfig
-    from ..core.config import CheckConfig
+    from ..bench.config import BenchConfig
+    from ..check.config import CheckConfig
     from ..demo import DemoConfig
 
     cc, bc, dc = CheckConfig(), BenchConfig(), DemoConfig()
@@ -150,7 +150,8 @@ def register(app: typer.Typer) -> None:
 
         Exit code 1 when any artifact misses its thresholds (after writing the reports).
         """
-        from ..check.run import check_artifacts, load_thresholds, parse_threshold_overrides
+        from ..check.run import check_artifacts
+        from ..check.thresholds import load_thresholds, parse_threshold_overrides
         from ..export.reference import is_bundle
 
         if thresholds is not None and (min_agreement or max_miou_drop):
@@ -231,7 +232,7 @@ def register(app: typer.Typer) -> None:
         print_check_table(result.check)
         print_bench_table(result.bench)
         if result.infer is not None:
-            from ..infer.pipeline import summary_table
+            from .render import summary_table
 
             console.print(summary_table(result.infer))
         table = Table(title=f"danet-edge demo: {result.wall_s:.0f} s")

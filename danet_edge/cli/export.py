@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..core.choices import CalibMethod, Dataset, Split, Target, choice_enum
+from ..core.choices import DEFAULT_CALIB_METHOD, CalibMethod, Dataset, Split, Target, choice_enum
 from ._common import console, info
 
 
@@ -20,7 +20,8 @@ def _recipe_names() -> list[str]:
 def register(app: typer.Typer) -> None:
     """Add ``export`` and the ``calib`` group to ``app``."""
 
-    from ..core.config import CALIB_DIR, CALIB_IMAGES, ExportConfig
+    from ..core.config import CALIB_DIR, CALIB_IMAGES
+    from ..export.config import ExportConfig
 
     ec = ExportConfig()
 
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
                                          help="More precision recipes by name (repeatable)."),
         calib: Optional[Path] = typer.Option(ec.calib, "--calib", help=f"Calibration folder (default {CALIB_DIR}/ with --int8)."),
         calib_method: Optional[CalibMethod] = typer.Option(ec.calib_method, "--calib-method",
-                                                   help="Calibration method (default entropy)."),
+                                                   help=f"Calibration method (default {DEFAULT_CALIB_METHOD})."),
         calib_size: Optional[int] = typer.Option(ec.calib_size, "--calib-size", help=f"Calibration images to draw (default {CALIB_IMAGES})."),
         seed: int = typer.Option(ec.seed, "--seed", help="Seed of the calibration draw."),
         target: Target = typer.Option(ec.target, "--target",

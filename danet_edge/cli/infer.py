@@ -14,7 +14,7 @@ from ._common import backend_names, console, err_console, info, verbose
 def register(app: typer.Typer) -> None:
     """Add the ``build`` and ``infer`` commands to ``app``. Defaults are read from the config dataclasses."""
     from ..trt.plan import EngineConfig
-    from ..infer.pipeline import DEFAULT_QUEUE, InferConfig
+    from ..infer.config import DEFAULT_QUEUE, InferConfig
 
     eng, inf = EngineConfig(), InferConfig()
 
@@ -111,7 +111,10 @@ def register(app: typer.Typer) -> None:
         The summary gives throughput (FPS) and end-to-end latency (p50 / p99), frames dropped, the decoder and the
         encoder that ran, and the codec read back from the video (H.264 where this OpenCV can write it, else mp4v).
         """
-        from ..infer.pipeline import InferConfig, SourceBroken, run_inference, summary_table
+        from ..infer.config import InferConfig
+        from ..infer.results import SourceBroken
+        from ..infer.pipeline import run_inference
+        from .render import summary_table
 
         cfg = InferConfig(backend=backend.value if backend else None, providers=[p.strip() for p in providers.split(",") if p.strip()]
                           if providers else None, device=device, batch=batch, out_dir=out, save_video=save_video,

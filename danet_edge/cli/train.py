@@ -30,7 +30,8 @@ def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size:
 def register(app: typer.Typer) -> None:
     """Add ``train`` and ``eval`` to the app."""
 
-    from ..core.config import ModelConfig, TrainConfig
+    from ..model.config import ModelConfig
+    from ..train.config import TrainConfig
 
     tc = TrainConfig()
     mc = tc.model

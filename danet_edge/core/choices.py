@@ -11,10 +11,12 @@ from enum import Enum
 
 from .manifest import Target
 
-__all__ = ["DATASETS", "CALIB_METHODS", "TARGETS", "SPLITS", "OPSET_RANGE", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
+__all__ = ["DATASETS", "CALIB_METHODS", "DEFAULT_CALIB_METHOD", "TARGETS", "SPLITS", "OPSET_RANGE", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "folder")
 CALIB_METHODS = ("entropy", "percentile", "minmax")
+#: The calibration method when none is given (``export``, ``quantize_int8``, the recipes).
+DEFAULT_CALIB_METHOD = "entropy"
 TARGETS = tuple(t.value for t in Target)
 SPLITS = ("train", "val", "test")
 #: ONNX opsets TensorRT 10.0-10.3's ONNX parser reads (its support matrix); ``trtcheck`` enforces it.

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.optional import import_cv2
+from ..model.config import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "resize_image", "normalize", "preprocess", "resize_labels"]
+__all__ = ["resize_image", "normalize", "preprocess", "resize_labels"]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -17,6 +17,7 @@ from typing import Any
 from ..core.errors import ConfigError, DataError, ManifestError
 from ..core.manifest import Manifest, read_manifest
 from ..core.utils import atomic_dir
+from ..core.io_contract import TensorSpec, check_io
 
 __all__ = ["MARKER", "ARTIFACT_SUFFIXES", "load_artifact", "write_folder", "is_engine"]
 
@@ -41,19 +42,17 @@ def _graph_io(path: Path, m: Manifest) -> Any:
         model = onnx.load(str(path))
     except (OSError, ValueError, DecodeError) as e:
         raise ManifestError(f"{path}: not a readable ONNX graph ({str(e)[:160]})") from None
-    for which, tensors in (("input", model.graph.input), ("output", model.graph.output)):
-        want = (getattr(m, f"{which}_name"), getattr(m, f"{which}_dtype"), [int(d) for d in getattr(m, f"{which}_shape")])
-        if not tensors:
-            raise ManifestError(f"{path}: the graph has no {which}")
-        t = tensors[0].type.tensor_type
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
         try:
             dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
         except (KeyError, ValueError, TypeError):
             dtype = f"ONNX type {t.elem_type}"
-        got = (tensors[0].name, dtype, [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim])
-        if got != want:
-            raise ManifestError(f"{path}: the graph's {which} {got[0]} ({got[1]} {got[2]}) is not its manifest's "
-                                f"{want[0]} ({want[1]} {want[2]}): re-export")
+        return TensorSpec.of(v.name, [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim], dtype)
+
+    check_io(path, m, [spec(v) for v in model.graph.input if v.name not in inits], [spec(v) for v in model.graph.output])
     return model
 
 

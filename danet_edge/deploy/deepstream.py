@@ -41,7 +41,8 @@ import numpy as np
 from ..core.config import Config, check_range
 from .common import is_engine, load_artifact, write_folder
 from ..core.errors import ConfigError, ExportError
-from ..core.manifest import METADATA_KEY, OutputKind, manifest_json, manifest_path
+from ..core.onnx_meta import METADATA_KEY
+from ..core.manifest import OutputKind, manifest_json, manifest_path
 
 __all__ = ["DeepStreamConfig", "DeepStreamResult", "write_nvinfer_config", "nvinfer_graph",
            "single_scale_normalisation", "normalisation_error", "nvinfer_input", "NVINFER_PROPERTIES",

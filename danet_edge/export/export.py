@@ -38,15 +38,17 @@ import onnx
 import torch
 
 from ..data.calib import CalibrationSet, load_calibration_set
-from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, ExportConfig
+from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR
+from .config import ExportConfig
 from ..model.checkpoint import LoadedModel, checkpoint_manifest, load_model
 from ..core.compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
 from ..core.errors import CheckpointError, ConfigError, ExportError, Interrupted, MissingDependencyError
-from ..core.manifest import METADATA_KEY, Manifest, manifest_json, manifest_path, read_manifest, write_manifest
-from .precision import format_report, precision_report, verify_precision
+from ..core.onnx_meta import METADATA_KEY
+from ..core.manifest import Manifest, manifest_json, manifest_path, read_manifest, write_manifest
+from ..graph.precision import format_report, precision_report, verify_precision
 from ..core.progress import track
-from .recipes import PrecisionRecipe, RecipeInput, get_recipe
-from .sensitivity import apply_budget, budget_images, export_images
+from .recipes import PrecisionRecipe, RecipeInput, RecipeOptions, get_recipe
+from .budget import apply_budget, budget_images, export_images
 from ..data.frames import model_inputs
 from .graph_io import fuse_io
 from ..graph.trtcheck import enforce_tensorrt_compat
@@ -366,8 +368,8 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         if budget_set is not None:
             log(f"accuracy budget measured on {budget_set.source}")
         calibration = None
-        options = {"calib_method": cfg.calib_method, "include_attention": cfg.include_attention,
-                   "mean": fp32.manifest.mean, "std": fp32.manifest.std, "target": cfg.target}
+        options = RecipeOptions(tuple(fp32.manifest.mean), tuple(fp32.manifest.std), cfg.calib_method,
+                                cfg.include_attention, cfg.target)
         for recipe in track(_recipes(cfg), "derived graphs"):
             if recipe.needs_calibration and calib_set is None:  # pragma: no cover - loaded above or refused
                 raise ConfigError(f"the {recipe.name} recipe needs calibration images (--calib)")

@@ -17,9 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..core.choices import DEFAULT_CALIB_METHOD
 from ..core.errors import ConfigError
+
+if TYPE_CHECKING:  # an annotation only: the command line imports this module without NumPy's image stack
+    from ..data.calib import CalibrationSet
 
 __all__ = ["RecipeInput", "RecipeOutput", "PrecisionRecipe", "RECIPES", "register_recipe", "get_recipe",
            "DEFAULT_THRESHOLDS"]
@@ -34,21 +38,38 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 
 
 @dataclass(frozen=True)
+class RecipeOptions:
+    """The export options a recipe may read.
+
+    Attributes:
+        mean, std: the graph's normalisation (RGB, 0..1 scale), from the FP32 graph's manifest.
+        calib_method: calibration method (``choices.CALIB_METHODS``; None: ``choices.DEFAULT_CALIB_METHOD``).
+        include_attention: also quantize the attention MatMuls.
+        target: ``tensorrt`` or ``cpu`` (the export's ``--target``).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    calib_method: str | None = None
+    include_attention: bool = False
+    target: str = "tensorrt"
+
+
+@dataclass(frozen=True)
 class RecipeInput:
     """What a recipe's ``convert`` gets.
 
     Attributes:
         fp32_path: the verified FP32 graph (with its ``.json`` manifest).
         out: where to write the derived graph (``out_dir / recipe.file_name``).
-        calib_set: calibration images (``calib.CalibrationSet``) or None.
-        options: export options a recipe may read (``calib_method``, ``include_attention``, ``mean``,
-            ``std``, ``target``).
+        calib_set: calibration images (``data.calib.CalibrationSet``) or None.
+        options: the export options a recipe may read.
     """
 
     fp32_path: Path
     out: Path
-    calib_set: Any = None
-    options: dict[str, Any] = field(default_factory=dict)
+    calib_set: CalibrationSet | None
+    options: RecipeOptions
 
 
 @dataclass(frozen=True)
@@ -106,7 +127,7 @@ def get_recipe(name: str) -> PrecisionRecipe:
 
 
 def _fp16(inp: RecipeInput) -> RecipeOutput:
-    from .precision import convert_fp16
+    from .fp16 import convert_fp16
 
     return RecipeOutput(convert_fp16(inp.fp32_path, inp.out))
 
@@ -118,9 +139,9 @@ def _int8(target: str, high_precision: str | None = None, residual_add: bool | N
         from .quantize import quantize_int8
 
         o = inp.options
-        method = o.get("calib_method") or "entropy"
-        res = quantize_int8(inp.fp32_path, inp.calib_set, inp.out, target, method, bool(o.get("include_attention")),
-                            o["mean"], o["std"], high_precision=high_precision, residual_add=residual_add)
+        method = o.calib_method or DEFAULT_CALIB_METHOD
+        res = quantize_int8(inp.fp32_path, inp.calib_set, inp.out, target, method, o.include_attention,
+                            o.mean, o.std, high_precision=high_precision, residual_add=residual_add)
         calibration = {**res.record, "record": res.record_path.name}
         note = (f"calibration {method} on {len(inp.calib_set)} images{', ranges reused' if res.reused else ''}; "
                 f"record {res.record_path}")

@@ -6,7 +6,7 @@ for ``--target tensorrt`` refuses such a graph (``enforce_tensorrt_compat`` rais
 activations break the zero-point rule by design).
 
 Rules (onnx-tensorrt ``docs/operators.md`` for TensorRT 10.0 to 10.3, the version JetPack 6 ships;
-REFERENCE.md section 2):
+https://github.com/onnx/onnx-tensorrt/blob/release/10.3-GA/docs/operators.md):
 
 * default-domain opset in 9..20; no other operator domain (``com.microsoft`` contrib ops);
 * operator in ``SUPPORTED_OPS`` (the ops DANet graphs use plus common vision ops);

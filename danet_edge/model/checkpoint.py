@@ -31,10 +31,12 @@ import torch
 
 from ..core.errors import CheckpointError, ConfigError
 from ..core.manifest import MAX_IMAGE_SIDE, Manifest
-from . import DANet, ModelConfig, load_official_checkpoint
+from .danet import DANet
+from .weights import load_official_checkpoint
+from .config import ModelConfig
 from .weights import safe_torch_load
 from ..core.palettes import default_palette, palette_for
-from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from .config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.utils import atomic_path, sha256_file
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "LoadedModel",

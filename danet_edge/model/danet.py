@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.config import AttentionImpl, ModelConfig
+from .config import AttentionImpl, ModelConfig
 from ..core.errors import ConfigError
 from .backbone import build_backbone
 

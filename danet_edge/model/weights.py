@@ -24,7 +24,8 @@ import torch
 
 from ..core.errors import CheckpointError
 from .backbone import BACKBONES
-from .danet import DANet, ModelConfig
+from .danet import DANet
+from .config import ModelConfig
 
 __all__ = ["safe_torch_load", "load_backbone_weights", "official_config_from_state_dict",
            "load_official_checkpoint", "official_to_local"]

@@ -35,10 +35,9 @@ from ..core.manifest import Manifest
 from ..data.preprocess import normalize
 
 __all__ = ["Prediction", "Backend", "BackendSpec", "BACKEND_TABLE", "BACKENDS", "register_backend", "backend_for",
-           "backend_spec", "open_backend", "segment_frames", "fit_frames", "restore_labels", "Placement",
+           "backend_spec", "open_backend", "segment_frames", "restore_labels", "Placement",
            "TorchBackend", "OnnxRuntimeBackend", "TensorRTBackend"]
 
-fit_frames = fit_frame  # the name earlier releases exported
 
 
 @dataclass

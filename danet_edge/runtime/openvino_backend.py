@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..core.optional import import_openvino
-from ..core.errors import ConfigError, DataError, ManifestError
+from ..core.errors import ConfigError, DataError
 from ..core.manifest import read_manifest
 from .ort_backend import OnnxRuntimeBackend
+from ..core.io_contract import TensorSpec, check_io
 
 __all__ = ["OpenVinoBackend", "OpenVinoBf16Backend"]
 
@@ -63,13 +64,7 @@ class OpenVinoBackend(OnnxRuntimeBackend):
     def _check_ports(self, path: Path) -> None:
         m = self.manifest
         ins, outs = self.compiled.inputs, self.compiled.outputs
-        if len(ins) != 1 or len(outs) != 1:
-            raise ManifestError(f"{path}: graph has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1")
-        for what, port, name, shape in (("input", ins[0], m.input_name, m.input_shape),
-                                        ("output", outs[0], m.output_name, m.output_shape)):
-            if port.get_any_name() != name or list(port.get_shape()) != list(shape):
-                raise ManifestError(f"{path}: graph {what} {port.get_any_name()!r} {list(port.get_shape())} differs "
-                                    f"from the manifest's {name!r} {shape}")
+        check_io(path, m, [_spec(p) for p in ins], [_spec(p) for p in outs])
         self._in_dtype = np.uint8 if m.input_dtype == "uint8" else np.float32
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -98,3 +93,8 @@ class OpenVinoBf16Backend(OpenVinoBackend):
         except Exception:  # noqa: BLE001 - older OpenVINO: keep the asked precision in the string
             return
         self.provider = self.provider.replace("bf16 inference precision", f"{got} inference precision")
+
+
+def _spec(port: Any) -> TensorSpec:
+    """An OpenVINO port as the I/O contract reads it (dtype not compared: OpenVINO may run another precision)."""
+    return TensorSpec.of(port.get_any_name(), list(port.get_shape()))

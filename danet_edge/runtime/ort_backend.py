@@ -13,6 +13,7 @@ from ..core.optional import import_onnxruntime
 from ..core.errors import ConfigError, DataError, ManifestError
 from ..core.manifest import read_manifest
 from .backends import _BaseBackend
+from ..core.io_contract import ORT_DTYPES, TensorSpec, check_io
 
 __all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options", "holds_fp16"]
 
@@ -22,7 +23,6 @@ ORT_PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecution
                  "cpu": "CPUExecutionProvider"}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-_MANIFEST_DTYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint8": "tensor(uint8)"}
 
 
 def _resolve_providers(providers: Sequence[str] | None) -> list[str]:
@@ -123,7 +123,7 @@ class OnnxRuntimeBackend(_BaseBackend):
         not from the file name or the manifest."""
         import onnx
 
-        from ..export.precision import precision_report
+        from ..graph.precision import precision_report
 
         rep = precision_report(onnx.load(str(path), load_external_data=False))
         d = rep.to_dict()
@@ -132,18 +132,8 @@ class OnnxRuntimeBackend(_BaseBackend):
     def _check_graph(self, path: Path) -> None:
         m = self.manifest
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
-        if len(ins) != 1 or len(outs) != 1:
-            raise ManifestError(f"{path}: graph has {len(ins)} inputs and {len(outs)} outputs, expected 1 and 1")
-        for what, node, name, shape in (("input", ins[0], m.input_name, m.input_shape),
-                                        ("output", outs[0], m.output_name, m.output_shape)):
-            if node.name != name:
-                raise ManifestError(f"{path}: graph {what} is named {node.name!r}, the manifest says {name!r}")
-            if list(node.shape) != list(shape):
-                raise ManifestError(f"{path}: graph {what} {node.name!r} has shape {node.shape}, "
-                                    f"the manifest says {shape} (static shapes only)")
-        want = _MANIFEST_DTYPES.get(m.input_dtype)
-        if want is not None and ins[0].type != want:
-            raise ManifestError(f"{path}: graph input is {ins[0].type}, the manifest says {m.input_dtype}")
+        check_io(path, m, [TensorSpec.of(t.name, t.shape, ORT_DTYPES.get(t.type)) for t in ins],
+                 [TensorSpec.of(t.name, t.shape, ORT_DTYPES.get(t.type)) for t in outs])
         expected_rank = 3 if m.output_kind == "labels" else 4
         if len(m.output_shape) != expected_rank:
             raise ManifestError(f"{path}: output_kind {m.output_kind!r} needs a {expected_rank}-D output, "

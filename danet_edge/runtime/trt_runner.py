@@ -1,7 +1,7 @@
 """Run a serialized TensorRT engine with the TensorRT 10+ named-tensor API.
 
 Buffers (pinned host + device, one per I/O tensor), the CUDA stream and two timing events are allocated
-once at open through :mod:`danet_edge.runtime.cuda`; ``infer`` only copies and enqueues (no allocation per
+once at open through :mod:`danet_edge.trt.cuda`; ``infer`` only copies and enqueues (no allocation per
 frame), and records the events around ``execute_async_v3`` so that ``compute_ms`` is the engine alone on
 the GPU, apart from the copies (what trtexec reports as "GPU Compute Time").
 
@@ -27,9 +27,11 @@ import numpy as np
 
 from ..core.optional import import_tensorrt
 from ..trt.inspector import check_engine_compat
-from ..core.errors import EngineError, ManifestError
+from ..core.errors import EngineError
 from ..core.manifest import Manifest
-from .cuda import open_device
+from ..trt.cuda import open_device
+from ..core.io_contract import TensorSpec, check_io
+from ..trt.inspector import trt_dtype_name
 
 __all__ = ["TrtRunner"]
 
@@ -77,16 +79,17 @@ class TrtRunner:
             raise
 
     def _bind(self, path: Path, trt: Any, manifest: Manifest) -> None:
-        """Allocate one host + device buffer per I/O tensor and give its address to the context."""
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
-            expected = manifest.input_shape if is_input else manifest.output_shape
-            if name != (manifest.input_name if is_input else manifest.output_name) or list(shape) != list(expected):
-                raise ManifestError(f"{path}: engine {'input' if is_input else 'output'} is {name!r} {list(shape)}, "
-                                    f"the manifest says {manifest.input_name if is_input else manifest.output_name!r} "
-                                    f"{expected}")
+        """Check the engine's I/O against the manifest, then allocate one host + device buffer per I/O tensor and
+        give its address to the context."""
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        modes = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        specs = {n: TensorSpec.of(n, list(self.engine.get_tensor_shape(n)), trt_dtype_name(trt, self.engine.get_tensor_dtype(n)))
+                 for n in names}
+        check_io(path, manifest, [specs[n] for n in names if modes[n]], [specs[n] for n in names if not modes[n]],
+                 kind="engine")
+        for name in names:
+            is_input = modes[name]
+            shape = specs[name].shape
             trt_dtype = self.engine.get_tensor_dtype(name)
             try:
                 dtype = np.dtype(trt.nptype(trt_dtype))

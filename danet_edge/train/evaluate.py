@@ -25,7 +25,8 @@ from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.metrics import ConfusionMatrix
-from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ..model.config import IMAGENET_MEAN, IMAGENET_STD
+from ..data.preprocess import normalize
 
 __all__ = ["EvalResult", "evaluate", "predict_logits", "confusion_on", "write_result", "DEFAULT_SCALES"]
 

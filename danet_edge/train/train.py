@@ -20,7 +20,7 @@ the same data order (the data order and augmentation of epoch ``e`` depend only 
 Before anything is trained: an ``out_dir`` that already holds a run is refused unless ``resume``
 (continue it) or ``exist_ok`` (replace it: its ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are
 removed when the new run starts); every image and label file is opened once (``SegmentationDataset.verify``);
-the crop's activation memory is estimated against the machine's (:func:`activation_memory`). With
+the crop's activation memory is estimated against the machine's (``memory.activation_memory``). With
 ``resume`` or ``exist_ok``, temporary files a killed run left in ``out_dir`` (``.<name>.*.tmp`` of
 ``utils.atomic_path``) are removed. Errors from DataLoader workers come out as the one-line error the
 worker raised. Ctrl-C raises ``errors.Interrupted`` saying which epoch ``last.pt`` holds.
@@ -32,7 +32,6 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.checkpoint import load_checkpoint, save_checkpoint
-from ..data.datasets import TrainTransform, TransformedDataset, build_dataset
+from ..data.transforms import TrainTransform, TransformedDataset
+from ..data.datasets import build_dataset
 from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
-from ..core.errors import CheckpointError, ConfigError, DanetEdgeError, DataError, Interrupted, TrainingError
+from ..core.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from .evaluate import confusion_on
-from ..core.config import ModelConfig, TrainConfig
-from ..model import build_model, check_backbone, load_backbone_weights
+from ..model.config import ModelConfig
+from .config import TrainConfig
+from ..model.danet import build_model
+from ..model.backbone import check_backbone
+from ..model.weights import load_backbone_weights
 from ..core.utils import atomic_path, write_json
+from .memory import _check_memory
+from .loader_errors import _worker_errors
 
-__all__ = ["TrainConfig", "train", "multi_loss", "activation_memory", "RUN_FILES"]
+__all__ = ["train", "multi_loss", "RUN_FILES"]
 
 #: The files that make ``out_dir`` a training run (a new run there needs ``resume`` or ``exist_ok``).
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
@@ -59,9 +64,11 @@ _WRITTEN = (*RUN_FILES, "config.json")
 
 
 def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_index: int,
-               aux_weight: float = 1.0, fcn_aux_weight: float = 0.2) -> torch.Tensor:
+               aux_weight: float, fcn_aux_weight: float = 0.0) -> torch.Tensor:
     """DANet's training loss from train-mode outputs ``(fused, pam, cam[, fcn])`` ``(N, K, H, W)``
-    and ``target (N, H, W) int64``: ``CE(fused) + aux_weight*(CE(pam)+CE(cam)) + fcn_aux_weight*CE(fcn)``."""
+    and ``target (N, H, W) int64``: ``CE(fused) + aux_weight*(CE(pam)+CE(cam)) + fcn_aux_weight*CE(fcn)``; the
+    weights are :class:`~danet_edge.train.config.TrainConfig`'s (``fcn_aux_weight`` matters only with an FCN
+    output)."""
     def ce(x: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(x.float(), target, ignore_index=ignore_index)
 
@@ -187,62 +194,6 @@ def _prepare_out(out: Path, cfg: TrainConfig) -> None:
     if not cfg.resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-
-
-# Saved activations per image pixel (bytes, FP32) of a DANet training step, backbone and head, measured with
-# autograd's saved-tensor hooks at 128-384 px crops (CPU, batch 2; weights excluded). PAM adds its (L x L)
-# attention map (4 bytes per entry, L = positions) where it is materialised (every impl on CPU, "explicit" on CUDA).
-_BYTES_PER_PIXEL = {("resnet18", 8): 955, ("resnet18", 16): 533, ("resnet34", 8): 1467, ("resnet34", 16): 758,
-                    ("resnet50", 8): 4373, ("resnet50", 16): 2135, ("resnet101", 8): 7641, ("resnet101", 16): 2955}
-
-
-def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, attention_map: bool = True,
-                      amp: bool = False) -> tuple[float, float]:
-    """A lower-bound estimate of the activations one training step keeps for backward, in bytes.
-
-    Args:
-        crop: ``(H, W)`` training crop. batch: images in one process's batch.
-        model: backbone and output stride (an unregistered backbone counts as ResNet-18, the smallest).
-        attention_map: count PAM's ``(L x L)`` map (False for SDPA on CUDA, whose kernels do not keep it).
-        amp: mixed precision (activations about half).
-
-    Returns:
-        ``(total bytes, bytes of the attention map per image)``.
-    """
-    h, w = crop
-    per_px = _BYTES_PER_PIXEL.get((model.backbone, model.output_stride),
-                                  _BYTES_PER_PIXEL[("resnet18", model.output_stride)])
-    positions = (h // model.output_stride) * (w // model.output_stride)
-    attention = 4.0 * positions * positions if attention_map else 0.0
-    total = batch * (per_px * h * w + attention) * (0.5 if amp else 1.0)
-    return total, attention
-
-
-def _check_memory(cfg: TrainConfig, train_ds: Any, val_ds: Any) -> None:
-    """Refuse a crop (or the data set's own size) whose activations cannot fit in this machine's memory
-    (the RAM available on CPU, the GPU's memory on CUDA), naming the estimate."""
-    import psutil
-
-    crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(train_ds.info.image_size or val_ds.image_size(0))
-    cuda = torch.cuda.is_available()
-    per_proc = cfg.batch_size // cfg.devices
-    batch = per_proc if cuda else cfg.batch_size  # CPU processes share one RAM
-    need, att = activation_memory(crop, batch, cfg.model, attention_map=not cuda or cfg.model.attention == "explicit",
-                                  amp=cfg.amp)
-    if cuda:  # the GPU's size (no CUDA context is made here: under torchrun every rank runs this)
-        gpu = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-        have, where = torch.cuda.get_device_properties(gpu).total_memory, "the GPU has"
-    else:
-        have, where = psutil.virtual_memory().available, "of RAM available"
-    if need > have:
-        pam = f" (PAM's attention map alone {_gb(att)} per image)" if att > need / (2 * batch) else ""
-        raise ConfigError(f"crop {crop[0]}x{crop[1]} needs about {_gb(need)} of activations for a batch of {batch}"
-                          f"{pam}, more than the {_gb(have)} {where}: use a smaller --crop-size or --batch-size, "
-                          "or --output-stride 16")
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e12:.1f} TB" if n >= 1e12 else f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -448,40 +399,6 @@ def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, 
         torch.distributed.all_reduce(mean_loss)
     return {"train_loss": float(mean_loss[0] / max(mean_loss[1], 1)), "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": n_img / seconds if seconds > 0 else None, "epoch_seconds": round(seconds, 2)}
-
-
-_WORKER_TRACEBACK = "in DataLoader worker process"
-
-
-def _worker_errors(loader: Iterable[Any]) -> Iterator[Any]:
-    """Iterate ``loader``, turning an error raised in a DataLoader worker back into its one line.
-
-    PyTorch re-raises a worker's exception in the main process as the same type whose message is the
-    whole worker traceback ("Caught DataError in DataLoader worker process 0. Original Traceback ...").
-    A ``DanetEdgeError`` keeps its type (and exit code) with the worker's own message; any other error
-    from reading the data (OSError, a decoder's error) becomes a ``DataError`` with its last line.
-    """
-    it = iter(loader)
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except Exception as e:  # noqa: BLE001 - re-raised unless it is a worker's wrapped error
-            text = str(e)
-            if _WORKER_TRACEBACK not in text:
-                raise
-            last = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), text)
-            kind = type(e)
-            line = last
-            for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
-                if last.startswith(prefix):  # traceback's "module.Type: message"
-                    line = last[len(prefix):]
-                    break
-            if isinstance(e, DanetEdgeError):
-                raise type(e)(line) from None
-            raise DataError(f"reading the training data: {last}") from None
-        yield batch
 
 
 def _validate(model: nn.Module, val_raw: Any, ctx: DistContext) -> dict[str, Any]:

@@ -39,10 +39,12 @@ from typing import Any, Callable
 from .inspector import check_engine_compat  # noqa: F401 - part of this module's API
 from .plan import (BuildPlan, EngineConfig, no_tensorrt_hint, plan_build, trt_major,  # noqa: F401
                           trt_version_tuple)
-from ..core.errors import (CalibrationError, ConfigError, DataError, EngineError, Interrupted, ManifestError,
+from ..core.errors import (CalibrationError, ConfigError, DataError, EngineError, Interrupted,
                      MissingDependencyError)
 from ..core.manifest import Manifest, manifest_json, manifest_path, read_manifest
 from ..core.utils import atomic_path, sha256_file
+from ..core.io_contract import TensorSpec, check_io
+from .inspector import trt_dtype_name
 
 __all__ = ["EngineConfig", "BuildPlan", "plan_build", "build_engine", "check_engine_compat", "trt_major",
            "trt_version_tuple", "make_progress_monitor"]
@@ -211,7 +213,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     for w in plan.warnings:
         if "no calibration cache yet" not in w:  # build_engine writes that cache itself
             log(f"warning: {w}")
-    from ..runtime.cuda import open_device
+    from .cuda import open_device
 
     cuda, device = open_device(hint=no_tensorrt_hint(onnx_path, plan))
 
@@ -231,7 +233,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
             errs.append(f"node {err.node_name() or err.node()} ({err.node_operator() or '?'}): {err.desc()}")
         raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: " + "; ".join(errs[:5])
                           + (f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""))
-    _check_network_io(network, manifest, onnx_path)
+    _check_network_io(trt, network, manifest, onnx_path)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
@@ -279,7 +281,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
 
     import onnx
 
-    from ..export.precision import attention_nodes
+    from ..graph.precision import attention_nodes
 
     att = set(attention_nodes(onnx.load(str(onnx_path), load_external_data=False)).matmuls)
     layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, att)
@@ -323,13 +325,10 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     return out_path
 
 
-def _check_network_io(network: Any, manifest: Manifest, onnx_path: Path) -> None:
-    """The parsed network's single input/output names and shapes must be the manifest's."""
-    if network.num_inputs != 1 or network.num_outputs != 1:
-        raise ManifestError(f"{onnx_path}: network has {network.num_inputs} inputs and {network.num_outputs} "
-                            "outputs, expected 1 and 1")
-    for what, t, name, shape in (("input", network.get_input(0), manifest.input_name, manifest.input_shape),
-                                 ("output", network.get_output(0), manifest.output_name, manifest.output_shape)):
-        if t.name != name or list(t.shape) != list(shape):
-            raise ManifestError(f"{onnx_path}: network {what} is {t.name!r} {list(t.shape)}, the manifest says "
-                                f"{name!r} {shape}")
+def _check_network_io(trt: Any, network: Any, manifest: Manifest, onnx_path: Path) -> None:
+    """The parsed network's inputs and outputs must be the manifest's (the one I/O contract)."""
+    def spec(t: Any) -> TensorSpec:
+        return TensorSpec.of(t.name, list(t.shape), trt_dtype_name(trt, t.dtype))
+
+    check_io(onnx_path, manifest, [spec(network.get_input(i)) for i in range(network.num_inputs)],
+             [spec(network.get_output(i)) for i in range(network.num_outputs)], kind="network")

@@ -35,7 +35,8 @@ from typing import Any
 
 from ..core.errors import EngineError, ManifestError
 
-__all__ = ["LayerInfo", "EnginePrecision", "parse_layer_info", "summarize_layers", "check_engine_compat"]
+__all__ = ["LayerInfo", "EnginePrecision", "parse_layer_info", "summarize_layers", "check_engine_compat",
+           "trt_dtype_name"]
 
 _KINDS = (("int8", re.compile(r"\bint8\b", re.I)), ("fp16", re.compile(r"\b(fp16|half|bf16|bfloat16)\b", re.I)),
           ("fp32", re.compile(r"\b(fp32|float)\b", re.I)))
@@ -189,3 +190,14 @@ def check_engine_compat(built: dict[str, Any] | None, trt_version: str, compute_
         raise EngineError(f"engine built for sm_{''.join(map(str, b_cc))} with TensorRT {b_ver}, this GPU{gpu} is "
                           f"sm_{''.join(map(str, here_cc))} with TensorRT {here_ver}: rebuild on this device "
                           "(danet-edge build MODEL.onnx)")
+
+
+def trt_dtype_name(trt: Any, dtype: Any) -> str | None:
+    """A TensorRT ``DataType`` as a numpy dtype name (``float32``, ``uint8``, ``int32``...), None for types numpy
+    lacks (BF16, FP8, INT4): what the I/O contract (``core.io_contract``) compares with a manifest."""
+    import numpy as np
+
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:
+        return None

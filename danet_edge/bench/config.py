@@ -1,0 +1,90 @@
+"""Options of the bench stage: :class:`BenchConfig` (``danet-edge bench``) and the batch-memory check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.config import Config, check_range
+from ..core.errors import ConfigError
+
+__all__ = ["BenchConfig", "check_batch_memory", "MAX_BATCH", "MAX_SECONDS"]
+
+
+#: Largest ``--batch`` bench takes; what fits in memory is checked per entry (:func:`check_batch_memory`).
+MAX_BATCH = 1024
+#: Longest ``--warmup-s`` / ``--duration`` bench takes, in s (one entry's warm-up or timed window).
+MAX_SECONDS = 3600
+
+
+def check_batch_memory(batch: int, size: Sequence[int], num_classes: int) -> None:
+    """Refuse a batch whose frames, model input, logits and labels cannot fit in the RAM available now
+    (a lower bound of what timing it holds: the model's activations come on top).
+
+    Raises:
+        ConfigError: naming the estimate and what is available.
+    """
+    import psutil
+
+    h, w = int(size[0]), int(size[1])
+    per_image = h * w * (3 + 3 * 4 + num_classes * 4 + 8)  # uint8 frame, f32 input, f32 logits, int64 labels
+    need, have = batch * per_image, psutil.virtual_memory().available
+    if need > have:
+        raise ConfigError(f"--batch {batch} at {h}x{w} needs at least {need / 2**30:.1f} GiB for its inputs and "
+                          f"outputs, more than the {have / 2**30:.1f} GiB of RAM available: use a smaller --batch")
+
+
+@dataclass
+class BenchConfig(Config):
+    """Options of :func:`bench_artifacts`.
+
+    Attributes:
+        reference: PyTorch checkpoint timed as the FP32 eager reference (None: not timed; speed-ups are then
+            relative to the first FP32 artifact at the same size and batch).
+        warmup: untimed runs before timing, at least (>= 0); warmup_s: untimed time before timing, at least,
+            in s (trtexec's ``--warmUp``, which is in ms); warm-up ends when both are done.
+        runs: timed runs, at least (>= 1); duration_s: timed window, at least, in s (trtexec's ``--duration``);
+            timing ends when both are done, or at ``max(runs, 10000)`` runs (a note says so).
+        batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
+            run at their own batch. None: the artifacts' batches.
+        threads: CPU threads for PyTorch and ONNX Runtime (None: library defaults).
+        device: torch device for PyTorch entries (None: CUDA when available, else CPU).
+        gpu_variants: time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).
+        check_json: a ``danet-edge check`` JSON whose mIoU the plot uses.
+        json_path, plot_path: write the report JSON / the accuracy-latency plot (PNG) there (the plot is
+            left out, with a warning, when matplotlib is not installed).
+        seed: seed of the synthetic input scenes.
+        jetson_root: file-system root the Jetson facts and power rails are read under (None: ``/``; a fake
+            sysfs tree in tests). Not a command-line option.
+    """
+
+    reference: Path | None = None
+    warmup: int = 3
+    runs: int = 20
+    warmup_s: float = 1.0
+    duration_s: float = 3.0
+    batches: tuple[int, ...] | None = None
+    threads: int | None = None
+    device: str | None = None
+    gpu_variants: bool = True
+    check_json: Path | None = None
+    json_path: Path | None = None
+    plot_path: Path | None = None
+    seed: int = 0
+    jetson_root: Path | None = None
+
+    def validate(self) -> None:
+        """Raises ConfigError for negative warm-up, no timed runs, warm-up or duration outside 0..``MAX_SECONDS``
+        s (or not finite), batch sizes outside 1..``MAX_BATCH`` or threads below 1 (the bounds that depend on
+        the machine are the stage's: :func:`bench_artifacts`)."""
+        check_range("--warmup", self.warmup, 0)
+        check_range("--runs", self.runs, 1)
+        check_range("--warmup-s", self.warmup_s, 0, MAX_SECONDS, integer=False)
+        check_range("--duration", self.duration_s, 0, MAX_SECONDS, integer=False)
+        if self.batches is not None:
+            self.batches = tuple(int(b) for b in self.batches)
+            if not self.batches or any(not 1 <= b <= MAX_BATCH for b in self.batches):
+                raise ConfigError(f"--batch sizes must be in 1..{MAX_BATCH}, got {list(self.batches)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")

@@ -1,0 +1,71 @@
+"""Options of the model stage: :class:`ModelConfig` (stored in every checkpoint and manifest) and the
+normalisation a DANet expects by default (the ImageNet statistics its backbone was pretrained with)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from ..core.config import Config, check_choice, check_range
+from ..core.errors import ConfigError
+
+__all__ = ["ModelConfig", "AttentionImpl", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+AttentionImpl = Literal["sdpa", "explicit"]
+
+#: ImageNet statistics (RGB, 0..1 scale): the default normalisation of a DANet (its backbone's pretraining).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+@dataclass(frozen=True)
+class ModelConfig(Config):
+    """Everything needed to rebuild a DANet; stored in every checkpoint and manifest.
+
+    The backbone name is checked against ``model.backbone.BACKBONE_REGISTRY`` when the model is built
+    (``build_backbone``), so that reading a config never imports PyTorch.
+
+    Attributes:
+        backbone: a registered backbone (resnet18, resnet34, resnet50, resnet101 built in).
+        num_classes: K, the number of output channels (logits), 1..255 (labels are uint8).
+        output_stride: 8 (paper) or 16 (4x fewer PAM positions, 16x smaller attention map).
+        multi_grid: layer4 dilations (4, 8, 16) at OS 8, as the released Cityscapes model.
+        deep_stem: PyTorch-Encoding's three-conv stem (the official default; the released
+            Cityscapes model was trained with ``--no-deepstem``).
+        aux: FCN auxiliary head on layer3 (training only).
+        attention: PAM implementation, ``"sdpa"`` or ``"explicit"`` (same result).
+    """
+
+    backbone: str = "resnet50"
+    num_classes: int = 19
+    output_stride: int = 8
+    multi_grid: bool = False
+    deep_stem: bool = False
+    aux: bool = False
+    attention: AttentionImpl = "sdpa"
+
+    def validate(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError(f"backbone must be a name, got {self.backbone!r}")
+        check_range("num_classes", self.num_classes, 1, 255)
+        check_choice("output stride", self.output_stride, (8, 16))  # type: ignore[arg-type]
+        check_choice("attention", self.attention, ("sdpa", "explicit"))
+        for key in ("multi_grid", "deep_stem", "aux"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model config field {key!r} must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ModelConfig":
+        """Build from a dict (checkpoint or manifest), ignoring unknown keys.
+
+        Raises:
+            ConfigError: not a dict, or a field with an invalid value or type.
+        """
+        if not isinstance(d, dict):
+            raise ConfigError("model config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+

@@ -1,0 +1,128 @@
+"""Options of the training stage: :class:`TrainConfig` (stored in every checkpoint as ``train_config``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..core.choices import DATASETS
+from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range
+from ..core.errors import ConfigError
+from ..model.config import ModelConfig
+
+__all__ = ["TrainConfig"]
+
+
+def _train_model() -> ModelConfig:
+    return ModelConfig(backbone="resnet18")
+
+
+@dataclass
+class TrainConfig(Config):
+    """Everything a training run needs; stored in every checkpoint (``train_config``).
+
+    Attributes:
+        dataset, data_root: data set name (``choices.DATASETS``) and folder.
+        model: the DANet to train (default ResNet-18, OS 8); its ``num_classes`` is replaced by the data
+            set's class count when training starts.
+        epochs, batch_size: ``batch_size`` is the global batch, split over ``devices`` processes.
+        crop_size: training crop ``(H, W)`` px; None = the data set's image size.
+        lr, momentum, weight_decay, poly_power, head_lr_mult: the optimiser (see ``train``'s docstring).
+        aux_weight: weight of the PAM and CAM auxiliary losses (1.0 as official).
+        fcn_aux_weight: weight of the FCN aux head's loss (with ``model.aux``; 0.2 as PyTorch-Encoding).
+        grad_clip: max global gradient norm, or None.
+        amp: mixed precision (CUDA only; checked when training starts).
+        seed: fixes initialisation, data order and augmentation.
+        workers: DataLoader worker processes.
+        out_dir: where checkpoints and metrics go.
+        resume: continue from ``out_dir/last.pt`` at the same iteration of the poly schedule; with
+            a larger ``epochs`` than before the schedule is stretched to the new length (the lr
+            rises again to the new curve's value and decays to 0 at the new end).
+        exist_ok: start a new run in an ``out_dir`` that already holds a run (``last.pt``, ``best.pt`` or
+            ``metrics.jsonl``), replacing it; without it (or ``resume``) ``train`` refuses such a folder.
+        limit_train, limit_val: use only the first N samples.
+        backbone_weights: local torchvision ImageNet ResNet file.
+        eval_every: validate every N epochs (and after the last).
+        devices: processes (DDP); >1 spawns them unless already under torchrun.
+        data_options: extra options for ``data.build_dataset`` (e.g. ``num_classes`` for ``folder``).
+        progress: show a progress bar.
+        quiet: no bar and no per-iteration lines (the epoch summaries stay).
+    """
+
+    dataset: str = "synthetic"
+    data_root: str | None = None
+    model: ModelConfig = field(default_factory=_train_model)
+    epochs: int = 10
+    batch_size: int = 8
+    crop_size: tuple[int, int] | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    head_lr_mult: float = 10.0
+    aux_weight: float = 1.0
+    fcn_aux_weight: float = 0.2
+    grad_clip: float | None = None
+    amp: bool = False
+    seed: int = 0
+    workers: int = 2
+    out_dir: str = "runs/train"
+    resume: bool = False
+    exist_ok: bool = False
+    limit_train: int | None = None
+    limit_val: int | None = None
+    backbone_weights: str | None = None
+    eval_every: int = 1
+    devices: int = 1
+    data_options: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    quiet: bool = False
+
+    def validate(self) -> None:
+        check_choice("data set", self.dataset, DATASETS)
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ConfigError(f"--data is required for data set {self.dataset!r}")
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        for name in ("epochs", "batch_size", "eval_every", "devices"):
+            check_range(name.replace("_", "-"), getattr(self, name), 1)
+        if self.batch_size % self.devices:
+            raise ConfigError(f"batch size {self.batch_size} is not divisible by {self.devices} devices")
+        if self.batch_size // self.devices < 2:
+            raise ConfigError("each process needs a batch of at least 2 (BatchNorm)")
+        for name in ("lr", "momentum", "weight_decay", "poly_power", "head_lr_mult", "aux_weight", "fcn_aux_weight"):
+            check_range(f"--{name.replace('_', '-')}", getattr(self, name), 0, integer=False)  # finite, >= 0
+        check_range("--grad-clip", self.grad_clip, optional=True, integer=False)
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.momentum < 1:
+            raise ConfigError(f"momentum must be in 0..1 (exclusive), got {self.momentum}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad clip must be > 0, got {self.grad_clip}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 16
+                                           or max(self.crop_size) > MAX_CROP_SIDE):
+            raise ConfigError(f"--crop-size must be two sizes H W in 16..{MAX_CROP_SIDE}, got {self.crop_size}")
+        check_range("workers", self.workers, 0)
+
+    def model_config(self, num_classes: int) -> ModelConfig:
+        """The model to build: ``model`` with the data set's class count."""
+        return ModelConfig(**{**self.model.to_dict(), "num_classes": num_classes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["crop_size"] = list(self.crop_size) if self.crop_size else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Read ``train_config`` back (a nested ``model``, or the flat model fields of 0.1 checkpoints)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        model = d.get("model") if isinstance(d.get("model"), dict) else \
+            {k: d[k] for k in ("backbone", "output_stride", "multi_grid", "deep_stem", "aux") if k in d}
+        kw["model"] = ModelConfig.from_dict({**_train_model().to_dict(), **model})
+        if kw.get("crop_size") is not None:
+            kw["crop_size"] = tuple(kw["crop_size"])
+        return cls(**kw)
+
+
