@@ -237,7 +237,7 @@ def test_bench_on_a_fake_jetson_reports_power(artifacts, tmp_path, capsys):
     """The fake AGX Orin sysfs tree of test_jetson.py (made-up constant rails: 3.8 + 1.9 + 3.5 + 0.8 W)."""
     from test_jetson import agx_orin_tree
 
-    from danet_edge.cli.check import print_bench_table
+    from danet_edge.cli.render import print_bench_table
 
     root = agx_orin_tree(tmp_path / "orin")
     rep = bench_artifacts([artifacts["onnx"]], BenchConfig(warmup=0, runs=3, warmup_s=0.0, duration_s=0.3,

@@ -85,7 +85,9 @@ def test_checkpoint_eval_json_and_table(tmp_path):
     write_result(result, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 2
     console = Console(record=True, width=100)
-    console.print(result.table())
+    from danet_edge.cli.render import eval_table
+
+    console.print(eval_table(result))
     assert "mIoU" in console.export_text()
     with pytest.raises(ConfigError, match="5 classes"):
         evaluate(make_tiny_checkpoint(tmp_path / "t5.pt", num_classes=5), ds)

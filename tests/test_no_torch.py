@@ -207,13 +207,13 @@ def test_cv2_numpy_abi_hint(monkeypatch):
 
 
 def test_readme_gstreamer_strings_are_pipelines():
-    """The source strings README gives for a Jetson are taken as GStreamer pipelines by ``infer``."""
+    """The source strings the Jetson page (docs/jetson.md) gives are taken as GStreamer pipelines by ``infer``."""
     import re
 
     from danet_edge.infer.sources import is_gstreamer
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## On a Jetson (JetPack 6)", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "jetson.md").read_text()
+    section = page.split("## On a Jetson (JetPack 6)", 1)[1].split("\n## ", 1)[0]
     pipelines = re.findall(r'danet-edge infer \S+ "([^"]+)"', section)
     assert len(pipelines) >= 2 and all(is_gstreamer(p) and p.rstrip().split("!")[-1].strip().startswith("appsink")
                                        for p in pipelines), pipelines

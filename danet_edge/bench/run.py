@@ -150,7 +150,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
             n = batch or m.batch_size
             check_batch_memory(n, m.image_size, len(m.classes))
             images = _scenes(n, m.image_size, cfg.seed)
-            compute_timing = getattr(backend, "compute_timing", None)
+            compute_timing = backend.compute_timing
 
             def step() -> float | None:
                 backend.predict(images)
@@ -162,7 +162,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
         finally:
             backend.close()
     entry = BenchEntry(
-        name=name, path=str(path), backend=backend.name, provider=getattr(backend, "provider", ""), precision=m.precision,
+        name=name, path=str(path), backend=backend.name, provider=backend.provider, precision=m.precision,
         image_size=list(m.image_size), batch=n, setup_s=setup, host_peak_mib=mem.delta_mib,
         gpu_peak_mib=gpu_peak(free, torch_backend), is_reference=is_reference,
         compute_timing=compute_timing or "not measured (the backend has no compute hook)",

@@ -42,6 +42,7 @@ from .config import CheckConfig
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
                          parse_threshold_overrides, thresholds_for)
 from ..core.utils import write_json
+from ..runtime.backends import Backend, backend_spec, open_backend
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
            "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
@@ -58,15 +59,11 @@ def artifact_precision(path: str | os.PathLike[str], manifest: Manifest) -> tupl
 
 
 def _precision_info(p: Path, manifest: Manifest) -> tuple[str, str, dict[str, Any] | None]:
-    from ..runtime.backends import backend_spec
-
     return backend_spec(p).load().artifact_precision(p, manifest)
 
 
 # ---------------------------------------------------------------------------------- running
-def _open_backend(path: Path, backend: str | None):
-    from ..runtime.backends import open_backend  # helper C's module
-
+def _open_backend(path: Path, backend: str | None) -> Backend:
     return open_backend(path, backend=backend) if backend else open_backend(path)
 
 

@@ -1,6 +1,6 @@
 """The ``danet-edge`` command line: a thin Typer layer over the library.
 
-Each command group lives in its own module with a ``register(app)`` function; this module
+Each command lives in its own module (named after it) with a ``register(app)`` function; this module
 builds the app and turns ``DanetEdgeError`` into one line on stderr and a non-zero exit code.
 """
 
@@ -57,16 +57,12 @@ def _main(
     STATE["verbosity"] = 1 if verbose else -1 if quiet else 0
     progress.enable(not quiet)
 
-_COMMAND_MODULES = ("train", "export", "infer", "check", "deploy")
+#: One module per command (``register(app)`` in each), in the order ``--help`` lists them.
+_COMMAND_MODULES = ("train", "eval", "import_official", "calib", "export", "cost", "build", "infer", "check", "bench",
+                    "deploy", "demo")
 
 for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # a command group not written yet
-        if _e.name != f"{__name__}.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"{__name__}.{_name}").register(app)
 
 
 @app.command()

@@ -1,6 +1,10 @@
 """Shared CLI helpers: the two consoles and the verbosity every command follows (``-v`` / ``-q``)."""
 from __future__ import annotations
 
+from typing import Any, Optional
+
+from ..core.errors import ConfigError
+
 from rich.console import Console
 
 console = Console(stderr=False)
@@ -24,3 +28,44 @@ def backend_names() -> list[str]:
     from ..runtime.backends import BACKEND_TABLE
 
     return list(BACKEND_TABLE)
+
+
+def opt(cls: Any, name: str, *decls: str, **kw: Any) -> Any:
+    """A Typer option whose default and help are config class ``cls``'s field ``name`` (``Config.default`` and
+    ``Config.help``): the one place both are written."""
+    import typer
+
+    return typer.Option(cls.default(name), *decls, help=cls.help(name), **kw)
+
+
+def check_outputs(**paths: Any) -> None:
+    """Refuse, before any work, an output path that cannot be written (``core.utils.ensure_output_dir`` /
+    ``ensure_output_file``): keyword = the option's name (``out``, ``report``: folders; ``json``, ``plot``: files).
+
+    Raises:
+        ConfigError: one line naming the option and the path.
+    """
+    from ..core.utils import ensure_output_dir, ensure_output_file
+
+    for key, path in paths.items():
+        if path is None:
+            continue
+        if key in ("out", "report"):
+            ensure_output_dir(path, f"--{key}")
+        else:
+            ensure_output_file(path, f"--{key}")
+
+
+def data_options(num_classes: Optional[int], ignore_index: Optional[int], size: Optional[list[int]]) -> dict:
+    """The ``data_options`` of a data set from the ``--num-classes``, ``--ignore-index`` and ``--synthetic-size``
+    options (``train``, ``eval``)."""
+    opts: dict = {}
+    if num_classes is not None:
+        opts["num_classes"] = num_classes
+    if ignore_index is not None:
+        opts["ignore_index"] = ignore_index
+    if size:
+        if len(size) != 2:
+            raise ConfigError("--synthetic-size takes two numbers: H W")
+        opts["size"] = tuple(size)
+    return opts

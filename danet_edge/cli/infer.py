@@ -1,4 +1,4 @@
-"""``danet-edge build`` (TensorRT engine) and ``danet-edge infer`` (video / image inference)."""
+"""``danet-edge infer``: video / image inference with overlay, labels and a summary (``infer.pipeline.run_inference``)."""
 
 from __future__ import annotations
 
@@ -8,60 +8,14 @@ from typing import Optional
 import typer
 
 from ..core.choices import choice_enum
-from ._common import backend_names, console, err_console, info, verbose
+from ._common import backend_names, console, err_console
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``build`` and ``infer`` commands to ``app``. Defaults are read from the config dataclasses."""
-    from ..trt.plan import EngineConfig
+    """Add ``infer`` to ``app``. Defaults are read from ``InferConfig``."""
     from ..infer.config import DEFAULT_QUEUE, InferConfig
 
-    eng, inf = EngineConfig(), InferConfig()
-
-    @app.command(epilog="\b\nExamples:\n  danet-edge build export/best/model_int8_trt.onnx\n  "
-                        "danet-edge build model_fp16.onnx --dla-core 0 --timing-cache timing.cache\n  "
-                        "danet-edge build model.onnx --int8-calib calib/ (TensorRT 10 only)")
-    def build(
-        model: Path = typer.Argument(..., help="static-shape ONNX graph (with its .onnx.json manifest)"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="engine path (default MODEL with .engine)"),
-        workspace_mib: int = typer.Option(eng.workspace_mib, "--workspace-mib", help="builder workspace limit, MiB"),
-        opt_level: Optional[int] = typer.Option(eng.opt_level, "--opt-level", help="builder optimisation level 0..5"),
-        timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (reused)"),
-        dla_core: Optional[int] = typer.Option(eng.dla_core, "--dla-core", help="run on this DLA core, GPU fallback on (AGX Orin / Orin NX on TensorRT 10.3, AGX Orin on 11.4.1; Thor has no DLA)"),
-        no_gpu_fallback: bool = typer.Option(not eng.gpu_fallback, "--no-gpu-fallback", help="with --dla-core: no GPU fallback"),
-        fp16: bool = typer.Option(eng.fp16, "--fp16", help="TensorRT 10 only: weakly typed build allowing FP16"),
-        int8_calib: Optional[Path] = typer.Option(None, "--int8-calib",
-                                                  help="TensorRT 10 only: implicit INT8, calibration image folder"),
-        calib_size: int = typer.Option(eng.calib_images, "--calib-size", "--calib-images",
-                                       help="images drawn from --int8-calib (as export draws them)"),
-        seed: int = typer.Option(eng.calib_seed, "--seed", help="seed of the calibration draw"),
-        calib_cache: Optional[Path] = typer.Option(None, "--calib-cache",
-                                                   help="implicit INT8 cache file (default: keyed, beside MODEL)"),
-    ) -> None:
-        """Build a TensorRT engine (plain file + .json manifest) on this device.
-
-        Strongly typed by default: the precision comes from the graph (FP16 / INT8 Q/DQ from export).
-        `-v` gives TensorRT's verbose log.
-        """
-        from ..trt.build import EngineConfig, build_engine
-        from ..core.manifest import read_manifest
-
-        cfg = EngineConfig(workspace_mib=workspace_mib, opt_level=opt_level, timing_cache=timing_cache,
-                           dla_core=dla_core, gpu_fallback=not no_gpu_fallback, fp16=fp16, int8_calib=int8_calib,
-                           calib_images=calib_size, calib_seed=seed, calib_cache=calib_cache, verbose=verbose())
-        from ..core.utils import ensure_output_dir, ensure_output_file
-
-        if out is not None and (out.is_dir() or not out.suffix):  # a folder: build_engine puts <stem>.engine in it
-            ensure_output_dir(out, "--out")
-        else:
-            ensure_output_file(out if out is not None else model.with_suffix(".engine"), "--out")
-        for option, path in (("--timing-cache", timing_cache), ("--calib-cache", calib_cache)):
-            if path is not None:
-                ensure_output_file(path, option)  # read if there, written back after the build
-        path = build_engine(model, out, cfg, log=info)
-        trt_info = read_manifest(path).tensorrt or {}
-        console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)
-        console.print(f"equivalent: {trt_info.get('trtexec')}", markup=False, highlight=False, soft_wrap=True)
+    inf = InferConfig()
 
     @app.command(epilog="\b\nExamples:\n  danet-edge infer model_int8_trt.engine video.mp4\n  "
                         "danet-edge infer model.engine 0 --show (camera 0)\n  "

@@ -1,4 +1,4 @@
-"""``danet-edge train`` and ``danet-edge eval``: options -> config dataclass -> one library call."""
+"""``danet-edge train``: options -> ``TrainConfig`` -> ``train.train.train``."""
 
 from __future__ import annotations
 
@@ -8,27 +8,12 @@ from typing import Optional
 
 import typer
 
-from ..core.errors import ConfigError
-from ..core.choices import Dataset, Split, choice_enum
-from ._common import STATE, console
-
-
-
-def _data_options(num_classes: Optional[int], ignore_index: Optional[int], size: Optional[list[int]]) -> dict:
-    opts: dict = {}
-    if num_classes is not None:
-        opts["num_classes"] = num_classes
-    if ignore_index is not None:
-        opts["ignore_index"] = ignore_index
-    if size:
-        if len(size) != 2:
-            raise ConfigError("--synthetic-size takes two numbers: H W")
-        opts["size"] = tuple(size)
-    return opts
+from ..core.choices import Dataset
+from ._common import data_options, STATE, console
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``eval`` to the app."""
+    """Add ``train`` to the app."""
 
     from ..model.config import ModelConfig
     from ..train.config import TrainConfig
@@ -85,7 +70,7 @@ def register(app: typer.Typer) -> None:
             aux_weight=aux_weight, grad_clip=grad_clip, amp=amp, seed=seed, workers=workers, out_dir=str(out),
             resume=resume, exist_ok=exist_ok, limit_train=limit_train, limit_val=limit_val,
             backbone_weights=str(backbone_weights) if backbone_weights else None, eval_every=eval_every,
-            devices=devices, data_options=_data_options(num_classes, ignore_index, list(synthetic_size or [])),
+            devices=devices, data_options=data_options(num_classes, ignore_index, list(synthetic_size or [])),
             progress=not no_progress, quiet=STATE["verbosity"] < 0)
         from ..core.utils import ensure_output_dir
 
@@ -93,59 +78,3 @@ def register(app: typer.Typer) -> None:
         best = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             console.print(f"best checkpoint: {best}")
-
-    @app.command("eval")
-    def eval_cmd(
-        checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
-        dataset: Dataset = typer.Option("synthetic", "--dataset", "-d", help="Data set."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
-        split: Split = typer.Option("val", help="Split to evaluate."),
-        multi_scale: bool = typer.Option(False, "--multi-scale", help="Average over scales 0.5-1.75 (paper MS)."),
-        flip: bool = typer.Option(False, "--flip", help="Also average the left-right mirrored image."),
-        limit: Optional[int] = typer.Option(None, help="Evaluate only the first N images."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
-        multi_grid: bool = typer.Option(False, "--multi-grid", help="Official checkpoints only: trained with multi-grid."),
-        num_classes: Optional[int] = typer.Option(None, help="Classes of a 'folder' data set without classes.txt."),
-        ignore_index: Optional[int] = typer.Option(None, help="Ignore index of a 'folder' data set."),
-        synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
-    ) -> None:
-        """mIoU, per-class IoU and pixel accuracy of a checkpoint, each image at its own size."""
-        from ..data.datasets import build_dataset
-        from ..train.evaluate import evaluate, write_result
-
-        if dataset != "synthetic" and data is None:
-            raise ConfigError(f"--data is required for data set {dataset!r}")
-        if json_out is not None:
-            from ..core.utils import ensure_output_file
-
-            ensure_output_file(json_out, "--json")
-        ds = build_dataset(dataset.value, data, split.value, limit,
-                           **_data_options(num_classes, ignore_index, list(synthetic_size or [])))
-        result = evaluate(checkpoint, ds, multi_scale=multi_scale, flip=flip, multi_grid=multi_grid,
-                          show_progress=STATE["verbosity"] >= 0)
-        console.print(result.table())
-        if json_out is not None:
-            write_result(result, json_out)
-            console.print(f"wrote {json_out}")
-
-    @app.command("import-official")
-    def import_official_cmd(
-        checkpoint: Path = typer.Argument(..., help="Official DANet / PyTorch-Encoding checkpoint (.pth)."),
-        out: Path = typer.Option(..., "--out", "-o", help="danet-edge checkpoint to write (.pt)."),
-        multi_grid: bool = typer.Option(mc.multi_grid, "--multi-grid", help="Trained with --multi-grid "
-                                        "(layer4 4, 8, 16); the released Cityscapes DANet-101 was. Weights cannot tell."),
-        output_stride: int = typer.Option(mc.output_stride, "--output-stride", help="Output stride it was trained with."),
-        dataset: Optional[choice_enum("OfficialDataset", ("camvid", "cityscapes"))] = typer.Option(  # type: ignore[valid-type]
-            None, "--dataset", help="Take class names and palette from this data set."),
-        imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="Default export size H W."),
-    ) -> None:
-        """Convert an official DANet checkpoint once; export, check and infer then need no extra options."""
-        from ..model.checkpoint import import_official
-        from ..core.palettes import STANDARD_CLASSES
-
-        from ..core.utils import ensure_output_file
-
-        ensure_output_file(out, "--out")
-        classes, palette = STANDARD_CLASSES[dataset.value] if dataset else (None, None)
-        path = import_official(checkpoint, out, multi_grid, output_stride, classes, palette, imgsz)
-        console.print(f"wrote {path}")

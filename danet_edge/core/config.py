@@ -18,15 +18,16 @@ Runtime, and the stage folders' ``__init__`` files import nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, Field, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .manifest import MAX_IMAGE_SIDE
 
-__all__ = ["Config", "check_range", "check_choice", "check_threads", "CALIB_DIR", "CALIB_IMAGES", "EXPORT_DIR",
-           "MAX_CROP_SIDE"]
+__all__ = ["Config", "option", "check_range", "check_choice", "check_threads", "CALIB_DIR", "CALIB_IMAGES",
+           "EXPORT_DIR", "MAX_CROP_SIDE"]
 
 #: The project's default folders (relative to the working directory) and calibration draw, shared by
 #: ``export``, ``calib fill`` and ``build --int8-calib``.
@@ -96,5 +97,38 @@ class Config:
                     return f.default_factory()
                 raise ConfigError(f"{cls.__name__}.{name} has no default")
         raise ConfigError(f"{cls.__name__} has no field {name!r}")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field ``name`` (declared with :func:`option`): the command line's ``--help`` for it."""
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name == name:
+                if "help" not in f.metadata:
+                    raise ConfigError(f"{cls.__name__}.{name} has no help text")
+                return str(f.metadata["help"])
+        raise ConfigError(f"{cls.__name__} has no field {name!r}")
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any], **extra: Any) -> Any:
+        """Build the config from the command line's values: every key that names a field is taken (an Enum as
+        its value, a list as a tuple), other keys are ignored; ``extra`` wins over ``values``."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        kw = {}
+        for k, v in {**values, **extra}.items():
+            if k not in names:
+                continue
+            if isinstance(v, Enum):
+                v = v.value
+            elif isinstance(v, list):
+                v = tuple(x.value if isinstance(x, Enum) else x for x in v)
+            kw[k] = v
+        return cls(**kw)
+
+
+def option(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING) -> Field:  # noqa: A002
+    """A config field with its command-line help text (``Config.help``): the one place both are written."""
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 

@@ -1,7 +1,7 @@
 """Exception types of danet-edge.
 
 The library raises only these (plus programming errors); ``danet_edge.cli`` turns them into one line
-on stderr and the exit code of the class (the table in README "Exit codes"):
+on stderr and the exit code of the class (the table in docs/cli.md, "Exit codes"):
 
 ====  ===============================================================================
 0     success

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.choices import CALIB_METHODS, DATASETS, OPSET_RANGE, SPLITS, TARGETS
-from ..core.config import Config, check_choice, check_range
+from ..core.choices import CALIB_METHODS, DATASETS, DEFAULT_CALIB_METHOD, OPSET_RANGE, SPLITS, TARGETS
+from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..core.manifest import MAX_IMAGE_SIDE
 from .recipes import get_recipe
 
-__all__ = ["ExportConfig"]
+__all__ = ["ExportConfig", "MIN_OPSET"]
+
+#: Lowest opset export writes (Resize with ``align_corners`` needs 11); the highest is TensorRT 10.3's.
+MIN_OPSET = 11
 
 
 @dataclass
@@ -39,7 +43,7 @@ class ExportConfig(Config):
         memory_limit_mib: warn when PAM's attention map needs more (MiB).
         out: output folder (default ``EXPORT_DIR/<checkpoint stem>/``).
         tolerance: FP32 ONNX vs PyTorch relative L2 limit.
-        fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit.
+        fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit (None: the FP16 recipe's ``max_rel_l2``).
         verify_images: images used for verification.
         min_agreement, max_miou_drop: an accuracy budget for the INT8 graphs (``budget.fit_budget``):
             least pixel agreement with the FP32 graph (%) and/or largest mIoU drop (points, needs
@@ -51,37 +55,40 @@ class ExportConfig(Config):
             without PyTorch (0: no bundle).
     """
 
-    imgsz: tuple[int, int] | None = None
-    batch: int = 1
-    fp16: bool = False
-    int8: bool = False
-    recipes: tuple[str, ...] = ()
-    calib: Path | None = None
-    calib_method: str | None = None
-    calib_size: int | None = None
-    seed: int = 0
-    target: str = "tensorrt"
-    opset: int = 17
-    engine: bool = False
-    fused_io: bool = True
-    include_attention: bool = False
-    memory_limit_mib: float = 1024.0
-    out: Path | None = None
-    tolerance: float = 1e-4
-    fp16_tolerance: float = 5e-2
-    verify_images: int = 2
-    min_agreement: float | None = None
-    max_miou_drop: float | None = None
-    dataset: str | None = None
-    data: Path | None = None
-    split: str = "val"
-    budget_images: int = 16
-    reference_images: int = 16
+    imgsz: tuple[int, int] | None = option(None, "Static input size H W, multiples of the output stride (default: "
+                                                 "the checkpoint's).")
+    batch: int = option(1, "Static batch size.")
+    fp16: bool = option(False, "Also write the FP16 graph (FP32 I/O, FP32 attention islands).")
+    int8: bool = option(False, "Also write the INT8 Q/DQ graph (calibrated).")
+    recipes: tuple[str, ...] = option((), "More precision recipes by name (repeatable).")
+    calib: Path | None = option(None, f"Calibration folder (default {CALIB_DIR}/ with --int8).")
+    calib_method: str | None = option(None, f"Calibration method (default {DEFAULT_CALIB_METHOD}).")
+    calib_size: int | None = option(None, f"Calibration images to draw (default {CALIB_IMAGES}).")
+    seed: int = option(0, "Seed of the calibration draw.")
+    target: str = option("tensorrt", "tensorrt (symmetric Q/DQ, rules enforced) or cpu (uint8 activations).")
+    opset: int = option(17, f"ONNX opset, {MIN_OPSET}..{OPSET_RANGE[1]} (TensorRT 10.3 parses {OPSET_RANGE[0]}.."
+                            f"{OPSET_RANGE[1]}; Resize align_corners needs {MIN_OPSET}).")
+    engine: bool = option(False, "Also build the TensorRT engine (needs TensorRT).")
+    fused_io: bool = option(True, "Deployment I/O: uint8 NHWC RGB in, class map out (normalise + argmax on the "
+                                  "GPU); --logits: float32 NCHW in, logits out.")
+    include_attention: bool = option(False, "Quantize attention MatMuls too.")
+    memory_limit_mib: float = option(1024.0, "Warn above this PAM map size (MiB).")
+    out: Path | None = option(None, f"Output folder (default {EXPORT_DIR}/<checkpoint stem>/).")
+    tolerance: float = option(1e-4, "FP32 ONNX vs PyTorch relative L2 limit.")
+    fp16_tolerance: float | None = option(None, "FP16 vs FP32 ONNX relative L2 limit (default: the fp16 recipe's).")
+    verify_images: int = option(2, "Images used for verification.")
+    min_agreement: float | None = option(None, "INT8 accuracy budget: least pixel agreement with the FP32 graph (%).")
+    max_miou_drop: float | None = option(None, "INT8 accuracy budget: largest mIoU drop (points; needs --dataset).")
+    dataset: str | None = option(None, "Labelled data for the budget and the reference bundle.")
+    data: Path | None = option(None, "Its folder.")
+    split: str = option("val", "Its split.")
+    budget_images: int = option(16, "Images for the budget and the per-layer sensitivity ranking.")
+    reference_images: int = option(16, "Images in the reference bundle reference/ (0: none).")
 
     def validate(self) -> None:
         check_range("--batch", self.batch, 1, 64)
         check_choice("--target", self.target, TARGETS)
-        check_range("--opset", self.opset, max(11, OPSET_RANGE[0]), OPSET_RANGE[1])
+        check_range("--opset", self.opset, max(MIN_OPSET, OPSET_RANGE[0]), OPSET_RANGE[1])
         if not self.int8 and not any(get_recipe(n).needs_calibration for n in self.recipes):
             for name, value in (("--calib-method", self.calib_method), ("--calib-size", self.calib_size)):
                 if value is not None:
@@ -118,6 +125,10 @@ class ExportConfig(Config):
         if self.calib is not None and not any(r.needs_calibration for r in recipes):
             raise ConfigError("--calib is the calibration folder of INT8: add --int8 (or a recipe that calibrates), "
                               "or drop --calib")
+
+    def out_dir(self, checkpoint: str | os.PathLike[str]) -> Path:
+        """The folder the graphs go to: ``out``, else ``EXPORT_DIR/<checkpoint stem>/``."""
+        return Path(self.out) if self.out is not None else EXPORT_DIR / Path(checkpoint).stem
 
     def recipe_names(self) -> list[str]:
         """The recipes asked for, in order: ``--fp16``, ``--int8`` (for ``--target``), then ``recipes``."""

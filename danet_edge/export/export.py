@@ -38,7 +38,7 @@ import onnx
 import torch
 
 from ..data.calib import CalibrationSet, load_calibration_set
-from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR
+from ..core.config import CALIB_DIR, CALIB_IMAGES
 from .config import ExportConfig
 from ..model.checkpoint import LoadedModel, checkpoint_manifest, load_model
 from ..core.compare import OutputComparison, relative_l2  # noqa: F401 - relative_l2 is API here too
@@ -54,7 +54,10 @@ from .graph_io import fuse_io
 from ..graph.trtcheck import enforce_tensorrt_compat
 from ..core.utils import atomic_path
 
-__all__ = ["ExportConfig", "Artifact", "ExportResult", "export_model", "export_onnx", "attention_memory_mib",
+#: Least share of equal class maps a fused-I/O graph must give against the graph or model it came from.
+MIN_FUSED_AGREEMENT = 0.999
+
+__all__ = ["ExportConfig", "MIN_FUSED_AGREEMENT", "Artifact", "ExportResult", "export_model", "export_onnx", "attention_memory_mib",
            "relative_l2", "METADATA_KEY"]
 
 Log = Callable[[str], None]
@@ -138,7 +141,7 @@ def _fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target:
         manifest.precision_report = report.to_dict()
         after = _run(_ort_session(model, manifest.precision, holds_fp16(manifest)), manifest, frames)
         agree = float((after == before).mean())
-        if agree < 0.999:
+        if agree < MIN_FUSED_AGREEMENT:
             raise ExportError(f"{a.path.name}: fused-I/O class maps agree with the logits graph on {agree:.4%} "
                               "of pixels (< 99.9 %)")
         ver = {**(a.verification or {}), "fused_io_label_agreement": agree}
@@ -202,14 +205,15 @@ def _finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: st
     # leaving the block renames the graph (inner), then the sidecar (outer)
 
 
-def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int = 1,
-                opset: int = 17, fused_io: bool = False, frames: list[np.ndarray] | None = None,
-                tolerance: float = 1e-4, target: str = "tensorrt") -> Artifact:
+def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int | None = None,
+                opset: int | None = None, fused_io: bool = False, frames: list[np.ndarray] | None = None,
+                tolerance: float | None = None, target: str | None = None) -> Artifact:
     """PyTorch model -> verified static-shape FP32 ONNX at ``out`` (+ ``out.json``).
 
     Args:
         loaded: ``checkpoint.load_model`` result.
         size: ``(H, W)``, multiples of the output stride.
+        batch, opset, tolerance, target: None = :class:`~danet_edge.export.config.ExportConfig`'s defaults.
         frames: verification images ``(H, W, 3) uint8 RGB`` (any size); default synthetic.
         tolerance: ONNX Runtime vs PyTorch logits relative L2 limit (fused I/O: label agreement >= 99.9 %).
 
@@ -219,6 +223,10 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     """
     import onnxslim
 
+    batch = ExportConfig.default("batch") if batch is None else batch
+    opset = ExportConfig.default("opset") if opset is None else opset
+    tolerance = ExportConfig.default("tolerance") if tolerance is None else tolerance
+    target = ExportConfig.default("target") if target is None else target
     t0 = time.perf_counter()
     out = Path(out)
     h, w = size
@@ -255,7 +263,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     if fused_io:
         agree = float((got == ref.argmax(1)).mean())
         verification = {"label_agreement": agree}
-        if agree < 0.999:
+        if agree < MIN_FUSED_AGREEMENT:
             raise ExportError(f"fused-I/O ONNX labels agree with PyTorch on {agree:.4%} of pixels (< 99.9 %)")
     else:
         err = relative_l2(got, ref)
@@ -332,7 +340,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     bundle_set = export_images(cfg, calib_set, loaded.data, cfg.reference_images) \
         if cfg.reference_images else None
     build_engine = _engine_builder() if cfg.engine else None
-    out_dir = Path(cfg.out) if cfg.out is not None else EXPORT_DIR / ckpt.stem
+    out_dir = cfg.out_dir(ckpt)
     warnings: list[str] = []
 
     os_ = loaded.config.output_stride
@@ -384,7 +392,8 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
             manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
             _finalize(model, made.path, manifest, str(manifest.target or cfg.target))
             ver = _compare(made.path, manifest, frames, ref, recipe.name)
-            limit = cfg.fp16_tolerance if recipe.name == "fp16" else recipe.max_rel_l2
+            limit = cfg.fp16_tolerance if cfg.fp16_tolerance is not None and recipe.precision == "fp16" \
+                else recipe.max_rel_l2
             if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
                 raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
                                   f"(limit {limit:g})")

@@ -35,7 +35,7 @@ from ..data.frames import fit_frame, restore_labels
 from ..core.manifest import Manifest
 from ..core.progress import task
 from ..core.utils import write_json
-from ..runtime.backends import backend_spec, open_backend
+from ..runtime.backends import Backend, backend_spec, open_backend
 from .render import VideoOut, disagreement_tile, draw_stamp, overlay, save_label_png, side_by_side
 from .sources import FrameSource, open_source
 from .config import InferConfig, STAGES, default_threads
@@ -94,8 +94,8 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
                 return _END
 
 
-def run_pipeline(backend: Any, source: FrameSource, cfg: InferConfig, model_name: str = "model",
-                 other: Any = None, other_name: str = "other") -> InferSummary:
+def run_pipeline(backend: Backend, source: FrameSource, cfg: InferConfig, model_name: str = "model",
+                 other: Backend | None = None, other_name: str = "other") -> InferSummary:
     """Run ``backend`` over ``source`` with overlapped decode / infer / encode; see the module docstring.
 
     With ``other`` (a second backend, ``InferConfig.compare``), each frame is also segmented by it and the video

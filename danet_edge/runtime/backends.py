@@ -55,12 +55,15 @@ class Prediction:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What ``checks``, ``bench`` and the video pipeline see of a model (see DESIGN.md). ``bench`` also reads
-    ``compute_ms`` / ``compute_timing`` where a backend has them (:class:`_BaseBackend` documents the hook)."""
+    """What ``check``, ``bench`` and the video pipeline see of a model (see DESIGN.md): its manifest, its name and
+    what it runs on (``provider``), ``predict``, and the model's own share of the last ``predict`` in ms
+    (``compute_ms``; how it is measured: ``compute_timing``, None when it is not; :class:`_BaseBackend`)."""
 
     manifest: Manifest
     name: str
     provider: str
+    compute_ms: float
+    compute_timing: str | None
 
     def predict(self, images: np.ndarray) -> Prediction: ...
 
@@ -256,7 +259,7 @@ def backend_for(path: str | os.PathLike[str], backend: str | None = None) -> str
 
 
 def open_backend(path: str | os.PathLike[str], backend: str | None = None, batch: int | None = None,
-                 **options: Any) -> _BaseBackend:
+                 **options: Any) -> Backend:
     """Open the model at ``path`` with the backend its suffix names (or ``backend``).
 
     Args:

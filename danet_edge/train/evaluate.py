@@ -11,7 +11,6 @@ mirror with ``flip``), each resized back to the image size bilinearly. Unlike Py
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -91,28 +90,6 @@ class EvalResult:
     def to_json(self) -> str:
         """JSON text (NaN written as null)."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
-
-    def table(self) -> Any:
-        """A ``rich.table.Table``: per-class IoU, then mIoU, pixel accuracy, mean class accuracy (%)."""
-        from rich.table import Table
-
-        mode = "multi-scale" + (" + flip" if self.flip else "") if self.multi_scale else \
-            ("single scale + flip" if self.flip else "single scale")
-        t = Table(title=f"{self.dataset or 'evaluation'}: {self.num_images} images, {mode}")
-        t.add_column("class")
-        t.add_column("IoU %", justify="right")
-
-        def pct(v: float) -> str:
-            return "-" if math.isnan(v) else f"{100 * v:.2f}"
-
-        for name, v in self.per_class_iou.items():
-            t.add_row(name, pct(v))
-        t.add_section()
-        t.add_row("[bold]mIoU[/bold]", f"[bold]{pct(self.miou)}[/bold]")
-        t.add_row("pixel accuracy", pct(self.pixel_accuracy))
-        t.add_row("mean class accuracy", pct(self.mean_class_accuracy))
-        t.add_row("ms / image", f"{self.ms_per_image:.1f}")
-        return t
 
 
 def _forward_padded(model: nn.Module, x: torch.Tensor, multiple: int) -> torch.Tensor:

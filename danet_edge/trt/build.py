@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .inspector import check_engine_compat  # noqa: F401 - part of this module's API
-from .plan import (BuildPlan, EngineConfig, no_tensorrt_hint, plan_build, trt_major,  # noqa: F401
+from .plan import (BuildPlan, EngineConfig, engine_path, no_tensorrt_hint, plan_build, trt_major,  # noqa: F401
                           trt_version_tuple)
 from ..core.errors import (CalibrationError, ConfigError, DataError, EngineError, Interrupted,
                      MissingDependencyError)
@@ -176,11 +176,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     cfg = cfg or EngineConfig()
     log = log or (lambda msg: None)
     onnx_path = Path(onnx_path)
-    if out_path is None:
-        out_path = onnx_path.with_suffix(".engine")
-    elif Path(out_path).is_dir() or not Path(out_path).suffix:
-        out_path = Path(out_path) / f"{onnx_path.stem}.engine"  # a folder: <stem>.engine inside it
-    out_path = Path(out_path)
+    out_path = engine_path(onnx_path, out_path)
     if not onnx_path.is_file():
         raise DataError(f"{onnx_path}: ONNX file not found")
     if onnx_path.suffix != ".onnx":

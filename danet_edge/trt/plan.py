@@ -15,12 +15,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.config import CALIB_IMAGES, Config, check_range
+from ..core.config import CALIB_IMAGES, Config, check_range, option
 from ..core.errors import ConfigError
 from ..core.manifest import Manifest
 
 __all__ = ["EngineConfig", "BuildPlan", "plan_build", "trt_major", "trt_version_tuple", "no_tensorrt_hint",
-           "DLA_TRT11"]
+           "DLA_TRT11", "engine_path"]
 
 #: The one TensorRT 11 release whose "Working with DLA" page supports DLA on a Jetson (AGX Orin, JetPack 7.2.2+;
 #: 11.0 to 11.4.0 and 11.5.0 have none; Jetson Thor has no DLA at all).
@@ -48,17 +48,18 @@ class EngineConfig(Config):
         verbose: TensorRT logger at VERBOSE instead of WARNING.
     """
 
-    workspace_mib: int = 1024
-    opt_level: int | None = None
-    timing_cache: Path | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = True
-    fp16: bool = False
-    int8_calib: Path | None = None
-    calib_images: int = CALIB_IMAGES
-    calib_seed: int = 0
-    calib_cache: Path | None = None
-    verbose: bool = False
+    workspace_mib: int = option(1024, "Builder workspace limit (MiB).")
+    opt_level: int | None = option(None, "Builder optimisation level 0..5 (default: TensorRT's, 3).")
+    timing_cache: Path | None = option(None, "Timing cache file: read when there, written back after the build.")
+    dla_core: int | None = option(None, "Run on this DLA core, GPU fallback on (AGX Orin / Orin NX on TensorRT 10.3, "
+                                        "AGX Orin on 11.4.1; Thor has no DLA).")
+    gpu_fallback: bool = option(True, "With --dla-core: run the layers DLA cannot take on the GPU.")
+    fp16: bool = option(False, "TensorRT 10 only: weakly typed build allowing FP16.")
+    int8_calib: Path | None = option(None, "TensorRT 10 only: implicit INT8, calibration image folder.")
+    calib_images: int = option(CALIB_IMAGES, "Images drawn from --int8-calib (as export draws them).")
+    calib_seed: int = option(0, "Seed of the calibration draw.")
+    calib_cache: Path | None = option(None, "Implicit INT8 cache file (default: keyed, beside MODEL).")
+    verbose: bool = option(False, "TensorRT's logger at VERBOSE (the global -v).")
 
     def validate(self) -> None:
         check_range("workspace (MiB)", self.workspace_mib, 1, 1 << 20)
@@ -104,6 +105,16 @@ class BuildPlan:
         return shlex.join(self.trtexec) if self.trtexec else self.trtexec_note
 
 
+def engine_path(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``build`` writes the engine of ``onnx_path``: ``out`` when it is a file name, ``out/<stem>.engine``
+    when ``out`` is a folder (existing, or a name without suffix), else the graph's path with ``.engine``."""
+    onnx_path = Path(onnx_path)
+    if out is None:
+        return onnx_path.with_suffix(".engine")
+    out = Path(out)
+    return out / f"{onnx_path.stem}.engine" if out.is_dir() or not out.suffix else out
+
+
 def trt_major(version: str) -> int:
     """``"10.3.0.30"`` -> 10. Raises ConfigError on a malformed version string."""
     try:
@@ -134,7 +145,7 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
     """
     cfg.validate()
     onnx_path = Path(onnx_path)
-    out_path = Path(out_path) if out_path is not None else onnx_path.with_suffix(".engine")
+    out_path = engine_path(onnx_path, out_path)
     major = trt_major(trt_version)
     refusals: list[str] = []
     warnings: list[str] = []
