@@ -212,8 +212,46 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     from .cuda import open_device
 
     cuda, device = open_device(hint=no_tensorrt_hint(onnx_path, plan))
-
     logger = trt.Logger(trt.Logger.VERBOSE if cfg.verbose else trt.Logger.WARNING)
+    builder, network, _parser = _parse(trt, logger, onnx_path, manifest, plan)
+    config, timing_status = _configure(trt, builder, cfg, plan, log)
+    log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
+    serialized, calibration = _build(trt, cuda, builder, network, config, plan, manifest, onnx_path,
+                                     calib_set, calib_key)
+    layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, _attention_matmuls(onnx_path))
+    asked = plan.precision
+    if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
+        raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
+                          f"layer in FP32 ({summary.total} layers): check the graph's precision "
+                          "(danet-edge check) or the build flags; nothing written")
+    final_plan = plan_build(onnx_path, cfg, trt.__version__, out_path, manifest) if calibration else plan
+    trt_entry = {"version": str(trt.__version__), "gpu_name": device.name,
+                 "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
+                 "flags": plan.flags, "dla_core": cfg.dla_core, "workspace_mib": cfg.workspace_mib,
+                 "opt_level": cfg.opt_level, "timing_cache": {"path": str(cfg.timing_cache) if cfg.timing_cache
+                                                              else None, "status": timing_status},
+                 "layers": [layer.to_dict() for layer in layers],
+                 "source_onnx_sha256": sha256_file(onnx_path), "trtexec": final_plan.trtexec_command}
+    if calibration:
+        trt_entry["calibration"] = calibration
+    engine_manifest = dataclasses.replace(manifest, kind="engine", precision=summary.precision,
+                                          precision_report=summary.to_dict(), tensorrt=trt_entry)
+    _write(out_path, serialized, engine_manifest, trt_entry, config if cfg.timing_cache is not None else None,
+           cfg.timing_cache)
+    log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'})")
+    return out_path
+
+
+
+def _parse(trt: Any, logger: Any, onnx_path: Path, manifest: Manifest, plan: BuildPlan) -> tuple[Any, Any, Any]:
+    """Step 1, parse: a builder and the network parsed from the graph (strongly typed unless the plan says),
+    its inputs and outputs checked against the manifest; the parser is returned too (it owns weights the
+    network refers to, so it must live until the build is done).
+
+    Raises:
+        EngineError: no builder (no GPU or driver), or the ONNX parser's errors with node names.
+        ManifestError: the network's I/O is not the manifest's.
+    """
     try:
         builder = trt.Builder(logger)
     except TypeError as e:  # pybind11 raises TypeError when libnvinfer returns no builder
@@ -230,10 +268,20 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
         raise EngineError(f"{onnx_path}: TensorRT's ONNX parser failed: " + "; ".join(errs[:5])
                           + (f" (and {len(errs) - 5} more)" if len(errs) > 5 else ""))
     _check_network_io(trt, network, manifest, onnx_path)
+    return builder, network, parser
 
+
+def _configure(trt: Any, builder: Any, cfg: EngineConfig, plan: BuildPlan, log: Callable[[str], None]
+               ) -> tuple[Any, str]:
+    """Step 2, configure: workspace, DETAILED profiling (per-layer precision in the inspector), optimisation
+    level, timing cache, DLA and the plan's weak-typing flags. Returns the config and the timing cache status.
+
+    Raises:
+        EngineError: a DLA core the device does not have, or a timing cache TensorRT refuses.
+    """
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precision in the inspector
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if cfg.opt_level is not None:
         config.builder_optimization_level = cfg.opt_level
     timing_status = _attach_timing_cache(trt, config, cfg.timing_cache, log)
@@ -246,6 +294,19 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     if "FP16" in plan.flags:
         config.set_flag(trt.BuilderFlag.FP16)
+    return config, timing_status
+
+
+def _build(trt: Any, cuda: Any, builder: Any, network: Any, config: Any, plan: BuildPlan, manifest: Manifest,
+           onnx_path: Path, calib_set: Any, calib_key: dict[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
+    """Step 3, build: the serialized engine (implicit INT8 through a calibrator when the plan says so), with a
+    progress monitor attached so that Ctrl-C or a failing display cancels it with its cause named. Returns the
+    serialized engine and the calibration record (None without implicit INT8).
+
+    Raises:
+        Interrupted, EngineError: cancelled (:func:`_cancelled`) or failed. CalibrationError: a calibration batch
+            failed.
+    """
     calibrator = None
     try:
         if "INT8" in plan.flags:
@@ -254,7 +315,6 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
             config.set_flag(trt.BuilderFlag.INT8)
             calibrator = make_calibrator(trt, cuda, calib_set, manifest, plan.calib_cache, calib_key)
             config.int8_calibrator = calibrator
-        log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
         from ..core import progress
 
         monitor = None
@@ -274,51 +334,44 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     if serialized is None:
         raise EngineError(f"{onnx_path}: TensorRT build failed (see the TensorRT log above); "
                           f"equivalent command: {plan.trtexec_command}")
+    calibration = None
+    if calibrator is not None:
+        calibration = {"method": "EntropyCalibration2 (implicit, TensorRT 10)", "batches": calibrator.batches,
+                       "images": [rel for rel, _ in calib_key["images"]], "seed": calib_set.seed,
+                       "cache": str(plan.calib_cache), "cache_reused": calibrator.cache_reused, "key": calib_key["key"]}
+    return serialized, calibration
 
+
+def _attention_matmuls(onnx_path: Path) -> set[str]:
+    """The graph's attention MatMuls by ONNX node name (to find them among the engine's layers)."""
     import onnx
 
     from ..graph.precision import attention_nodes
 
-    att = set(attention_nodes(onnx.load(str(onnx_path), load_external_data=False)).matmuls)
-    layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, att)
-    asked = plan.precision
-    if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
-        raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
-                          f"layer in FP32 ({summary.total} layers): check the graph's precision "
-                          "(danet-edge check) or the build flags; nothing written")
+    return set(attention_nodes(onnx.load(str(onnx_path), load_external_data=False)).matmuls)
+
+
+def _write(out_path: Path, serialized: Any, engine_manifest: Manifest, trt_entry: dict[str, Any], config: Any,
+           timing_cache: Path | None) -> None:
+    """Step 4, write: engine and sidecar together (both or neither), then the timing cache the build filled.
+
+    The sidecar records the engine's size and SHA-256 (read_manifest checks them on every load: 0.06 s per
+    100 MiB here, small beside deserialisation). The block renames the sidecar (inner), then the engine: a kill
+    between the two renames leaves an old engine beside the new sidecar, which that check refuses.
+    """
     timing_blob = None
-    if cfg.timing_cache is not None:
+    if config is not None:
         tc = config.get_timing_cache()
         timing_blob = bytes(tc.serialize()) if tc is not None else None
-    final_plan = plan_build(onnx_path, cfg, trt.__version__, out_path, manifest) if calibrator is not None else plan
-    trt_entry = {"version": str(trt.__version__), "gpu_name": device.name,
-                 "compute_capability": f"{device.compute_capability[0]}.{device.compute_capability[1]}",
-                 "flags": plan.flags, "dla_core": cfg.dla_core, "workspace_mib": cfg.workspace_mib,
-                 "opt_level": cfg.opt_level, "timing_cache": {"path": str(cfg.timing_cache) if cfg.timing_cache
-                                                              else None, "status": timing_status},
-                 "layers": [layer.to_dict() for layer in layers],
-                 "source_onnx_sha256": sha256_file(onnx_path), "trtexec": final_plan.trtexec_command}
-    if calibrator is not None:
-        trt_entry["calibration"] = {"method": "EntropyCalibration2 (implicit, TensorRT 10)", "batches": calibrator.batches,
-                                    "images": [rel for rel, _ in calib_key["images"]], "seed": calib_set.seed,
-                                    "cache": str(plan.calib_cache), "cache_reused": calibrator.cache_reused,
-                                    "key": calib_key["key"]}
-    engine_manifest = dataclasses.replace(manifest, kind="engine", precision=summary.precision,
-                                          precision_report=summary.to_dict(), tensorrt=trt_entry)
-    # The sidecar records the engine's size and SHA-256 (read_manifest checks them on every load: 0.06 s per
-    # 100 MiB here, small beside deserialisation). The block renames the sidecar (inner), then the engine: a
-    # kill between the two renames leaves an old engine beside the new sidecar, which that check refuses.
     with atomic_path(out_path) as tmp_engine, atomic_path(manifest_path(out_path)) as tmp_manifest:
         with open(tmp_engine, "wb") as f:
             f.write(serialized)
         trt_entry["engine_bytes"] = tmp_engine.stat().st_size
         trt_entry["engine_sha256"] = sha256_file(tmp_engine)
         tmp_manifest.write_text(manifest_json(engine_manifest, str(manifest_path(out_path))))
-    if timing_blob is not None:
-        with atomic_path(cfg.timing_cache) as tmp:
+    if timing_blob is not None and timing_cache is not None:
+        with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(timing_blob)
-    log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'})")
-    return out_path
 
 
 def _check_network_io(trt: Any, network: Any, manifest: Manifest, onnx_path: Path) -> None:
