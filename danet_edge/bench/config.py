@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import Config, check_range
+from ..core.config import Config, check_range, option
 from ..core.errors import ConfigError
 
 __all__ = ["BenchConfig", "check_batch_memory", "MAX_BATCH", "MAX_SECONDS"]
@@ -59,20 +59,23 @@ class BenchConfig(Config):
             sysfs tree in tests). Not a command-line option.
     """
 
-    reference: Path | None = None
-    warmup: int = 3
-    runs: int = 20
-    warmup_s: float = 1.0
-    duration_s: float = 3.0
-    batches: tuple[int, ...] | None = None
-    threads: int | None = None
-    device: str | None = None
-    gpu_variants: bool = True
-    check_json: Path | None = None
-    json_path: Path | None = None
-    plot_path: Path | None = None
-    seed: int = 0
-    jetson_root: Path | None = None
+    reference: Path | None = option(None, "PyTorch checkpoint timed as the FP32 eager reference.")
+    warmup: int = option(3, "Untimed runs before timing, at least (see --warmup-s).")
+    runs: int = option(20, "Timed runs, at least (see --duration).")
+    warmup_s: float = option(1.0, "Untimed time before timing, at least, in seconds (trtexec --warmUp, in ms there); "
+                                  "0: --warmup runs only.")
+    duration_s: float = option(3.0, "Timed window, at least, in seconds (trtexec --duration): timing ends when both "
+                                    "--runs and this are done, or at max(--runs, 10000) runs; 0: --runs only.")
+    batches: tuple[int, ...] | None = option(None, "Batch sizes for PyTorch (static graphs run at their own batch); "
+                                                   "repeatable.")
+    threads: int | None = option(None, "CPU threads for PyTorch and ONNX Runtime.")
+    device: str | None = option(None, "Torch device for PyTorch entries (cpu, cuda).")
+    gpu_variants: bool = option(True, "Time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).")
+    check_json: Path | None = option(None, "A check JSON: its mIoU goes into the plot.")
+    json_path: Path | None = option(None, "Write the report as JSON here.")
+    plot_path: Path | None = option(None, "Accuracy-vs-latency plot (PNG).")
+    seed: int = option(0, "Seed of the synthetic input scenes.")
+    jetson_root: Path | None = option(None, "File-system root of the Jetson facts (tests).")
 
     def validate(self) -> None:
         """Raises ConfigError for negative warm-up, no timed runs, warm-up or duration outside 0..``MAX_SECONDS``

@@ -10,15 +10,13 @@ from rich.markup import escape
 
 from ..core.errors import ConfigError
 from ..core.choices import Dataset, Split, choice_enum
-from ._common import backend_names, check_outputs
+from ..check.config import CheckConfig as CC
+from ._common import opt, backend_names, check_outputs
 from .render import console, print_check_table
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``check`` to the app. Defaults are read from ``CheckConfig``."""
-    from ..check.config import CheckConfig
-
-    cc = CheckConfig()
+    """Add ``check`` to the app. Defaults and help come from ``CheckConfig``."""
 
     @app.command(epilog="\b\nExamples:\n  danet-edge check export/m/*.onnx -r best.pt --dataset camvid --data CAMVID -o runs/check\n  "
                         "danet-edge check model_int8_trt.engine -r export/m/reference  (on the device, no PyTorch)\n  "
@@ -27,21 +25,18 @@ def register(app: typer.Typer) -> None:
         artifacts: list[Path] = typer.Argument(..., help="Artifacts to check: .onnx, .engine/.plan, .pt (with manifests)."),
         reference: Path = typer.Option(..., "--reference", "-r", help="The PyTorch checkpoint the artifacts came "
                                        "from, or the reference bundle export wrote (reference/: no PyTorch needed)."),
-        dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help="Data set (default synthetic; "
-                                                  "none with a bundle)."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Data set folder (not needed for synthetic)."),
-        split: Split = typer.Option("val", help="Split to evaluate on."),
-        limit: Optional[int] = typer.Option(cc.limit, help="Evaluate at most N images."),
+        dataset: Optional[Dataset] = typer.Option(None, "--dataset", "-d", help=CC.help("dataset")),
+        data: Optional[Path] = opt(CC, "data", "--data"),
+        split: Split = opt(CC, "split", "--split"),
+        limit: Optional[int] = opt(CC, "limit", "--limit"),
         thresholds: Optional[Path] = typer.Option(None, help="JSON thresholds per precision "
                                                   '({"fp16": {"min_agreement": 99.5, "max_miou_drop": 0.2}}).'),
         min_agreement: list[str] = typer.Option([], help="Minimum agreement (%): '99.0' (all) or 'fp16=99.0'; repeatable."),
         max_miou_drop: list[str] = typer.Option([], help="Largest mIoU drop (points): '0.5' or 'int8=1.5'; repeatable."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
-        report: Optional[Path] = typer.Option(None, "--report", "-o", help="Folder for report.md, report.html (self-contained) and disagreement PNGs."),
-        pictures: int = typer.Option(cc.pictures, help="Frames per artifact in the disagreement picture."),
-        backend: Optional[choice_enum("Backend", backend_names())] = typer.Option(  # type: ignore[valid-type]
-            None, "--backend", help="Run the artifacts on this backend (default: by file suffix), e.g. "
-            "openvino-bf16: its accuracy is what that runtime gives, not the graph's."),
+        json_path: Optional[Path] = opt(CC, "json_path", "--json"),
+        report_dir: Optional[Path] = opt(CC, "report_dir", "--report", "-o"),
+        pictures: int = opt(CC, "pictures", "--pictures"),
+        backend: Optional[choice_enum("Backend", backend_names())] = opt(CC, "backend", "--backend"),  # type: ignore[valid-type]
     ) -> None:
         """Accuracy of each artifact against the PyTorch reference: mIoU, agreement, logit error, real precision.
 
@@ -55,9 +50,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give thresholds either as --thresholds FILE or as --min-agreement/--max-miou-drop, not both")
         th = load_thresholds(thresholds) if thresholds is not None else \
             parse_threshold_overrides(min_agreement, max_miou_drop)
-        cfg = CheckConfig(limit=limit, thresholds=th, json_path=json_out, report_dir=report, pictures=pictures,
-                          backend=backend.value if backend else None)
-        check_outputs(json=json_out, report=report)  # before the (long) check: a bad path is one line now
+        cfg = CC.from_options(locals(), thresholds=th, dataset=(dataset or "synthetic"))
+        check_outputs(json=json_path, report=report_dir)  # before the (long) check: a bad path is one line now
         if is_bundle(reference):
             if dataset is not None or data is not None:
                 raise ConfigError("a reference bundle brings its own images: drop --dataset/--data")
@@ -65,7 +59,7 @@ def register(app: typer.Typer) -> None:
         else:
             from ..data.datasets import build_dataset  # torch: a checkpoint reference needs it anyway
 
-            ds = build_dataset(dataset.value if dataset else "synthetic", data, split=split.value, limit=limit)
+            ds = build_dataset(cfg.dataset, cfg.data, split=cfg.split, limit=cfg.limit)
         result = check_artifacts(artifacts, reference, ds, cfg)
         print_check_table(result)
         for label, path in (("JSON", result.json_path), ("report", result.markdown_path),
