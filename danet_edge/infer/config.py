@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..core.config import Config
+from ..core.config import option, Config
 from ..core.errors import ConfigError
 
 __all__ = ['DEFAULT_QUEUE', 'InferConfig', 'LOW_LATENCY_QUEUE', 'STAGES', 'default_threads']
@@ -76,52 +76,35 @@ class InferConfig(Config):
             frame darkened with the pixels where the two disagree in white; with ``save_labels`` its class maps go
             to ``labels_compare/``.
 
-    How the defaults were chosen: ``benchmarks/infer_defaults.py MODEL VIDEO --low-latency`` on a 2-core AMD EPYC
-    (ONNX Runtime 1.31, pip OpenCV 5.0), MODEL the INT8 cpu graph of ``runs/camvid_r18/best.pt`` at 360x480,
-    VIDEO 171 CamVid frames of one sequence in name order as an mp4 (30 FPS); whole ``run_inference`` runs, overlay
-    video written. Two runs per setting on an otherwise idle machine (the first by the load average, the second
-    with other processes measured at < 1 % of the CPU, one at 18 %); FPS end to end, then the end-to-end latency
-    p50 of the two runs:
-
-        threads   queue 1                  queue 2                  queue 8                   model only
-        1         4.88, 4.48 FPS; 412-438  4.80, 4.79 FPS; 628-630  4.80, 4.63 FPS; 1874-1945  4.91 FPS
-        2         8.64, 8.45 FPS; 236-243  8.57, 8.13 FPS; 352-376  8.65, 8.03 FPS; 1034-1099  9.54 FPS
-        0 (ORT)   8.33, 8.49 FPS; 241-249  8.08, 8.58 FPS; 353-383  8.14, 8.04 FPS; 1095-1118  9.64 FPS
-
-    * threads: every core gives 1.8x the throughput of all but one (8.45-8.64 against 4.48-4.88 FPS), 89-91 %
-      of the model-only rate: reading a frame and drawing + writing the overlay take about 9 ms a frame (p50)
-      against 115-120 ms of inference, so they fit beside the model instead of needing a core of their own
-      (the old cores - 1 default was measured on the FP32 graph, 315 ms a frame). ONNX Runtime's own default
-      (0) counts physical cores, the same 2 here, and ran as fast. On a shared machine the answer turns: with
-      another process using one core, 1 thread gave 4.40 FPS model-only against 3.81 with 2 (use
-      ``--threads 1`` there).
-    * queue: throughput is flat from 1 to 8 frames, latency is not (one inference time per queued frame;
-      p99 272-274 ms at queue 1 with 2 threads). With a model as fast as the video work (the same graph at
-      128x160, 17 ms inference) queue 2 gave 46.5 against 45.1 FPS (medians of 8 runs each, spread 42-50 FPS)
-      for 73 against 53 ms p50: within the noise, so 1.
-    * low_latency on a live source (the file read at its 30 FPS with ``drop_frames``, 2 threads or 0):
-      p50 149-151 ms, p99 178-250 ms, 123-128 of 171 frames dropped (the model runs at 8 FPS, the camera
-      at 30); the file without dropping: p50 237-241 ms, nothing dropped.
+    The defaults (every physical core, queue 1, no dropping on files) were measured with
+    ``benchmarks/infer_defaults.py`` on CamVid video; the table and how it was run are in NOTES.md (issue 13,
+    "infer defaults, measured"). Every field's command-line help is its ``option`` text.
     """
 
-    backend: str | None = None
-    providers: Sequence[str] | None = None
-    device: str | None = None
-    batch: int | None = None
-    out_dir: Path = Path("runs/infer")
-    save_video: bool = True
-    save_labels: bool = False
-    show: bool = False
-    letterbox: bool = False
-    alpha: float = 0.5
-    max_frames: int | None = None
-    queue_size: int | None = None
-    threads: int | None = None
-    stamp: bool = True
-    compare: Path | None = None
-    low_latency: bool = False
-    drop_frames: bool | None = None
-    hw_decode: bool = False
+    backend: str | None = option(None, "Backend (default: by file suffix).")
+    providers: Sequence[str] | None = option(None, "ONNX Runtime providers, e.g. cuda,cpu.")
+    device: str | None = option(None, "Torch device (checkpoints only).")
+    batch: int | None = option(None, "Frames per forward pass (checkpoints only).")
+    out_dir: Path = option(Path("runs/infer"), "Output folder.")
+    save_video: bool = option(True, "Write the overlay video.")
+    save_labels: bool = option(False, "Write palette PNG class maps.")
+    show: bool = option(False, "Show the overlay in a window.")
+    letterbox: bool = option(False, "Keep the aspect ratio (pad) instead of stretching.")
+    alpha: float = option(0.5, "Mask opacity 0..1.")
+    max_frames: int | None = option(None, "Stop after N frames.")
+    queue_size: int | None = option(None, f"Frames buffered between stages (default {DEFAULT_QUEUE}; each one more "
+                                          "adds an inference time of latency).")
+    threads: int | None = option(None, "ONNX Runtime CPU threads (default: every physical core; 0: ONNX Runtime's "
+                                       "own; 1 on a busy machine).")
+    stamp: bool = option(True, "Write model, precision and running FPS on each frame.")
+    compare: Path | None = option(None, "A second artifact: side-by-side video (MODEL | this one | where they "
+                                        "disagree, white).")
+    low_latency: bool = option(False, "Live sources: one frame queued, drop frames rather than lag.")
+    drop_frames: bool | None = option(None, "Drop frames the model cannot keep up with (default: live sources with "
+                                            "--low-latency only; a file dropped from is read at its frame rate, "
+                                            "like a camera).")
+    hw_decode: bool = option(False, "Decode a video file on the Jetson decoder (GStreamer nvv4l2decoder; needs "
+                                    "JetPack's OpenCV).")
 
     def validate(self) -> None:
         """Raises ConfigError on out-of-range values."""
