@@ -30,12 +30,15 @@ def backend_names() -> list[str]:
     return list(BACKEND_TABLE)
 
 
-def opt(cls: Any, name: str, *decls: str, **kw: Any) -> Any:
-    """A Typer option whose default and help are config class ``cls``'s field ``name`` (``Config.default`` and
-    ``Config.help``): the one place both are written."""
+def opt(cfg: Any, name: str, *decls: str, **kw: Any) -> Any:
+    """A Typer option whose default and help are field ``name`` of config ``cfg`` (``Config.default`` and
+    ``Config.help``): the one place both are written. ``cfg`` is a config class, or an instance when the default
+    is that instance's (``TrainConfig().model``: a ResNet-18, not ``ModelConfig``'s ResNet-50)."""
     import typer
 
-    return typer.Option(cls.default(name), *decls, help=cls.help(name), **kw)
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    default = cls.default(name) if isinstance(cfg, type) else getattr(cfg, name)
+    return typer.Option(default, *decls, help=cls.help(name), **kw)
 
 
 def check_outputs(**paths: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from ..core.config import Config, check_choice, check_range
+from ..core.config import Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 
 __all__ = ["ModelConfig", "AttentionImpl", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -35,13 +35,13 @@ class ModelConfig(Config):
         attention: PAM implementation, ``"sdpa"`` or ``"explicit"`` (same result).
     """
 
-    backbone: str = "resnet50"
-    num_classes: int = 19
-    output_stride: int = 8
-    multi_grid: bool = False
-    deep_stem: bool = False
-    aux: bool = False
-    attention: AttentionImpl = "sdpa"
+    backbone: str = option("resnet50", "Registered backbone: resnet18, resnet34, resnet50, resnet101.")
+    num_classes: int = option(19, "Classes (K): the logits' channels.")
+    output_stride: int = option(8, "Output stride: 8 (paper) or 16.")
+    multi_grid: bool = option(False, "layer4 dilations 4, 8, 16.")
+    deep_stem: bool = option(False, "Three-conv stem (PyTorch-Encoding).")
+    aux: bool = option(False, "FCN auxiliary head on layer3.")
+    attention: AttentionImpl = option("sdpa", "PAM implementation: sdpa (fused where PyTorch can) or explicit.")
 
     def validate(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:

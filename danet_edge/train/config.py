@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..core.choices import DATASETS
-from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range
+from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..model.config import ModelConfig
 
@@ -49,33 +49,37 @@ class TrainConfig(Config):
         quiet: no bar and no per-iteration lines (the epoch summaries stay).
     """
 
-    dataset: str = "synthetic"
-    data_root: str | None = None
+    dataset: str = option("synthetic", "Data set.")
+    data_root: str | None = option(None, "Data set folder (not needed for synthetic).")
     model: ModelConfig = field(default_factory=_train_model)
-    epochs: int = 10
-    batch_size: int = 8
-    crop_size: tuple[int, int] | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    head_lr_mult: float = 10.0
-    aux_weight: float = 1.0
-    fcn_aux_weight: float = 0.2
-    grad_clip: float | None = None
-    amp: bool = False
-    seed: int = 0
-    workers: int = 2
-    out_dir: str = "runs/train"
-    resume: bool = False
-    exist_ok: bool = False
-    limit_train: int | None = None
-    limit_val: int | None = None
-    backbone_weights: str | None = None
-    eval_every: int = 1
-    devices: int = 1
+    epochs: int = option(10, "Epochs.")
+    batch_size: int = option(8, "Global batch size (split over --devices).")
+    crop_size: tuple[int, int] | None = option(None, "Training crop H W (default: the data set's image size).")
+    lr: float = option(0.01, "Base learning rate (the head's is head_lr_mult times it), poly schedule.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(1e-4, "Weight decay.")
+    poly_power: float = option(0.9, "Power of the poly learning-rate schedule.")
+    head_lr_mult: float = option(10.0, "Learning-rate multiplier of the head.")
+    aux_weight: float = option(1.0, "Weight of the PAM and CAM auxiliary losses.")
+    fcn_aux_weight: float = option(0.2, "Weight of the FCN auxiliary head's loss (with --aux).")
+    grad_clip: float | None = option(None, "Clip the gradient norm to this value.")
+    amp: bool = option(False, "Mixed precision (CUDA only).")
+    seed: int = option(0, "Random seed (initialisation, data order, augmentation).")
+    workers: int = option(2, "DataLoader worker processes.")
+    out_dir: str = option("runs/train", "Output folder (last.pt, best.pt, metrics.jsonl).")
+    resume: bool = option(False, "Continue from OUT/last.pt.")
+    exist_ok: bool = option(False, "Start a new run in an OUT that already holds one (last.pt, best.pt or "
+                                   "metrics.jsonl), replacing it. Without it or --resume, train refuses such an OUT. "
+                                   "The flag is named after Ultralytics' exist_ok; where Ultralytics picks a new "
+                                   "numbered folder and Lightning warns that the checkpoint folder is not empty, "
+                                   "train refuses.")
+    limit_train: int | None = option(None, "Use only the first N training images.")
+    limit_val: int | None = option(None, "Use only the first N validation images.")
+    backbone_weights: str | None = option(None, "Local torchvision ImageNet ResNet weights (.pth).")
+    eval_every: int = option(1, "Validate every N epochs.")
+    devices: int = option(1, "Processes (DDP); under torchrun the launcher decides.")
     data_options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
+    progress: bool = option(True, "Progress bar (--no-progress: plain log lines).")
     quiet: bool = False
 
     def validate(self) -> None:
