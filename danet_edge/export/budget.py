@@ -14,6 +14,8 @@ import onnx
 from ..graph.cost import graph_cost
 from ..core.errors import ConfigError
 from ..core.utils import atomic_path
+from ..data.calib import CalibrationSet
+from .config import ExportConfig
 from .sensitivity import (Evaluator, LayerSensitivity, Log, SensitivityReport, keep_high_precision, rank_layers,
                           write_ranking)
 
@@ -131,7 +133,7 @@ class BudgetImages:
                          self.ignore_index)
 
 
-def export_images(cfg: Any, calib_set: Any, data: dict[str, Any], count: int) -> BudgetImages:
+def export_images(cfg: ExportConfig, calib_set: CalibrationSet | None, data: dict[str, Any], count: int) -> BudgetImages:
     """The images ``export`` measures a budget on and writes into the reference bundle (``cfg``: a
     ``config.ExportConfig``; ``data``: the checkpoint's ``data`` dict), the first ``count`` of:
 
@@ -163,7 +165,7 @@ def export_images(cfg: Any, calib_set: Any, data: dict[str, Any], count: int) ->
                         f"{name} {cfg.split}, first {len(items)}")
 
 
-def budget_images(cfg: Any, calib_set: Any, data: dict[str, Any]) -> BudgetImages | None:
+def budget_images(cfg: ExportConfig, calib_set: CalibrationSet | None, data: dict[str, Any]) -> BudgetImages | None:
     """The images ``export``'s accuracy budget is measured on (:func:`export_images`, ``cfg.budget_images`` of
     them; a budget without a data set uses the calibration images); None without a budget.
 
@@ -178,7 +180,7 @@ def budget_images(cfg: Any, calib_set: Any, data: dict[str, Any]) -> BudgetImage
     return export_images(cfg, calib_set, data, cfg.budget_images)
 
 
-def apply_budget(cfg: Any, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],
+def apply_budget(cfg: ExportConfig, fp32_path: Path, int8_path: Path, evaluator: Evaluator, warnings: list[str],
                  log: Log) -> dict[str, Any]:
     """Keep the most sensitive layers of ``int8_path`` in high precision until the budget holds; rewrites the
     graph in place and writes the sensitivity ranking (``.sensitivity.md`` / ``.png``) beside it."""
