@@ -2,16 +2,16 @@
 
 Every stage's options are a dataclass deriving from :class:`Config`, defined in the stage's own folder
 (``model/config.py``, ``train/config.py``, ``export/config.py``, ``check/config.py``, ``trt/plan.py``,
-``infer/pipeline.py``, ``bench/run.py``, ``deploy/``, ``demo.py``): its ``validate()`` raises
+``infer/config.py``, ``bench/config.py``, ``deploy/``, ``demo.py``): its ``validate()`` raises
 :class:`~danet_edge.core.errors.ConfigError` naming the option, ``__post_init__`` calls it (so an invalid
 config cannot be built, nor made with ``dataclasses.replace``), and the stage function calls it again on
 entry (dataclasses stay mutable). Checks that depend on the machine or the artifact (a CUDA device for
 ``--amp``, TensorRT's version in ``trt.plan.plan_build``, the checkpoint's output stride in ``export``)
 belong to the stage, not to the config.
 
-**Defaults in one place.** The command line takes every default (and its help) from these classes with
-:meth:`Config.default` / :meth:`Config.help` (no instance is built, nothing heavy is imported), so
-``--help`` and the library cannot disagree. The ``config`` modules import no PyTorch, ONNX or ONNX
+**Defaults in one place.** The command line takes every default from these classes with
+:meth:`Config.default`, and the help of fields declared with :func:`option` from :meth:`Config.help` (no
+instance is built, nothing heavy is imported), so ``--help`` and the library cannot disagree. The ``config`` modules import no PyTorch, ONNX or ONNX
 Runtime, and the stage folders' ``__init__`` files import nothing.
 """
 

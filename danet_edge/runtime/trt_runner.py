@@ -83,20 +83,17 @@ class TrtRunner:
         give its address to the context."""
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         modes = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        specs = {n: TensorSpec.of(n, list(self.engine.get_tensor_shape(n)), trt_dtype_name(trt, self.engine.get_tensor_dtype(n)))
-                 for n in names}
+        specs = {n: TensorSpec.of(n, list(self.engine.get_tensor_shape(n)),
+                                  trt_dtype_name(trt, self.engine.get_tensor_dtype(n))) for n in names}
         check_io(path, manifest, [specs[n] for n in names if modes[n]], [specs[n] for n in names if not modes[n]],
                  kind="engine")
         for name in names:
             is_input = modes[name]
-            shape = specs[name].shape
-            trt_dtype = self.engine.get_tensor_dtype(name)
-            try:
-                dtype = np.dtype(trt.nptype(trt_dtype))
-            except TypeError:  # BF16, FP8, INT4...: no numpy type
-                raise EngineError(f"{path}: tensor {name!r} is {trt_dtype}, which has no numpy type: export the "
-                                  "graph with FP32 (or uint8 / int) inputs and outputs") from None
-            buf = self.cuda.alloc(shape, dtype)
+            shape, dtype = specs[name].shape, specs[name].dtype
+            if dtype is None:  # BF16, FP8, INT4...: no numpy type
+                raise EngineError(f"{path}: tensor {name!r} is {self.engine.get_tensor_dtype(name)}, which has no "
+                                  "numpy type: export the graph with FP32 (or uint8 / int) inputs and outputs")
+            buf = self.cuda.alloc(shape, np.dtype(dtype))
             self._buffers[name] = buf
             if not self.context.set_tensor_address(name, buf.device):
                 raise EngineError(f"{path}: TensorRT refused the buffer address of tensor {name!r}")
