@@ -328,7 +328,7 @@ def test_export_interrupted_lists_the_complete_artifacts(tmp_path, tiny_checkpoi
 
 
 def test_infer_interrupted_leaves_a_playable_video(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    import danet_edge.infer.pipeline as pipeline
+    import danet_edge.infer.stages as pipeline
 
     frames = tmp_path / "frames"
     frames.mkdir()

@@ -543,10 +543,10 @@ class _RecordingQueue(queue.Queue):
 
 
 def test_low_latency_drops_frames_of_a_live_source_and_counts_them(onnx_model, tmp_path, monkeypatch):
-    from danet_edge.infer import pipeline
+    from danet_edge.infer import stages
     from danet_edge.infer.sources import FrameSource
 
-    monkeypatch.setattr(pipeline.queue, "Queue", _RecordingQueue)
+    monkeypatch.setattr(stages.queue, "Queue", _RecordingQueue)
     _RecordingQueue.made, _RecordingQueue.deepest = [], 0
     with open_backend(onnx_model) as b:
         camera = FrameSource("0", "camera", 250.0, None, capture=_LiveCapture(60), decoder="stand-in camera")
