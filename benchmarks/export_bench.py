@@ -27,7 +27,8 @@ from danet_edge.data.calib import fill_calib_dir, load_calibration_set  # noqa: 
 from danet_edge.export.quantize import quantize_int8  # noqa: E402
 from danet_edge.model.checkpoint import load_model  # noqa: E402
 from danet_edge.data.datasets import build_dataset  # noqa: E402
-from danet_edge.export.export import ExportConfig, _ort_session, export_model, export_onnx  # noqa: E402
+from danet_edge.export.export import ExportConfig, export_model  # noqa: E402
+from danet_edge.export.fp32 import export_onnx, ort_session as _ort_session  # noqa: E402
 from danet_edge.core.metrics import ConfusionMatrix  # noqa: E402
 from danet_edge.data.preprocess import preprocess, resize_labels  # noqa: E402
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from danet_edge.model.checkpoint import load_model  # noqa: E402
-from danet_edge.export.export import export_onnx  # noqa: E402
+from danet_edge.export.fp32 import export_onnx  # noqa: E402
 from danet_edge.data.preprocess import resize_image  # noqa: E402
 from danet_edge.runtime.backends import open_backend  # noqa: E402
 from danet_edge.infer.config import InferConfig

@@ -17,7 +17,7 @@ CAMVID = Path(os.environ.get("DANET_EDGE_CAMVID", CAMVID))
 
 def export_tiny(ckpt: Path, out: Path, fused: bool = False, batch: int = 1) -> Path:
     """Export ``ckpt`` to ``out`` (static shape) with the project's exporter; writes ``out.json``."""
-    from danet_edge.export.export import export_onnx
+    from danet_edge.export.fp32 import export_onnx
 
     lm = load_model(ckpt)
     h, w = lm.data["image_size"]

@@ -367,7 +367,7 @@ def test_kill_between_the_renames_is_detected(ws, tmp_path, monkeypatch):
     """``export._finalize`` renames the graph, then the sidecar; a kill in between leaves the new graph beside
     the old sidecar, and the next load refuses the pair instead of running with the old normalisation."""
     from danet_edge.core import utils
-    from danet_edge.export.export import _finalize
+    from danet_edge.export.fp32 import finalize as _finalize
 
     path = tmp_path / "model.onnx"
     shutil.copy(ws["onnx"], path)

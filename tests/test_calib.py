@@ -14,7 +14,7 @@ from danet_edge.data.calib import fill_calib_dir, graph_sha256, load_calibration
 from danet_edge.export.quantize import quantize_int8
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.errors import CalibrationError
-from danet_edge.export.export import export_onnx
+from danet_edge.export.fp32 import export_onnx
 from danet_edge.graph.precision import attention_nodes, precision_report
 
 

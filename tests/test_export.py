@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from danet_edge.model.checkpoint import load_model
-from danet_edge.export.export import ExportConfig, attention_memory_mib, export_model, relative_l2
+from danet_edge.core.compare import relative_l2
+from danet_edge.export.export import ExportConfig, export_model
+from danet_edge.export.plan import attention_memory_mib
 from danet_edge.core.manifest import read_manifest
 from danet_edge.graph.precision import attention_nodes
 from danet_edge.data.preprocess import preprocess

@@ -12,7 +12,7 @@ from onnx import TensorProto
 from danet_edge.data.calib import load_calibration_set
 from danet_edge.model.checkpoint import load_model
 from danet_edge.graph.cost import graph_cost
-from danet_edge.export.export import export_onnx
+from danet_edge.export.fp32 import export_onnx
 from danet_edge.graph.precision import attention_nodes, default_fp32_islands, precision_report
 from danet_edge.export.quantize import quantize_int8, residual_adds
 

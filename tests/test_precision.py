@@ -10,7 +10,7 @@ import torch
 
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.errors import PrecisionError
-from danet_edge.export.export import export_onnx
+from danet_edge.export.fp32 import export_onnx
 from danet_edge.graph.precision import attention_nodes, default_fp32_islands, precision_report, verify_precision
 from danet_edge.export.fp16 import convert_fp16
 from danet_edge.data.preprocess import preprocess

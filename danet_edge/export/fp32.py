@@ -1,0 +1,184 @@
+"""The FP32 stage of export: a PyTorch model -> a verified static-shape ONNX graph with its manifest.
+
+Graph choices (torch 2.15):
+
+* ``torch.onnx.export(..., dynamo=False)`` (TorchScript path): the dynamo path needs onnxscript and
+  gives nothing the static graph needs; the TorchScript path with fixed input shapes, then onnxslim's
+  constant folding, leaves no ``Shape`` arithmetic and no symbolic dimension.
+* PAM exported with ``set_attention("explicit")``: MatMul -> Softmax -> (Transpose) -> MatMul; the SDPA
+  path adds scale Muls around the MatMuls.
+* eval mode: only the fused logits (auxiliary heads and Dropout are not in the graph).
+* input ``images`` ``(N, 3, H, W) float32`` normalised, output ``logits`` ``(N, K, H, W) float32``;
+  with ``fused_io``: input ``images`` ``(N, H, W, 3) uint8`` RGB (Cast, Transpose, Sub, Mul in the graph)
+  and output ``labels`` ``(N, H, W) int32`` (ArgMax, Cast in the graph).
+
+Every graph written by export goes through :func:`finalize`: ``onnx.checker`` full check, ``trtcheck``, its
+manifest in ``metadata_props['danet_edge_manifest']`` and in a ``.json`` sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ..core.compare import relative_l2
+from ..core.errors import ExportError
+from ..core.manifest import Manifest, manifest_json, manifest_path
+from ..core.onnx_meta import METADATA_KEY
+from ..core.utils import atomic_path
+from ..data.frames import model_inputs
+from ..graph.precision import precision_report, verify_precision
+from ..graph.trtcheck import enforce_tensorrt_compat
+from ..model.checkpoint import LoadedModel, checkpoint_manifest
+from .config import ExportConfig
+from .graph_io import fuse_io
+from .results import Artifact
+
+#: Least share of equal class maps a fused-I/O graph must give against the graph or model it came from.
+MIN_FUSED_AGREEMENT = 0.999
+
+__all__ = ["MIN_FUSED_AGREEMENT", "export_onnx", "finalize", "fused_manifest", "ort_session", "run_graph",
+           "synthetic_frames"]
+
+
+def fused_manifest(m: Manifest) -> Manifest:
+    """The manifest of ``graph_io.fuse_io``'s graph: uint8 ``(N, H, W, 3)`` in, int32 ``(N, H, W)`` labels out."""
+    n, (h, w) = m.batch_size, m.image_size
+    return replace(m, input_shape=[n, h, w, 3], input_dtype="uint8", output_name="labels", output_shape=[n, h, w],
+                   output_dtype="int32", output_kind="labels")
+
+
+def synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """``n`` synthetic street scenes ``(H, W, 3) uint8`` RGB (``danet_edge.data.synthetic``), seeded."""
+    from ..data.synthetic import render_scene
+
+    rng = np.random.default_rng([seed, 7])
+    return [render_scene(rng, size[0], size[1])[0] for _ in range(n)]
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str = "fp32",
+                 fp16_inside: bool = False):
+    """CPU session with the session options every backend uses for ``precision``
+    (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden)."""
+    import onnxruntime as ort
+
+    from ..runtime.ort_backend import session_options
+
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, session_options(precision, 0, fp16_inside), providers=["CPUExecutionProvider"])
+
+
+def run_graph(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
+    outs = [session.run(None, {manifest.input_name: x})[0] for x in model_inputs(frames, manifest)]
+    return np.concatenate(outs)[:len(frames)]
+
+
+def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str) -> None:
+    """Validate and embed the manifest, run the full checker and the TensorRT rules, write graph + sidecar.
+
+    The manifest is validated first by the rules every reader applies (``manifest.manifest_json``), so export
+    never writes a sidecar that ``infer`` refuses. Both files are written to temporary names beside their
+    targets; then the graph is renamed, then the sidecar. Two renames are never one atomic step: a kill
+    between them leaves the new graph beside the old sidecar. Readers close that window by detection:
+    ``manifest.read_manifest`` compares the sidecar with the manifest embedded here
+    (``metadata_props[METADATA_KEY]``) and refuses a mismatch in one line, instead of running with the old
+    normalisation.
+    """
+    sidecar = manifest_path(path)
+    sidecar_text = manifest_json(manifest, str(sidecar))
+    enforce_tensorrt_compat(model, target)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(manifest.to_dict())
+    model.producer_name = "danet-edge"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{path.name}: ONNX checker failed: {str(e).splitlines()[0]}") from None
+    with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp_graph:
+        tmp_sidecar.write_text(sidecar_text)
+        onnx.save(model, str(tmp_graph))
+    # leaving the block renames the graph (inner), then the sidecar (outer)
+
+
+def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int | None = None,
+                opset: int | None = None, fused_io: bool = False, frames: list[np.ndarray] | None = None,
+                tolerance: float | None = None, target: str | None = None) -> Artifact:
+    """PyTorch model -> verified static-shape FP32 ONNX at ``out`` (+ ``out.json``).
+
+    Args:
+        loaded: ``checkpoint.load_model`` result.
+        size: ``(H, W)``, multiples of the output stride.
+        batch, opset, tolerance, target: None = :class:`~danet_edge.export.config.ExportConfig`'s defaults.
+        frames: verification images ``(H, W, 3) uint8 RGB`` (any size); default synthetic.
+        tolerance: ONNX Runtime vs PyTorch logits relative L2 limit (fused I/O: label agreement >= 99.9 %).
+
+    Raises:
+        ExportError: export, checker or verification failure (says by how much).
+        CompatibilityError: TensorRT rule broken (``target="tensorrt"``).
+    """
+    import onnxslim
+
+    batch = ExportConfig.default("batch") if batch is None else batch
+    opset = ExportConfig.default("opset") if opset is None else opset
+    tolerance = ExportConfig.default("tolerance") if tolerance is None else tolerance
+    target = ExportConfig.default("target") if target is None else target
+    t0 = time.perf_counter()
+    out = Path(out)
+    h, w = size
+    model = loaded.model.eval()
+    old_impl = model.head.sa.impl
+    model.set_attention("explicit")
+    base = checkpoint_manifest(loaded, (h, w), batch)
+    net, dummy = model, torch.zeros(batch, 3, h, w)
+    manifest = replace(base, kind="onnx", opset=opset, target=target)
+    try:
+        with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript path is chosen on purpose
+                torch.onnx.export(net, (dummy,), str(raw), input_names=[manifest.input_name],
+                                  output_names=[manifest.output_name], opset_version=opset, dynamo=False,
+                                  do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+            graph = onnxslim.slim(onnx.load(str(raw)))
+    except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as e:
+        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
+    finally:
+        model.set_attention(old_impl)
+    graph.graph.name = "danet"
+    if fused_io:
+        graph = fuse_io(graph, manifest.mean, manifest.std)
+        manifest = fused_manifest(manifest)
+    # verification against PyTorch on real (or synthetic) images
+    frames = frames or synthetic_frames(2, (h, w), 0)
+    session = ort_session(graph)
+    got = run_graph(session, manifest, frames)
+    with torch.no_grad():
+        ref = torch.cat([model(torch.from_numpy(x)) for x in model_inputs(frames, manifest, fused=False)]
+                        ).numpy()[:len(frames)]
+    if fused_io:
+        agree = float((got == ref.argmax(1)).mean())
+        verification = {"label_agreement": agree}
+        if agree < MIN_FUSED_AGREEMENT:
+            raise ExportError(f"fused-I/O ONNX labels agree with PyTorch on {agree:.4%} of pixels (< 99.9 %)")
+    else:
+        err = relative_l2(got, ref)
+        verification = {"rel_l2_vs_torch": err, "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+        if not err < tolerance:
+            raise ExportError(f"FP32 ONNX differs from PyTorch by relative L2 {err:.3g} (limit {tolerance:g}) "
+                              f"on {len(frames)} images")
+    report = precision_report(graph)
+    verify_precision(report, "fp32")
+    manifest.precision_report = report.to_dict()
+    manifest.extra = {**manifest.extra, "verification": verification}
+    finalize(graph, out, manifest, target)
+    return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification)

@@ -1,0 +1,141 @@
+"""What an export will do, decided and checked before anything is written: :class:`ExportPlan`.
+
+``plan_export(checkpoint, cfg)`` loads the checkpoint, resolves the image size, the recipes, the calibration,
+budget and reference-bundle images, the verification frames and the engine builder, and measures the PAM
+attention map against ``--memory-limit-mib``. A bad option, checkpoint, size or calibration folder fails here,
+so the output folder is left untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.config import CALIB_DIR, CALIB_IMAGES
+from ..core.errors import CheckpointError, ConfigError, MissingDependencyError
+from ..data.calib import CalibrationSet, load_calibration_set
+from ..model.checkpoint import LoadedModel, load_model
+from .budget import BudgetImages, budget_images, export_images
+from .config import ExportConfig
+from .fp32 import synthetic_frames
+from .recipes import PrecisionRecipe, get_recipe
+
+__all__ = ["ExportPlan", "attention_memory_mib", "plan_export"]
+
+
+def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, bytes_per_value: int = 4) -> float:
+    """PAM's attention map size in MiB: ``N^2 * bytes * batch`` with ``N = (H/OS) * (W/OS)``."""
+    n = (h // output_stride) * (w // output_stride)
+    return n * n * bytes_per_value * batch / 2**20
+
+
+@dataclass
+class ExportPlan:
+    """Everything an export needs, checked.
+
+    Attributes:
+        cfg: the options. loaded: the model (``checkpoint.load_model``). size: ``(H, W)`` pixels, multiples of
+            the output stride. out_dir: where the artifacts go. recipes: the precision recipes, in order.
+        calib_set: calibration images (None when no recipe calibrates and no ``--calib`` was given).
+        budget_set, bundle_set: images for the accuracy budget and the reference bundle (None: not asked).
+        frames: verification images ``(H, W, 3) uint8 RGB``. attention_mib: PAM's map per precision (MiB).
+        warnings: what the user should know (also logged). build_engine: the TensorRT builder with ``--engine``.
+    """
+
+    cfg: ExportConfig
+    checkpoint: Path
+    loaded: LoadedModel
+    size: tuple[int, int]
+    out_dir: Path
+    recipes: list[PrecisionRecipe]
+    calib_set: CalibrationSet | None
+    budget_set: BudgetImages | None
+    bundle_set: BudgetImages | None
+    frames: list[np.ndarray]
+    attention_mib: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    build_engine: Callable[..., Any] | None = None
+
+    def rel_l2_limit(self, recipe: PrecisionRecipe) -> float | None:
+        """The relative-L2 limit of ``recipe``'s graph against FP32: ``--fp16-tolerance`` for an FP16 graph
+        when given, else the recipe's own ``max_rel_l2`` (None: no limit)."""
+        if self.cfg.fp16_tolerance is not None and recipe.precision == "fp16":
+            return self.cfg.fp16_tolerance
+        return recipe.max_rel_l2
+
+
+def _resolve_size(cfg: ExportConfig, loaded: LoadedModel) -> tuple[int, int]:
+    size = cfg.imgsz or loaded.data.get("image_size")
+    if size is None:
+        raise ConfigError(f"{loaded.path}: the checkpoint records no image size; give --imgsz H W")
+    h, w = int(size[0]), int(size[1])
+    os_ = loaded.config.output_stride
+    if h % os_ or w % os_:
+        raise ConfigError(f"image size {h}x{w} is not divisible by the output stride {os_}: use e.g. "
+                          f"--imgsz {max(os_, round(h / os_) * os_)} {max(os_, round(w / os_) * os_)}")
+    return h, w
+
+
+def _engine_builder() -> Callable[..., Any]:
+    """``danet_edge.trt.build.build_engine``, imported lazily, or a clear MissingDependencyError."""
+    from ..core.optional import import_tensorrt
+
+    import_tensorrt()  # raises MissingDependencyError naming what to install
+    try:
+        from ..trt.build import build_engine
+    except ImportError as e:
+        raise MissingDependencyError(f"--engine needs danet_edge.trt.build (the TensorRT builder): {e}") from None
+    return build_engine
+
+
+def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe]) -> CalibrationSet | None:
+    """The calibration images: ``--calib`` (or the default folder when a recipe calibrates), ``--calib-size``
+    of them (default: :data:`CALIB_IMAGES` when calibrating, else the verification count)."""
+    calibrated = any(r.needs_calibration for r in recipes)
+    calib_dir = cfg.calib if cfg.calib is not None else (CALIB_DIR if calibrated else None)
+    if calib_dir is None:
+        return None
+    count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else cfg.verify_images)
+    return load_calibration_set(calib_dir, count, cfg.seed)
+
+
+def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig,
+                log: Callable[[str], None] | None = None) -> ExportPlan:
+    """Check everything ``cfg`` and the checkpoint ask for and return the plan; writes nothing.
+
+    Raises:
+        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input.
+    """
+    log = log or (lambda _msg: None)
+    cfg.validate()
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} does not exist")
+    loaded = load_model(ckpt)
+    h, w = _resolve_size(cfg, loaded)
+    recipes = [get_recipe(n) for n in cfg.recipe_names()]
+    calib_set = _calibration(cfg, recipes)
+    budget_set = budget_images(cfg, calib_set, loaded.data)
+    bundle_set = export_images(cfg, calib_set, loaded.data, cfg.reference_images) if cfg.reference_images else None
+    build_engine = _engine_builder() if cfg.engine else None
+    frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
+        synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
+
+    os_ = loaded.config.output_stride
+    n_pos = (h // os_) * (w // os_)
+    att = {"fp32": attention_memory_mib(h, w, os_, cfg.batch, 4), "fp16": attention_memory_mib(h, w, os_, cfg.batch, 2)}
+    log(f"PAM attention map: N = {n_pos} positions ({h}x{w} / OS {os_}), N^2 x batch {cfg.batch} = "
+        f"{att['fp32']:.1f} MiB in FP32 (kept FP32 in every graph here), {att['fp16']:.1f} MiB if FP16")
+    warnings: list[str] = []
+    if att["fp32"] > cfg.memory_limit_mib:
+        msg = (f"PAM attention map needs {att['fp32']:.0f} MiB at {h}x{w}, above --memory-limit-mib "
+               f"{cfg.memory_limit_mib:g}: use a smaller --imgsz or output stride 16")
+        warnings.append(msg)
+        log("warning: " + msg)
+    return ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
+                      frames, att, warnings, build_engine)
