@@ -29,7 +29,7 @@ from ..infer.render import disagreement_tile
 from ..core.utils import atomic_path
 
 from ..core.metrics import ConfusionMatrix
-from .results import ArtifactCheck, ArtifactStats, CheckReport
+from .results import ArtifactStats, CheckReport
 
 __all__ = ["write_pictures", "write_markdown", "write_html", "disagreement_picture", "per_class_iou_figure",
            "confusion_figure", "precision_source_text", "MIN_TILE_HEIGHT"]

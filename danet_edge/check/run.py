@@ -24,8 +24,8 @@ from __future__ import annotations
 import heapq
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from .report import write_html, write_markdown, write_pictures
 from .results import ArtifactCheck, ArtifactStats, CheckReport
 from ..core.progress import track
 from .config import CheckConfig
+from .inputs import RefMeta, chunks, frames, reference_kind
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
                          parse_threshold_overrides, thresholds_for)
 from ..core.utils import write_json
@@ -63,77 +64,132 @@ def _precision_info(p: Path, manifest: Manifest) -> tuple[str, str, dict[str, An
 
 
 # ---------------------------------------------------------------------------------- running
-def _open_backend(path: Path, backend: str | None) -> Backend:
-    return open_backend(path, backend=backend) if backend else open_backend(path)
-
-
-def _frames(dataset: Iterable[Any], limit: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    items: Iterable[Any] = dataset
-    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        count = len(dataset) if limit is None else min(len(dataset), limit)
-        items = (dataset[i] for i in range(count))
-    for i, item in enumerate(items):
-        if limit is not None and i >= limit:
-            return
-        image, mask = item[0], item[1]
-        image, mask = np.asarray(image), np.asarray(mask)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise DataError(f"dataset item {i}: image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"dataset item {i}: mask {mask.shape} does not match image {image.shape[:2]}")
-        yield i, image, mask
-
-
-def _chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
-    buf: list[Any] = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def _open_reference(path: Path, size: tuple[int, int], batch: int):
-    """The reference checkpoint run eagerly in FP32 at ``size`` (the torch backend, as ``infer`` runs it)."""
-    from ..runtime.backends import open_backend
-
-    return open_backend(path, backend="torch", image_size=size, batch=batch)
+Key = tuple[tuple[int, int], int]  # (image size (H, W), static batch): artifacts sharing one run one reference
 
 
 @dataclass
-class _RefMeta:
-    """What the check needs to know of the reference, from a checkpoint's manifest or a bundle."""
+class _Run:
+    """One check: the opened backends, the reference per (size, batch) and the statistics they fill."""
 
-    num_classes: int
-    classes: list[str]
-    ignore_index: int
-    palette: list[list[int]]
-    source_checkpoint_sha256: str | None
+    cfg: CheckConfig
+    paths: list[Path]
+    bundle: Any  # reference.ReferenceBundle, or None when the reference is a checkpoint
+    backends: list[Backend] = field(default_factory=list)
+    refs: dict[Key, Backend] = field(default_factory=dict)
+
+    def key(self, b: Backend) -> Key:
+        return b.manifest.image_size, b.manifest.batch_size
+
+    def open(self, ref_src: Any) -> RefMeta:
+        """Open every artifact (``cfg.backend`` or by suffix) and, with a checkpoint, the reference at each
+        artifact's static size and batch (the torch backend, FP32, as ``infer`` runs it)."""
+        for p in self.paths:
+            self.backends.append(open_backend(p, backend=self.cfg.backend) if self.cfg.backend else open_backend(p))
+            if self.bundle is not None:
+                self.bundle.check_matches(self.backends[-1].manifest, p.name)
+        if self.bundle is not None:
+            m0, info = self.backends[0].manifest, self.bundle.info
+            return RefMeta(len(info.classes), info.classes, info.ignore_index, m0.palette,
+                           self.bundle.meta.get("checkpoint_sha256"))
+        for key in sorted({self.key(b) for b in self.backends}):
+            self.refs[key] = open_backend(ref_src, backend="torch", image_size=key[0], batch=key[1])
+        m0 = next(iter(self.refs.values())).manifest
+        return RefMeta(m0.num_classes, list(m0.classes), m0.ignore_index, m0.palette, m0.source_checkpoint_sha256)
+
+    def close(self) -> None:
+        for b in [*self.backends, *self.refs.values()]:
+            b.close()
+
+    def reference(self, key: Key, batch: np.ndarray, piece: list[Any]) -> tuple[np.ndarray | None, np.ndarray]:
+        """The reference's logits (None when it has none) and class maps for the ``n`` frames of ``piece``."""
+        if self.bundle is not None:
+            return self.bundle.outputs([i for i, _, _ in piece])
+        pred = self.refs[key].predict(batch)
+        n = len(piece)
+        return (None if pred.logits is None else pred.logits[:n]), pred.labels[:n]
+
+    def predict(self, dataset: Any, ref_cms: dict[Key, ConfusionMatrix], accs: list[ArtifactStats]) -> int:
+        """Run every frame through the reference and the artifacts at each (size, batch); returns the frame count.
+
+        A static batch is padded with the last frame and the padding's outputs are dropped."""
+        keys = sorted(ref_cms)
+        chunk = max(bs for _, bs in keys)
+        count = 0
+        for group in track(chunks(frames(dataset, self.cfg.limit), chunk), f"check {len(self.paths)} artifact(s)"):
+            count += len(group)
+            for key in keys:
+                size, bs = key
+                for start in range(0, len(group), bs):
+                    piece = group[start:start + bs]
+                    n = len(piece)
+                    batch = np.stack([resize_image(im, size) for _, im, _ in piece])
+                    if n < bs:
+                        batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
+                    ref_logits, ref_labels = self.reference(key, batch, piece)
+                    for (_, _, mask), lab in zip(piece, ref_labels):
+                        ref_cms[key].update(resize_labels(lab, mask.shape), mask)
+                    for acc, b in zip(accs, self.backends):
+                        if self.key(b) == key:
+                            _accumulate(acc, b.predict(batch), n, piece, batch, ref_logits, ref_labels, self.cfg)
+        if count == 0:
+            raise DataError("the evaluation set is empty")
+        return count
 
 
-def _reference_kind(reference: Any) -> Any:
-    """A loaded ``reference.ReferenceBundle`` when ``reference`` is one (or its folder), else the checkpoint path."""
-    from ..export.reference import ReferenceBundle, is_bundle, load_bundle
+def _inputs(artifacts: Sequence[str | os.PathLike[str]], reference: Any, dataset: Any) -> tuple[list[Path], Any, Any]:
+    """The artifact paths, the reference (bundle or checkpoint path) and the data set, checked."""
+    if not artifacts:
+        raise ConfigError("no artifacts to check")
+    paths = [Path(a) for a in artifacts]
+    for p in paths:
+        if not p.exists():
+            raise ConfigError(f"artifact {p} not found")
+    ref_src = reference_kind(reference)
+    if not isinstance(ref_src, Path):
+        if dataset is not None:
+            raise ConfigError("a reference bundle brings its own images: give no data set with it")
+        dataset = ref_src
+    elif dataset is None:
+        raise ConfigError("checking against a checkpoint needs a data set")
+    return paths, ref_src, dataset
 
-    if isinstance(reference, ReferenceBundle):
-        return reference
-    if is_bundle(reference):
-        return load_bundle(reference)
-    path = Path(reference)
-    if path.is_dir():
-        raise DataError(f"reference {path} is a folder without bundle.json: give the checkpoint (.pt) or the "
-                        "reference/ folder export wrote")
-    if not path.exists():
-        raise DataError(f"reference {path} does not exist: give the checkpoint (.pt) or the reference/ folder "
-                        "export wrote")
-    return path
+
+def _classes(dataset: Any, ref_m: RefMeta, run: _Run) -> tuple[list[str], int]:
+    """The class names and ignore index: the data set's when it says, else the reference's; every artifact and
+    the data set must have the reference's class count."""
+    k = ref_m.num_classes
+    info = getattr(dataset, "info", None)
+    ignore = int(info.ignore_index) if info is not None else ref_m.ignore_index
+    classes = list(getattr(info, "classes", None) or ref_m.classes)
+    if len(classes) != k:
+        raise DataError(f"the data set has {len(classes)} classes, the reference model {k}")
+    for p, b in zip(run.paths, run.backends):
+        if b.manifest.num_classes != k:
+            raise ManifestError(f"{p}: {b.manifest.num_classes} classes, the reference {k}")
+    return classes, ignore
+
+
+def _write_reports(report: CheckReport, cfg: CheckConfig, accs: list[ArtifactStats],
+                   ref_cms: list[ConfusionMatrix], palette: list[list[int]], labelled: bool, ignore: int) -> None:
+    """Pictures, JSON, Markdown and HTML where ``cfg`` asks for them; their paths go into ``report``."""
+    if cfg.report_dir is not None:
+        write_pictures(report, accs, palette, Path(cfg.report_dir), labelled, ignore)
+        report.markdown_path = str(Path(cfg.report_dir) / "report.md")
+        report.html_path = str(Path(cfg.report_dir) / "report.html")
+    if cfg.json_path is not None:
+        report.json_path = str(cfg.json_path)
+        write_json(cfg.json_path, report.to_dict())
+    if cfg.report_dir is not None:
+        write_markdown(report, Path(report.markdown_path))
+        write_html(report, accs, ref_cms, palette, Path(report.html_path), labelled, ignore)
 
 
 def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
                     dataset: Any = None, cfg: CheckConfig | None = None) -> CheckReport:
     """Check each artifact against the PyTorch reference on ``dataset``.
+
+    Steps: check the inputs -> open the artifacts and the reference -> run every frame through both ->
+    one :class:`ArtifactCheck` per artifact -> write the reports asked for.
 
     Args:
         artifacts: paths of ``.pt``/``.onnx``/``.engine``/``.plan`` files, each with its manifest.
@@ -156,95 +212,25 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
     """
     cfg = cfg or CheckConfig()
     cfg.validate()
-    if not artifacts:
-        raise ConfigError("no artifacts to check")
-    paths = [Path(a) for a in artifacts]
-    for p in paths:
-        if not p.exists():
-            raise ConfigError(f"artifact {p} not found")
-    ref_src = _reference_kind(reference)
+    paths, ref_src, dataset = _inputs(artifacts, reference, dataset)
     bundle = None if isinstance(ref_src, Path) else ref_src
-    if bundle is not None:
-        if dataset is not None:
-            raise ConfigError("a reference bundle brings its own images: give no data set with it")
-        dataset = bundle
-    elif dataset is None:
-        raise ConfigError("checking against a checkpoint needs a data set")
-    backends: list[Any] = []
-    refs: dict[tuple[tuple[int, int], int], Any] = {}
+    run = _Run(cfg, paths, bundle)
     try:
-        for p in paths:
-            backends.append(_open_backend(p, cfg.backend))
-            if bundle is not None:
-                bundle.check_matches(backends[-1].manifest, p.name)
-        keys = sorted({(b.manifest.image_size, b.manifest.batch_size) for b in backends})
-        if bundle is None:
-            for key in keys:
-                refs[key] = _open_reference(ref_src, *key)
-            m0 = refs[keys[0]].manifest
-            ref_m = _RefMeta(m0.num_classes, list(m0.classes), m0.ignore_index, m0.palette, m0.source_checkpoint_sha256)
-        else:
-            m0 = backends[0].manifest
-            ref_m = _RefMeta(len(bundle.info.classes), bundle.info.classes, bundle.info.ignore_index, m0.palette,
-                             bundle.meta.get("checkpoint_sha256"))
-        k = ref_m.num_classes
-        info = getattr(dataset, "info", None)
-        ignore = int(info.ignore_index) if info is not None else ref_m.ignore_index
-        classes = list(getattr(info, "classes", None) or ref_m.classes)
-        if len(classes) != k:
-            raise DataError(f"the data set has {len(classes)} classes, the reference model {k}")
-        for p, b in zip(paths, backends):
-            if b.manifest.num_classes != k:
-                raise ManifestError(f"{p}: {b.manifest.num_classes} classes, the reference {k}")
-        ref_cms = {key: ConfusionMatrix(k, ignore) for key in keys}
-        accs = [ArtifactStats(ConfusionMatrix(k, ignore)) for _ in paths]
-        chunk = max(bs for _, bs in keys)
-        frames = 0
-        for group in track(_chunks(_frames(dataset, cfg.limit), chunk), f"check {len(paths)} artifact(s)"):
-            frames += len(group)
-            for key in keys:
-                size, bs = key
-                for start in range(0, len(group), bs):
-                    piece = group[start:start + bs]
-                    n = len(piece)
-                    batch = np.stack([resize_image(im, size) for _, im, _ in piece])
-                    if n < bs:  # static batch: pad with the last frame, drop its outputs
-                        batch = np.concatenate([batch, np.repeat(batch[-1:], bs - n, 0)])
-                    if bundle is not None:
-                        ref_logits, ref_labels = bundle.outputs([i for i, _, _ in piece])
-                    else:
-                        ref_pred = refs[key].predict(batch)
-                        ref_logits, ref_labels = ref_pred.logits[:n], ref_pred.labels[:n]
-                    for (_, _, mask), lab in zip(piece, ref_labels):
-                        ref_cms[key].update(resize_labels(lab, mask.shape), mask)
-                    for j, b in enumerate(backends):
-                        if (b.manifest.image_size, b.manifest.batch_size) == key:
-                            _accumulate(accs[j], b.predict(batch), n, piece, batch, ref_logits, ref_labels, cfg)
-        if frames == 0:
-            raise DataError("the evaluation set is empty")
+        ref_m = run.open(ref_src)
+        classes, ignore = _classes(dataset, ref_m, run)
+        ref_cms = {run.key(b): ConfusionMatrix(ref_m.num_classes, ignore) for b in run.backends}
+        accs = [ArtifactStats(ConfusionMatrix(ref_m.num_classes, ignore)) for _ in paths]
+        count = run.predict(dataset, ref_cms, accs)
         labelled = bundle is None or bundle.labelled
-        results, art_ref_cms = [], []
-        for p, b, acc in zip(paths, backends, accs):
-            key = (b.manifest.image_size, b.manifest.batch_size)
-            art_ref_cms.append(ref_cms[key])
-            results.append(_result(p, b.manifest, acc, ref_cms[key], frames, ref_m, cfg, labelled,
-                                   getattr(b, "provider", "")))
+        art_ref_cms = [ref_cms[run.key(b)] for b in run.backends]
+        results = [_result(p, b.manifest, acc, cm, count, ref_m, cfg, labelled, getattr(b, "provider", ""))
+                   for p, b, acc, cm in zip(paths, run.backends, accs, art_ref_cms)]
     finally:
-        for b in [*backends, *refs.values()]:
-            b.close()
-
+        run.close()
+    info = getattr(dataset, "info", None)
     report = CheckReport(reference=str(getattr(bundle, "path", reference)),
-                         dataset=str(getattr(info, "name", "") or ""), frames=frames, classes=classes, artifacts=results)
-    if cfg.report_dir is not None:
-        write_pictures(report, accs, ref_m.palette, Path(cfg.report_dir), labelled, ignore)
-        report.markdown_path = str(Path(cfg.report_dir) / "report.md")
-        report.html_path = str(Path(cfg.report_dir) / "report.html")
-    if cfg.json_path is not None:
-        report.json_path = str(cfg.json_path)
-        write_json(cfg.json_path, report.to_dict())
-    if cfg.report_dir is not None:
-        write_markdown(report, Path(report.markdown_path))
-        write_html(report, accs, art_ref_cms, ref_m.palette, Path(report.html_path), labelled, ignore)
+                         dataset=str(getattr(info, "name", "") or ""), frames=count, classes=classes, artifacts=results)
+    _write_reports(report, cfg, accs, art_ref_cms, ref_m.palette, labelled, ignore)
     return report
 
 
@@ -269,7 +255,7 @@ def _pct(x: float) -> float:
     return 100.0 * x if math.isfinite(x) else float("nan")
 
 
-def _result(path: Path, m: Manifest, acc: ArtifactStats, ref_cm: ConfusionMatrix, frames: int, ref_m: _RefMeta,
+def _result(path: Path, m: Manifest, acc: ArtifactStats, ref_cm: ConfusionMatrix, frames: int, ref_m: RefMeta,
             cfg: CheckConfig, labelled: bool = True, provider: str = "") -> ArtifactCheck:
     precision, source, detail = _precision_info(path, m)
     th = thresholds_for(precision, m, cfg.thresholds)
