@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.config import Config, check_range
+from .core.config import Config, check_range, option
 from .model.config import ModelConfig
 from .core.errors import ConfigError
 from .core.utils import write_json
@@ -56,7 +56,7 @@ class DemoConfig(Config):
         seed: seeds training, data, calibration and video.
     """
 
-    out: Path = Path("runs/demo")
+    out: Path = option(Path("runs/demo"), "Output folder.")
     backbone: str = "resnet18"
     image_size: tuple[int, int] = (96, 128)
     epochs: int = 8

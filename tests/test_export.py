@@ -15,8 +15,8 @@ import torch
 
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.compare import relative_l2
+from danet_edge.core.errors import ConfigError
 from danet_edge.export.export import ExportConfig, export_model
-from danet_edge.export.plan import attention_memory_mib
 from danet_edge.core.manifest import read_manifest
 from danet_edge.graph.precision import attention_nodes
 from danet_edge.data.preprocess import preprocess
@@ -91,10 +91,11 @@ def test_fused_io_labels_equal_argmax_of_plain(exported):
         assert (labels == logits.argmax(1)).mean() > 0.999
 
 
-def test_attention_memory_and_warning(tiny_checkpoint, tmp_path):
-    assert attention_memory_mib(512, 1024, 8) == pytest.approx(256.0)  # N = 8192, 268 MB
-    res = export_model(tiny_checkpoint, ExportConfig(out=tmp_path, memory_limit_mib=1e-6))
-    assert res.warnings and "memory-limit-mib" in res.warnings[0]
+def test_memory_limit_is_a_limit(tiny_checkpoint, tmp_path):
+    """A graph above --memory-limit-mib is refused, before anything is written (the limit was a warning)."""
+    with pytest.raises(ConfigError, match="memory-limit-mib"):
+        export_model(tiny_checkpoint, ExportConfig(out=tmp_path / "x", memory_limit_mib=1.0))
+    assert not (tmp_path / "x" / "model.onnx").exists()
 
 
 def _cli(args, capsys):

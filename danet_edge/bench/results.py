@@ -62,6 +62,7 @@ class BenchEntry:
     power_total_source: str | None = None
     energy_per_frame_mj: float | str | None = None
     fps_per_w: float | str | None = None
+    attention: dict[str, Any] | None = None  # PAM's form and, for an engine, whether TensorRT fused it
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ..infer.render import disagreement_tile
 from ..core.utils import atomic_path
 
 from ..core.metrics import ConfusionMatrix
-from .results import ArtifactStats, CheckReport
+from .results import ArtifactStats, CheckReport, attention_line
 
 __all__ = ["write_pictures", "write_markdown", "write_html", "disagreement_picture", "per_class_iou_figure",
            "confusion_figure", "precision_source_text", "MIN_TILE_HEIGHT"]
@@ -249,6 +249,8 @@ def write_markdown(report: CheckReport, path: Path) -> None:
             lines.append("- compute nodes per precision in the graph: "
                          + ", ".join(f"{k} {v}" for k, v in counts.items() if v)
                          + f"; attention MatMuls quantized: {a.precision_detail.get('attention_quantized') or 'none'}")
+        if a.attention:
+            lines.append("- " + attention_line(a.attention))
         if a.precision_detail and a.precision_detail.get("cost"):
             from ..graph.cost import format_cost
 

@@ -14,7 +14,7 @@ from ..core.compare import OutputComparison
 from ..core.errors import CheckFailed
 from ..core.metrics import ConfusionMatrix
 
-__all__ = ["ArtifactCheck", "CheckReport", "ArtifactStats"]
+__all__ = ["ArtifactCheck", "CheckReport", "ArtifactStats", "attention_line"]
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ArtifactCheck:
     of pixels whose label equals the reference's; the logit fields are None when the artifact
     outputs labels only. ``precision`` is what the artifact really holds, ``manifest_precision``
     what its manifest claims; ``provider`` what it ran on (a runtime's accuracy is part of the result: OpenVINO
-    bf16 and ONNX Runtime give different mIoU on the same INT8 graph).
+    bf16 and ONNX Runtime give different mIoU on the same INT8 graph); ``attention`` PAM's form in the artifact.
     """
 
     path: str
@@ -55,6 +55,9 @@ class ArtifactCheck:
     picture: str | None = None
     precision_detail: dict[str, Any] | None = None
     provider: str = ""  # what it ran on: "ONNX Runtime 1.31.1 CPUExecutionProvider", "OpenVINO 2026.4.1 CPU (bf16 ...)"
+    #: PAM's form and memory from the manifest (``form``, ``chunks``, ``map_mib``, ``total_mib``, ...) and, for an
+    #: engine, ``fused``: true / false / "unknown" (whether TensorRT ran it as one attention kernel); None: no record
+    attention: dict[str, Any] | None = None
 
 
 @dataclass
@@ -100,3 +103,19 @@ class ArtifactStats:
     cm: ConfusionMatrix
     cmp: OutputComparison = field(default_factory=OutputComparison)
     worst: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+
+def attention_line(att: dict[str, Any]) -> str:
+    """PAM's form and memory as one line of the report (from ``ArtifactCheck.attention``)."""
+    form = att.get("form", "?")
+    text = f"PAM: {form}" + (f", {att.get('chunks')} query chunks" if form == "chunked" else "")
+    if att.get("map_mib") is not None:
+        text += f"; largest attention map {att['map_mib']:.1f} MiB"
+    mem = att.get("memory") or {}
+    if mem.get("total_mib") is not None:
+        fits = mem.get("fits") or {}
+        text += (f"; the graph needs {mem['total_mib']:.0f} MiB (weights + activations), fits: "
+                 + (", ".join(f"{b} {'yes' if ok else 'no'}" for b, ok in fits.items()) or "-"))
+    if "fused" in att:
+        text += "; TensorRT fused attention: " + {True: "yes", False: "no"}.get(att["fused"], "unknown")
+    return text

@@ -57,18 +57,3 @@ def check_outputs(**paths: Any) -> None:
             ensure_output_dir(path, f"--{key}")
         else:
             ensure_output_file(path, f"--{key}")
-
-
-def data_options(num_classes: Optional[int], ignore_index: Optional[int], size: Optional[list[int]]) -> dict:
-    """The ``data_options`` of a data set from the ``--num-classes``, ``--ignore-index`` and ``--synthetic-size``
-    options (``train``, ``eval``)."""
-    opts: dict = {}
-    if num_classes is not None:
-        opts["num_classes"] = num_classes
-    if ignore_index is not None:
-        opts["ignore_index"] = ignore_index
-    if size:
-        if len(size) != 2:
-            raise ConfigError("--synthetic-size takes two numbers: H W")
-        opts["size"] = tuple(size)
-    return opts

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from ..core.choices import Dataset, Split
-from ..core.config import CALIB_DIR, CALIB_IMAGES
-from ._common import console
+from ..data.config import CalibFillConfig as CF
+from ._common import console, opt
 
 
 def register(app: typer.Typer) -> None:
@@ -19,19 +19,20 @@ def register(app: typer.Typer) -> None:
 
     @calib_app.command("fill")
     def calib_fill(
-        dataset: Dataset = typer.Option(..., "--dataset", "-d", help="Data set."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Data set root folder."),
-        count: int = typer.Option(CALIB_IMAGES, "--calib-size", "--count", help="Images to pick."),
-        out: Path = typer.Option(CALIB_DIR, "--out", "-o", help="Calibration folder to fill."),
-        split: Split = typer.Option("train", "--split", help="Split to pick from."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking order."),
+        dataset: Dataset = typer.Option(..., "--dataset", "-d", help=CF.help("dataset")),
+        data: Optional[Path] = opt(CF, "data_root", "--data"),
+        count: int = opt(CF, "count", "--calib-size", "--count"),
+        out: Path = opt(CF, "out", "--out", "-o"),
+        split: Split = opt(CF, "split", "--split"),
+        seed: int = opt(CF, "seed", "--seed"),
     ) -> None:
         """Fill the calibration folder with a class-balanced sample of a data set (copies + calib.txt)."""
         from ..data.calib import fill_calib_dir
         from ..core.utils import ensure_output_dir
 
-        ensure_output_dir(out, "--out")
-        path = fill_calib_dir(dataset.value, data, count, out, split.value, seed)
+        cfg = CF.from_options(dict(dataset=dataset, data_root=data, count=count, out=out, split=split, seed=seed))
+        ensure_output_dir(cfg.out, "--out")
+        path = fill_calib_dir(cfg.dataset, cfg.data_root, cfg.count, cfg.out, cfg.split, cfg.seed)
         console.print(f"filled {path} (list {path / 'calib.txt'})", markup=False, highlight=False, soft_wrap=True)
 
     app.add_typer(calib_app, name="calib")

@@ -20,10 +20,12 @@ def register(app: typer.Typer) -> None:
         graphs: list[Path] = typer.Argument(..., help="Static-shape ONNX graphs."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the costs (with every node) as JSON here."),
     ) -> None:
-        """Compute by precision: GFLOP and MiB moved per precision, and a latency lower bound on Jetson GPUs."""
+        """Compute by precision (GFLOP, MiB moved), a latency lower bound on Jetson GPUs, PAM's form and whether
+        the graph fits each Jetson's memory."""
         import onnx
 
-        from ..graph.cost import JETSON_TARGETS, graph_cost
+        from ..graph.cost import JETSON_TARGETS, graph_cost, tensor_info
+        from ..graph.memory import memory_estimate
         from ..core.errors import DataError
         from ..core.utils import ensure_output_file, write_json
 
@@ -35,9 +37,11 @@ def register(app: typer.Typer) -> None:
                 model = onnx.load(str(path), load_external_data=False)
             except Exception as e:  # noqa: BLE001 - onnx raises several types for a bad file
                 raise DataError(f"{path}: not a readable ONNX graph ({type(e).__name__})") from None
-            cost = graph_cost(model)
-            out[str(path)] = cost.to_dict(nodes=True)
-            for table in cost_tables(path, cost):
+            inferred = tensor_info(model)
+            cost = graph_cost(model, inferred=inferred)
+            memory = memory_estimate(model, inferred=inferred)
+            out[str(path)] = {**cost.to_dict(nodes=True), "memory": memory.to_dict()}
+            for table in cost_tables(path, cost, memory):
                 console.print(table)
             if cost.unknown_shapes:
                 console.print(f"warning: no static shape for {len(cost.unknown_shapes)} Conv/MatMul nodes")

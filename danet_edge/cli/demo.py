@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import check_outputs
+from ._common import check_outputs, opt
 from .render import console, paths_table, print_bench_table, print_check_table, summary_table
 
 
@@ -14,11 +14,9 @@ def register(app: typer.Typer) -> None:
     """Add ``demo`` to the app. Defaults are read from ``DemoConfig``."""
     from ..demo import DemoConfig
 
-    dc = DemoConfig()
-
     @app.command()
     def demo(
-        out: Path = typer.Option(dc.out, "--out", "-o", help="Output folder."),
+        out: Path = opt(DemoConfig, "out", "--out", "-o"),
         quick: bool = typer.Option(False, help="Tiny sizes and one epoch (a smoke run of every stage)."),
     ) -> None:
         """The main job on the embedded synthetic data: train, export FP32/FP16/INT8, check, bench, infer a video."""

@@ -8,15 +8,13 @@ from typing import Optional
 import typer
 
 from ..core.errors import ConfigError
-from ._common import console, info
+from ._common import console, info, opt
 
 
 def register(app: typer.Typer) -> None:
     """Add ``deploy`` to the app. Defaults are read from the config dataclasses."""
-    from ..deploy.deepstream import DeepStreamConfig
-    from ..deploy.triton import TritonConfig
-
-    dc, tc = DeepStreamConfig(), TritonConfig()
+    from ..deploy.deepstream import DeepStreamConfig as DC
+    from ..deploy.triton import TritonConfig as TC
 
     @app.command(epilog="\b\nExamples:\n  danet-edge deploy export/m/model.onnx --triton models/ --name danet\n  "
                         "danet-edge deploy export/m/model_fp16.onnx --deepstream ds/  (export --logits)\n  "
@@ -26,11 +24,10 @@ def register(app: typer.Typer) -> None:
         deepstream: Optional[Path] = typer.Option(None, "--deepstream", help="Write a Gst-nvinfer config, labels "
                                                   "and graph into this folder (needs a logits graph)."),
         triton: Optional[Path] = typer.Option(None, "--triton", help="Add the model to this Triton model repository."),
-        name: Optional[str] = typer.Option(tc.name, "--name", help="Triton model name (default: the artifact's stem)."),
-        model_version: int = typer.Option(tc.version, "--model-version", help="Triton model version folder."),
-        gpu_id: int = typer.Option(dc.gpu_id, "--gpu-id", help="DeepStream gpu-id."),
-        segmentation_threshold: float = typer.Option(dc.segmentation_threshold, "--segmentation-threshold",
-                                                     help="DeepStream segmentation-threshold on the softmax scores."),
+        name: Optional[str] = opt(TC, "name", "--name"),
+        model_version: int = opt(TC, "version", "--model-version"),
+        gpu_id: int = opt(DC, "gpu_id", "--gpu-id"),
+        segmentation_threshold: float = opt(DC, "segmentation_threshold", "--segmentation-threshold"),
     ) -> None:
         """Deployment files for DeepStream (nvinfer) and Triton Inference Server from an exported artifact."""
         from ..deploy.deepstream import write_nvinfer_config
@@ -43,8 +40,8 @@ def register(app: typer.Typer) -> None:
         for option, folder in (("--deepstream", deepstream), ("--triton", triton)):
             if folder is not None:
                 ensure_output_dir(folder, option)  # before any work: a bad path is one line now
-        ds_cfg = DeepStreamConfig(gpu_id=gpu_id, segmentation_threshold=segmentation_threshold)
-        tr_cfg = TritonConfig(name=name, version=model_version)
+        ds_cfg = DC(gpu_id=gpu_id, segmentation_threshold=segmentation_threshold)
+        tr_cfg = TC(name=name, version=model_version)
         if deepstream is not None:
             res = write_nvinfer_config(artifact, deepstream, ds_cfg)
             for note in res.notes:

@@ -9,6 +9,8 @@ import typer
 
 from ..core.choices import CalibMethod, Dataset, Split, Target, choice_enum
 from ..export.config import ExportConfig as EC
+from ..graph.boards import BOARD_MEMORY_GIB
+from ..model.forms import EXPORT_FORMS
 from ._common import check_outputs, console, info, opt
 
 
@@ -24,7 +26,8 @@ def register(app: typer.Typer) -> None:
     @app.command("export", epilog="\b\nExamples:\n  danet-edge export runs/camvid/best.pt --fp16 --int8 --calib calib/\n  "
                                    "danet-edge export best.pt --imgsz 512 1024 --int8 --target cpu -o export/cpu\n  "
                                    "danet-edge export best.pt --int8 --max-miou-drop 0.3 --dataset camvid "
-                                   "--data CAMVID (keeps the most sensitive layers in FP16)")
+                                   "--data CAMVID (keeps the most sensitive layers in FP16)\n  "
+                                   "danet-edge export best.pt --imgsz 1024 2048 --fp16 (PAM chunked to fit an Orin Nano)")
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="danet-edge or official DANet checkpoint (.pt/.pth)."),
         imgsz: Optional[tuple[int, int]] = opt(EC, "imgsz", "--imgsz"),
@@ -41,7 +44,11 @@ def register(app: typer.Typer) -> None:
         engine: bool = opt(EC, "engine", "--engine"),
         fused_io: bool = opt(EC, "fused_io", "--fused-io/--logits"),
         include_attention: bool = opt(EC, "include_attention", "--include-attention"),
-        memory_limit_mib: float = opt(EC, "memory_limit_mib", "--memory-limit-mib"),
+        attention: choice_enum("AttentionForm", ("auto", *EXPORT_FORMS)) = opt(  # type: ignore[valid-type]
+            EC, "attention", "--attention"),
+        attention_chunks: Optional[int] = opt(EC, "attention_chunks", "--attention-chunks"),
+        jetson: choice_enum("Jetson", tuple(BOARD_MEMORY_GIB)) = opt(EC, "jetson", "--jetson"),  # type: ignore[valid-type]
+        memory_limit_mib: Optional[float] = opt(EC, "memory_limit_mib", "--memory-limit-mib"),
         out: Optional[Path] = opt(EC, "out", "--out", "-o"),
         min_agreement: Optional[float] = opt(EC, "min_agreement", "--min-agreement"),
         max_miou_drop: Optional[float] = opt(EC, "max_miou_drop", "--max-miou-drop"),

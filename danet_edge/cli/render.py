@@ -53,16 +53,30 @@ def _float(v: object) -> float | None:
 def print_check_table(report) -> None:
     """The check report as a rich table on the terminal."""
     t = Table(title=f"accuracy check vs {Path(report.reference).name} ({report.frames} images)")
-    for col in ("artifact", "precision", "mIoU", "ΔmIoU", "pixel acc", "agreement %", "max abs", "rel L2",
+    for col in ("artifact", "precision", "PAM", "mIoU", "ΔmIoU", "pixel acc", "agreement %", "max abs", "rel L2",
                 "cosine", "inf/NaN", "result"):
-        t.add_column(col, justify="left" if col in ("artifact", "result") else "right")
+        t.add_column(col, justify="left" if col in ("artifact", "PAM", "result") else "right")
     for a in report.artifacts:
         prec = a.precision if a.precision == a.manifest_precision else f"{a.precision} (manifest {a.manifest_precision})"
         result = "[green]pass[/]" if a.passed else "[red]FAIL[/] " + "; ".join(a.failures)
-        t.add_row(Path(a.path).name, prec, _num(a.miou, ".2f"), _num(a.miou_delta, "+.3f"),
+        t.add_row(Path(a.path).name, prec, attention_text(a.attention), _num(a.miou, ".2f"), _num(a.miou_delta, "+.3f"),
                   _num(a.pixel_accuracy, ".2f"), _num(a.agreement, ".3f"), _num(a.max_abs_error, ".3g"),
                   _num(a.rel_l2_error, ".2e"), _num(a.cosine_similarity, ".6f"), _num(a.nonfinite, "d"), result)
     console.print(t)
+
+
+def attention_text(att: dict | None) -> str:
+    """PAM's form in a few words: ``explicit``, ``chunked x4``, ``heads x8``, with ``fused`` / ``unfused`` /
+    ``fused?`` for an engine; ``-`` without a record."""
+    if not att:
+        return "-"
+    form = str(att.get("form", "?"))
+    text = f"{form} x{att.get('chunks')}" if form == "chunked" else (f"{form} x{att.get('heads', 8)}" if form == "heads"
+                                                                      else form)
+    fused = att.get("fused")
+    if fused is not None:
+        text += {True: ", fused", False: ", unfused"}.get(fused, ", fused?")
+    return text
 
 
 def _power_mode(jetson: dict | None) -> str:
@@ -82,10 +96,10 @@ def print_bench_table(report) -> None:
     threads = f", {m['torch_threads']} torch threads" if m.get("torch_threads") else ""
     t = Table(title=f"bench on {m.get('gpu') or m.get('cpu')}{threads}{_power_mode(m.get('jetson'))}")
     power = any(_float(e.power_total_w) is not None for e in report.entries)
-    for col in ("entry", "precision", "size", "batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms",
+    for col in ("entry", "precision", "PAM", "size", "batch", "runs", "mean ms", "p50 ms", "p90 ms", "p99 ms",
                 "compute p50 ms", "FPS", *(("W", "mJ/frame", "FPS/W") if power else ()), "host MiB", "GPU MiB",
                 "speed-up", "note"):
-        t.add_column(col, justify="left" if col in ("entry", "note") else "right")
+        t.add_column(col, justify="left" if col in ("entry", "PAM", "note") else "right")
     skipped: dict[str, list[str]] = {}
     for e in report.entries:
         if e.skipped and e.latency_p50_ms is None and "GPU" in e.skipped:  # one line for the GPU-only variants
@@ -94,7 +108,8 @@ def print_bench_table(report) -> None:
         size = f"{e.image_size[0]}x{e.image_size[1]}" if e.image_size else "-"
         watts = [_num(_float(v), spec) for v, spec in ((e.power_total_w, ".2f"), (e.energy_per_frame_mj, ".1f"),
                                                        (e.fps_per_w, ".2f"))] if power else []
-        t.add_row(e.name, e.precision, size, str(e.batch), str(e.runs), _num(e.latency_mean_ms, ".1f"),
+        t.add_row(e.name, e.precision, attention_text(e.attention), size, str(e.batch), str(e.runs),
+                  _num(e.latency_mean_ms, ".1f"),
                   _num(e.latency_p50_ms, ".1f"), _num(e.latency_p90_ms, ".1f"), _num(e.latency_p99_ms, ".1f"),
                   _num(e.compute_p50_ms, ".1f"), _num(e.throughput_fps, ".2f"), *watts,
                   _num(e.host_peak_mib, ".0f"), _num(e.gpu_peak_mib, ".0f"),
@@ -135,9 +150,10 @@ def eval_table(self: EvalResult) -> Any:
     return t
 
 
-def cost_tables(path: Path, cost: Any) -> list[Any]:
-    """A graph's ``graph.cost.GraphCost`` as two tables: GFLOP, share and MiB moved per precision, and the latency
-    lower bound per Jetson target."""
+def cost_tables(path: Path, cost: Any, memory: Any = None) -> list[Any]:
+    """A graph's ``graph.cost.GraphCost`` as tables: GFLOP, share and MiB moved per precision, the latency lower
+    bound per Jetson target and, with ``memory`` (``graph.memory.MemoryEstimate``), PAM's form and whether the
+    graph fits each Jetson's memory."""
     from ..graph.cost import JETSON_TARGETS
 
     t = Table(title=f"{path.name}: {cost.total_gflop:.2f} GFLOP (estimate)")
@@ -151,7 +167,18 @@ def cost_tables(path: Path, cost: Any) -> list[Any]:
     for name, v in cost.bound_ms.items():
         b.add_row(JETSON_TARGETS[name].name, f"{v['compute_ms']:.2f}", f"{v['memory_ms']:.2f}",
                   f"{v['bound_ms']:.2f}", f"{v['unfused_memory_ms']:.2f}")
-    return [t, b]
+    if memory is None:
+        return [t, b]
+    a = memory.attention
+    form = a.form + (f", {a.chunks} query chunks" if a.form == "chunked" else f", {a.heads} heads" if a.heads > 1 else "")
+    m = Table(title=f"memory (estimate): PAM {form}, largest attention map {a.map_mib:.1f} MiB, {a.gflop:.2f} GFLOP; "
+                    f"weights {memory.weights_mib:.0f} + activations {memory.activations_mib:.0f} = "
+                    f"{memory.total_mib:.0f} MiB, {memory.reserve_mib:.0f} MiB kept for OS and video")
+    for col in ("board", "memory MiB", "free MiB", "fits"):
+        m.add_column(col, justify="left" if col == "board" else "right")
+    for name, r in memory.boards.items():
+        m.add_row(name, f"{r['memory_mib']:.0f}", f"{r['free_mib']:.0f}", "yes" if r["fits"] else "[red]no[/]")
+    return [t, b, m]
 
 
 def paths_table(title: str, paths: dict[str, Any]) -> Any:

@@ -11,7 +11,8 @@ import typer
 from ..core.choices import Dataset
 from ..model.config import ModelConfig as MC
 from ..train.config import TrainConfig as TC
-from ._common import opt, data_options, STATE, console
+from ..data.config import DataOptions as DO
+from ._common import opt, STATE, console
 
 #: The model ``train`` builds by default (``TrainConfig``'s, a ResNet-18), whose fields the model options show.
 TRAIN_MODEL = TC().model
@@ -49,9 +50,9 @@ def register(app: typer.Typer) -> None:
         backbone_weights: Optional[Path] = typer.Option(None, "--backbone-weights", help=TC.help("backbone_weights")),
         eval_every: int = opt(TC, "eval_every", "--eval-every"),
         devices: int = opt(TC, "devices", "--devices"),
-        num_classes: Optional[int] = typer.Option(None, help="Classes of a 'folder' data set without classes.txt."),
-        ignore_index: Optional[int] = typer.Option(None, help="Ignore index of a 'folder' data set (default 255)."),
-        synthetic_size: Optional[tuple[int, int]] = typer.Option(None, help="Image size H W of the synthetic data."),
+        num_classes: Optional[int] = opt(DO, "num_classes"),
+        ignore_index: Optional[int] = opt(DO, "ignore_index"),
+        synthetic_size: Optional[tuple[int, int]] = opt(DO, "synthetic_size"),
         progress: bool = opt(TC, "progress", "--progress/--no-progress"),
     ) -> None:
         """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
                                "multi_grid": multi_grid, "deep_stem": deep_stem, "aux": aux})
         cfg = TC.from_options(locals(), model=model, data_root=str(data) if data else None, out_dir=str(out),
                               backbone_weights=str(backbone_weights) if backbone_weights else None,
-                              data_options=data_options(num_classes, ignore_index, list(synthetic_size or [])),
+                              data_options=DO(num_classes, ignore_index, synthetic_size).to_options(),
                               quiet=STATE["verbosity"] < 0)
         from ..core.utils import ensure_output_dir
 

@@ -149,6 +149,20 @@ class Manifest:
     def batch_size(self) -> int:
         return int(self.input_shape[0]) if self.input_shape else 1
 
+    def attention(self) -> dict[str, Any] | None:
+        """PAM's form, chunks and memory as export recorded them (``extra["attention"]``, ``extra["memory"]``),
+        with ``fused`` (True / False / "unknown", from ``build``) for an engine; None without a record."""
+        att = self.extra.get("attention")
+        if not isinstance(att, dict):
+            return None
+        rec = dict(att)
+        if isinstance(self.extra.get("memory"), dict):
+            rec["memory"] = self.extra["memory"]
+        if self.kind == "engine":
+            rec["fused"] = self.tensorrt.get("attention_fused", "unknown") if isinstance(self.tensorrt, dict) \
+                else "unknown"
+        return rec
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -144,8 +144,10 @@ def graph_sha256(model: onnx.ModelProto) -> str:
 
 
 def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int, out: str | os.PathLike[str],
-                   split: str = "train", seed: int = 0) -> Path:
+                   split: str | None = None, seed: int | None = None) -> Path:
     """Fill ``out`` with ``count`` representative images of a data set and a ``calib.txt`` list.
+
+    ``split`` and ``seed``: None = :class:`~danet_edge.data.config.CalibFillConfig`'s defaults (train, 0).
 
     Class-balanced where labels exist: greedily picks, one at a time, the image whose classes are
     rarest (pixel share over the split) and least covered by the images already picked, so rare classes
@@ -156,8 +158,11 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
         ConfigError: count < 1, unknown data set; CalibrationError: ``out`` already holds a list.
         DataError: missing or unreadable data set.
     """
+    from .config import CalibFillConfig
     from .datasets import build_dataset
 
+    split = CalibFillConfig.default("split") if split is None else split
+    seed = CalibFillConfig.default("seed") if seed is None else seed
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}")
     out = Path(out)

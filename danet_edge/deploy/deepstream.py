@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import Config, check_range
+from ..core.config import Config, check_range, option
 from .common import is_engine, load_artifact, write_folder
 from ..core.errors import ConfigError, ExportError
 from ..core.onnx_meta import METADATA_KEY
@@ -100,8 +100,8 @@ class DeepStreamConfig(Config):
             score is at or below it gets class -1. 0.0 keeps every pixel (every best score is >= 1/K).
     """
 
-    gpu_id: int = 0
-    segmentation_threshold: float = 0.0
+    gpu_id: int = option(0, "DeepStream gpu-id.")
+    segmentation_threshold: float = option(0.0, "DeepStream segmentation-threshold on the softmax scores.")
 
     def validate(self) -> None:
         check_range("--gpu-id", self.gpu_id, 0, 63)

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import Config, check_range
+from ..core.config import Config, check_range, option
 from .common import is_engine, load_artifact, write_folder
 from ..core.errors import ConfigError, ManifestError
 from ..core.manifest import Manifest, manifest_path
@@ -51,8 +51,8 @@ class TritonConfig(Config):
         version: the version folder (a positive integer).
     """
 
-    name: str | None = None
-    version: int = 1
+    name: str | None = option(None, "Triton model name (default: the artifact's stem).")
+    version: int = option(1, "Triton model version folder.")
 
     def validate(self) -> None:
         if self.name is not None and (not isinstance(self.name, str) or not _NAME.fullmatch(self.name)):

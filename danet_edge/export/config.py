@@ -10,6 +10,8 @@ from ..core.choices import CALIB_METHODS, DATASETS, DEFAULT_CALIB_METHOD, OPSET_
 from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..core.manifest import MAX_IMAGE_SIDE
+from ..graph.boards import BOARD_MEMORY_GIB, DEFAULT_BOARD, board_budget_mib
+from ..model.forms import EXPORT_FORMS, MAX_CHUNKS
 from .recipes import get_recipe
 
 __all__ = ["ExportConfig", "MIN_OPSET"]
@@ -40,7 +42,12 @@ class ExportConfig(Config):
             19 classes it saves about 69 ms of host work per frame (``benchmarks/host_io.py``); False keeps
             logits graphs (float32 NCHW in, logits out) for logit-level checks.
         include_attention: quantize the attention MatMuls too (INT8 only).
-        memory_limit_mib: warn when PAM's attention map needs more (MiB).
+        attention: PAM's form in the graph (``model.forms``): ``auto`` (explicit where the graph fits ``jetson``'s
+            memory, else chunked with the fewest chunks that fit), ``explicit``, ``chunked`` or ``heads``.
+        attention_chunks: query chunks of ``chunked`` (None: the fewest that fit).
+        jetson: the board whose memory the graph must fit (``graph.boards.BOARD_MEMORY_GIB``).
+        memory_limit_mib: the most a graph may need, weights + activation peak (MiB; None: ``jetson``'s memory less
+            ``graph.boards.RESERVE_MIB``). A graph above it is refused.
         out: output folder (default ``EXPORT_DIR/<checkpoint stem>/``).
         tolerance: FP32 ONNX vs PyTorch relative L2 limit.
         fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit (None: the FP16 recipe's ``max_rel_l2``).
@@ -72,7 +79,12 @@ class ExportConfig(Config):
     fused_io: bool = option(True, "Deployment I/O: uint8 NHWC RGB in, class map out (normalise + argmax on the "
                                   "GPU); --logits: float32 NCHW in, logits out.")
     include_attention: bool = option(False, "Quantize attention MatMuls too.")
-    memory_limit_mib: float = option(1024.0, "Warn above this PAM map size (MiB).")
+    attention: str = option("auto", "PAM form: auto (explicit where it fits --jetson's memory, else chunked), "
+                                    "explicit, chunked or heads (Q, K, V of one head size, for fused attention).")
+    attention_chunks: int | None = option(None, "Query chunks of --attention chunked (default: the fewest that fit).")
+    jetson: str = option(DEFAULT_BOARD, f"Board the graph must fit: {', '.join(BOARD_MEMORY_GIB)}.")
+    memory_limit_mib: float | None = option(None, "Most the graph may need, weights + activations (MiB; default: "
+                                                  "--jetson's memory less a reserve for the OS and video).")
     out: Path | None = option(None, f"Output folder (default {EXPORT_DIR}/<checkpoint stem>/).")
     tolerance: float = option(1e-4, "FP32 ONNX vs PyTorch relative L2 limit.")
     fp16_tolerance: float | None = option(None, "FP16 vs FP32 ONNX relative L2 limit (default: the fp16 recipe's).")
@@ -99,9 +111,14 @@ class ExportConfig(Config):
         check_range("--calib-size", self.calib_size, 1, 100_000, optional=True)
         if self.engine and self.int8 and self.target == "cpu":
             raise ConfigError("--engine builds a TensorRT engine; --target cpu makes a graph for ONNX Runtime on CPU")
-        check_range("--memory-limit-mib", self.memory_limit_mib, integer=False)
-        if self.memory_limit_mib <= 0:
+        check_range("--memory-limit-mib", self.memory_limit_mib, optional=True, integer=False)
+        if self.memory_limit_mib is not None and self.memory_limit_mib <= 0:
             raise ConfigError(f"--memory-limit-mib must be positive, got {self.memory_limit_mib}")
+        check_choice("--attention", self.attention, ("auto", *EXPORT_FORMS))
+        check_choice("--jetson", self.jetson, tuple(BOARD_MEMORY_GIB))
+        check_range("--attention-chunks", self.attention_chunks, 1, MAX_CHUNKS, optional=True)
+        if self.attention_chunks is not None and self.attention != "chunked":
+            raise ConfigError("--attention-chunks applies to --attention chunked; add it or drop --attention-chunks")
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1 or max(self.imgsz) > MAX_IMAGE_SIDE):
             raise ConfigError(f"--imgsz must be two sizes H W in 1..{MAX_IMAGE_SIDE}, got {self.imgsz}")
         check_range("verify images", self.verify_images, 1, 1000)
@@ -129,6 +146,10 @@ class ExportConfig(Config):
     def out_dir(self, checkpoint: str | os.PathLike[str]) -> Path:
         """The folder the graphs go to: ``out``, else ``EXPORT_DIR/<checkpoint stem>/``."""
         return Path(self.out) if self.out is not None else EXPORT_DIR / Path(checkpoint).stem
+
+    def memory_budget_mib(self) -> float:
+        """The most a graph may need (MiB): ``memory_limit_mib``, else ``jetson``'s memory less the reserve."""
+        return self.memory_limit_mib if self.memory_limit_mib is not None else board_budget_mib(self.jetson)
 
     def recipe_names(self) -> list[str]:
         """The recipes asked for, in order: ``--fp16``, ``--int8`` (for ``--target``), then ``recipes``."""

@@ -3,6 +3,7 @@
 ``export_model(checkpoint, ExportConfig)`` is a plan and its steps, each a function from artifact to artifact:
 
     plan_export        checks every option and input, writes nothing                         (plan.py)
+    choose_attention   PAM's form by the memory model, traced                               (attention.py)
     export_onnx        PyTorch -> FP32 ``model.onnx`` verified against PyTorch                (fp32.py)
     make_bundle        the reference bundle for ``check`` on a device without PyTorch        (reference.py)
     derive             one step per precision recipe (recipes.py): FP16, INT8 Q/DQ, ...; each graph verified
@@ -32,6 +33,7 @@ from ..core.errors import ExportError, Interrupted
 from ..core.manifest import Manifest, read_manifest, write_manifest
 from ..core.progress import track
 from ..graph.precision import format_report, precision_report, verify_precision
+from .attention import choose_attention
 from .budget import apply_budget
 from .config import ExportConfig
 from .fp32 import MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph
@@ -151,8 +153,9 @@ def _write_fp32(plan: ExportPlan, artifacts: list[Artifact], log: Log) -> Artifa
     """The FP32 step, with logits (calibration, the budget and the checks work on them); appended to
     ``artifacts`` as soon as it is written, so an interruption while logging still counts it."""
     cfg = plan.cfg
+    choice = choose_attention(plan, log)
     fp32 = export_onnx(plan.loaded, plan.out_dir / "model.onnx", plan.size, cfg.batch, cfg.opset, False, plan.frames,
-                       cfg.tolerance, cfg.target)
+                       cfg.tolerance, cfg.target, choice.form, choice.chunks, choice.graph, choice.record())
     artifacts.append(fp32)
     log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
@@ -184,7 +187,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         Interrupted: Ctrl-C; the message lists the artifacts complete so far (nothing is half-written).
     """
     log = log or (lambda _msg: None)
-    plan = plan_export(checkpoint, cfg, log)
+    plan = plan_export(checkpoint, cfg)
     artifacts: list[Artifact] = []
     try:
         fp32 = _write_fp32(plan, artifacts, log)
@@ -203,7 +206,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
             artifacts = fuse_artifacts(artifacts, plan.frames, cfg.target, log)
         if plan.build_engine is not None:
             artifacts += _build_engines(plan.build_engine, list(artifacts), log)
-        return ExportResult(artifacts, plan.attention_mib, plan.warnings, calibration, bundle)
+        return ExportResult(artifacts, fp32.manifest.extra["attention"], plan.warnings, calibration, bundle)
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted):
             raise

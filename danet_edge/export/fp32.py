@@ -5,8 +5,9 @@ Graph choices (torch 2.15):
 * ``torch.onnx.export(..., dynamo=False)`` (TorchScript path): the dynamo path needs onnxscript and
   gives nothing the static graph needs; the TorchScript path with fixed input shapes, then onnxslim's
   constant folding, leaves no ``Shape`` arithmetic and no symbolic dimension.
-* PAM exported with ``set_attention("explicit")``: MatMul -> Softmax -> (Transpose) -> MatMul; the SDPA
-  path adds scale Muls around the MatMuls.
+* PAM exported in the form asked (``model.attention``): ``explicit`` MatMul -> Softmax -> (Transpose) ->
+  MatMul, ``chunked`` (the same per static slice of the queries, then Concat) or ``heads`` (Expand of Q and K,
+  one head size); never the SDPA path, which adds scale Muls around the MatMuls.
 * eval mode: only the fused logits (auxiliary heads and Dropout are not in the graph).
 * input ``images`` ``(N, 3, H, W) float32`` normalised, output ``logits`` ``(N, K, H, W) float32``;
   with ``fused_io``: input ``images`` ``(N, H, W, 3) uint8`` RGB (Cast, Transpose, Sub, Mul in the graph)
@@ -25,20 +26,23 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 
 from ..core.compare import relative_l2
-from ..core.errors import ExportError
+from ..core.errors import ConfigError, ExportError
 from ..core.manifest import Manifest, manifest_json, manifest_path
 from ..core.onnx_meta import METADATA_KEY
 from ..core.utils import atomic_path
 from ..data.frames import model_inputs
-from ..graph.precision import precision_report, verify_precision
+from ..graph.memory import memory_estimate
+from ..graph.precision import precision_report, scale_before_energy, verify_precision
 from ..graph.trtcheck import enforce_tensorrt_compat
 from ..model.checkpoint import LoadedModel, checkpoint_manifest
+from ..model.forms import EXPORT_FORMS, reference_chunks
 from .config import ExportConfig
 from .graph_io import fuse_io
 from .results import Artifact
@@ -46,7 +50,7 @@ from .results import Artifact
 #: Least share of equal class maps a fused-I/O graph must give against the graph or model it came from.
 MIN_FUSED_AGREEMENT = 0.999
 
-__all__ = ["MIN_FUSED_AGREEMENT", "export_onnx", "finalize", "fused_manifest", "ort_session", "run_graph",
+__all__ = ["MIN_FUSED_AGREEMENT", "export_onnx", "trace_onnx", "finalize", "fused_manifest", "ort_session", "run_graph",
            "synthetic_frames"]
 
 
@@ -91,9 +95,10 @@ def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str
     between them leaves the new graph beside the old sidecar. Readers close that window by detection:
     ``manifest.read_manifest`` compares the sidecar with the manifest embedded here
     (``metadata_props[METADATA_KEY]``) and refuses a mismatch in one line, instead of running with the old
-    normalisation.
+    normalisation. The graph's memory estimate (``graph.memory``) goes into ``manifest.extra["memory"]``.
     """
     sidecar = manifest_path(path)
+    manifest.extra = {**manifest.extra, "memory": memory_estimate(model).record()}
     sidecar_text = manifest_json(manifest, str(sidecar))
     enforce_tensorrt_compat(model, target)
     del model.metadata_props[:]
@@ -110,9 +115,51 @@ def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str
     # leaving the block renames the graph (inner), then the sidecar (outer)
 
 
+def trace_onnx(loaded: LoadedModel, size: tuple[int, int], batch: int, opset: int, attention: str = "explicit",
+               chunks: int | None = None) -> onnx.ModelProto:
+    """The model traced to a static-shape FP32 ONNX graph (logits out), PAM in the form asked, constant-folded
+    by onnxslim; not yet checked or verified (:func:`export_onnx` does both).
+
+    Args:
+        size: ``(H, W)``; batch: N; opset: ONNX opset.
+        attention, chunks: PAM's form (``model.forms.EXPORT_FORMS``) and the query chunks of ``chunked``.
+
+    Raises:
+        ConfigError: an unknown form. ExportError: ``torch.onnx.export`` failed.
+    """
+    import onnxslim
+
+    if attention not in EXPORT_FORMS:
+        raise ConfigError(f"--attention must be one of {', '.join(EXPORT_FORMS)}, got {attention!r}")
+    h, w = size
+    model = loaded.model.eval()
+    old = model.head.sa.impl, model.head.sa.chunks
+    model.set_attention(attention, chunks if attention == "chunked" else None)  # type: ignore[arg-type]
+    names = checkpoint_manifest(loaded, (h, w), batch)
+    try:
+        with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
+            raw = Path(tmp) / "raw.onnx"
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript path is chosen on purpose; shapes are static
+                torch.onnx.export(model, (torch.zeros(batch, 3, h, w),), str(raw), input_names=[names.input_name],
+                                  output_names=[names.output_name], opset_version=opset, dynamo=False,
+                                  do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+            graph = onnxslim.slim(onnx.load(str(raw)))
+    except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as e:
+        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
+    finally:
+        model.set_attention(*old)
+    if attention == "heads":
+        graph = scale_before_energy(graph)
+    graph.graph.name = "danet"
+    return graph
+
+
 def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[int, int], batch: int | None = None,
                 opset: int | None = None, fused_io: bool = False, frames: list[np.ndarray] | None = None,
-                tolerance: float | None = None, target: str | None = None) -> Artifact:
+                tolerance: float | None = None, target: str | None = None, attention: str = "explicit",
+                chunks: int | None = None, graph: onnx.ModelProto | None = None,
+                record: dict[str, Any] | None = None) -> Artifact:
     """PyTorch model -> verified static-shape FP32 ONNX at ``out`` (+ ``out.json``).
 
     Args:
@@ -121,13 +168,15 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
         batch, opset, tolerance, target: None = :class:`~danet_edge.export.config.ExportConfig`'s defaults.
         frames: verification images ``(H, W, 3) uint8 RGB`` (any size); default synthetic.
         tolerance: ONNX Runtime vs PyTorch logits relative L2 limit (fused I/O: label agreement >= 99.9 %).
+        attention, chunks: PAM's form in the graph (``model.forms.EXPORT_FORMS``) and, for ``chunked``, the number
+            of query chunks (None: by size, ``forms.reference_chunks``); recorded in ``manifest.extra["attention"]``.
+        graph: the graph :func:`trace_onnx` already made with these options (None: traced here).
+        record: more facts of the attention for ``manifest.extra["attention"]`` (``attention.AttentionChoice``).
 
     Raises:
         ExportError: export, checker or verification failure (says by how much).
         CompatibilityError: TensorRT rule broken (``target="tensorrt"``).
     """
-    import onnxslim
-
     batch = ExportConfig.default("batch") if batch is None else batch
     opset = ExportConfig.default("opset") if opset is None else opset
     tolerance = ExportConfig.default("tolerance") if tolerance is None else tolerance
@@ -135,26 +184,13 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     t0 = time.perf_counter()
     out = Path(out)
     h, w = size
+    os_ = loaded.config.output_stride
+    if attention == "chunked" and chunks is None:
+        chunks = reference_chunks(batch, (h // os_) * (w // os_))
+    if graph is None:
+        graph = trace_onnx(loaded, size, batch, opset, attention, chunks)
     model = loaded.model.eval()
-    old_impl = model.head.sa.impl
-    model.set_attention("explicit")
-    base = checkpoint_manifest(loaded, (h, w), batch)
-    net, dummy = model, torch.zeros(batch, 3, h, w)
-    manifest = replace(base, kind="onnx", opset=opset, target=target)
-    try:
-        with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript path is chosen on purpose
-                torch.onnx.export(net, (dummy,), str(raw), input_names=[manifest.input_name],
-                                  output_names=[manifest.output_name], opset_version=opset, dynamo=False,
-                                  do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
-            graph = onnxslim.slim(onnx.load(str(raw)))
-    except (RuntimeError, ValueError, torch.onnx.errors.OnnxExporterError) as e:
-        raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
-    finally:
-        model.set_attention(old_impl)
-    graph.graph.name = "danet"
+    manifest = replace(checkpoint_manifest(loaded, (h, w), batch), kind="onnx", opset=opset, target=target)
     if fused_io:
         graph = fuse_io(graph, manifest.mean, manifest.std)
         manifest = fused_manifest(manifest)
@@ -179,6 +215,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     report = precision_report(graph)
     verify_precision(report, "fp32")
     manifest.precision_report = report.to_dict()
-    manifest.extra = {**manifest.extra, "verification": verification}
+    manifest.extra = {**manifest.extra, "verification": verification,
+                      "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
+                                    **(record or {})}}
     finalize(graph, out, manifest, target)
     return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification)

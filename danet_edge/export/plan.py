@@ -1,8 +1,7 @@
 """What an export will do, decided and checked before anything is written: :class:`ExportPlan`.
 
 ``plan_export(checkpoint, cfg)`` loads the checkpoint, resolves the image size, the recipes, the calibration,
-budget and reference-bundle images, the verification frames and the engine builder, and measures the PAM
-attention map against ``--memory-limit-mib``. A bad option, checkpoint, size or calibration folder fails here,
+budget and reference-bundle images, the verification frames and the engine builder. A bad option, checkpoint, size or calibration folder fails here,
 so the output folder is left untouched.
 """
 
@@ -25,13 +24,7 @@ from .config import ExportConfig
 from .fp32 import synthetic_frames
 from .recipes import PrecisionRecipe, get_recipe
 
-__all__ = ["ExportPlan", "attention_memory_mib", "plan_export"]
-
-
-def attention_memory_mib(h: int, w: int, output_stride: int, batch: int = 1, bytes_per_value: int = 4) -> float:
-    """PAM's attention map size in MiB: ``N^2 * bytes * batch`` with ``N = (H/OS) * (W/OS)``."""
-    n = (h // output_stride) * (w // output_stride)
-    return n * n * bytes_per_value * batch / 2**20
+__all__ = ["ExportPlan", "plan_export"]
 
 
 @dataclass
@@ -43,7 +36,7 @@ class ExportPlan:
             the output stride. out_dir: where the artifacts go. recipes: the precision recipes, in order.
         calib_set: calibration images (None when no recipe calibrates and no ``--calib`` was given).
         budget_set, bundle_set: images for the accuracy budget and the reference bundle (None: not asked).
-        frames: verification images ``(H, W, 3) uint8 RGB``. attention_mib: PAM's map per precision (MiB).
+        frames: verification images ``(H, W, 3) uint8 RGB``.
         warnings: what the user should know (also logged). build_engine: the TensorRT builder with ``--engine``.
     """
 
@@ -57,7 +50,6 @@ class ExportPlan:
     budget_set: BudgetImages | None
     bundle_set: BudgetImages | None
     frames: list[np.ndarray]
-    attention_mib: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     build_engine: Callable[..., Any] | None = None
 
@@ -104,14 +96,12 @@ def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe]) -> Calibrati
     return load_calibration_set(calib_dir, count, cfg.seed)
 
 
-def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig,
-                log: Callable[[str], None] | None = None) -> ExportPlan:
+def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> ExportPlan:
     """Check everything ``cfg`` and the checkpoint ask for and return the plan; writes nothing.
 
     Raises:
         ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input.
     """
-    log = log or (lambda _msg: None)
     cfg.validate()
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
@@ -126,16 +116,5 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig,
     frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
         synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
 
-    os_ = loaded.config.output_stride
-    n_pos = (h // os_) * (w // os_)
-    att = {"fp32": attention_memory_mib(h, w, os_, cfg.batch, 4), "fp16": attention_memory_mib(h, w, os_, cfg.batch, 2)}
-    log(f"PAM attention map: N = {n_pos} positions ({h}x{w} / OS {os_}), N^2 x batch {cfg.batch} = "
-        f"{att['fp32']:.1f} MiB in FP32 (kept FP32 in every graph here), {att['fp16']:.1f} MiB if FP16")
-    warnings: list[str] = []
-    if att["fp32"] > cfg.memory_limit_mib:
-        msg = (f"PAM attention map needs {att['fp32']:.0f} MiB at {h}x{w}, above --memory-limit-mib "
-               f"{cfg.memory_limit_mib:g}: use a smaller --imgsz or output stride 16")
-        warnings.append(msg)
-        log("warning: " + msg)
     return ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
-                      frames, att, warnings, build_engine)
+                      frames, [], build_engine)

@@ -24,11 +24,11 @@ class Artifact:
 
 @dataclass
 class ExportResult:
-    """Artifacts written (FP32 first, engines last with --engine), the PAM attention-map memory (MiB) per
-    precision, warnings, the calibration record and the reference bundle folder (None with 0 images)."""
+    """Artifacts written (FP32 first, engines last with --engine), PAM's form and the memory it was chosen by
+    (``attention.AttentionChoice.record``), warnings, the calibration record and the reference bundle folder (None with 0 images)."""
 
     artifacts: list[Artifact]
-    attention_mib: dict[str, float]
+    attention: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     reference_bundle: Path | None = None

@@ -19,7 +19,7 @@ import onnx
 from ..core.errors import PrecisionError
 
 __all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "PrecisionReport", "precision_report",
-           "verify_precision", "format_report", "cast_to", "producers", "consumers"]
+           "verify_precision", "format_report", "cast_to", "scale_before_energy", "producers", "consumers"]
 
 # Nodes that move or reshape data: they carry a dtype but compute nothing worth reporting.
 @dataclass
@@ -117,6 +117,27 @@ def default_fp32_islands(model: onnx.ModelProto, pam_energy: bool = True) -> lis
     names = a.cam_energy + a.cam_reduce + a.cam_softmax + a.pam_softmax
     return names + (a.pam_energy if pam_energy else [])
 
+
+
+def scale_before_energy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Write PAM's softmax scale (1: DANet has none) as a Mul on Q before each energy MatMul, where TensorRT's
+    attention pattern has its scale (``Mul(Q, s) -> MatMul -> Softmax -> MatMul``; TensorRT developer guide,
+    "Multi-Head Attention Fusion"). Exact: a multiplication by 1. In place; returns ``model``.
+
+    The exporter and onnxslim drop a multiplication by 1, so the heads form gets it back here.
+    """
+    g = model.graph
+    att = attention_nodes(model)
+    by_name = {n.name: n for n in g.node}
+    for i, name in enumerate(att.pam_energy):
+        mm = by_name[name]
+        scale = onnx.helper.make_tensor(f"pam_scale_{i}", onnx.TensorProto.FLOAT, [], [1.0])
+        g.initializer.append(scale)
+        scaled = f"{mm.input[0]}_scaled_{i}"
+        mul = onnx.helper.make_node("Mul", [mm.input[0], scale.name], [scaled], name=f"pam_scale_mul_{i}")
+        mm.input[0] = scaled
+        g.node.insert(list(g.node).index(mm), mul)
+    return model
 
 
 def cast_to(node: onnx.NodeProto) -> int | None:

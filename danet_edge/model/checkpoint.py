@@ -33,9 +33,9 @@ from ..core.errors import CheckpointError, ConfigError
 from ..core.manifest import MAX_IMAGE_SIDE, Manifest
 from .danet import DANet
 from .weights import load_official_checkpoint
-from .config import ModelConfig
+from .config import ImportConfig, ModelConfig
 from .weights import safe_torch_load
-from ..core.palettes import default_palette, palette_for
+from ..core.palettes import STANDARD_CLASSES, default_palette, palette_for
 from .config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.utils import atomic_path, sha256_file
 
@@ -210,10 +210,12 @@ def checkpoint_manifest(loaded: LoadedModel, image_size: tuple[int, int] | None 
     )
 
 
-def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], multi_grid: bool = False,
-                    output_stride: int = 8, classes: list[str] | None = None,
-                    palette: list[list[int]] | None = None, image_size: tuple[int, int] | None = None) -> Path:
+def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], cfg: ImportConfig | None = None,
+                    classes: list[str] | None = None, palette: list[list[int]] | None = None) -> Path:
     """Convert an official DANet / PyTorch-Encoding checkpoint into a danet-edge checkpoint.
+
+    ``cfg``: how it was trained, its data set and export size (None: :class:`ImportConfig`'s defaults).
+    ``classes`` / ``palette``: names and colours of its K classes (default: ``cfg.dataset``'s, else generic).
 
     The result records what the weights cannot tell (multi-grid, output stride), the class names,
     palette and export size, so ``export``, ``check`` and ``infer`` need no further options. The
@@ -224,8 +226,14 @@ def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], mu
             ``classes`` / ``palette`` of the wrong length, or an image size not divisible by the
             output stride.
     """
+    cfg = cfg or ImportConfig()
+    cfg.validate()
+    if cfg.dataset is not None:
+        std_classes, std_palette = STANDARD_CLASSES[cfg.dataset]
+        classes, palette = classes or std_classes, palette or std_palette
+    image_size, output_stride = cfg.image_size, cfg.output_stride
     src, dst = Path(src), Path(dst)
-    model = load_official_checkpoint(src, multi_grid, output_stride)
+    model = load_official_checkpoint(src, cfg.multi_grid, output_stride)
     k = model.config.num_classes
     data: dict[str, Any] = {"dataset": "official"}
     if classes is not None:

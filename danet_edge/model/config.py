@@ -4,14 +4,14 @@ normalisation a DANet expects by default (the ImageNet statistics its backbone w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 from ..core.config import Config, check_choice, check_range, option
 from ..core.errors import ConfigError
+from .forms import ATTENTION_IMPLS, AttentionImpl
 
-__all__ = ["ModelConfig", "AttentionImpl", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ImportConfig", "ModelConfig", "AttentionImpl", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-AttentionImpl = Literal["sdpa", "explicit"]
 
 #: ImageNet statistics (RGB, 0..1 scale): the default normalisation of a DANet (its backbone's pretraining).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -41,14 +41,15 @@ class ModelConfig(Config):
     multi_grid: bool = option(False, "layer4 dilations 4, 8, 16.")
     deep_stem: bool = option(False, "Three-conv stem (PyTorch-Encoding).")
     aux: bool = option(False, "FCN auxiliary head on layer3.")
-    attention: AttentionImpl = option("sdpa", "PAM implementation: sdpa (fused where PyTorch can) or explicit.")
+    attention: AttentionImpl = option("sdpa", "PAM implementation: sdpa (fused on CUDA; chunked on a CPU), explicit, "
+                                                "chunked or heads (model.attention).")
 
     def validate(self) -> None:
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError(f"backbone must be a name, got {self.backbone!r}")
         check_range("num_classes", self.num_classes, 1, 255)
         check_choice("output stride", self.output_stride, (8, 16))  # type: ignore[arg-type]
-        check_choice("attention", self.attention, ("sdpa", "explicit"))
+        check_choice("attention", self.attention, ATTENTION_IMPLS)
         for key in ("multi_grid", "deep_stem", "aux"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model config field {key!r} must be true or false")
@@ -69,3 +70,27 @@ class ModelConfig(Config):
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+
+
+@dataclass(frozen=True)
+class ImportConfig(Config):
+    """Options of ``danet-edge import-official`` (``model.checkpoint.import_official``): what an official DANet /
+    PyTorch-Encoding checkpoint's weights cannot tell.
+
+    Attributes:
+        multi_grid, output_stride: how it was trained (ModelConfig's defaults: no multi-grid, OS 8).
+        dataset: take class names and palette from this data set (``core.palettes.STANDARD_CLASSES``); None:
+            generic names. image_size: ``(H, W)`` px, the default export size recorded (None: none).
+    """
+
+    multi_grid: bool = option(ModelConfig.default("multi_grid"), "Trained with --multi-grid (layer4 4, 8, 16); the "
+                              "released Cityscapes DANet-101 was. Weights cannot tell.")
+    output_stride: int = option(ModelConfig.default("output_stride"), "Output stride it was trained with.")
+    dataset: str | None = option(None, "Take class names and palette from this data set.")
+    image_size: tuple[int, int] | None = option(None, "Default export size H W.")
+
+    def validate(self) -> None:
+        check_choice("output stride", self.output_stride, (8, 16))  # type: ignore[arg-type]
+        check_choice("--dataset", self.dataset, ("camvid", "cityscapes"), optional=True)
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ConfigError("--imgsz takes two numbers: H W")

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import AttentionImpl, ModelConfig
+from .attention import pam_chunked, pam_explicit, pam_heads
+from .config import ModelConfig
+from .forms import ATTENTION_IMPLS, AttentionImpl, reference_chunks
 from ..core.errors import ConfigError
 from .backbone import build_backbone
 
@@ -38,37 +40,48 @@ class PAM(nn.Module):
     image, without the 1/sqrt(d) scale; ``E = gamma * (V S^T) + A`` with ``gamma`` a learned
     scalar initialised to 0.
 
-    Two implementations give the same result (to float32 rounding):
+    Its forms give the same result to float32 rounding (``model.attention``; costs in ``model.forms``):
 
-    * ``"sdpa"`` (default): ``torch.nn.functional.scaled_dot_product_attention`` with
-      ``scale=1.0``, one head, query/key/value laid out as ``(N, 1, L, d)``. Its memory-efficient
-      and flash kernels never store the ``(L, L)`` map on a GPU.
+    * ``"sdpa"`` (default): on CUDA ``torch.nn.functional.scaled_dot_product_attention`` with ``scale=1.0``,
+      one head, query/key/value laid out as ``(N, 1, L, d)``; its memory-efficient and flash kernels never
+      store the ``(L, L)`` map. On a CPU it runs as ``"chunked"`` (PyTorch's CPU kernels would hold the map).
     * ``"explicit"``: the paper's bmm -> softmax -> bmm. It materialises ``N * L * L`` floats
-      (268 MB per image in FP32 at 512x1024, output stride 8). Export uses the graph either way
-      (MatMul -> Softmax -> MatMul), which TensorRT fuses into one attention kernel.
+      (256 MiB per image in FP32 at 512x1024, output stride 8).
+    * ``"chunked"``: the explicit form over ``chunks`` static slices of the queries (None: as many as keep one
+      slice of the map at or under ``forms.REFERENCE_CHUNK_MIB``).
+    * ``"heads"``: V as 8 heads of ``C/8`` channels, Q and K shared: the form TensorRT's fused attention matches.
+
+    Export writes ``explicit``, ``chunked`` or ``heads`` (``export --attention``).
     """
 
-    def __init__(self, channels: int, impl: AttentionImpl = "sdpa") -> None:
+    def __init__(self, channels: int, impl: AttentionImpl = "sdpa", chunks: int | None = None) -> None:
         super().__init__()
         self.query_conv = nn.Conv2d(channels, channels // 8, 1)
         self.key_conv = nn.Conv2d(channels, channels // 8, 1)
         self.value_conv = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
         self.impl: AttentionImpl = impl
+        self.chunks = chunks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         q = self.query_conv(x).flatten(2).transpose(1, 2)  # (N, L, C/8)
         k = self.key_conv(x).flatten(2)  # (N, C/8, L)
         v = self.value_conv(x).flatten(2)  # (N, C, L)
-        if self.impl == "sdpa":
+        impl = self.impl
+        if impl == "sdpa" and x.device.type == "cpu":
+            impl = "chunked"
+        if impl == "sdpa":
             out = F.scaled_dot_product_attention(
                 q.unsqueeze(1), k.transpose(1, 2).unsqueeze(1), v.transpose(1, 2).unsqueeze(1), scale=1.0
             )  # (N, 1, L, C)
             out = out.squeeze(1).transpose(1, 2)  # (N, C, L)
+        elif impl == "chunked":
+            out = pam_chunked(q, k, v, self.chunks or reference_chunks(int(n), int(h * w)))
+        elif impl == "heads":
+            out = pam_heads(q, k, v)
         else:
-            attention = torch.softmax(torch.bmm(q, k), dim=-1)  # (N, L, L)
-            out = torch.bmm(v, attention.transpose(1, 2))  # (N, C, L)
+            out = pam_explicit(q, k, v)
         return self.gamma * out.reshape(n, c, h, w) + x
 
 
@@ -166,11 +179,18 @@ class DANet(nn.Module):
         self.head = DANetHead(self.backbone.out_channels, config.num_classes, config.attention)
         self.aux_head = FCNHead(self.backbone.c3_channels, config.num_classes) if config.aux else None
 
-    def set_attention(self, impl: AttentionImpl) -> None:
-        """Switch PAM between ``"sdpa"`` and ``"explicit"`` (weights are unchanged)."""
-        if impl not in ("sdpa", "explicit"):
-            raise ConfigError(f"attention must be 'sdpa' or 'explicit', got {impl!r}")
-        self.head.sa.impl = impl
+    def set_attention(self, impl: AttentionImpl, chunks: int | None = None) -> None:
+        """Switch PAM's form (``model.attention``; weights are unchanged). ``chunks``: query chunks of the
+        ``"chunked"`` form (None: by size, ``forms.reference_chunks``).
+
+        Raises:
+            ConfigError: an unknown form, or ``chunks`` < 1.
+        """
+        if impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTION_IMPLS)}, got {impl!r}")
+        if chunks is not None and (not isinstance(chunks, int) or chunks < 1):
+            raise ConfigError(f"attention chunks must be a positive integer, got {chunks!r}")
+        self.head.sa.impl, self.head.sa.chunks = impl, chunks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         size = x.shape[-2:]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..core.choices import DATASETS
+from ..core.choices import DATASETS, SPLITS
 from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..model.config import ModelConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["EvalConfig", "TrainConfig"]
 
 
 def _train_model() -> ModelConfig:
@@ -130,3 +130,30 @@ class TrainConfig(Config):
         return cls(**kw)
 
 
+
+
+@dataclass
+class EvalConfig(Config):
+    """Options of ``danet-edge eval`` (``train.evaluate.evaluate``).
+
+    Attributes:
+        dataset, data_root, split: the data set, its folder (not needed for synthetic) and the split.
+        multi_scale, flip: average the softmax over scales 0.5..1.75 / the mirrored image (the paper's MS and
+            flip testing, DANet section 4.2.1). limit: evaluate only the first N images (None: all).
+        multi_grid: official checkpoints only: trained with multi-grid (the weights cannot tell).
+    """
+
+    dataset: str = option("synthetic", "Data set.")
+    data_root: str | None = option(None, "Data set folder (not needed for synthetic).")
+    split: str = option("val", "Split to evaluate.")
+    multi_scale: bool = option(False, "Average over scales 0.5-1.75 (paper MS).")
+    flip: bool = option(False, "Also average the left-right mirrored image.")
+    limit: int | None = option(None, "Evaluate only the first N images.")
+    multi_grid: bool = option(False, "Official checkpoints only: trained with multi-grid.")
+
+    def validate(self) -> None:
+        check_choice("data set", self.dataset, DATASETS)
+        check_choice("split", self.split, SPLITS)
+        check_range("--limit", self.limit, 1, optional=True)
+        if self.dataset != "synthetic" and not self.data_root:
+            raise ConfigError(f"--data is required for data set {self.dataset!r}")

@@ -11,6 +11,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..model.config import ModelConfig
+from ..model.forms import PAM_HEADS
 from .config import TrainConfig
 
 __all__ = ['activation_memory']
@@ -23,14 +24,16 @@ _BYTES_PER_PIXEL = {("resnet18", 8): 955, ("resnet18", 16): 533, ("resnet34", 8)
                     ("resnet50", 8): 4373, ("resnet50", 16): 2135, ("resnet101", 8): 7641, ("resnet101", 16): 2955}
 
 
-def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, attention_map: bool = True,
+def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, form: str = "explicit",
                       amp: bool = False) -> tuple[float, float]:
     """A lower-bound estimate of the activations one training step keeps for backward, in bytes.
 
     Args:
         crop: ``(H, W)`` training crop. batch: images in one process's batch.
         model: backbone and output stride (an unregistered backbone counts as ResNet-18, the smallest).
-        attention_map: count PAM's ``(L x L)`` map (False for SDPA on CUDA, whose kernels do not keep it).
+        form: PAM's form as it runs (``model.forms``): ``explicit`` and ``chunked`` keep the whole ``(L x L)``
+            softmax for backward (every chunk's slice is saved), ``heads`` one per head (8), ``sdpa`` on CUDA none
+            (its kernels recompute it in backward); on a CPU ``sdpa`` runs as ``chunked``.
         amp: mixed precision (activations about half).
 
     Returns:
@@ -40,7 +43,8 @@ def activation_memory(crop: tuple[int, int], batch: int, model: ModelConfig, att
     per_px = _BYTES_PER_PIXEL.get((model.backbone, model.output_stride),
                                   _BYTES_PER_PIXEL[("resnet18", model.output_stride)])
     positions = (h // model.output_stride) * (w // model.output_stride)
-    attention = 4.0 * positions * positions if attention_map else 0.0
+    maps = {"sdpa": 0, "heads": PAM_HEADS}.get(form, 1)
+    attention = 4.0 * positions * positions * maps
     total = batch * (per_px * h * w + attention) * (0.5 if amp else 1.0)
     return total, attention
 
@@ -54,8 +58,8 @@ def _check_memory(cfg: TrainConfig, train_ds: Any, val_ds: Any) -> None:
     cuda = torch.cuda.is_available()
     per_proc = cfg.batch_size // cfg.devices
     batch = per_proc if cuda else cfg.batch_size  # CPU processes share one RAM
-    need, att = activation_memory(crop, batch, cfg.model, attention_map=not cuda or cfg.model.attention == "explicit",
-                                  amp=cfg.amp)
+    form = cfg.model.attention if cuda or cfg.model.attention != "sdpa" else "chunked"  # PAM.forward's rule
+    need, att = activation_memory(crop, batch, cfg.model, form, amp=cfg.amp)
     if cuda:  # the GPU's size (no CUDA context is made here: under torchrun every rank runs this)
         gpu = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
         have, where = torch.cuda.get_device_properties(gpu).total_memory, "the GPU has"

@@ -44,7 +44,7 @@ from ..core.errors import (CalibrationError, ConfigError, DataError, EngineError
 from ..core.manifest import Manifest, manifest_json, manifest_path, read_manifest
 from ..core.utils import atomic_path, sha256_file
 from ..core.io_contract import TensorSpec, check_io
-from .inspector import trt_dtype_name
+from .inspector import attention_fused, trt_dtype_name
 
 __all__ = ["EngineConfig", "BuildPlan", "plan_build", "build_engine", "check_engine_compat", "trt_major",
            "trt_version_tuple", "make_progress_monitor"]
@@ -215,7 +215,9 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
     serialized, calibration = _build(trt, cuda, builder, network, config, plan, manifest, onnx_path,
                                      calib_set, calib_key)
-    layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, _attention_matmuls(onnx_path))
+    matmuls, pam_softmax = _attention(onnx_path)
+    layers, summary = _inspect(trt, logger, serialized, cfg.dla_core, matmuls)
+    fused = attention_fused(layers, pam_softmax)
     asked = plan.precision
     if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
         raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
@@ -227,7 +229,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
                  "flags": plan.flags, "dla_core": cfg.dla_core, "workspace_mib": cfg.workspace_mib,
                  "opt_level": cfg.opt_level, "timing_cache": {"path": str(cfg.timing_cache) if cfg.timing_cache
                                                               else None, "status": timing_status},
-                 "layers": [layer.to_dict() for layer in layers],
+                 "layers": [layer.to_dict() for layer in layers], "attention_fused": fused,
                  "source_onnx_sha256": sha256_file(onnx_path), "trtexec": final_plan.trtexec_command}
     if calibration:
         trt_entry["calibration"] = calibration
@@ -235,7 +237,8 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
                                           precision_report=summary.to_dict(), tensorrt=trt_entry)
     _write(out_path, serialized, engine_manifest, trt_entry, config if cfg.timing_cache is not None else None,
            cfg.timing_cache)
-    log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'})")
+    log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'}; "
+        f"PAM as one fused attention kernel: {fused})")
     return out_path
 
 
@@ -339,13 +342,15 @@ def _build(trt: Any, cuda: Any, builder: Any, network: Any, config: Any, plan: B
     return serialized, calibration
 
 
-def _attention_matmuls(onnx_path: Path) -> set[str]:
-    """The graph's attention MatMuls by ONNX node name (to find them among the engine's layers)."""
+def _attention(onnx_path: Path) -> tuple[set[str], set[str]]:
+    """The graph's attention MatMuls and PAM's Softmaxes by ONNX node name (to find them among the engine's
+    layers)."""
     import onnx
 
     from ..graph.precision import attention_nodes
 
-    return set(attention_nodes(onnx.load(str(onnx_path), load_external_data=False)).matmuls)
+    att = attention_nodes(onnx.load(str(onnx_path), load_external_data=False))
+    return set(att.matmuls), set(att.pam_softmax)
 
 
 def _write(out_path: Path, serialized: Any, engine_manifest: Manifest, trt_entry: dict[str, Any], config: Any,

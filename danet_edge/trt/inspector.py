@@ -161,6 +161,29 @@ def summarize_layers(layers: list[LayerInfo], attention_nodes: set[str] | None =
     return EnginePrecision(len(layers), counts, attention)
 
 
+_FUSED_KERNEL = re.compile(r"(mha|fmha|flash|attention)", re.I)
+_SOFTMAX_KERNEL = re.compile(r"softmax", re.I)
+
+
+def attention_fused(layers: list[LayerInfo], pam_softmax: set[str]) -> bool | str:
+    """Whether TensorRT ran PAM as one attention kernel, read from the inspector's layers: True when a layer
+    holding a PAM Softmax (by ONNX name) names a fused attention kernel in its tactic, name or type (``mha``,
+    ``fmha``, ``flash``, ``attention``); False when every PAM Softmax runs as a softmax kernel of its own (its
+    layer's tactic or type says ``softmax``), so the map is materialised; ``"unknown"`` otherwise (a Myelin
+    region that names no kernel, layers without ONNX names, or the stand-in, which cannot know).
+
+    The kernel names are not documented by TensorRT: these rules are unverified on a device (NOTES).
+    """
+    holders = [layer for layer in layers if set(layer.onnx_nodes) & pam_softmax]
+    if not pam_softmax or not holders:
+        return "unknown"
+    if any(_FUSED_KERNEL.search(f"{layer.tactic} {layer.name} {layer.layer_type}") for layer in holders):
+        return True
+    if all(_SOFTMAX_KERNEL.search(layer.tactic) for layer in holders):
+        return False
+    return "unknown"
+
+
 def check_engine_compat(built: dict[str, Any] | None, trt_version: str, compute_capability: tuple[int, int],
                         gpu_name: str = "") -> None:
     """Refuse an engine built for another GPU or TensorRT version (engines are not portable).

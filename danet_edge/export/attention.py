@@ -1,0 +1,121 @@
+"""Export's attention step: which form PAM takes in the graph, decided by the memory model.
+
+``--attention auto`` (the default): the explicit form (the paper's graph) where the whole graph fits the
+budget, else the chunked form with the fewest query chunks that fit. The budget is ``--memory-limit-mib``, else
+the ``--jetson`` board's memory less ``graph.boards.RESERVE_MIB``; the need is ``graph.memory.memory_estimate``'s
+weights + activation peak. A form the user names is traced as asked and refused when it does not fit; a size
+that does not fit even with ``model.forms.MAX_CHUNKS`` chunks is refused in one line with the estimate and
+the largest size that fits.
+
+The choice needs at most two traces: the first in the form PyTorch's reference itself runs on a CPU
+(``forms.reference_chunks``: slices of at most 256 MiB; one slice, the explicit form, at common sizes), from
+whose graph the activations outside the attention map are read; a second only when another chunk count is
+needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx
+
+from ..core.errors import ConfigError
+from ..graph.memory import MemoryEstimate, memory_estimate
+from ..model.forms import MAX_CHUNKS, chunk_bounds, reference_chunks
+from .fp32 import trace_onnx
+from .plan import ExportPlan
+
+__all__ = ["AttentionChoice", "choose_attention", "chunks_needed"]
+
+
+@dataclass
+class AttentionChoice:
+    """The form chosen and its traced FP32 graph (logits out), with the estimate it was chosen by (MiB)."""
+
+    form: str
+    chunks: int | None
+    graph: onnx.ModelProto
+    estimate: MemoryEstimate
+    budget_mib: float
+
+    def record(self) -> dict[str, object]:
+        """What the manifest, the log and ``check`` report: the form, chunks, map and budget figures."""
+        a = self.estimate.attention
+        return {"form": self.form, "chunks": self.chunks or 1, "heads": a.heads, "map_mib": a.map_mib,
+                "gflop": a.gflop, "total_mib": self.estimate.total_mib, "budget_mib": round(self.budget_mib, 1)}
+
+
+def _slice_mib(batch: int, positions: int, chunks: int, bytes_per_value: int = 4) -> float:
+    rows = max(b - a for a, b in chunk_bounds(positions, chunks))
+    return batch * positions * rows * bytes_per_value / 2**20
+
+
+def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_mib: float) -> int | None:
+    """The fewest query chunks whose graph fits ``budget_mib``: weights + the activations outside the map +
+    two FP32 map slices (a Softmax's input and output, live at once); None when even :data:`MAX_CHUNKS` do not."""
+    base = estimate.weights_mib + estimate.other_mib
+    for k in range(1, MAX_CHUNKS + 1):
+        if base + 2 * _slice_mib(batch, positions, k) <= budget_mib:
+            return k
+    return None
+
+
+def _largest_fit(estimate: MemoryEstimate, size: tuple[int, int], batch: int, os_: int, budget: float) -> str:
+    """The largest ``H x W`` with the same aspect (multiples of ``os_``) the chunked form fits at, as text."""
+    h, w = size
+    for step in range(99, 0, -1):
+        s = step / 100
+        hh, ww = max(os_, int(h * s) // os_ * os_), max(os_, int(w * s) // os_ * os_)
+        scale = hh * ww / (h * w)
+        positions = (hh // os_) * (ww // os_)
+        need = estimate.weights_mib + estimate.other_mib * scale + 2 * _slice_mib(batch, positions, MAX_CHUNKS)
+        if need <= budget:
+            return f"{hh}x{ww}"
+    return f"none above {os_}x{os_}"
+
+
+def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionChoice:
+    """Trace the FP32 graph with PAM in the form ``plan.cfg`` asks for or the memory model picks.
+
+    Raises:
+        ConfigError: the graph does not fit the budget in the form asked, or in any form (one line: the
+            estimate, the budget, and what to change).
+    """
+    cfg, loaded = plan.cfg, plan.loaded
+    (h, w), batch, os_ = plan.size, cfg.batch, loaded.config.output_stride
+    positions = (h // os_) * (w // os_)
+    budget = cfg.memory_budget_mib()
+    where = f"--memory-limit-mib {budget:g}" if cfg.memory_limit_mib is not None else \
+        f"{cfg.jetson} ({budget:.0f} MiB after the reserve)"
+
+    def trace(form: str, chunks: int | None) -> AttentionChoice:
+        graph = trace_onnx(loaded, plan.size, batch, cfg.opset, form, chunks)
+        return AttentionChoice(form, chunks, graph, memory_estimate(graph), budget)
+
+    if cfg.attention == "auto":
+        k0 = reference_chunks(batch, positions)
+        first = trace("explicit" if k0 == 1 else "chunked", None if k0 == 1 else k0)
+        k = chunks_needed(first.estimate, batch, positions, budget)
+        if k is None:
+            raise ConfigError(f"DANet at {h}x{w} needs {first.estimate.weights_mib + first.estimate.other_mib:.0f} "
+                              f"MiB outside the attention map plus the map itself; even {MAX_CHUNKS} chunks do not "
+                              f"fit {where}. Largest size that fits: {_largest_fit(first.estimate, plan.size, batch, os_, budget)} "
+                              "(or output stride 16, or a larger --jetson)")
+        choice = first if k == k0 and first.estimate.total_mib <= budget else \
+            trace("explicit" if k == 1 else "chunked", None if k == 1 else k)
+    else:
+        chunks = cfg.attention_chunks
+        if cfg.attention == "chunked" and chunks is None:
+            chunks = reference_chunks(batch, positions)
+        choice = trace(cfg.attention, chunks if cfg.attention == "chunked" else None)
+        if choice.estimate.total_mib > budget:
+            raise ConfigError(f"the {cfg.attention} form at {h}x{w} needs {choice.estimate.total_mib:.0f} MiB "
+                              f"(attention map {choice.estimate.attention.map_mib:.0f} MiB), above {where}: use "
+                              "--attention auto (chunks the attention to fit) or a smaller --imgsz")
+    est = choice.estimate
+    log(f"PAM: {choice.form}" + (f", {choice.chunks} query chunks" if choice.form == "chunked" else "")
+        + f"; largest attention map {est.attention.map_mib:.1f} MiB, {est.attention.gflop:.1f} GFLOP; graph needs "
+        f"{est.total_mib:.0f} MiB (weights {est.weights_mib:.0f}, activations {est.activations_mib:.0f}) of "
+        f"{where}")
+    return choice

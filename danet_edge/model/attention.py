@@ -1,0 +1,68 @@
+"""The forms of DANet's position attention (PAM, paper section 3.2): one result, different memory and kernels.
+
+With ``L = H*W`` positions (``H, W`` at the output stride), ``q: (N, L, d)``, ``k: (N, d, L)``, ``v: (N, C, L)``
+(``d = C/8``), every form returns ``v softmax(q k)^T`` as ``(N, C, L)`` float, with no ``1/sqrt(d)`` scale:
+
+* ``explicit`` (the paper's): MatMul -> Softmax -> Transpose -> MatMul. Peak attention map ``N L^2`` elements;
+  MatMul FLOPs ``2 N L^2 (d + C)``.
+* ``chunked``: the explicit form on ``k`` static slices of the queries, the outputs concatenated (each row's
+  softmax is independent). Peak map ``N L^2 / k`` (one slice at a time); the same FLOPs.
+* ``heads``: V split into ``h = C/d`` heads of ``d`` channels, Q and K shared by every head (Expand), so Q, K
+  and V have one head size: the shape TensorRT's fused multi-head attention matches. Peak map ``N h L^2``
+  unfused (h maps), ``O(N L)`` fused; MatMul FLOPs ``2 N h L^2 2d`` (1.8x the explicit form's for ``C = 8d``).
+* ``sdpa`` (PyTorch only, exports as ``explicit``): ``torch.nn.functional.scaled_dot_product_attention``,
+  ``O(N L)`` memory on CUDA with the flash / memory-efficient kernels.
+
+All are exact rewrites: each query row's softmax is computed over all ``L`` keys in every form, so they differ
+only by float rounding (relative L2 ~1e-7 in FP32).
+
+Why ``heads``: TensorRT's multi-head attention fusion needs Q, K and V with one head size (FP16: 16..256, a
+multiple of 8; TensorRT developer guide, "Multi-Head Attention Fusion"); PAM's V has ``C = 8d`` channels, so the
+paper's form never fuses and the ``(L, L)`` map is materialised. Split into 8 heads of ``d`` channels, V matches
+Q and K; every head sees the same ``softmax(q k)``, so the result is unchanged. Whether a given TensorRT release
+fuses it is a fact of the device (``build`` records ``attention_fused``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .forms import chunk_bounds
+
+__all__ = ["pam_chunked", "pam_explicit", "pam_heads"]
+
+
+def pam_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The paper's form: ``(N, L, d), (N, d, L), (N, C, L) -> (N, C, L)``; holds the ``(N, L, L)`` map."""
+    attention = torch.softmax(torch.bmm(q, k), dim=-1)  # (N, L, L)
+    return torch.bmm(v, attention.transpose(1, 2))  # (N, C, L)
+
+
+def pam_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunks: int) -> torch.Tensor:
+    """Query-chunked form: the explicit form on ``chunks`` static slices of the queries, concatenated along the
+    positions; holds one ``(N, L/chunks, L)`` slice of the map at a time. Shapes as :func:`pam_explicit`."""
+    bounds = chunk_bounds(int(q.shape[1]), chunks)  # static under tracing: the graph gets fixed Slices
+    if len(bounds) == 1:
+        return pam_explicit(q, k, v)
+    return torch.cat([pam_explicit(q[:, a:b], k, v) for a, b in bounds], dim=2)
+
+
+def pam_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head form: V as ``h = C/d`` heads of ``d`` channels, Q and K repeated for every head, the scale 1
+    applied to Q before the first MatMul (where TensorRT's attention pattern has its scale).
+
+    ``(N, L, d), (N, d, L), (N, C, L) -> (N, C, L)``; needs ``C`` a multiple of ``d``.
+
+    Raises:
+        ValueError: ``C`` is not a multiple of ``d``.
+    """
+    n, length, d = (int(s) for s in q.shape)  # static under tracing: Expand / Reshape get fixed shapes
+    c = int(v.shape[1])
+    if c % d:
+        raise ValueError(f"PAM heads form: V has {c} channels, not a multiple of the head size {d}")
+    h = c // d
+    qh = (q * 1.0).unsqueeze(1).expand(n, h, length, d)  # (N, h, L, d)
+    kh = k.unsqueeze(1).expand(n, h, d, length)  # (N, h, d, L)
+    vh = v.reshape(n, h, d, length).transpose(2, 3)  # (N, h, L, d)
+    out = torch.matmul(torch.softmax(torch.matmul(qh, kh), dim=-1), vh)  # (N, h, L, d)
+    return out.transpose(2, 3).reshape(n, c, length)
