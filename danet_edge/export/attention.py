@@ -52,13 +52,23 @@ def _slice_mib(batch: int, positions: int, chunks: int, bytes_per_value: int = 4
 
 
 def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_mib: float) -> int | None:
-    """The fewest query chunks whose graph fits ``budget_mib``: weights + the activations outside the map +
-    two FP32 map slices (a Softmax's input and output, live at once); None when even :data:`MAX_CHUNKS` do not."""
-    base = estimate.weights_mib + estimate.other_mib
-    for k in range(1, MAX_CHUNKS + 1):
-        if base + 2 * _slice_mib(batch, positions, k) <= budget_mib:
+    """The fewest query chunks whose graph fits ``budget_mib``: weights + the larger of the activation peak
+    outside the attention and what is live beside the map plus one FP32 map slice (the Softmax writes over its
+    input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not."""
+    measured = estimate.attention.form == "explicit"  # k = 1 is this very graph: its own figure decides
+    if measured and estimate.total_mib <= budget_mib:
+        return 1
+    for k in range(2 if measured else 1, MAX_CHUNKS + 1):
+        if _need_mib(estimate, 1.0, batch, positions, k) <= budget_mib:
             return k
     return None
+
+
+def _need_mib(estimate: MemoryEstimate, scale: float, batch: int, positions: int, chunks: int) -> float:
+    """Estimated MiB of a graph with ``chunks`` query chunks, its activations outside the map scaled by ``scale``
+    (the pixel ratio to the graph ``estimate`` was made from)."""
+    at_attention = estimate.beside_map_mib * scale + _slice_mib(batch, positions, chunks)
+    return estimate.weights_mib + max(estimate.other_mib * scale, at_attention)
 
 
 def _largest_fit(estimate: MemoryEstimate, size: tuple[int, int], batch: int, os_: int, budget: float) -> str:
@@ -68,9 +78,7 @@ def _largest_fit(estimate: MemoryEstimate, size: tuple[int, int], batch: int, os
         s = step / 100
         hh, ww = max(os_, int(h * s) // os_ * os_), max(os_, int(w * s) // os_ * os_)
         scale = hh * ww / (h * w)
-        positions = (hh // os_) * (ww // os_)
-        need = estimate.weights_mib + estimate.other_mib * scale + 2 * _slice_mib(batch, positions, MAX_CHUNKS)
-        if need <= budget:
+        if _need_mib(estimate, scale, batch, (hh // os_) * (ww // os_), MAX_CHUNKS) <= budget:
             return f"{hh}x{ww}"
     return f"none above {os_}x{os_}"
 
@@ -98,12 +106,18 @@ def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionC
         first = trace("explicit" if k0 == 1 else "chunked", None if k0 == 1 else k0)
         k = chunks_needed(first.estimate, batch, positions, budget)
         if k is None:
-            raise ConfigError(f"DANet at {h}x{w} needs {first.estimate.weights_mib + first.estimate.other_mib:.0f} "
-                              f"MiB outside the attention map plus the map itself; even {MAX_CHUNKS} chunks do not "
+            raise ConfigError(f"DANet at {h}x{w} needs {_need_mib(first.estimate, 1.0, batch, positions, MAX_CHUNKS):.0f} "
+                              f"MiB with PAM in {MAX_CHUNKS} query chunks (the most); that does not "
                               f"fit {where}. Largest size that fits: {_largest_fit(first.estimate, plan.size, batch, os_, budget)} "
                               "(or output stride 16, or a larger --jetson)")
         choice = first if k == k0 and first.estimate.total_mib <= budget else \
             trace("explicit" if k == 1 else "chunked", None if k == 1 else k)
+        while choice.estimate.total_mib > budget and k < MAX_CHUNKS:  # the traced graph is the judge
+            k = min(MAX_CHUNKS, 2 * k)
+            choice = trace("chunked", k)
+        if choice.estimate.total_mib > budget:
+            raise ConfigError(f"DANet at {h}x{w} needs {choice.estimate.total_mib:.0f} MiB with PAM in {k} query "
+                              f"chunks, above {where}: use a smaller --imgsz, output stride 16 or a larger --jetson")
     else:
         chunks = cfg.attention_chunks
         if cfg.attention == "chunked" and chunks is None:

@@ -12,6 +12,7 @@ from ..core.errors import ConfigError
 from ..core.manifest import MAX_IMAGE_SIDE
 from ..graph.boards import BOARD_MEMORY_GIB, DEFAULT_BOARD, board_budget_mib
 from ..model.forms import EXPORT_FORMS, MAX_CHUNKS
+from ..trt.plan import EngineConfig
 from .recipes import get_recipe
 
 __all__ = ["ExportConfig", "MIN_OPSET"]
@@ -47,7 +48,7 @@ class ExportConfig(Config):
         attention_chunks: query chunks of ``chunked`` (None: the fewest that fit).
         jetson: the board whose memory the graph must fit (``graph.boards.BOARD_MEMORY_GIB``).
         memory_limit_mib: the most a graph may need, weights + activation peak (MiB; None: ``jetson``'s memory less
-            ``graph.boards.RESERVE_MIB``). A graph above it is refused.
+            ``graph.boards.RESERVE_MIB`` and TensorRT's workspace). A graph above it is refused.
         out: output folder (default ``EXPORT_DIR/<checkpoint stem>/``).
         tolerance: FP32 ONNX vs PyTorch relative L2 limit.
         fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit (None: the FP16 recipe's ``max_rel_l2``).
@@ -148,8 +149,11 @@ class ExportConfig(Config):
         return Path(self.out) if self.out is not None else EXPORT_DIR / Path(checkpoint).stem
 
     def memory_budget_mib(self) -> float:
-        """The most a graph may need (MiB): ``memory_limit_mib``, else ``jetson``'s memory less the reserve."""
-        return self.memory_limit_mib if self.memory_limit_mib is not None else board_budget_mib(self.jetson)
+        """The most a graph may need (MiB): ``memory_limit_mib``, else ``jetson``'s memory less the reserve and
+        TensorRT's workspace limit (``EngineConfig.workspace_mib``: scratch the engine may use beside it)."""
+        if self.memory_limit_mib is not None:
+            return self.memory_limit_mib
+        return board_budget_mib(self.jetson) - EngineConfig.default("workspace_mib")
 
     def recipe_names(self) -> list[str]:
         """The recipes asked for, in order: ``--fp16``, ``--int8`` (for ``--target``), then ``recipes``."""

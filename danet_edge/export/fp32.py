@@ -38,7 +38,7 @@ from ..core.manifest import Manifest, manifest_json, manifest_path
 from ..core.onnx_meta import METADATA_KEY
 from ..core.utils import atomic_path
 from ..data.frames import model_inputs
-from ..graph.memory import memory_estimate
+from ..graph.memory import dfs_order, memory_estimate
 from ..graph.precision import precision_report, scale_before_energy, verify_precision
 from ..graph.trtcheck import enforce_tensorrt_compat
 from ..model.checkpoint import LoadedModel, checkpoint_manifest
@@ -151,6 +151,9 @@ def trace_onnx(loaded: LoadedModel, size: tuple[int, int], batch: int, opset: in
         model.set_attention(*old)
     if attention == "heads":
         graph = scale_before_energy(graph)
+    ordered = dfs_order(graph.graph)  # one attention chunk after another, as runtimes run them
+    del graph.graph.node[:]
+    graph.graph.node.extend(ordered)
     graph.graph.name = "danet"
     return graph
 

@@ -5,12 +5,14 @@ one PAM Softmax over a 3-D ``(N, L, L)`` map is ``explicit``; several (one per q
 4-D ``(N, h, L, L)`` map with ``h > 1`` ``heads``. Its MatMul FLOPs and its largest map tensor (bytes, at the
 graph's type) come with it.
 
-**Activations** (:func:`memory_estimate`): a runtime that runs the nodes one by one in graph order holds, at
+**Activations** (:func:`memory_estimate`): a runtime that runs the nodes one by one (in :func:`dfs_order`) holds, at
 each node, every tensor produced earlier and still to be read, plus the node's outputs. The estimate is the
-largest such set (weights excluded; graph inputs and outputs included): the peak of a liveness walk. ONNX
-Runtime's CPU planner and TensorRT reuse freed memory the same way; neither can hold less than the largest
-single node's inputs and outputs. A fused attention kernel (TensorRT) holds no map at all: the figure for an
-unfused runtime is the safe one to plan with.
+largest such set (weights excluded; graph inputs and outputs included): the peak of a liveness walk, in which
+an element-wise op, a Softmax or a view writes over its first input when that input dies there, and a Transpose
+read only by MatMuls costs nothing (both runtimes fold it into the GEMM). ONNX Runtime's CPU planner and
+TensorRT reuse memory this way. The explicit form then holds one ``L x L`` map at a time (the energy, which the
+Softmax overwrites); the chunked form one slice. A fused attention kernel (TensorRT) holds no map at all: the
+figure for an unfused runtime is the safe one to plan with.
 
 **Fit** per Jetson (``boards.BOARD_MEMORY_GIB``, ``boards.RESERVE_MIB``): weights + activation peak + the reserve must
 be within the board's memory, which the CPU and GPU share.
@@ -27,7 +29,7 @@ from .boards import BOARD_MEMORY_GIB, RESERVE_MIB
 from .cost import _ITEMSIZE, _flops, tensor_info
 from .precision import attention_nodes
 
-__all__ = ["AttentionForm", "MemoryEstimate", "attention_form", "memory_estimate"]
+__all__ = ["AttentionForm", "MemoryEstimate", "attention_form", "dfs_order", "memory_estimate"]
 
 @dataclass
 class AttentionForm:
@@ -55,7 +57,8 @@ class MemoryEstimate:
     Attributes:
         weights_mib: initializers at their stored type. activations_mib: peak of the liveness walk.
         other_mib: the same walk with PAM's map tensors counted as nothing: what every form of the attention
-            shares (the base the form's maps add to).
+            shares. beside_map_mib: the most other activations live while an attention map is (what the maps
+            add to): the peak of a form with slices of ``S`` MiB is about ``max(other, beside_map + 2 S)``.
         total_mib: their sum. attention: :class:`AttentionForm`. reserve_mib: kept for the rest of the system.
         boards: per :data:`BOARD_MEMORY_GIB` row ``{"memory_mib", "free_mib", "fits"}`` (free after the graph and
             the reserve; negative when it does not fit).
@@ -66,6 +69,7 @@ class MemoryEstimate:
     total_mib: float
     attention: AttentionForm
     other_mib: float = 0.0
+    beside_map_mib: float = 0.0
     reserve_mib: float = RESERVE_MIB
     boards: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -105,7 +109,7 @@ def attention_form(model: onnx.ModelProto,
     biggest = max(_bytes(info, by_name[s].input[0]) for s in att.pam_softmax)
     flops = sum(_flops(by_name[m], info) for m in att.pam_energy + att.pam_out)
     return AttentionForm(form, len(att.pam_softmax), heads, maps[0][-1] if maps[0] else 0,
-                         round(biggest / 2**20, 3), round(flops / 1e9, 3))
+                         round(biggest / 2**20, 6), round(flops / 1e9, 6))
 
 
 def _map_tensors(model: onnx.ModelProto, g: onnx.GraphProto) -> set[str]:
@@ -128,30 +132,86 @@ def _map_tensors(model: onnx.ModelProto, g: onnx.GraphProto) -> set[str]:
     return names
 
 
-def _activation_peak(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]],
-                     exclude: set[str] = frozenset()) -> int:  # type: ignore[assignment]
-    """Largest set of live activations (bytes) over a walk of the nodes in graph order (``exclude``: tensors
-    counted as 0 bytes)."""
+#: Ops whose output can take over the buffer of a first input that dies there (same size): views (Reshape and
+#: the like), element-wise ops and Softmax. ONNX Runtime's allocation planner reuses such buffers, TensorRT runs
+#: element-wise layers in place.
+_IN_PLACE = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Relu", "Add", "Sub", "Mul", "Div",
+                       "Sigmoid", "Clip", "Softmax", "BatchNormalization", "Dropout"})
+
+
+def _in_place(n: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]) -> bool:
+    """Whether ``n`` can write its output over its first input: an op of :data:`_IN_PLACE`, or a Transpose read
+    only by MatMuls (which read a transposed operand in place: ONNX Runtime fuses it into the MatMul, TensorRT
+    into the GEMM)."""
+    if n.op_type in _IN_PLACE:
+        return True
+    return n.op_type == "Transpose" and bool(consumers.get(n.output[0])) and all(
+        c.op_type in ("MatMul", "Gemm") for c in consumers[n.output[0]])
+
+
+def dfs_order(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes in the order a depth-first walk from the graph's outputs produces them (each node after its
+    inputs' producers, in input order): the order ONNX Runtime's sequential executor runs them in, which finishes
+    one attention chunk (Slice, MatMul, Softmax, Transpose, MatMul) before it starts the next. Nodes no output
+    depends on come last, in graph order."""
+    producer = {o: n for n in g.node for o in n.output if o}
+    done: set[int] = set()
+    order: list[onnx.NodeProto] = []
+    for root in [producer[o.name] for o in g.output if o.name in producer] + list(g.node):
+        stack: list[tuple[onnx.NodeProto, int]] = [(root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if id(node) in done:
+                continue
+            inputs = [producer[t] for t in node.input if t in producer]
+            if i < len(inputs):
+                stack.append((node, i + 1))
+                if id(inputs[i]) not in done:
+                    stack.append((inputs[i], 0))
+                continue
+            done.add(id(node))
+            order.append(node)
+    return order
+
+
+def _liveness(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]], maps: set[str]) -> tuple[int, int, int]:
+    """A walk of the nodes in :func:`dfs_order`, holding each activation from the node that makes it to the last
+    that reads it, an in-place node's output in its dying input's buffer (:func:`_in_place`):
+    ``(peak of all live bytes, peak without the map tensors in ``maps``, the most non-map bytes live while a map
+    tensor is)``."""
     weights = {t.name for t in g.initializer}
     outputs = {o.name for o in g.output}
+    nodes = dfs_order(g)
     last_use: dict[str, int] = {}
-    for i, n in enumerate(g.node):
+    for i, n in enumerate(nodes):
         for name in n.input:
             if name:
                 last_use[name] = i
+    cons: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in n.input:
+            cons.setdefault(name, []).append(n)
     live = {v.name: _bytes(info, v.name) for v in g.input if v.name not in weights}
-    peak = sum(live.values())
-    for i, n in enumerate(g.node):
+    peak = other = at_maps = sum(live.values())
+    for i, n in enumerate(nodes):
         if n.op_type == "Constant":
             continue
+        first = n.input[0] if n.input else ""
+        if (first in live and first not in outputs and last_use.get(first, -1) <= i and _in_place(n, cons)
+                and _bytes(info, n.output[0]) <= live[first]):
+            del live[first]  # the output takes the input's buffer
         for o in n.output:
             if o:
-                live[o] = 0 if o in exclude else _bytes(info, o)
-        peak = max(peak, sum(live.values()))
+                live[o] = _bytes(info, o)
+        total = sum(live.values())
+        in_maps = sum(v for k, v in live.items() if k in maps)
+        peak, other = max(peak, total), max(other, total - in_maps)
+        if in_maps:
+            at_maps = max(at_maps, total - in_maps)
         for name in set(n.input) | set(n.output):
             if name in live and name not in outputs and last_use.get(name, -1) <= i:
                 del live[name]
-    return peak
+    return peak, other, at_maps
 
 
 def memory_estimate(model: onnx.ModelProto, reserve_mib: float = RESERVE_MIB,
@@ -160,10 +220,10 @@ def memory_estimate(model: onnx.ModelProto, reserve_mib: float = RESERVE_MIB,
     """Weights, activation peak and fit per Jetson of a static-shape graph (MiB; see the module docstring)."""
     g, info = inferred or tensor_info(model)
     weights = sum(_bytes(info, t.name) for t in g.initializer)
-    acts = _activation_peak(g, info)
-    other = _activation_peak(g, info, _map_tensors(model, g))
-    est = MemoryEstimate(round(weights / 2**20, 1), round(acts / 2**20, 1), round((weights + acts) / 2**20, 1),
-                         attention_form(model, (g, info)), other_mib=round(other / 2**20, 1),
+    acts, other, at_maps = _liveness(g, info, _map_tensors(model, g))
+    est = MemoryEstimate(round(weights / 2**20, 3), round(acts / 2**20, 3), round((weights + acts) / 2**20, 3),
+                         attention_form(model, (g, info)), other_mib=round(other / 2**20, 3),
+                         beside_map_mib=round(at_maps / 2**20, 3),
                          reserve_mib=reserve_mib)
     for board, gib in BOARD_MEMORY_GIB.items():
         free = gib * 1024 - reserve_mib - est.total_mib

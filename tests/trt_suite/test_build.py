@@ -418,3 +418,22 @@ def test_parser_refuses_a_zero_qdq_scale(exported, tmp_path):
     with pytest.raises(EngineError, match=rf"{dq.name}.*Scale coefficients must all be positive"):
         build_engine(src)
     assert not src.with_suffix(".engine").exists()
+
+
+@pytest.mark.parametrize("form", ["chunked", "heads"])
+def test_attention_forms_pass_the_rules_and_build(exported, tmp_path, form):
+    """The chunked and heads forms of PAM (FP16) pass the TensorRT rule check, parse and build on 10.3 and 11.x;
+    the engine runs like its graph; whether TensorRT fused the attention is 'unknown' here (the stand-in
+    cannot know, and no guess is recorded)."""
+    from danet_edge.export.export import ExportConfig, export_model
+
+    res = export_model(exported.checkpoint, ExportConfig(attention=form, attention_chunks=3 if form == "chunked" else None,
+                                                         fp16=True, fused_io=False, reference_images=0,
+                                                         out=tmp_path / "g"))
+    fp16 = next(a.path for a in res.artifacts if a.manifest.precision == "fp16")
+    assert read_manifest(fp16).extra["attention"]["form"] == form
+    eng = build_engine(fp16, None, EngineConfig())
+    m = read_manifest(eng)
+    assert m.tensorrt["attention_fused"] == "unknown" and m.attention()["fused"] == "unknown"
+    assert m.attention()["form"] == form
+    assert np.array_equal(_labels(eng, exported.frames), _labels(fp16, exported.frames))

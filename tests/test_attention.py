@@ -1,0 +1,216 @@
+"""PAM's forms (explicit, chunked, heads): exact rewrites, found by the graph helpers in every form, chosen by the
+memory model, refused when nothing fits, shown by cost / check / bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from _runtime_helpers import make_tiny_checkpoint, run_cli
+from danet_edge.core.errors import ConfigError
+from danet_edge.core.manifest import read_manifest
+from danet_edge.export.attention import chunks_needed
+from danet_edge.export.export import ExportConfig, export_model
+from danet_edge.export.fp32 import ort_session, run_graph, trace_onnx
+from danet_edge.graph.memory import attention_form, memory_estimate
+from danet_edge.graph.precision import attention_nodes, default_fp32_islands
+from danet_edge.model.attention import pam_chunked, pam_explicit, pam_heads
+from danet_edge.model.checkpoint import load_model
+from danet_edge.model.config import ModelConfig
+from danet_edge.model.danet import build_model
+from danet_edge.model.forms import attention_flops, chunk_bounds, reference_chunks
+from danet_edge.trt.inspector import LayerInfo, attention_fused
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def test_chunk_bounds_cover_every_position_once():
+    for length, k in ((10, 3), (96, 7), (5, 9), (8192, 64)):
+        b = chunk_bounds(length, k)
+        assert b[0][0] == 0 and b[-1][1] == length and all(x[1] == y[0] for x, y in zip(b, b[1:]))
+        assert max(s - a for a, s in b) - min(s - a for a, s in b) <= 1 and len(b) == min(k, length)
+    assert reference_chunks(1, 8192) == 1  # 256 MiB: the whole map at 512x1024
+    assert reference_chunks(1, 32768) == 16  # 4 GiB at 1024x2048: sixteen 256 MiB slices
+
+
+def test_forms_are_exact_on_random_tensors():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 300, 16), torch.randn(2, 16, 300), torch.randn(2, 128, 300)
+    ref = pam_explicit(q, k, v)
+    assert _rel(pam_chunked(q, k, v, 7), ref) < 1e-6 and _rel(pam_heads(q, k, v), ref) < 1e-6
+    with pytest.raises(ValueError, match="multiple"):
+        pam_heads(q, k, torch.randn(2, 120, 300))
+
+
+@pytest.mark.parametrize("backbone, size", [("resnet18", (64, 96)), ("resnet50", (64, 128))])
+def test_model_forms_give_the_same_class_maps(backbone, size):
+    """Every form of the whole model against the paper's: relative L2 <= 1e-5 and equal class maps (random
+    weights, non-zero attention gammas so PAM matters)."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(backbone=backbone, num_classes=11)).eval()
+    model.head.sa.gamma.data.fill_(0.7)
+    x = torch.randn(2, 3, *size)
+    out = {}
+    for impl, chunks in (("explicit", None), ("chunked", 3), ("chunked", None), ("heads", None), ("sdpa", None)):
+        model.set_attention(impl, chunks)
+        with torch.no_grad():
+            out[(impl, chunks)] = model(x).numpy()
+    ref = out[("explicit", None)]
+    for key, o in out.items():
+        assert _rel(o, ref) < 1e-5, key
+        assert (o.argmax(1) == ref.argmax(1)).mean() >= 0.99999, key
+    with pytest.raises(ConfigError, match="attention must be one of"):
+        model.set_attention("flash")
+    with pytest.raises(ConfigError, match="chunks"):
+        model.set_attention("chunked", 0)
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory):
+    """The FP32 graph of one tiny DANet in each form (64x96: L = 96 positions)."""
+    root = tmp_path_factory.mktemp("forms")
+    loaded = load_model(make_tiny_checkpoint(root / "t.pt"))
+    return {f: trace_onnx(loaded, (64, 96), 1, 17, f, 3 if f == "chunked" else None)
+            for f in ("explicit", "chunked", "heads")}
+
+
+def test_graph_helpers_find_the_attention_in_every_form(forms):
+    for form, g in forms.items():
+        att = attention_nodes(g)
+        n = 3 if form == "chunked" else 1
+        assert len(att.pam_softmax) == len(att.pam_energy) == len(att.pam_out) == n, form
+        assert len(att.cam_softmax) == 1
+        islands = set(default_fp32_islands(g))
+        assert set(att.pam_energy + att.pam_softmax) <= islands, form  # FP16 keeps every chunk's map in FP32
+        a = attention_form(g)
+        assert (a.form, a.chunks, a.heads, a.positions) == (form, n, 8 if form == "heads" else 1, 96)
+        # the FLOPs read from the graph are the formula's (d = 16, C = 128 for ResNet-18)
+        assert a.gflop == pytest.approx(attention_flops(form, 1, 96, 16, 128) / 1e9, abs=1e-3)
+    explicit, chunked = attention_form(forms["explicit"]), attention_form(forms["chunked"])
+    assert chunked.map_mib == pytest.approx(explicit.map_mib / 3, rel=0.02)
+    scale = [n for n in forms["heads"].graph.node if n.name.startswith("pam_scale_mul")]
+    assert len(scale) == 1  # the scale (1) where TensorRT's attention pattern has it: on Q, before the first MatMul
+    energy = next(n for n in forms["heads"].graph.node if n.name == attention_nodes(forms["heads"]).pam_energy[0])
+    assert energy.input[0] == scale[0].output[0]
+
+
+def test_forms_run_the_same_in_onnx_runtime(forms, tmp_path):
+    from danet_edge.core.manifest import Manifest
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    out = {f: ort_session(g).run(None, {"images": x})[0] for f, g in forms.items()}
+    for f, o in out.items():
+        assert _rel(o, out["explicit"]) < 1e-5 and (o.argmax(1) == out["explicit"].argmax(1)).all(), f
+    assert Manifest  # imported for the type only
+
+
+def test_memory_model_counts_the_maps_of_each_form(forms):
+    est = {f: memory_estimate(g) for f, g in forms.items()}
+    # the same graph outside the attention: the same base in every form
+    assert est["explicit"].other_mib == pytest.approx(est["chunked"].other_mib, abs=0.05)
+    assert est["explicit"].weights_mib == est["chunked"].weights_mib == est["heads"].weights_mib
+    # the activation peak holds at least one whole map (the Softmax writes over the energy)
+    assert est["explicit"].activations_mib >= est["explicit"].attention.map_mib
+    assert est["heads"].attention.map_mib == pytest.approx(8 * est["explicit"].attention.map_mib, rel=0.01)
+    for e in est.values():
+        assert set(e.boards) >= {"orin-nano-8gb", "orin-nx-16gb", "agx-orin-64gb"} and all(
+            r["fits"] for r in e.boards.values())
+
+
+BIG = (256, 384)  # L = 1536 positions: a 9 MiB map, the peak of a tiny DANet at this size
+
+
+def test_fewest_chunks_that_fit(tiny_checkpoint):
+    est = memory_estimate(trace_onnx(load_model(tiny_checkpoint), BIG, 1, 17, "explicit"))
+    positions = (BIG[0] // 8) * (BIG[1] // 8)
+    full = est.attention.map_mib
+    assert est.beside_map_mib + full > est.other_mib  # at this size the attention is the peak
+    at = est.weights_mib + est.beside_map_mib
+    assert est.total_mib <= at + full + 0.01  # the model's figure for one chunk bounds the graph's own
+    assert chunks_needed(est, 1, positions, est.total_mib + 0.01) == 1
+    assert chunks_needed(est, 1, positions, max(at + full / 2, est.weights_mib + est.other_mib) + 0.01) == 2
+    assert chunks_needed(est, 1, positions, est.weights_mib + est.other_mib - 0.01) is None
+
+
+def test_export_auto_chunks_to_fit_the_limit_and_records_it(tiny_checkpoint, tmp_path):
+    loaded = load_model(tiny_checkpoint)
+    est = memory_estimate(trace_onnx(loaded, BIG, 1, 17, "explicit"))
+    limit = est.weights_mib + max(est.other_mib, est.beside_map_mib + est.attention.map_mib / 2) + 0.05  # 2 chunks fit
+    assert est.total_mib > limit
+    logs: list[str] = []
+    res = export_model(tiny_checkpoint, ExportConfig(imgsz=BIG, memory_limit_mib=limit, fp16=True, reference_images=0,
+                                                      out=tmp_path / "a"), log=logs.append)
+    rec = res.attention
+    assert rec["form"] == "chunked" and rec["chunks"] >= 2 and rec["total_mib"] <= limit
+    for a in res.artifacts:  # every graph carries its form, its memory and is the chunked graph
+        m = read_manifest(a.path)
+        assert m.extra["attention"]["form"] == "chunked" and m.extra["memory"]["total_mib"] > 0
+        assert len(attention_nodes(onnx.load(str(a.path))).pam_softmax) == rec["chunks"]
+    assert any(line.startswith("PAM: chunked") for line in logs)
+    # the default (an Orin Nano's memory): the paper's form at this size
+    res = export_model(tiny_checkpoint, ExportConfig(reference_images=0, out=tmp_path / "b"))
+    assert res.attention["form"] == "explicit" and res.attention["chunks"] == 1
+
+
+def test_export_refuses_what_cannot_fit(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="Largest size that fits"):
+        export_model(tiny_checkpoint, ExportConfig(memory_limit_mib=30.0, out=tmp_path / "x"))
+    loaded = load_model(tiny_checkpoint)
+    need = memory_estimate(trace_onnx(loaded, BIG, 1, 17, "explicit")).total_mib
+    with pytest.raises(ConfigError, match="explicit form .* above --memory-limit-mib"):
+        export_model(tiny_checkpoint, ExportConfig(imgsz=BIG, attention="explicit", memory_limit_mib=need - 0.5,
+                                                   out=tmp_path / "y"))
+    assert not (tmp_path / "x").exists() or not list((tmp_path / "x").iterdir())
+    with pytest.raises(ConfigError, match="--attention-chunks applies"):
+        ExportConfig(attention_chunks=4)
+    code, _, err = run_cli(["export", str(tiny_checkpoint), "--memory-limit-mib", "30", "-o", str(tmp_path / "z")],
+                           capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "fits" in err[0]
+
+
+def test_cost_and_check_show_the_form(tmp_path, capsys):
+    ckpt = make_tiny_checkpoint(tmp_path / "k8.pt", num_classes=8)  # the synthetic data set's classes
+    res = export_model(ckpt, ExportConfig(attention="chunked", attention_chunks=2, fused_io=False,
+                                                      reference_images=0, out=tmp_path / "c"))
+    graph = res.artifacts[0].path
+    code, out, _ = run_cli(["cost", str(graph), "--json", str(tmp_path / "cost.json")], capsys)
+    assert code == 0 and "PAM chunked, 2 query chunks" in " ".join(out.split())
+    mem = json.loads((tmp_path / "cost.json").read_text())["graphs"][str(graph)]["memory"]
+    assert mem["attention"]["form"] == "chunked" and mem["boards"]["orin-nano-8gb"]["fits"] is True
+    from danet_edge.check.run import check_artifacts
+    from danet_edge.data.datasets import build_dataset
+
+    rep = check_artifacts([graph], ckpt, build_dataset("synthetic", None, "val", 2, size=(64, 96)))
+    assert rep.artifacts[0].attention["form"] == "chunked" and rep.artifacts[0].attention["chunks"] == 2
+
+
+def test_attention_fused_reads_only_what_the_inspector_says():
+    def layer(name, nodes, tactic="", kind="x"):
+        return LayerInfo(name, kind, "fp16", (), tactic, tuple(nodes))
+
+    sm = {"/head/sa/Softmax"}
+    fused = [layer("{ForeignNode[/head/sa/MatMul.../head/sa/MatMul_1]}", ["/head/sa/MatMul", "/head/sa/Softmax"],
+                   "sm87_xmma_fmha_v2_fp16_64")]
+    assert attention_fused(fused, sm) is True
+    unfused = [layer("/head/sa/Softmax", ["/head/sa/Softmax"], "sm87_xmma_softmax_fp16", "SoftMax")]
+    assert attention_fused(unfused, sm) is False
+    myelin = [layer("{ForeignNode[...]}", ["/head/sa/MatMul", "/head/sa/Softmax"], "", "Myelin")]
+    assert attention_fused(myelin, sm) == "unknown"
+    assert attention_fused([layer("a", ["b"])], sm) == "unknown" and attention_fused(fused, set()) == "unknown"
+
+
+def test_training_memory_counts_the_form_that_runs():
+    from danet_edge.train.memory import activation_memory
+
+    cfg = ModelConfig(backbone="resnet18")
+    explicit, att = activation_memory((512, 512), 1, cfg, "explicit")
+    chunked, _ = activation_memory((512, 512), 1, cfg, "chunked")
+    heads, att8 = activation_memory((512, 512), 1, cfg, "heads")
+    sdpa, none = activation_memory((512, 512), 1, cfg, "sdpa")
+    assert explicit == chunked and att8 == 8 * att and none == 0 and sdpa < explicit < heads
