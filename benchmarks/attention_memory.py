@@ -8,8 +8,8 @@ latency of one frame (median of ``--runs``, after one untimed run unless ``--run
     nice .venv/bin/python benchmarks/attention_memory.py --backbone resnet50 --imgsz 512 1024 --runs 3
     nice .venv/bin/python benchmarks/attention_memory.py --backbone resnet50 --imgsz 1024 2048 --runs 1
 
-``chunked`` takes the chunk count ``export --attention auto`` would choose for ``--jetson`` (at least 2), or
-``--chunks``. Prints one table; forms side by side in one run.
+``chunked`` takes the chunk count ``export --attention auto`` would choose for ``--jetson`` (at least 2),
+``chunked:K`` K chunks. Prints one table; forms side by side in one run.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main() -> None:
 
     from danet_edge.export.attention import chunks_needed
     from danet_edge.export.fp32 import trace_onnx
-    from danet_edge.graph.boards import DEFAULT_BOARD, board_budget_mib
+    from danet_edge.export.config import ExportConfig
+    from danet_edge.graph.boards import DEFAULT_BOARD
+    from danet_edge.model.forms import MAX_CHUNKS, reference_chunks
     from danet_edge.graph.memory import memory_estimate
     from danet_edge.model.checkpoint import load_model, save_checkpoint
     from danet_edge.model.config import ModelConfig
@@ -68,8 +70,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--imgsz", type=int, nargs=2, default=[512, 1024])
-    p.add_argument("--forms", nargs="+", default=["explicit", "chunked"])
-    p.add_argument("--chunks", type=int, default=None)
+    p.add_argument("--forms", nargs="+", default=["explicit", "chunked"],
+                   help="explicit, heads, chunked (the count export picks for --jetson) or chunked:K")
     p.add_argument("--jetson", default=DEFAULT_BOARD)
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
@@ -84,15 +86,14 @@ def main() -> None:
                                                     "data": {"image_size": [h, w]}})
         loaded = load_model(ckpt)
         positions = (h // 8) * (w // 8)
-        chunks = a.chunks
-        for form in a.forms:
+        for spec in a.forms:
             t0 = time.perf_counter()
-            k = None
-            if form == "chunked":
-                if chunks is None:
-                    probe = memory_estimate(trace_onnx(loaded, (h, w), 1, 17, "chunked", 16))
-                    chunks = max(2, chunks_needed(probe, 1, positions, board_budget_mib(a.jetson)) or 2)
-                k = chunks
+            form, _, given = spec.partition(":")
+            k = int(given) if given else None
+            if form == "chunked" and k is None:  # what export --attention auto picks for --jetson (at least 2)
+                budget = ExportConfig(jetson=a.jetson).memory_budget_mib()
+                probe = memory_estimate(trace_onnx(loaded, (h, w), 1, 17, "chunked", reference_chunks(1, positions)))
+                k = max(2, chunks_needed(probe, 1, positions, budget) or MAX_CHUNKS)
             graph = trace_onnx(loaded, (h, w), 1, 17, form, k)
             trace_s = time.perf_counter() - t0
             est = memory_estimate(graph)

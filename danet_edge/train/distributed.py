@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_from_env", "spawn", "free_port", "cleanup", "in_torchrun"]
+__all__ = ["DistContext", "init_from_env", "spawn", "free_port", "cleanup", "in_torchrun", "launched_by_torchrun"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False  # started by torchrun (a process group exists, even of one process)
 
     @property
     def is_main(self) -> bool:
@@ -37,12 +38,18 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """DDP (and SyncBatchNorm on CUDA): several processes, or torchrun's group of one."""
+        return self.world_size > 1 or self.launched
 
 
 def in_torchrun() -> bool:
     """True when started by torchrun with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun started this process, one process included (it sets ``TORCHELASTIC_RUN_ID``)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def _device_for(local_rank: int) -> torch.device:
@@ -54,19 +61,19 @@ def _device_for(local_rank: int) -> torch.device:
 
 def init_from_env() -> DistContext:
     """Join the process group described by torchrun's environment (single process when absent)."""
-    if not in_torchrun():
+    if not in_torchrun() and not launched_by_torchrun():
         return DistContext(device=_device_for(0))
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    return _init(rank, world, local)
+    return _init(rank, world, local, launched=True)
 
 
-def _init(rank: int, world: int, local_rank: int) -> DistContext:
+def _init(rank: int, world: int, local_rank: int, launched: bool = False) -> DistContext:
     device = _device_for(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     if device.type == "cpu":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    return DistContext(rank, world, local_rank, device)
+    return DistContext(rank, world, local_rank, device, launched)
 
 
 def free_port() -> int:
