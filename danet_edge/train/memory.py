@@ -1,6 +1,7 @@
 """How much memory a training step needs, checked against the machine before training starts: activation
 bytes per crop pixel per backbone and output stride (measured with PyTorch's profiler here), the PAM attention
-map counted in the form the model really uses (N^2 entries for the explicit form, none for SDPA's fused one)."""
+map counted in the form the model really uses (L^2 entries kept for backward by the explicit and chunked forms, 8 L^2 by
+the heads form, none by SDPA on CUDA)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ __all__ = ['activation_memory']
 
 # Saved activations per image pixel (bytes, FP32) of a DANet training step, backbone and head, measured with
 # autograd's saved-tensor hooks at 128-384 px crops (CPU, batch 2; weights excluded). PAM adds its (L x L)
-# attention map (4 bytes per entry, L = positions) where it is materialised (every impl on CPU, "explicit" on CUDA).
+# attention map (4 bytes per entry, L = positions) where it is kept (every form but SDPA on CUDA).
 _BYTES_PER_PIXEL = {("resnet18", 8): 955, ("resnet18", 16): 533, ("resnet34", 8): 1467, ("resnet34", 16): 758,
                     ("resnet50", 8): 4373, ("resnet50", 16): 2135, ("resnet101", 8): 7641, ("resnet101", 16): 2955}
 
