@@ -235,3 +235,18 @@ def test_prepared_gpu_scripts_run_tiny_on_a_cpu(script):
         assert all(float(row[-2]) < 1e-5 and float(row[-1]) == 100.0 for row in rows)
     else:
         assert "eval mIoU" in r.stdout and "torchrun (1 process, DDP" in r.stdout
+
+
+def test_int8_include_attention_quantizes_every_chunk(tiny_checkpoint, tmp_path):
+    """The INT8 recipe finds the attention in the chunked form: with --include-attention every chunk's two
+    MatMuls (and CAM's two) take Q/DQ; without it, none does."""
+    from danet_edge.data.calib import fill_calib_dir
+
+    calib = fill_calib_dir("synthetic", None, 4, tmp_path / "calib")
+    for include, want in ((True, 3 * 2 + 2), (False, 0)):
+        res = export_model(tiny_checkpoint, ExportConfig(attention="chunked", attention_chunks=3, int8=True,
+                                                          include_attention=include, calib=calib, calib_size=4,
+                                                          fused_io=False, reference_images=0,
+                                                          out=tmp_path / f"i{int(include)}"))
+        int8 = next(a for a in res.artifacts if a.manifest.precision == "int8")
+        assert len(int8.report["attention_quantized"]) == want
