@@ -189,3 +189,21 @@ def ensure_output_file(path: str | os.PathLike[str], option: str) -> Path:
             raise _output_error(option, path, f"{parent} is a file, not a folder")
         _probe_writable(_existing_ancestor(parent, option, path), option, path)
     return path
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the operating system: ``gc.collect()``, then glibc's ``malloc_trim(0)``
+    where there is one. After a large temporary (PyTorch's 4 GiB attention map while tracing), glibc keeps the
+    freed pages in the process and the next large allocation (an ONNX Runtime session) stacks on top of them."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass

@@ -95,7 +95,7 @@ def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionC
     positions = (h // os_) * (w // os_)
     budget = cfg.memory_budget_mib()
     where = f"--memory-limit-mib {budget:g}" if cfg.memory_limit_mib is not None else \
-        f"{cfg.jetson} ({budget:.0f} MiB after the reserve)"
+        f"{cfg.jetson} ({budget:.0f} MiB after the OS reserve and TensorRT's workspace)"
 
     def trace(form: str, chunks: int | None) -> AttentionChoice:
         graph = trace_onnx(loaded, plan.size, batch, cfg.opset, form, chunks)

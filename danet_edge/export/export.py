@@ -55,8 +55,9 @@ def fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target: 
 
     done = []
     for a in artifacts:
-        logits_form = ort_session(a.path, a.manifest.precision, holds_fp16(a.manifest))
-        before = run_graph(logits_form, a.manifest, frames).argmax(1)
+        before = (a.outputs if a.outputs is not None else
+                  run_graph(ort_session(a.path, a.manifest.precision, holds_fp16(a.manifest)), a.manifest, frames)
+                  ).argmax(1)  # the logits form's outputs, kept from its own verification
         model = fuse_io(onnx.load(str(a.path)), a.manifest.mean, a.manifest.std)
         manifest = fused_manifest(a.manifest)
         report = precision_report(model)
@@ -74,9 +75,10 @@ def fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target: 
     return done
 
 
-def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray, what: str) -> dict[str, float]:
+def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray,
+             what: str) -> tuple[dict[str, float], np.ndarray]:
     """The derived graph against the FP32 graph on the verification images, through the comparison
-    ``check`` uses (``compare.OutputComparison``)."""
+    ``check`` uses (``compare.OutputComparison``); with the graph's outputs."""
     from ..runtime.ort_backend import holds_fp16
 
     got = run_graph(ort_session(path, manifest.precision, holds_fp16(manifest)), manifest, frames)
@@ -88,8 +90,8 @@ def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.n
     if c.nonfinite:
         raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
     if not c.has_logits:
-        return {"label_agreement_vs_fp32": c.agreement}
-    return {"rel_l2_vs_fp32": c.rel_l2, "label_agreement_vs_fp32": c.agreement}
+        return {"label_agreement_vs_fp32": c.agreement}, got
+    return {"rel_l2_vs_fp32": c.rel_l2, "label_agreement_vs_fp32": c.agreement}, got
 
 
 def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[str, Any],
@@ -121,14 +123,14 @@ def derive(plan: ExportPlan, recipe: PrecisionRecipe, fp32: Artifact, ref: np.nd
     manifest.target = recipe.target or manifest.target
     manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
     finalize(model, made.path, manifest, str(manifest.target or cfg.target))
-    ver = _compare(made.path, manifest, plan.frames, ref, recipe.name)
+    ver, outputs = _compare(made.path, manifest, plan.frames, ref, recipe.name)
     limit = plan.rel_l2_limit(recipe)
     if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
         raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
                           f"(limit {limit:g})")
     manifest.extra = {**manifest.extra, "verification": ver}
     write_manifest(made.path, manifest)
-    artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver))
+    artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver, outputs))
     log(f"wrote {made.path} ({artifacts[-1].seconds:.1f} s) verification {_fmt(ver)}")
     for line in made.log:
         log(line)
@@ -191,7 +193,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     artifacts: list[Artifact] = []
     try:
         fp32 = _write_fp32(plan, artifacts, log)
-        ref = run_graph(ort_session(fp32.path), fp32.manifest, plan.frames)
+        ref = fp32.outputs if fp32.outputs is not None else run_graph(ort_session(fp32.path), fp32.manifest, plan.frames)
         bundle = _write_bundle(plan, fp32, log)
         evaluator = None
         if plan.budget_set is not None:

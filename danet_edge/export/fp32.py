@@ -36,7 +36,7 @@ from ..core.compare import relative_l2
 from ..core.errors import ConfigError, ExportError
 from ..core.manifest import Manifest, manifest_json, manifest_path
 from ..core.onnx_meta import METADATA_KEY
-from ..core.utils import atomic_path
+from ..core.utils import atomic_path, release_memory
 from ..data.frames import model_inputs
 from ..graph.memory import dfs_order, memory_estimate
 from ..graph.precision import precision_report, scale_before_energy, verify_precision
@@ -149,6 +149,7 @@ def trace_onnx(loaded: LoadedModel, size: tuple[int, int], batch: int, opset: in
         raise ExportError(f"torch.onnx.export failed: {str(e).splitlines()[0]}") from None
     finally:
         model.set_attention(*old)
+        release_memory()  # the trace's activations (the whole attention map in the explicit form) go back
     if attention == "heads":
         graph = scale_before_energy(graph)
     ordered = dfs_order(graph.graph)  # one attention chunk after another, as runtimes run them
@@ -222,4 +223,4 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
                       "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
                                     **(record or {})}}
     finalize(graph, out, manifest, target)
-    return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification)
+    return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification, outputs=got)

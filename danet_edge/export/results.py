@@ -20,6 +20,8 @@ class Artifact:
     seconds: float
     report: dict[str, Any] | None = None
     verification: dict[str, float] = field(default_factory=dict)
+    #: the graph's outputs on the verification images (ONNX Runtime), kept for the steps after it; never written
+    outputs: Any = field(default=None, repr=False)
 
 
 @dataclass
