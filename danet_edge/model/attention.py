@@ -39,12 +39,16 @@ def pam_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 def pam_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunks: int) -> torch.Tensor:
-    """Query-chunked form: the explicit form on ``chunks`` static slices of the queries, concatenated along the
-    positions; holds one ``(N, L/chunks, L)`` slice of the map at a time. Shapes as :func:`pam_explicit`."""
+    """Query-chunked form: for each of ``chunks`` static slices of the queries, ``softmax(q_i k) V^T`` as
+    ``(N, L/chunks, C)``, concatenated along the positions and transposed once; holds one ``(N, L/chunks, L)``
+    slice of the map at a time. V is transposed once (``L x C``), never a map slice. Shapes as
+    :func:`pam_explicit`; one chunk is the explicit form itself."""
     bounds = chunk_bounds(int(q.shape[1]), chunks)  # static under tracing: the graph gets fixed Slices
     if len(bounds) == 1:
         return pam_explicit(q, k, v)
-    return torch.cat([pam_explicit(q[:, a:b], k, v) for a, b in bounds], dim=2)
+    vt = v.transpose(1, 2)  # (N, L, C)
+    rows = [torch.bmm(torch.softmax(torch.bmm(q[:, a:b], k), dim=-1), vt) for a, b in bounds]  # (N, l, C) each
+    return torch.cat(rows, dim=1).transpose(1, 2)  # (N, C, L)
 
 
 def pam_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
