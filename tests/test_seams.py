@@ -443,3 +443,47 @@ def test_module_dependencies_have_a_direction():
     light = ("danet_edge.core.config", "danet_edge.core.choices", "danet_edge.core.manifest", "danet_edge.export.recipes")
     for m in light:  # what the CLI reads at start-up imports no stage that needs torch
         assert not {"danet_edge.model", "danet_edge.train.train", "danet_edge.export.export", "danet_edge.check.run"} & graph[m], m
+
+
+def test_eval_calib_import_deploy_demo_options_come_from_their_configs():
+    """Default and help of every option of these commands that stands for a config field are the field's own."""
+    import typer.main
+
+    from danet_edge.cli import app
+    from danet_edge.data.config import CalibFillConfig, DataOptions
+    from danet_edge.demo import DemoConfig
+    from danet_edge.deploy.deepstream import DeepStreamConfig
+    from danet_edge.deploy.triton import TritonConfig
+    from danet_edge.model.config import ImportConfig
+    from danet_edge.train.config import EvalConfig
+
+    group = typer.main.get_command(app)
+    cmds = {**group.commands, "calib fill": group.commands["calib"].commands["fill"]}
+    table = {  # command -> {parameter: (config, field)}
+        "eval": {**{n: (EvalConfig, n) for n in ("dataset", "split", "multi_scale", "flip", "limit", "multi_grid")},
+                 "data": (EvalConfig, "data_root"),
+                 **{n: (DataOptions, n) for n in ("num_classes", "ignore_index", "synthetic_size")}},
+        "train": {n: (DataOptions, n) for n in ("num_classes", "ignore_index", "synthetic_size")},
+        "calib fill": {"data": (CalibFillConfig, "data_root"), "count": (CalibFillConfig, "count"),
+                       "out": (CalibFillConfig, "out"), "split": (CalibFillConfig, "split"),
+                       "seed": (CalibFillConfig, "seed")},
+        "import-official": {"multi_grid": (ImportConfig, "multi_grid"), "output_stride": (ImportConfig, "output_stride"),
+                            "dataset": (ImportConfig, "dataset"), "imgsz": (ImportConfig, "image_size")},
+        "deploy": {"name": (TritonConfig, "name"), "model_version": (TritonConfig, "version"),
+                   "gpu_id": (DeepStreamConfig, "gpu_id"),
+                   "segmentation_threshold": (DeepStreamConfig, "segmentation_threshold")},
+        "demo": {"out": (DemoConfig, "out")},
+    }
+    checked = 0
+    for command, params in table.items():
+        shown = {p.name: p for p in cmds[command].params}
+        for param, (cls, field) in params.items():
+            p = shown[param]
+            want = cls.default(field)
+            got = p.default
+            if isinstance(want, (tuple, list)) or isinstance(got, (tuple, list)):
+                want, got = list(want or []), list(got or [])
+            assert str(got if got is not None else None) == str(want), f"{command} --{param}: {got!r} vs {want!r}"
+            assert p.help == cls.help(field), f"{command} --{param}: help not the config's"
+            checked += 1
+    assert checked == 27
