@@ -200,8 +200,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
         manifest = fused_manifest(manifest)
     # verification against PyTorch on real (or synthetic) images
     frames = frames or synthetic_frames(2, (h, w), 0)
-    session = ort_session(graph)
-    got = run_graph(session, manifest, frames)
+    got = run_graph(ort_session(graph), manifest, frames)
+    release_memory()  # ONNX Runtime's arena (the whole map in the explicit form) before PyTorch's reference
     with torch.no_grad():
         ref = torch.cat([model(torch.from_numpy(x)) for x in model_inputs(frames, manifest, fused=False)]
                         ).numpy()[:len(frames)]
