@@ -5,8 +5,9 @@ With ``L = H*W`` positions (``H, W`` at the output stride), ``q: (N, L, d)``, ``
 
 * ``explicit`` (the paper's): MatMul -> Softmax -> Transpose -> MatMul. Peak attention map ``N L^2`` elements;
   MatMul FLOPs ``2 N L^2 (d + C)``.
-* ``chunked``: the explicit form on ``k`` static slices of the queries, the outputs concatenated (each row's
-  softmax is independent). Peak map ``N L^2 / k`` (one slice at a time); the same FLOPs.
+* ``chunked``: for each of ``k`` static slices of the queries, ``softmax(q_i k) V^T`` (V transposed once), the
+  slices concatenated (each row's softmax is independent). Peak map ``N L^2 / k`` (one slice at a time); the
+  same FLOPs.
 * ``heads``: V split into ``h = C/d`` heads of ``d`` channels, Q and K shared by every head (Expand), so Q, K
   and V have one head size: the shape TensorRT's fused multi-head attention matches. Peak map ``N h L^2``
   unfused (h maps), ``O(N L)`` fused; MatMul FLOPs ``2 N h L^2 2d`` (1.8x the explicit form's for ``C = 8d``).
