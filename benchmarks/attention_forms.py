@@ -77,7 +77,7 @@ def main() -> None:
             res = export_model(ckpt, ExportConfig(imgsz=size, attention=form, fused_io=False, reference_images=0,
                                                   attention_chunks=a.chunks if form == "chunked" else None,
                                                   fp16=not a.fp32_only, int8=not a.fp32_only, calib=calib,
-                                                  calib_size=64 if a.data is not None else 32,
+                                                  calib_size=None if a.fp32_only else (64 if a.data is not None else 32),
                                                   memory_limit_mib=1e6, out=root / form))
             for art in res.artifacts:
                 graphs[(form, art.manifest.precision)] = art.path
