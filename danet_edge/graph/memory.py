@@ -26,8 +26,8 @@ from typing import Any
 import onnx
 
 from .boards import BOARD_MEMORY_GIB, RESERVE_MIB
-from .cost import _ITEMSIZE, _flops, tensor_info
-from .precision import attention_nodes
+from .cost import _ITEMSIZE, _flops, _numel, tensor_info
+from .precision import attention_nodes, consumers
 
 __all__ = ["AttentionForm", "MemoryEstimate", "attention_form", "dfs_order", "memory_estimate"]
 
@@ -88,10 +88,7 @@ class MemoryEstimate:
 
 def _bytes(info: dict[str, tuple[int, list[int]]], name: str) -> int:
     etype, dims = info.get(name, (0, []))
-    n = 1
-    for d in dims:
-        n *= max(d, 0)
-    return n * _ITEMSIZE.get(etype, 4) if dims else 0
+    return _numel(dims) * _ITEMSIZE.get(etype, 4) if dims else 0
 
 
 def attention_form(model: onnx.ModelProto,
@@ -117,10 +114,7 @@ def _map_tensors(model: onnx.ModelProto, g: onnx.GraphProto) -> set[str]:
     (Transpose, Cast, Q/DQ) make of it on the way to the output MatMul."""
     att = attention_nodes(model)
     by_name = {n.name: n for n in g.node}
-    cons: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            cons.setdefault(i, []).append(n)
+    cons = consumers(g)
     names = {by_name[m].output[0] for m in att.pam_energy}
     frontier = [by_name[s].output[0] for s in att.pam_softmax]
     while frontier:
@@ -187,10 +181,7 @@ def _liveness(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]], maps: 
         for name in n.input:
             if name:
                 last_use[name] = i
-    cons: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for name in n.input:
-            cons.setdefault(name, []).append(n)
+    cons = consumers(g)
     live = {v.name: _bytes(info, v.name) for v in g.input if v.name not in weights}
     peak = other = at_maps = sum(live.values())
     for i, n in enumerate(nodes):

@@ -11,7 +11,7 @@ import math
 from typing import Literal
 
 __all__ = ["ATTENTION_IMPLS", "AttentionImpl", "EXPORT_FORMS", "MAX_CHUNKS", "PAM_HEADS", "REFERENCE_CHUNK_MIB", "attention_flops",
-           "chunk_bounds", "map_elements", "reference_chunks"]
+           "chunk_bounds", "reference_chunks"]
 
 AttentionImpl = Literal["sdpa", "explicit", "chunked", "heads"]
 #: Every PAM implementation; ``sdpa`` is PyTorch-only (on a CPU it runs as ``chunked``; it exports as ``explicit``).
@@ -44,17 +44,6 @@ def chunk_bounds(length: int, chunks: int) -> list[tuple[int, int]]:
 def reference_chunks(batch: int, positions: int, limit_mib: float = REFERENCE_CHUNK_MIB) -> int:
     """Query chunks that keep one FP32 slice of the ``batch x L x L`` map at or under ``limit_mib`` (MiB)."""
     return max(1, min(positions, math.ceil(batch * positions * positions * 4 / 2**20 / limit_mib)))
-
-
-def map_elements(form: str, batch: int, positions: int, chunks: int = 1, heads: int = PAM_HEADS) -> int:
-    """Elements of the largest attention-map slice a runtime that runs the ops one by one holds at once
-    (one of the Softmax's input or output): ``batch L^2`` explicit, ``batch L ceil(L / chunks)`` chunked,
-    ``heads batch L^2`` for the heads form unfused (a fused kernel holds none of it)."""
-    if form == "chunked":
-        return batch * positions * max(b - a for a, b in chunk_bounds(positions, chunks))
-    if form == "heads":
-        return heads * batch * positions * positions
-    return batch * positions * positions
 
 
 def attention_flops(form: str, batch: int, positions: int, d: int, c: int) -> int:
