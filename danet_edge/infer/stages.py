@@ -264,16 +264,15 @@ class Encoder:
             while self.queue.get() is not END:  # drain so the main thread never blocks
                 pass
 
-    def _overlay(self, r: FrameResult, t0: float) -> np.ndarray:
+    def _overlay(self, r: FrameResult, t0: float, disagree: np.ndarray | None) -> np.ndarray:
         cfg, names, classes = self.cfg, self.names, self.manifest.classes
         # frames written per second so far; none written yet: no rate to show (not "0.0 FPS")
         n = self.stats.frames
         rate = f"{n / max(1e-9, t0 - self.stats.start):.1f} FPS" if n else "-- FPS"
         stamp = f"{names[0]} | {names[1]} | {rate}" if cfg.stamp else None
         vis = overlay(r.frame, r.labels, self.palette, cfg.alpha, classes, stamp)
-        if r.labels2 is None:
+        if r.labels2 is None or disagree is None:
             return vis
-        disagree = r.labels != r.labels2
         stamp2 = f"{names[2]} | {names[3]} | {rate}" if cfg.stamp else None
         tile = disagreement_tile(r.frame, disagree)
         if cfg.stamp:
@@ -283,11 +282,12 @@ class Encoder:
     def _write(self, r: FrameResult) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        if r.labels2 is not None:
-            self.stats.disagree += int((r.labels != r.labels2).sum())
-            self.stats.pixels += r.labels.size
+        disagree = None if r.labels2 is None else r.labels != r.labels2  # once a frame: stats and the tile
+        if disagree is not None:
+            self.stats.disagree += int(disagree.sum())
+            self.stats.pixels += disagree.size
         if self.video is not None or cfg.show:
-            vis = self._overlay(r, t0)
+            vis = self._overlay(r, t0, disagree)
             if self.video is not None:
                 self.video.write(vis)
             if cfg.show:
