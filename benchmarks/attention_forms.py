@@ -37,6 +37,7 @@ def main() -> None:
     from danet_edge.model.checkpoint import save_checkpoint
     from danet_edge.model.config import ModelConfig
     from danet_edge.model.danet import build_model
+    from danet_edge.model.forms import EXPORT_FORMS
     from danet_edge.runtime.ort_backend import holds_fp16
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,6 +48,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="images (default: all of CamVid val, or 16 synthetic)")
     p.add_argument("--chunks", type=int, default=4)
     p.add_argument("--fp32-only", action="store_true")
+    p.add_argument("--forms", nargs="+", default=list(EXPORT_FORMS), choices=EXPORT_FORMS,
+                   help="forms beside explicit (the reference, always run)")
     a = p.parse_args()
     size = tuple(a.imgsz)
     with tempfile.TemporaryDirectory(prefix="danet-forms-") as tmp:
@@ -73,7 +76,7 @@ def main() -> None:
             calib = fill_calib_dir("synthetic", None, 32, root / "calib") if not a.fp32_only else None
         frames = [resize_image(f, size) for f in frames]
         graphs: dict[tuple[str, str], Path] = {}
-        for form in ("explicit", "chunked", "heads"):
+        for form in dict.fromkeys(["explicit", *a.forms]):
             res = export_model(ckpt, ExportConfig(imgsz=size, attention=form, fused_io=False, reference_images=0,
                                                   attention_chunks=a.chunks if form == "chunked" else None,
                                                   fp16=not a.fp32_only, int8=not a.fp32_only, calib=calib,
@@ -92,7 +95,7 @@ def main() -> None:
     ref = outs[("explicit", "fp32")]
     print(f"PAM forms, {Path(str(ckpt)).name if a.checkpoint else a.backbone + ' random weights'}, {size[0]}x{size[1]}, "
           f"{source}, ONNX Runtime CPU (chunked: {a.chunks} chunks)")
-    print(f"{'form':9s} {'prec':5s} {'rel L2 vs explicit FP32':>24s} {'equal maps %':>13s} {'agree w/ own FP32 %':>20s} "
+    print(f"{'form':12s} {'prec':5s} {'rel L2 vs explicit FP32':>24s} {'equal maps %':>13s} {'agree w/ own FP32 %':>20s} "
           f"{'explicit same prec %':>21s} {'drop (points)':>14s}")
     for (form, prec), out in outs.items():
         rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
@@ -100,7 +103,7 @@ def main() -> None:
         own = 100.0 * float((out.argmax(1) == outs[(form, "fp32")].argmax(1)).mean())
         base = 100.0 * float((outs[("explicit", prec)].argmax(1) == ref.argmax(1)).mean())
         drop = f"{base - own:14.4f}" if prec != "fp32" else f"{'-':>14s}"
-        print(f"{form:9s} {prec:5s} {rel:24.3e} {equal:13.4f} {own:20.4f} {base:21.4f} {drop}")
+        print(f"{form:12s} {prec:5s} {rel:24.3e} {equal:13.4f} {own:20.4f} {base:21.4f} {drop}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,102 @@ def test_graph_helpers_find_the_attention_in_every_form(forms):
     assert energy.input[0] == scale[0].output[0]
 
 
+def _node_lines(g: onnx.ModelProto) -> list[tuple]:
+    """Each node's op, attributes and constant inputs (names differ between traces)."""
+    consts = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in g.graph.initializer if i.dims in ([], [1], [2],
+                                                                                                       [3], [4])}
+    return [(n.op_type, tuple((a.name, str(onnx.helper.get_attribute_value(a))) for a in n.attribute),
+             tuple(str(consts.get(i, "x")) for i in n.input)) for n in g.graph.node]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 20])
+def test_export_writes_the_form_without_holding_its_map(tiny_checkpoint, monkeypatch, opset):
+    """The explicit and heads forms traced through ``pam_for_export`` (values computed chunked) give the graph
+    that tracing the forms eagerly gives, node for node, and the same outputs; the trace holds no whole map."""
+    import danet_edge.model.danet as danet
+
+    loaded = load_model(tiny_checkpoint)
+    x = np.random.default_rng(1).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    seen = []
+    real = danet.pam_for_export
+
+    def spy(q, k, v, form):
+        seen.append(form)
+        return real(q, k, v, form)
+
+    for form in ("explicit", "heads"):
+        monkeypatch.setattr(danet, "pam_for_export", spy)
+        new = trace_onnx(loaded, (64, 96), 1, opset, form)
+        monkeypatch.setattr(danet, "pam_for_export", lambda q, k, v, f: (pam_explicit if f == "explicit" else
+                                                                         pam_heads)(q, k, v))
+        old = trace_onnx(loaded, (64, 96), 1, opset, form)
+        assert _node_lines(new) == _node_lines(old), (form, opset)
+        a, b = (ort_session(g).run(None, {"images": x})[0] for g in (new, old))
+        assert _rel(a, b) < 1e-6, form
+    assert seen == ["explicit", "heads"]
+
+
+def test_pam_for_export_computes_the_form_in_chunks(monkeypatch):
+    import danet_edge.model.attention as attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 4096, 4, generator=g), torch.randn(1, 4, 4096, generator=g), torch.randn(1, 32, 4096,
+                                                                                                       generator=g)
+    sizes = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(attention.torch, "bmm", lambda a, b: sizes.append(a.shape[1] * b.shape[2]) or real_bmm(a, b))
+    monkeypatch.setattr(attention, "reference_chunks", lambda n, length: 4)
+    out = attention.pam_for_export(q, k, v, "explicit")
+    assert sizes and max(sizes) <= 4096 * 4096 / 4  # one quarter of the (L, L) map at a time, never all of it
+    assert _rel(out.numpy(), pam_explicit(q, k, v).numpy()) < 1e-5
+    with pytest.raises(ValueError, match="explicit or heads"):
+        attention.pam_for_export(q, k, v, "chunked")
+
+
+def test_attention_op_form_is_one_onnx_attention_node(tiny_checkpoint, forms):
+    """The attention-op form: the heads form as one ONNX Attention node (opset 23, scale 1), exact in ONNX
+    Runtime; found by the graph helpers; refused by the rule check for TensorRT 10.3, accepted for 10.14."""
+    from danet_edge.graph.trtcheck import check_tensorrt_compat, required_tensorrt
+
+    g = trace_onnx(load_model(tiny_checkpoint), (64, 96), 1, 17, "attention-op")
+    (op,) = [n for n in g.graph.node if n.op_type == "Attention"]
+    assert onnx.helper.get_attribute_value(op.attribute[0]) == 1.0 and op.attribute[0].name == "scale"
+    assert g.opset_import[0].version == 23 and g.ir_version == 11
+    onnx.checker.check_model(g, full_check=True)
+    att = attention_nodes(g)
+    assert att.pam_op == [op.name] and not att.pam_softmax and len(att.cam_softmax) == 1
+    assert op.name in default_fp32_islands(g)  # unscaled energy: FP16 keeps it in FP32 as in every form
+    a = attention_form(g)
+    assert (a.form, a.chunks, a.heads, a.positions) == ("attention-op", 1, 8, 96)
+    assert a.gflop == pytest.approx(attention_flops("attention-op", 1, 96, 16, 128) / 1e9, abs=1e-3)
+    assert a.map_mib == pytest.approx(attention_form(forms["heads"]).map_mib, rel=0.01)  # unfused: the 8 maps
+    assert memory_estimate(g).activations_mib >= a.map_mib
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 96)).astype(np.float32)
+    got, ref = (ort_session(m).run(None, {"images": x})[0] for m in (g, forms["explicit"]))
+    assert _rel(got, ref) < 1e-5 and (got.argmax(1) == ref.argmax(1)).all()
+    rules = {v.rule for v in check_tensorrt_compat(g)}
+    assert rules == {"opset range", "operator support"}
+    assert required_tensorrt(g) == (10, 14) and check_tensorrt_compat(g, (10, 14)) == []
+    assert required_tensorrt(forms["heads"]) == (10, 3)
+
+
+def test_build_plan_refuses_attention_op_before_tensorrt_10_14(tiny_checkpoint, tmp_path):
+    from danet_edge.trt.plan import EngineConfig, plan_build
+
+    res = export_model(tiny_checkpoint, ExportConfig(attention="attention-op", fp16=True, reference_images=0,
+                                                     out=tmp_path))
+    for a in res.artifacts:
+        m = read_manifest(a.path)
+        assert m.opset == 23 and m.attention()["form"] == "attention-op"
+        assert m.extra["attention"]["min_tensorrt"] == "10.14"
+        assert any("10.14" in r for r in plan_build(a.path, EngineConfig(), "10.3.0", None, m).refusals)
+        assert plan_build(a.path, EngineConfig(), "11.4.0", None, m).refusals == []
+    fp16 = next(a for a in res.artifacts if a.manifest.precision == "fp16")
+    assert fp16.verification["label_agreement_vs_fp32"] > 0.999
+    with pytest.raises(ConfigError, match="attention-op has none"):
+        ExportConfig(attention="attention-op", int8=True, include_attention=True).validate()
+
+
 def test_forms_run_the_same_in_onnx_runtime(forms, tmp_path):
     from danet_edge.core.manifest import Manifest
 
@@ -136,6 +232,23 @@ def test_fewest_chunks_that_fit(tiny_checkpoint):
     assert chunks_needed(est, 1, positions, est.total_mib + 0.01) == 1
     assert chunks_needed(est, 1, positions, max(at + full / 2, est.weights_mib + est.other_mib) + 0.01) == 2
     assert chunks_needed(est, 1, positions, est.weights_mib + est.other_mib - 0.01) is None
+
+
+def test_a_probe_at_half_size_predicts_the_full_graph(tiny_checkpoint):
+    """Where one map is above 256 MiB, auto decides from the explicit graph at half the height and width, scaled
+    by the pixel ratio: the need it predicts for 1, 2 and 4 chunks is the full-size graph's within 10 %."""
+    from danet_edge.export.attention import _need_mib, _probe_size
+
+    assert _probe_size((1024, 2048), 1, 8) == (512, 1024) and _probe_size((512, 1024), 1, 8) == (512, 1024)
+    assert _probe_size((2048, 4096), 1, 8) == (512, 1024) and _probe_size((1024, 2048), 1, 16) == (1024, 2048)
+    loaded = load_model(tiny_checkpoint)
+    full = memory_estimate(trace_onnx(loaded, BIG, 1, 17, "explicit"))
+    half = memory_estimate(trace_onnx(loaded, (BIG[0] // 2, BIG[1] // 2), 1, 17, "explicit"))
+    positions = (BIG[0] // 8) * (BIG[1] // 8)
+    for k in (1, 2, 4):
+        assert _need_mib(half, 4.0, 1, positions, k) == pytest.approx(_need_mib(full, 1.0, 1, positions, k), rel=0.1)
+    budget = _need_mib(full, 1.0, 1, positions, 2) + 0.01
+    assert chunks_needed(half, 1, positions, budget, 4.0) in (2, 3)
 
 
 def test_export_auto_chunks_to_fit_the_limit_and_records_it(tiny_checkpoint, tmp_path):
@@ -203,6 +316,10 @@ def test_attention_fused_reads_only_what_the_inspector_says():
     myelin = [layer("{ForeignNode[...]}", ["/head/sa/MatMul", "/head/sa/Softmax"], "", "Myelin")]
     assert attention_fused(myelin, sm) == "unknown"
     assert attention_fused([layer("a", ["b"])], sm) == "unknown" and attention_fused(fused, set()) == "unknown"
+    # an ONNX Attention node's own name is not a kernel: a layer named after it says nothing by that name
+    op = {"pam_attention_0"}
+    assert attention_fused([layer("pam_attention_0", ["pam_attention_0"], "", "PointWiseV2")], op) == "unknown"
+    assert attention_fused([layer("pam_attention_0", ["pam_attention_0"], "sm90_fmha_fp32", "Attention")], op) is True
 
 
 def test_training_memory_counts_the_form_that_runs():
@@ -250,3 +367,22 @@ def test_int8_include_attention_quantizes_every_chunk(tiny_checkpoint, tmp_path)
                                                           out=tmp_path / f"i{int(include)}"))
         int8 = next(a for a in res.artifacts if a.manifest.precision == "int8")
         assert len(int8.report["attention_quantized"]) == want
+
+
+def test_cpu_runtimes_flush_denormals(tiny_checkpoint):
+    """PAM's softmax over many keys leaves denormal floats that x86 multiplies many times slower: ONNX Runtime's
+    sessions and PyTorch after ``load_model`` flush them to zero (1e-40 is denormal in FP32)."""
+    from onnx import TensorProto, helper
+
+    from danet_edge.export.fp32 import ort_session
+
+    loaded = load_model(tiny_checkpoint)
+    assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() == 0.0
+    trace_onnx(loaded, (64, 96), 1, 17, "explicit")  # onnxslim's ONNX Runtime sessions clear it: trace sets it back
+    assert (torch.tensor([1e-30]) * torch.tensor([1e-10])).item() == 0.0
+    g = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    y = ort_session(m).run(None, {"x": np.array([1e-40, 1.0], np.float32)})[0]
+    assert y.tolist() == [0.0, 2.0]

@@ -111,6 +111,18 @@ def test_no_bundle_with_zero_images(tiny_checkpoint, tmp_path):
     assert res.reference_bundle is None and not (tmp_path / "reference").exists()
 
 
+def test_bundle_size_holds_the_same_pixels_at_large_sizes():
+    """16 images up to 512x1024; above, as many as hold 16 x 512 x 1024 pixels, at least 4; a count given wins."""
+    cfg = ExportConfig()
+    assert [cfg.bundle_images(s) for s in ((360, 480), (512, 1024), (720, 1440), (1024, 2048), (2048, 4096))] == \
+        [16, 16, 8, 4, 4]
+    assert ExportConfig(reference_images=16).bundle_images((1024, 2048)) == 16
+    assert ExportConfig(reference_images=0).bundle_images((360, 480)) == 0
+    # verification: 2 images up to 512x1024, 1 above; a count given wins
+    assert [cfg.verification_images(s) for s in ((360, 480), (512, 1024), (720, 1440), (1024, 2048))] == [2, 2, 1, 1]
+    assert ExportConfig(verify_images=3).verification_images((1024, 2048)) == 3
+
+
 def _cli(args, capsys):
     from _runtime_helpers import run_cli
 

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
         data: Optional[Path] = opt(EC, "data", "--data", "--budget-data"),
         split: Split = opt(EC, "split", "--split", "--budget-split"),
         budget_images: int = opt(EC, "budget_images", "--budget-images"),
-        reference_images: int = opt(EC, "reference_images", "--reference-images"),
+        reference_images: Optional[int] = opt(EC, "reference_images", "--reference-images"),
     ) -> None:
         """Export CHECKPOINT to verified static-shape ONNX: FP32, and FP16 / INT8 Q/DQ / engine on request."""
         from ..export.export import export_model

@@ -7,10 +7,11 @@ weights + activation peak. A form the user names is traced as asked and refused 
 that does not fit even with ``model.forms.MAX_CHUNKS`` chunks is refused in one line with the estimate and
 the largest size that fits.
 
-The choice needs at most two traces: the first in the form PyTorch's reference itself runs on a CPU
-(``forms.reference_chunks``: slices of at most 256 MiB; one slice, the explicit form, at common sizes), from
-whose graph the activations outside the attention map are read; a second only when another chunk count is
-needed.
+The choice needs one trace at the size asked, and one probe before it where the map is large: where one
+whole map is above ``forms.REFERENCE_CHUNK_MIB`` (256 MiB), the explicit form is first traced at half the height
+and width (halved again until its map is that small), the activations outside the attention are read from it
+and scaled by the pixel ratio (they grow with the pixels), and the form is chosen from that; the full-size graph
+is then traced once in the chosen form and is the judge (traced again with more chunks if it does not fit).
 """
 
 from __future__ import annotations
@@ -51,17 +52,27 @@ def _slice_mib(batch: int, positions: int, chunks: int, bytes_per_value: int = 4
     return batch * positions * rows * bytes_per_value / 2**20
 
 
-def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_mib: float) -> int | None:
+def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_mib: float,
+                  scale: float = 1.0) -> int | None:
     """The fewest query chunks whose graph fits ``budget_mib``: weights + the larger of the activation peak
     outside the attention and what is live beside the map plus one FP32 map slice (the Softmax writes over its
-    input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not."""
-    measured = estimate.attention.form == "explicit"  # k = 1 is this very graph: its own figure decides
+    input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not. ``estimate`` is of a graph with
+    ``1 / scale`` the pixels (a probe); ``positions`` are the size asked's."""
+    measured = estimate.attention.form == "explicit" and scale == 1.0  # k = 1 is this very graph
     if measured and estimate.total_mib <= budget_mib:
         return 1
     for k in range(2 if measured else 1, MAX_CHUNKS + 1):
-        if _need_mib(estimate, 1.0, batch, positions, k) <= budget_mib:
+        if _need_mib(estimate, scale, batch, positions, k) <= budget_mib:
             return k
     return None
+
+
+def _probe_size(size: tuple[int, int], batch: int, os_: int) -> tuple[int, int]:
+    """``size`` halved (each side, multiples of ``os_``) until one FP32 map is within ``REFERENCE_CHUNK_MIB``."""
+    h, w = size
+    while reference_chunks(batch, (h // os_) * (w // os_)) > 1 and min(h, w) > 2 * os_:
+        h, w = max(os_, h // 2 // os_ * os_), max(os_, w // 2 // os_ * os_)
+    return h, w
 
 
 def _need_mib(estimate: MemoryEstimate, scale: float, batch: int, positions: int, chunks: int) -> float:
@@ -71,13 +82,15 @@ def _need_mib(estimate: MemoryEstimate, scale: float, batch: int, positions: int
     return estimate.weights_mib + max(estimate.other_mib * scale, at_attention)
 
 
-def _largest_fit(estimate: MemoryEstimate, size: tuple[int, int], batch: int, os_: int, budget: float) -> str:
-    """The largest ``H x W`` with the same aspect (multiples of ``os_``) the chunked form fits at, as text."""
+def _largest_fit(estimate: MemoryEstimate, traced: tuple[int, int], size: tuple[int, int], batch: int, os_: int,
+                 budget: float) -> str:
+    """The largest ``H x W`` with ``size``'s aspect (multiples of ``os_``) the chunked form fits at, as text
+    (``estimate`` is of a graph traced at ``traced``)."""
     h, w = size
     for step in range(99, 0, -1):
         s = step / 100
         hh, ww = max(os_, int(h * s) // os_ * os_), max(os_, int(w * s) // os_ * os_)
-        scale = hh * ww / (h * w)
+        scale = hh * ww / (traced[0] * traced[1])
         if _need_mib(estimate, scale, batch, (hh // os_) * (ww // os_), MAX_CHUNKS) <= budget:
             return f"{hh}x{ww}"
     return f"none above {os_}x{os_}"
@@ -97,21 +110,21 @@ def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionC
     where = f"--memory-limit-mib {budget:g}" if cfg.memory_limit_mib is not None else \
         f"{cfg.jetson} ({budget:.0f} MiB after the OS reserve and TensorRT's workspace)"
 
-    def trace(form: str, chunks: int | None) -> AttentionChoice:
-        graph = trace_onnx(loaded, plan.size, batch, cfg.opset, form, chunks)
+    def trace(form: str, chunks: int | None, size: tuple[int, int] = plan.size) -> AttentionChoice:
+        graph = trace_onnx(loaded, size, batch, cfg.opset, form, chunks)
         return AttentionChoice(form, chunks, graph, memory_estimate(graph), budget)
 
     if cfg.attention == "auto":
-        k0 = reference_chunks(batch, positions)
-        first = trace("explicit" if k0 == 1 else "chunked", None if k0 == 1 else k0)
-        k = chunks_needed(first.estimate, batch, positions, budget)
+        ph, pw = _probe_size(plan.size, batch, os_)
+        first = trace("explicit", None, (ph, pw))  # the size asked, or a probe where its map is large
+        scale = h * w / (ph * pw)
+        k = chunks_needed(first.estimate, batch, positions, budget, scale)
         if k is None:
-            raise ConfigError(f"DANet at {h}x{w} needs {_need_mib(first.estimate, 1.0, batch, positions, MAX_CHUNKS):.0f} "
-                              f"MiB with PAM in {MAX_CHUNKS} query chunks (the most); that does not "
-                              f"fit {where}. Largest size that fits: {_largest_fit(first.estimate, plan.size, batch, os_, budget)} "
-                              "(or output stride 16, or a larger --jetson)")
-        choice = first if k == k0 and first.estimate.total_mib <= budget else \
-            trace("explicit" if k == 1 else "chunked", None if k == 1 else k)
+            raise ConfigError(f"DANet at {h}x{w} needs {_need_mib(first.estimate, scale, batch, positions, MAX_CHUNKS):.0f}"
+                              f" MiB with PAM in {MAX_CHUNKS} query chunks (the most); that does not fit {where}. "
+                              f"Largest size that fits: {_largest_fit(first.estimate, (ph, pw), plan.size, batch, os_, budget)}"
+                              " (or output stride 16, or a larger --jetson)")
+        choice = first if k == 1 and scale == 1.0 else trace("explicit" if k == 1 else "chunked", None if k == 1 else k)
         while choice.estimate.total_mib > budget and k < MAX_CHUNKS:  # the traced graph is the judge
             k = min(MAX_CHUNKS, 2 * k)
             choice = trace("chunked", k)

@@ -15,10 +15,16 @@ from ..model.forms import EXPORT_FORMS, MAX_CHUNKS
 from ..trt.plan import EngineConfig
 from .recipes import get_recipe
 
-__all__ = ["ExportConfig", "MIN_OPSET"]
+__all__ = ["ExportConfig", "MIN_OPSET", "MIN_REFERENCE_IMAGES", "REFERENCE_IMAGES", "REFERENCE_PIXELS", "VERIFY_IMAGES"]
 
 #: Lowest opset export writes (Resize with ``align_corners`` needs 11); the highest is TensorRT 10.3's.
 MIN_OPSET = 11
+#: The reference bundle by default: 16 images at up to 512x1024 pixels; at larger sizes as many as hold the same
+#: pixels (each costs a PyTorch forward at export: about 47 s for R-50 at 1024x2048 on 2 CPU cores), never
+#: fewer than 4. ``check``'s agreement is a per-pixel figure; the pixels it counts stay the same.
+REFERENCE_IMAGES, REFERENCE_PIXELS, MIN_REFERENCE_IMAGES = 16, 16 * 512 * 1024, 4
+#: Images every graph is verified on by default, up to 512x1024 (one above it).
+VERIFY_IMAGES = 2
 
 
 @dataclass
@@ -44,7 +50,8 @@ class ExportConfig(Config):
             logits graphs (float32 NCHW in, logits out) for logit-level checks.
         include_attention: quantize the attention MatMuls too (INT8 only).
         attention: PAM's form in the graph (``model.forms``): ``auto`` (explicit where the graph fits ``jetson``'s
-            memory, else chunked with the fewest chunks that fit), ``explicit``, ``chunked`` or ``heads``.
+            memory, else chunked with the fewest chunks that fit), ``explicit``, ``chunked``, ``heads`` or
+            ``attention-op`` (``graph.attention_op``: TensorRT >= 10.14 only).
         attention_chunks: query chunks of ``chunked`` (None: the fewest that fit).
         jetson: the board whose memory the graph must fit (``graph.boards.BOARD_MEMORY_GIB``).
         memory_limit_mib: the most a graph may need, weights + activation peak (MiB; None: ``jetson``'s memory less
@@ -52,7 +59,7 @@ class ExportConfig(Config):
         out: output folder (default ``EXPORT_DIR/<checkpoint stem>/``).
         tolerance: FP32 ONNX vs PyTorch relative L2 limit.
         fp16_tolerance: FP16 vs FP32 ONNX relative L2 limit (None: the FP16 recipe's ``max_rel_l2``).
-        verify_images: images used for verification.
+        verify_images: images used for verification (None: :meth:`verification_images`).
         min_agreement, max_miou_drop: an accuracy budget for the INT8 graphs (``budget.fit_budget``):
             least pixel agreement with the FP32 graph (%) and/or largest mIoU drop (points, needs
             ``dataset``); the most sensitive layers are kept in high precision until it holds.
@@ -60,7 +67,7 @@ class ExportConfig(Config):
             reference bundle holds (default: ``budget.export_images``).
         budget_images: how many images the budget and the sensitivity ranking use.
         reference_images: images in the reference bundle ``<out>/reference/`` that ``check`` reads on a device
-            without PyTorch (0: no bundle).
+            without PyTorch (0: no bundle; None: :meth:`bundle_images`).
     """
 
     imgsz: tuple[int, int] | None = option(None, "Static input size H W, multiples of the output stride (default: "
@@ -81,7 +88,9 @@ class ExportConfig(Config):
                                   "GPU); --logits: float32 NCHW in, logits out.")
     include_attention: bool = option(False, "Quantize attention MatMuls too.")
     attention: str = option("auto", "PAM form: auto (explicit where it fits --jetson's memory, else chunked), "
-                                    "explicit, chunked or heads (Q, K, V of one head size, for fused attention).")
+                                    "explicit, chunked, heads (Q, K, V of one head size, for fused attention) or "
+                                    "attention-op (heads as ONNX Attention, opset 23: TensorRT >= 10.14, not "
+                                    "JetPack 6).")
     attention_chunks: int | None = option(None, "Query chunks of --attention chunked (default: the fewest that fit).")
     jetson: str = option(DEFAULT_BOARD, f"Board the graph must fit: {', '.join(BOARD_MEMORY_GIB)}.")
     memory_limit_mib: float | None = option(None, "Most the graph may need, weights + activations (MiB; default: "
@@ -89,14 +98,16 @@ class ExportConfig(Config):
     out: Path | None = option(None, f"Output folder (default {EXPORT_DIR}/<checkpoint stem>/).")
     tolerance: float = option(1e-4, "FP32 ONNX vs PyTorch relative L2 limit.")
     fp16_tolerance: float | None = option(None, "FP16 vs FP32 ONNX relative L2 limit (default: the fp16 recipe's).")
-    verify_images: int = option(2, "Images used for verification.")
+    verify_images: int | None = option(None, "Images used for verification (default: 2 up to 512x1024, 1 above).")
     min_agreement: float | None = option(None, "INT8 accuracy budget: least pixel agreement with the FP32 graph (%).")
     max_miou_drop: float | None = option(None, "INT8 accuracy budget: largest mIoU drop (points; needs --dataset).")
     dataset: str | None = option(None, "Labelled data for the budget and the reference bundle.")
     data: Path | None = option(None, "Its folder.")
     split: str = option("val", "Its split.")
     budget_images: int = option(16, "Images for the budget and the per-layer sensitivity ranking.")
-    reference_images: int = option(16, "Images in the reference bundle reference/ (0: none).")
+    reference_images: int | None = option(None, f"Images in the reference bundle reference/ (0: none; default "
+                                                f"{REFERENCE_IMAGES} up to 512x1024, fewer above: the same pixels, at "
+                                                f"least {MIN_REFERENCE_IMAGES}).")
 
     def validate(self) -> None:
         check_range("--batch", self.batch, 1, 64)
@@ -118,15 +129,18 @@ class ExportConfig(Config):
         check_choice("--attention", self.attention, ("auto", *EXPORT_FORMS))
         check_choice("--jetson", self.jetson, tuple(BOARD_MEMORY_GIB))
         check_range("--attention-chunks", self.attention_chunks, 1, MAX_CHUNKS, optional=True)
+        if self.include_attention and self.attention == "attention-op":
+            raise ConfigError("--include-attention quantizes PAM's MatMuls; --attention attention-op has none (one "
+                              "Attention node, kept in FP32): use --attention heads, or drop --include-attention")
         if self.attention_chunks is not None and self.attention != "chunked":
             raise ConfigError("--attention-chunks applies to --attention chunked; add it or drop --attention-chunks")
         if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1 or max(self.imgsz) > MAX_IMAGE_SIDE):
             raise ConfigError(f"--imgsz must be two sizes H W in 1..{MAX_IMAGE_SIDE}, got {self.imgsz}")
-        check_range("verify images", self.verify_images, 1, 1000)
+        check_range("verify images", self.verify_images, 1, 1000, optional=True)
         check_range("--min-agreement", self.min_agreement, 0, 100, optional=True, integer=False)
         check_range("--max-miou-drop", self.max_miou_drop, 0, 100, optional=True, integer=False)
         check_range("--budget-images", self.budget_images, 1, 1000)
-        check_range("--reference-images", self.reference_images, 0, 1000)
+        check_range("--reference-images", self.reference_images, 0, 1000, optional=True)
         check_choice("--dataset", self.dataset, DATASETS, optional=True)
         check_choice("--split", self.split, SPLITS)
         budget = self.min_agreement is not None or self.max_miou_drop is not None
@@ -154,6 +168,22 @@ class ExportConfig(Config):
         if self.memory_limit_mib is not None:
             return self.memory_limit_mib
         return board_budget_mib(self.jetson) - EngineConfig.default("workspace_mib")
+
+    def verification_images(self, size: tuple[int, int]) -> int:
+        """Images each graph is verified on at ``size`` ``(H, W)``: ``verify_images`` when given, else
+        :data:`VERIFY_IMAGES` up to 512x1024 and 1 above (one 1024x2048 image holds the pixels of 4 at 512x1024;
+        each costs an ONNX Runtime and a PyTorch forward, about a minute each for R-50 there on 2 CPU cores)."""
+        if self.verify_images is not None:
+            return self.verify_images
+        return VERIFY_IMAGES if size[0] * size[1] <= REFERENCE_PIXELS // REFERENCE_IMAGES else 1
+
+    def bundle_images(self, size: tuple[int, int]) -> int:
+        """Images of the reference bundle at ``size`` ``(H, W)``: ``reference_images`` when given, else
+        :data:`REFERENCE_IMAGES`, fewer where that many hold more than :data:`REFERENCE_PIXELS` pixels (the same
+        pixels in fewer, larger images), never fewer than :data:`MIN_REFERENCE_IMAGES`."""
+        if self.reference_images is not None:
+            return self.reference_images
+        return max(MIN_REFERENCE_IMAGES, min(REFERENCE_IMAGES, REFERENCE_PIXELS // (size[0] * size[1])))
 
     def recipe_names(self) -> list[str]:
         """The recipes asked for, in order: ``--fp16``, ``--int8`` (for ``--target``), then ``recipes``."""

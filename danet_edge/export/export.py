@@ -35,7 +35,7 @@ from ..core.progress import track
 from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget
-from .config import ExportConfig
+from .config import REFERENCE_IMAGES, ExportConfig
 from .fp32 import MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph
 from .graph_io import fuse_io
 from .plan import ExportPlan, plan_export
@@ -173,7 +173,10 @@ def _write_bundle(plan: ExportPlan, fp32: Artifact, log: Log) -> Path | None:
     s = plan.bundle_set
     bundle = make_bundle(plan.checkpoint, fp32.manifest, s.frames, s.labels, s.ignore_index, s.source,
                          plan.out_dir / "reference")
-    log(f"wrote {bundle} (reference bundle: {s.source}, for check on a device without PyTorch)")
+    fewer = "" if plan.cfg.reference_images is not None or len(s.frames) >= REFERENCE_IMAGES else \
+        f"; {len(s.frames)} images at {plan.size[0]}x{plan.size[1]} hold the pixels of {REFERENCE_IMAGES} at 512x1024" \
+        ", --reference-images sets the count"
+    log(f"wrote {bundle} (reference bundle: {s.source}, for check on a device without PyTorch{fewer})")
     return bundle
 
 

@@ -6,8 +6,11 @@ Graph choices (torch 2.15):
   gives nothing the static graph needs; the TorchScript path with fixed input shapes, then onnxslim's
   constant folding, leaves no ``Shape`` arithmetic and no symbolic dimension.
 * PAM exported in the form asked (``model.attention``): ``explicit`` MatMul -> Softmax -> (Transpose) ->
-  MatMul, ``chunked`` (the same per static slice of the queries, then Concat) or ``heads`` (Expand of Q and K,
-  one head size); never the SDPA path, which adds scale Muls around the MatMuls.
+  MatMul, ``chunked`` (the same per static slice of the queries, then Concat), ``heads`` (Expand of Q and K,
+  one head size) or ``attention-op`` (the heads form as one ONNX ``Attention`` node, opset 23:
+  ``graph.attention_op``); never the SDPA path, which adds scale Muls around the MatMuls. The explicit and heads
+  forms are traced through ``model.attention.pam_for_export``: the graph gets their nodes, the trace never holds
+  their whole map.
 * eval mode: only the fused logits (auxiliary heads and Dropout are not in the graph).
 * input ``images`` ``(N, 3, H, W) float32`` normalised, output ``logits`` ``(N, K, H, W) float32``;
   with ``fused_io``: input ``images`` ``(N, H, W, 3) uint8`` RGB (Cast, Transpose, Sub, Mul in the graph)
@@ -38,10 +41,11 @@ from ..core.manifest import Manifest, manifest_json, manifest_path
 from ..core.onnx_meta import METADATA_KEY
 from ..core.utils import atomic_path, release_memory
 from ..data.frames import model_inputs
+from ..graph.attention_op import ATTENTION_MIN_TENSORRT, ATTENTION_OPSET, to_attention_op
 from ..graph.memory import dfs_order, memory_estimate
 from ..graph.precision import precision_report, scale_before_energy, verify_precision
-from ..graph.trtcheck import enforce_tensorrt_compat
-from ..model.checkpoint import LoadedModel, checkpoint_manifest
+from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
+from ..model.checkpoint import LoadedModel, checkpoint_manifest, flush_denormals
 from ..model.forms import EXPORT_FORMS, reference_chunks
 from .config import ExportConfig
 from .graph_io import fuse_io
@@ -72,16 +76,28 @@ def synthetic_frames(n: int, size: tuple[int, int], seed: int) -> list[np.ndarra
 def ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str = "fp32",
                  fp16_inside: bool = False):
     """CPU session with the session options every backend uses for ``precision``
-    (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden)."""
+    (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden), without
+    ONNX Runtime's memory pattern: with it, the second run of a session allocates the whole planned activation
+    block beside what the first run left in the arena (measured, DANet R-50 at 512x1024: +400 MiB on the second
+    frame; at 1024x2048 about +5 GB), and export runs each graph on several images."""
     import onnxruntime as ort
 
     from ..runtime.ort_backend import session_options
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return ort.InferenceSession(data, session_options(precision, 0, fp16_inside), providers=["CPUExecutionProvider"])
+    so = session_options(precision, 0, fp16_inside)
+    so.enable_mem_pattern = False
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
 
 
 def run_graph(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
+    """``frames`` through ``session`` at the manifest's static batch: ``(len(frames), ...)`` outputs.
+
+    Denormals are flushed on this thread first (``checkpoint.flush_denormals``): an ONNX Runtime session made
+    with default options (onnxslim's, while tracing) clears the flag on the thread that makes it, and ONNX
+    Runtime computes on the calling thread too (measured: one R-50 frame at 1024x2048 15 s flushed, over 5
+    minutes not)."""
+    flush_denormals()
     outs = [session.run(None, {manifest.input_name: x})[0] for x in model_inputs(frames, manifest)]
     return np.concatenate(outs)[:len(frames)]
 
@@ -100,7 +116,7 @@ def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str
     sidecar = manifest_path(path)
     manifest.extra = {**manifest.extra, "memory": memory_estimate(model).record()}
     sidecar_text = manifest_json(manifest, str(sidecar))
-    enforce_tensorrt_compat(model, target)
+    enforce_tensorrt_compat(model, target, required_tensorrt(model))
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(manifest.to_dict())
@@ -134,7 +150,8 @@ def trace_onnx(loaded: LoadedModel, size: tuple[int, int], batch: int, opset: in
     h, w = size
     model = loaded.model.eval()
     old = model.head.sa.impl, model.head.sa.chunks
-    model.set_attention(attention, chunks if attention == "chunked" else None)  # type: ignore[arg-type]
+    traced = "heads" if attention == "attention-op" else attention  # attention-op: the heads form, rewritten below
+    model.set_attention(traced, chunks if attention == "chunked" else None)  # type: ignore[arg-type]
     names = checkpoint_manifest(loaded, (h, w), batch)
     try:
         with tempfile.TemporaryDirectory(prefix="danet-edge-export-") as tmp:
@@ -150,8 +167,11 @@ def trace_onnx(loaded: LoadedModel, size: tuple[int, int], batch: int, opset: in
     finally:
         model.set_attention(*old)
         release_memory()  # the trace's activations (the whole attention map in the explicit form) go back
-    if attention == "heads":
+        flush_denormals()  # onnxslim's ONNX Runtime sessions clear it on this thread (see run_graph)
+    if traced == "heads":
         graph = scale_before_energy(graph)
+    if attention == "attention-op":
+        graph = onnxslim.slim(to_attention_op(graph))  # opset 23, one ONNX Attention node (TensorRT >= 10.14)
     ordered = dfs_order(graph.graph)  # one attention chunk after another, as runtimes run them
     del graph.graph.node[:]
     graph.graph.node.extend(ordered)
@@ -194,7 +214,8 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     if graph is None:
         graph = trace_onnx(loaded, size, batch, opset, attention, chunks)
     model = loaded.model.eval()
-    manifest = replace(checkpoint_manifest(loaded, (h, w), batch), kind="onnx", opset=opset, target=target)
+    written_opset = ATTENTION_OPSET if attention == "attention-op" else opset
+    manifest = replace(checkpoint_manifest(loaded, (h, w), batch), kind="onnx", opset=written_opset, target=target)
     if fused_io:
         graph = fuse_io(graph, manifest.mean, manifest.std)
         manifest = fused_manifest(manifest)
@@ -221,6 +242,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     manifest.precision_report = report.to_dict()
     manifest.extra = {**manifest.extra, "verification": verification,
                       "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
-                                    **(record or {})}}
+                                    **({"min_tensorrt": ".".join(map(str, ATTENTION_MIN_TENSORRT))}
+                                       if attention == "attention-op" else {}), **(record or {})}}
     finalize(graph, out, manifest, target)
     return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification, outputs=got)

@@ -85,14 +85,14 @@ def _engine_builder() -> Callable[..., Any]:
     return build_engine
 
 
-def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe]) -> CalibrationSet | None:
+def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe], verify: int) -> CalibrationSet | None:
     """The calibration images: ``--calib`` (or the default folder when a recipe calibrates), ``--calib-size``
     of them (default: :data:`CALIB_IMAGES` when calibrating, else the verification count)."""
     calibrated = any(r.needs_calibration for r in recipes)
     calib_dir = cfg.calib if cfg.calib is not None else (CALIB_DIR if calibrated else None)
     if calib_dir is None:
         return None
-    count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else cfg.verify_images)
+    count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else verify)
     return load_calibration_set(calib_dir, count, cfg.seed)
 
 
@@ -109,12 +109,13 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     loaded = load_model(ckpt)
     h, w = _resolve_size(cfg, loaded)
     recipes = [get_recipe(n) for n in cfg.recipe_names()]
-    calib_set = _calibration(cfg, recipes)
+    verify = cfg.verification_images((h, w))
+    calib_set = _calibration(cfg, recipes, verify)
     budget_set = budget_images(cfg, calib_set, loaded.data)
-    bundle_set = export_images(cfg, calib_set, loaded.data, cfg.reference_images) if cfg.reference_images else None
+    bundle_count = cfg.bundle_images((h, w))
+    bundle_set = export_images(cfg, calib_set, loaded.data, bundle_count) if bundle_count else None
     build_engine = _engine_builder() if cfg.engine else None
-    frames = list(calib_set.frames())[:cfg.verify_images] if calib_set is not None else \
-        synthetic_frames(cfg.verify_images, (h, w), cfg.seed)
+    frames = list(calib_set.frames())[:verify] if calib_set is not None else synthetic_frames(verify, (h, w), cfg.seed)
 
     return ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
                       frames, [], build_engine)

@@ -197,7 +197,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from ..graph.precision import attention_nodes
-    from ..graph.trtcheck import enforce_tensorrt_compat
+    from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
 
     if target not in TARGETS:
         raise ConfigError(f"unknown INT8 target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -275,7 +275,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         scale_stats: dict[str, Any] = {}
         if high_precision == "fp16":
             qmodel, scale_stats = _fp16_outside_qdq(qmodel)
-        enforce_tensorrt_compat(qmodel, target)
+        enforce_tensorrt_compat(qmodel, target, required_tensorrt(qmodel))
         with atomic_path(out) as dst:
             onnx.save(qmodel, str(dst))
         if not reused:

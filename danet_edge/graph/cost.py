@@ -210,6 +210,11 @@ def _flops(n: onnx.NodeProto, info: dict[str, tuple[int, list[int]]]) -> int:
             return 0
         k = a[0] if n.op_type == "Gemm" and _attr(n, "transA", 0) else a[-1]
         return 2 * _numel(out) * k
+    if n.op_type == "Attention":  # ONNX Attention, 4-D: Q (N, h, L, d), K (N, h, S, d), V (N, h, S, dv)
+        q, k, v = (dims(t) for t in n.input[:3])
+        if len(q) != 4 or len(k) != 4 or len(v) != 4:
+            return 0
+        return 2 * _numel(q[:3]) * k[2] * (q[3] + v[3]) + 5 * _numel(q[:3]) * k[2]  # two MatMuls + the softmax
     if n.op_type in _POINTWISE:
         return _numel(out)
     if n.op_type in ("Softmax", "LogSoftmax"):

@@ -2,7 +2,8 @@
 
 **Attention** (:func:`attention_form`): PAM's form read from the graph's structure (``precision.attention_nodes``):
 one PAM Softmax over a 3-D ``(N, L, L)`` map is ``explicit``; several (one per query slice) ``chunked``; a
-4-D ``(N, h, L, L)`` map with ``h > 1`` ``heads``. Its MatMul FLOPs and its largest map tensor (bytes, at the
+4-D ``(N, h, L, L)`` map with ``h > 1`` ``heads``; ONNX ``Attention`` nodes ``attention-op`` (their map is inside
+the node: counted as the ``(N, h, L, L)`` FP32 map an unfused runtime holds while it runs). Its MatMul FLOPs and its largest map tensor (bytes, at the
 graph's type) come with it.
 
 **Activations** (:func:`memory_estimate`): a runtime that runs the nodes one by one (in :func:`dfs_order`) holds, at
@@ -36,7 +37,7 @@ class AttentionForm:
     """PAM as the graph holds it.
 
     Attributes:
-        form: ``explicit``, ``chunked``, ``heads``, or ``none`` (no PAM found). chunks: query slices (1 unless
+        form: ``explicit``, ``chunked``, ``heads``, ``attention-op``, or ``none`` (no PAM found). chunks: query slices (1 unless
             chunked). heads: 1 unless the heads form. positions: L, the keys per query.
         map_mib: the largest single attention-map tensor (a Softmax's input), MiB at its type.
         gflop: PAM's MatMul GFLOPs (multiply-add = 2).
@@ -96,9 +97,15 @@ def attention_form(model: onnx.ModelProto,
     """PAM's form, map size and FLOPs, read from the graph (see the module docstring)."""
     g, info = inferred or tensor_info(model)
     att = attention_nodes(model)
+    by_name = {n.name: n for n in g.node}
+    if att.pam_op:
+        q = info.get(by_name[att.pam_op[0]].input[0], (0, []))[1]
+        k = info.get(by_name[att.pam_op[0]].input[1], (0, []))[1]
+        return AttentionForm("attention-op", len(att.pam_op), q[1] if len(q) == 4 else 1, k[2] if len(k) == 4 else 0,
+                             round(max(_op_map_bytes(by_name[a], info) for a in att.pam_op) / 2**20, 6),
+                             round(sum(_op_matmul_flops(by_name[a], info) for a in att.pam_op) / 1e9, 6))
     if not att.pam_softmax:
         return AttentionForm("none")
-    by_name = {n.name: n for n in g.node}
     maps = [info.get(by_name[s].input[0], (0, []))[1] for s in att.pam_softmax]
     rank4 = [m for m in maps if len(m) == 4]
     heads = rank4[0][1] if rank4 else 1
@@ -107,6 +114,18 @@ def attention_form(model: onnx.ModelProto,
     flops = sum(_flops(by_name[m], info) for m in att.pam_energy + att.pam_out)
     return AttentionForm(form, len(att.pam_softmax), heads, maps[0][-1] if maps[0] else 0,
                          round(biggest / 2**20, 6), round(flops / 1e9, 6))
+
+
+def _op_map_bytes(n: onnx.NodeProto, info: dict[str, tuple[int, list[int]]]) -> int:
+    """The ``(N, h, L, S)`` map an ONNX ``Attention`` node holds inside when its runtime does not fuse it (FP32)."""
+    q, k = (info.get(t, (0, []))[1] for t in n.input[:2])
+    return _numel(q[:3]) * k[2] * 4 if len(q) == 4 and len(k) == 4 else 0
+
+
+def _op_matmul_flops(n: onnx.NodeProto, info: dict[str, tuple[int, list[int]]]) -> int:
+    """The two MatMuls inside an ONNX ``Attention`` node: ``2 N h L S (d + dv)`` (what the other forms count)."""
+    q, k, v = (info.get(t, (0, []))[1] for t in n.input[:3])
+    return 2 * _numel(q[:3]) * k[2] * (q[3] + v[3]) if len(q) == len(k) == len(v) == 4 else 0
 
 
 def _map_tensors(model: onnx.ModelProto, g: onnx.GraphProto) -> set[str]:
@@ -168,11 +187,14 @@ def dfs_order(g: onnx.GraphProto) -> list[onnx.NodeProto]:
     return order
 
 
-def _liveness(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]], maps: set[str]) -> tuple[int, int, int]:
+def _liveness(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]], maps: set[str],
+              scratch: dict[str, int] | None = None) -> tuple[int, int, int]:
     """A walk of the nodes in :func:`dfs_order`, holding each activation from the node that makes it to the last
     that reads it, an in-place node's output in its dying input's buffer (:func:`_in_place`):
     ``(peak of all live bytes, peak without the map tensors in ``maps``, the most non-map bytes live while a map
-    tensor is)``."""
+    tensor is)``. ``scratch``: bytes a node holds inside while it runs (an ``Attention`` node's map), counted as a
+    map."""
+    scratch = scratch or {}
     weights = {t.name for t in g.initializer}
     outputs = {o.name for o in g.output}
     nodes = dfs_order(g)
@@ -194,8 +216,9 @@ def _liveness(g: onnx.GraphProto, info: dict[str, tuple[int, list[int]]], maps: 
         for o in n.output:
             if o:
                 live[o] = _bytes(info, o)
-        total = sum(live.values())
-        in_maps = sum(v for k, v in live.items() if k in maps)
+        inside = scratch.get(n.name, 0)
+        total = sum(live.values()) + inside
+        in_maps = sum(v for k, v in live.items() if k in maps) + inside
         peak, other = max(peak, total), max(other, total - in_maps)
         if in_maps:
             at_maps = max(at_maps, total - in_maps)
@@ -211,7 +234,8 @@ def memory_estimate(model: onnx.ModelProto, reserve_mib: float = RESERVE_MIB,
     """Weights, activation peak and fit per Jetson of a static-shape graph (MiB; see the module docstring)."""
     g, info = inferred or tensor_info(model)
     weights = sum(_bytes(info, t.name) for t in g.initializer)
-    acts, other, at_maps = _liveness(g, info, _map_tensors(model, g))
+    scratch = {n.name: _op_map_bytes(n, info) for n in g.node if n.op_type == "Attention"}
+    acts, other, at_maps = _liveness(g, info, _map_tensors(model, g), scratch)
     est = MemoryEstimate(round(weights / 2**20, 3), round(acts / 2**20, 3), round((weights + acts) / 2**20, 3),
                          attention_form(model, (g, info)), other_mib=round(other / 2**20, 3),
                          beside_map_mib=round(at_maps / 2**20, 3),

@@ -27,12 +27,14 @@ class AttentionNodes:
     """Node names of DANet's attention, found from the graph's structure (not from names).
 
     pam_energy: MatMul ``Q^T K`` feeding PAM's Softmax; pam_softmax; pam_out: MatMul ``V S^T``.
+    pam_op: ONNX ``Attention`` nodes (the ``attention-op`` form: all three in one node).
     cam_energy: MatMul ``A A^T``; cam_reduce: its ReduceMax and Sub; cam_softmax; cam_out: MatMul ``S A``.
     """
 
     pam_energy: list[str] = field(default_factory=list)
     pam_softmax: list[str] = field(default_factory=list)
     pam_out: list[str] = field(default_factory=list)
+    pam_op: list[str] = field(default_factory=list)
     cam_energy: list[str] = field(default_factory=list)
     cam_reduce: list[str] = field(default_factory=list)
     cam_softmax: list[str] = field(default_factory=list)
@@ -107,14 +109,16 @@ def attention_nodes(model: onnx.ModelProto) -> AttentionNodes:
             found.cam_softmax.append(sm.name)
             if out_mm is not None:
                 found.cam_out.append(out_mm.name)
+    found.pam_op = [n.name for n in g.node if n.op_type == "Attention"]
     return found
 
 
 def default_fp32_islands(model: onnx.ModelProto, pam_energy: bool = True) -> list[str]:
     """Node names kept in FP32 in the FP16 graph (module docstring): CAM energy, ReduceMax, Sub,
-    both Softmaxes, and (``pam_energy``) PAM's energy MatMul."""
+    both Softmaxes, an ONNX ``Attention`` node (its energy is PAM's, unscaled: FP16 would overflow as in the
+    other forms), and (``pam_energy``) PAM's energy MatMul."""
     a = attention_nodes(model)
-    names = a.cam_energy + a.cam_reduce + a.cam_softmax + a.pam_softmax
+    names = a.cam_energy + a.cam_reduce + a.cam_softmax + a.pam_softmax + a.pam_op
     return names + (a.pam_energy if pam_energy else [])
 
 

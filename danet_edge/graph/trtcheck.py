@@ -8,7 +8,9 @@ activations break the zero-point rule by design).
 Rules (onnx-tensorrt ``docs/operators.md`` for TensorRT 10.0 to 10.3, the version JetPack 6 ships;
 https://github.com/onnx/onnx-tensorrt/blob/release/10.3-GA/docs/operators.md):
 
-* default-domain opset in 9..20; no other operator domain (``com.microsoft`` contrib ops);
+* default-domain opset in 9..20; no other operator domain (``com.microsoft`` contrib ops); for a graph checked
+  against TensorRT >= 10.14 (``tensorrt=(10, 14)``), opset 9..23 and ONNX's ``Attention`` (imported as
+  ``IAttention`` from 10.14: its release notes, onnx-tensorrt PR 1043); 10.3 has neither;
 * operator in ``SUPPORTED_OPS`` (the ops DANet graphs use plus common vision ops);
 * no DOUBLE tensor anywhere; UINT8 only as a network input or output;
 * QuantizeLinear / DequantizeLinear: zero point present, an initializer, INT8 (or FP8/INT4), all 0;
@@ -32,7 +34,8 @@ from onnx import TensorProto, numpy_helper
 from ..core.choices import OPSET_RANGE
 from ..core.errors import CompatibilityError
 
-__all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS",
+__all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS", "ATTENTION_TENSORRT",
+           "required_tensorrt",
            "OPSET_RANGE", "RESIZE_COORDINATE_MODES"]
 
 
@@ -47,6 +50,9 @@ SUPPORTED_OPS = frozenset({
     "Resize", "Round", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split",
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
+
+#: Oldest TensorRT whose parser imports ONNX ``Attention`` (as ``IAttention``), and the highest opset checked for it.
+ATTENTION_TENSORRT, ATTENTION_OPSET_MAX = (10, 14), 23
 
 RESIZE_MODES = frozenset({"nearest", "linear"})
 RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
@@ -103,17 +109,20 @@ def _scale_violations(name: str, op: str, scale: np.ndarray | None) -> list[Viol
     return [Violation(name, op, "Q/DQ scale", f"{where}: scale {flat[bad[0]]:g}, must be finite and > 0")]
 
 
-def check_tensorrt_compat(model: onnx.ModelProto) -> list[Violation]:
-    """Rules of the TensorRT 10 ONNX parser that ``model`` breaks (empty list: none).
+def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (10, 3)) -> list[Violation]:
+    """Rules of the TensorRT ONNX parser (version ``tensorrt``, default JetPack 6's 10.3) that ``model`` breaks
+    (empty list: none).
 
     Runs ONNX shape inference on a copy (``model`` is not changed) to know every tensor's type
     and shape. See the module docstring for the rules.
     """
     out: list[Violation] = []
     opset = _opset(model)
-    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
-        out.append(Violation(_GRAPH, "-", "opset range",
-                             f"opset {opset} is outside {OPSET_RANGE[0]}..{OPSET_RANGE[1]} (TensorRT 10.0-10.3)"))
+    attention = tuple(tensorrt) >= ATTENTION_TENSORRT
+    low, high = OPSET_RANGE[0], ATTENTION_OPSET_MAX if attention else OPSET_RANGE[1]
+    if not low <= opset <= high:
+        out.append(Violation(_GRAPH, "-", "opset range", f"opset {opset} is outside {low}..{high} (TensorRT "
+                             f"{'.'.join(map(str, tensorrt))}; ONNX Attention needs opset 23 and TensorRT >= 10.14)"))
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - a graph inference cannot read still gets the structural checks
@@ -155,8 +164,9 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> list[Violation]:
         if node.domain not in ("", "ai.onnx"):
             out.append(Violation(name, op, "operator domain", f"domain {node.domain!r} is not parsed by TensorRT"))
             continue
-        if op not in SUPPORTED_OPS:
-            out.append(Violation(name, op, "operator support", f"{op} is not in the supported operator list"))
+        if op not in SUPPORTED_OPS and not (op == "Attention" and attention):
+            more = " (ONNX Attention: TensorRT >= 10.14)" if op == "Attention" else ""
+            out.append(Violation(name, op, "operator support", f"{op} is not in the supported operator list{more}"))
         if op == "Shape":
             out.append(Violation(name, op, "static shapes", "leftover Shape arithmetic (fold it at export)"))
         for o in node.output:
@@ -209,13 +219,21 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> list[Violation]:
     return out
 
 
-def enforce_tensorrt_compat(model: onnx.ModelProto, target: str = "tensorrt") -> list[Violation]:
-    """Check ``model``; for ``target == "tensorrt"`` raise on the first violations, else return them.
+def required_tensorrt(model: onnx.ModelProto) -> tuple[int, int]:
+    """The oldest TensorRT whose parser the graph is written for: :data:`ATTENTION_TENSORRT` when it holds an ONNX
+    ``Attention`` node (the ``attention-op`` form), else JetPack 6's 10.3."""
+    return ATTENTION_TENSORRT if any(n.op_type == "Attention" for n in model.graph.node) else (10, 3)
+
+
+def enforce_tensorrt_compat(model: onnx.ModelProto, target: str = "tensorrt",
+                            tensorrt: tuple[int, int] = (10, 3)) -> list[Violation]:
+    """Check ``model`` against TensorRT ``tensorrt``'s parser; for ``target == "tensorrt"`` raise on the first
+    violations, else return them.
 
     Raises:
         CompatibilityError: names the node and the rule broken (up to three listed).
     """
-    violations = check_tensorrt_compat(model)
+    violations = check_tensorrt_compat(model, tensorrt)
     if violations and target == "tensorrt":
         more = f" (and {len(violations) - 3} more)" if len(violations) > 3 else ""
         raise CompatibilityError("; ".join(str(v) for v in violations[:3]) + more)

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from .forms import chunk_bounds
+from .forms import chunk_bounds, reference_chunks
 
-__all__ = ["pam_chunked", "pam_explicit", "pam_heads"]
+__all__ = ["pam_chunked", "pam_explicit", "pam_for_export", "pam_heads"]
 
 
 def pam_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -71,3 +71,59 @@ def pam_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     vh = v.reshape(n, h, d, length).transpose(2, 3)  # (N, h, L, d)
     out = torch.matmul(torch.softmax(torch.matmul(qh, kh), dim=-1), vh)  # (N, h, L, d)
     return out.transpose(2, 3).reshape(n, c, length)
+
+
+class _FormForExport(torch.autograd.Function):
+    """The explicit or heads form as ``torch.onnx.export`` writes it, computed as the chunked form.
+
+    The TorchScript exporter runs the model once to record its ops; running the explicit form would hold the
+    whole ``(N, L, L)`` map (4 GiB at 1024x2048, 32 GiB for the heads form's 8 maps) only to learn the graph's
+    shapes. ``forward`` computes the same values chunked (``forms.reference_chunks``), and ``symbolic`` writes
+    the form's own ONNX nodes, node for node what tracing :func:`pam_explicit` / :func:`pam_heads` writes
+    (torch.onnx, "Static Symbolic Method" of ``autograd.Function``).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, form, n, length, d, c):  # type: ignore[override]
+        return pam_chunked(q, k, v, reference_chunks(n, length))
+
+    @staticmethod
+    def symbolic(g, q, k, v, form, n, length, d, c):  # pragma: no cover - run by torch.onnx.export only
+        def const(values):
+            return g.op("Constant", value_t=torch.tensor(values, dtype=torch.int64))
+
+        def unsqueeze(x):
+            return g.op("Unsqueeze", x, const([1])) if g.opset >= 13 else g.op("Unsqueeze", x, axes_i=[1])
+
+        def softmax(x, rank):  # opset < 13 flattens to 2-D at the axis: torch names the last axis by number
+            return g.op("Softmax", x, axis_i=-1 if g.opset >= 13 else rank - 1)
+
+        if form == "explicit":
+            attention = softmax(g.op("MatMul", q, k), 3)  # (N, L, L)
+            return g.op("MatMul", v, g.op("Transpose", attention, perm_i=[0, 2, 1]))  # (N, C, L)
+        def reshape(x, shape):  # Reshape has allowzero from opset 14; torch writes it as 0
+            return g.op("Reshape", x, const(shape), **({"allowzero_i": 0} if g.opset >= 14 else {}))
+
+        h = c // d
+        one = g.op("Constant", value_t=torch.tensor(1.0))
+        qh = g.op("Expand", unsqueeze(g.op("Mul", q, one)), const([n, h, length, d]))  # (N, h, L, d)
+        kh = g.op("Expand", unsqueeze(k), const([n, h, d, length]))  # (N, h, d, L)
+        vh = g.op("Transpose", reshape(v, [n, h, d, length]), perm_i=[0, 1, 3, 2])  # (N, h, L, d)
+        out = g.op("MatMul", softmax(g.op("MatMul", qh, kh), 4), vh)  # (N, h, L, d)
+        return reshape(g.op("Transpose", out, perm_i=[0, 1, 3, 2]), [n, c, length])
+
+
+def pam_for_export(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, form: str) -> torch.Tensor:
+    """PAM in ``form`` (``explicit`` or ``heads``) while ``torch.onnx.export`` traces: the graph gets the form's
+    nodes, the trace holds one slice of the map at a time. Shapes as :func:`pam_explicit`.
+
+    Raises:
+        ValueError: ``form`` is not explicit or heads; heads with ``C`` not a multiple of ``d``.
+    """
+    if form not in ("explicit", "heads"):
+        raise ValueError(f"pam_for_export writes the explicit or heads form, not {form!r}")
+    n, length, d = (int(s) for s in q.shape)
+    c = int(v.shape[1])
+    if form == "heads" and c % d:
+        raise ValueError(f"PAM heads form: V has {c} channels, not a multiple of the head size {d}")
+    return _FormForExport.apply(q, k, v, form, n, length, d, c)

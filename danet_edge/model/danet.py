@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import pam_chunked, pam_explicit, pam_heads
+from .attention import pam_chunked, pam_explicit, pam_for_export, pam_heads
 from .config import ModelConfig
 from .forms import ATTENTION_IMPLS, AttentionImpl, reference_chunks
 from ..core.errors import ConfigError
@@ -71,7 +71,9 @@ class PAM(nn.Module):
         impl = self.impl
         if impl == "sdpa" and x.device.type == "cpu":
             impl = "chunked"
-        if impl == "sdpa":
+        if impl in ("explicit", "heads") and torch.onnx.is_in_onnx_export():
+            out = pam_for_export(q, k, v, impl)  # the form's nodes, without holding its map while tracing
+        elif impl == "sdpa":
             out = F.scaled_dot_product_attention(
                 q.unsqueeze(1), k.transpose(1, 2).unsqueeze(1), v.transpose(1, 2).unsqueeze(1), scale=1.0
             )  # (N, 1, L, C)

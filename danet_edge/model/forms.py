@@ -16,8 +16,9 @@ __all__ = ["ATTENTION_IMPLS", "AttentionImpl", "EXPORT_FORMS", "MAX_CHUNKS", "PA
 AttentionImpl = Literal["sdpa", "explicit", "chunked", "heads"]
 #: Every PAM implementation; ``sdpa`` is PyTorch-only (on a CPU it runs as ``chunked``; it exports as ``explicit``).
 ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "explicit", "chunked", "heads")
-#: The forms an exported graph can take (``export --attention``).
-EXPORT_FORMS: tuple[str, ...] = ("explicit", "chunked", "heads")
+#: The forms an exported graph can take (``export --attention``). ``attention-op`` is the heads form written as
+#: ONNX's ``Attention`` operator (opset 23; ``graph.attention_op``): TensorRT >= 10.14 only, not JetPack 6's 10.3.
+EXPORT_FORMS: tuple[str, ...] = ("explicit", "chunked", "heads", "attention-op")
 #: Largest attention-map slice (MiB, FP32) the PyTorch reference holds on a CPU: above it the queries are
 #: chunked, so ``eval`` / ``check`` / export's reference at large sizes never hold the whole ``N x L x L`` map.
 REFERENCE_CHUNK_MIB = 256.0
@@ -49,6 +50,6 @@ def reference_chunks(batch: int, positions: int, limit_mib: float = REFERENCE_CH
 def attention_flops(form: str, batch: int, positions: int, d: int, c: int) -> int:
     """MatMul FLOPs of PAM (a multiply-add is 2): ``2 batch L^2 (d + c)`` explicit or chunked; the heads form
     multiplies Q K once per head (``c / d`` heads) and each head's V of ``d`` channels: ``2 batch L^2 2c``."""
-    if form == "heads":
+    if form in ("heads", "attention-op"):
         return 2 * batch * positions * positions * 2 * c
     return 2 * batch * positions * positions * (d + c)

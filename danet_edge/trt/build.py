@@ -350,7 +350,7 @@ def _attention(onnx_path: Path) -> tuple[set[str], set[str]]:
     from ..graph.precision import attention_nodes
 
     att = attention_nodes(onnx.load(str(onnx_path), load_external_data=False))
-    return set(att.matmuls), set(att.pam_softmax)
+    return set(att.matmuls), set(att.pam_softmax + att.pam_op)
 
 
 def _write(out_path: Path, serialized: Any, engine_manifest: Manifest, trt_entry: dict[str, Any], config: Any,

@@ -167,8 +167,9 @@ _SOFTMAX_KERNEL = re.compile(r"softmax", re.I)
 
 def attention_fused(layers: list[LayerInfo], pam_softmax: set[str]) -> bool | str:
     """Whether TensorRT ran PAM as one attention kernel, read from the inspector's layers: True when a layer
-    holding a PAM Softmax (by ONNX name) names a fused attention kernel in its tactic, name or type (``mha``,
-    ``fmha``, ``flash``, ``attention``); False when every PAM Softmax runs as a softmax kernel of its own (its
+    holding a PAM Softmax or ONNX ``Attention`` node (by ONNX name) names a fused attention kernel in its tactic,
+    name or type (``mha``, ``fmha``, ``flash``, ``attention``; the ONNX node names inside a layer's name do not
+    count: ``pam_attention_0`` names a node, not a kernel); False when every PAM Softmax runs as a softmax kernel of its own (its
     layer's tactic or type says ``softmax``), so the map is materialised; ``"unknown"`` otherwise (a Myelin
     region that names no kernel, layers without ONNX names, or the stand-in, which cannot know).
 
@@ -177,7 +178,13 @@ def attention_fused(layers: list[LayerInfo], pam_softmax: set[str]) -> bool | st
     holders = [layer for layer in layers if set(layer.onnx_nodes) & pam_softmax]
     if not pam_softmax or not holders:
         return "unknown"
-    if any(_FUSED_KERNEL.search(f"{layer.tactic} {layer.name} {layer.layer_type}") for layer in holders):
+    def own_words(layer: LayerInfo) -> str:  # the layer's name less the ONNX node names it carries
+        name = layer.name
+        for node in layer.onnx_nodes:
+            name = name.replace(node, "")
+        return f"{layer.tactic} {name} {layer.layer_type}"
+
+    if any(_FUSED_KERNEL.search(own_words(layer)) for layer in holders):
         return True
     if all(_SOFTMAX_KERNEL.search(layer.tactic) for layer in holders):
         return False

@@ -162,6 +162,11 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
     if manifest is not None and cfg.int8_calib is not None and manifest.precision != "fp32":
         refusals.append(f"--int8-calib needs an FP32 graph; {onnx_path.name} is {manifest.precision} "
                         "(its precision is already in the graph: build without --int8-calib)")
+    form = (manifest.extra.get("attention") or {}).get("form") if manifest is not None else None
+    if form == "attention-op" and trt_version_tuple(trt_version)[:2] < (10, 14):
+        refusals.append(f"{onnx_path.name} writes PAM as ONNX Attention (opset 23), which TensorRT imports from "
+                        f"10.14 (this is {trt_version}, JetPack 6's): export it with --attention heads, chunked or "
+                        "explicit")
     if manifest is not None and cfg.fp16 and manifest.precision == "int8":
         refusals.append(f"--fp16 on an INT8 Q/DQ graph ({onnx_path.name}) is refused: build it strongly typed")
 

@@ -237,7 +237,7 @@ class ParserImpl:
         except Exception as e:
             self.errors.append(ParserErrorImpl(-1, "", "", f"Failed to parse ONNX model from protobuf: {e}"))
             return False
-        self.errors.extend(_parse_rules(proto))
+        self.errors.extend(_parse_rules(proto, self.lib.trt))
         if self.errors:  # one log line, as the parser stops at its first failing node; all errors kept
             e = self.errors[0]
             _log(self.lib.trt, self.logger, "ERROR", f"ModelImporter: node {e._n} ({e._op}): {e._d}")
@@ -256,15 +256,21 @@ def _init_value(g: onnx.GraphProto, name: str) -> np.ndarray | None:
     return None
 
 
-def _parse_rules(proto: onnx.ModelProto) -> list[ParserErrorImpl]:
+def _version_tuple(trt: Any) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(trt.__version__).split(".")[:2])
+
+
+def _parse_rules(proto: onnx.ModelProto, trt: Any) -> list[ParserErrorImpl]:
     """onnx-tensorrt's rules as documented in docs/operators.md, the parts that matter here."""
     errs = []
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if not 9 <= opset <= 20:
-        errs.append(ParserErrorImpl(-1, "", "", f"Unsupported ONNX opset {opset} (9..20)"))
+    attention = _version_tuple(trt) >= (10, 14)  # ONNX Attention -> IAttention from 10.14 (release notes)
+    top = 23 if attention else 20
+    if not 9 <= opset <= top:
+        errs.append(ParserErrorImpl(-1, "", "", f"Unsupported ONNX opset {opset} (9..{top})"))
     g = proto.graph
     for i, n in enumerate(g.node):
-        if n.op_type not in SUPPORTED_OPS:
+        if n.op_type not in SUPPORTED_OPS and not (n.op_type == "Attention" and attention):
             errs.append(ParserErrorImpl(i, n.name, n.op_type, f"No importer registered for op: {n.op_type}"))
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}

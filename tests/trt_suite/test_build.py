@@ -437,3 +437,26 @@ def test_attention_forms_pass_the_rules_and_build(exported, tmp_path, form):
     assert m.tensorrt["attention_fused"] == "unknown" and m.attention()["fused"] == "unknown"
     assert m.attention()["form"] == form
     assert np.array_equal(_labels(eng, exported.frames), _labels(fp16, exported.frames))
+
+
+def test_attention_op_form_builds_from_tensorrt_10_14_only(exported, tmp_path):
+    """PAM as ONNX Attention (opset 23): refused in one line by TensorRT 10.3 (JetPack 6), before the parser;
+    parsed and built by 11.x, and the engine runs like its graph."""
+    import tensorrt as trt
+
+    from danet_edge.core.errors import ConfigError
+    from danet_edge.export.export import ExportConfig, export_model
+
+    res = export_model(exported.checkpoint, ExportConfig(attention="attention-op", fused_io=False, reference_images=0,
+                                                         out=tmp_path / "g"))
+    fp32 = res.artifacts[0].path
+    assert read_manifest(fp32).extra["attention"]["min_tensorrt"] == "10.14"
+    if int(trt.__version__.split(".")[0]) < 11:
+        with pytest.raises(ConfigError, match=r"ONNX Attention \(opset 23\).*10\.14"):
+            build_engine(fp32, None, EngineConfig())
+        assert not fp32.with_suffix(".engine").exists()
+        return
+    eng = build_engine(fp32, None, EngineConfig())
+    m = read_manifest(eng)
+    assert m.attention()["form"] == "attention-op" and m.tensorrt["attention_fused"] == "unknown"
+    assert np.array_equal(_labels(eng, exported.frames), _labels(fp32, exported.frames))
