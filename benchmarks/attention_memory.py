@@ -10,7 +10,7 @@ backend here), and the session runs without ONNX Runtime's memory pattern, as ex
     nice .venv/bin/python benchmarks/attention_memory.py --backbone resnet50 --imgsz 512 1024 --runs 3
     nice .venv/bin/python benchmarks/attention_memory.py --backbone resnet50 --imgsz 1024 2048 --runs 1
 
-``chunked`` takes the chunk count ``export --attention auto`` would choose for ``--jetson`` (at least 2),
+``chunked`` takes the chunk count ``export --attention auto`` would choose for ``--jetson`` (at least ``forms.MIN_AUTO_CHUNKS``, 4),
 ``chunked:K`` K chunks. Prints one table; forms side by side in one run.
 """
 
@@ -65,7 +65,7 @@ def main() -> None:
     from danet_edge.export.fp32 import trace_onnx
     from danet_edge.export.config import ExportConfig
     from danet_edge.graph.boards import DEFAULT_BOARD
-    from danet_edge.model.forms import MAX_CHUNKS
+    from danet_edge.model.forms import MAX_CHUNKS, MIN_AUTO_CHUNKS
     from danet_edge.graph.memory import memory_estimate
     import numpy as np
 
@@ -101,10 +101,10 @@ def main() -> None:
             t0 = time.perf_counter()
             form, _, given = spec.partition(":")
             k = int(given) if given else None
-            if form == "chunked" and k is None:  # what export --attention auto picks for --jetson (at least 2)
+            if form == "chunked" and k is None:  # what export --attention auto picks for --jetson
                 budget = ExportConfig(jetson=a.jetson).memory_budget_mib()
                 probe = memory_estimate(trace_onnx(loaded, (h, w), 1, 17, "explicit"))
-                k = max(2, chunks_needed(probe, 1, positions, budget) or MAX_CHUNKS)
+                k = max(MIN_AUTO_CHUNKS, chunks_needed(probe, 1, positions, budget) or MAX_CHUNKS)
             graph = trace_onnx(loaded, (h, w), 1, 17, form, k)
             trace_s = time.perf_counter() - t0
             est = memory_estimate(graph)

@@ -230,7 +230,8 @@ def test_fewest_chunks_that_fit(tiny_checkpoint):
     at = est.weights_mib + est.beside_map_mib
     assert est.total_mib <= at + full + 0.01  # the model's figure for one chunk bounds the graph's own
     assert chunks_needed(est, 1, positions, est.total_mib + 0.01) == 1
-    assert chunks_needed(est, 1, positions, max(at + full / 2, est.weights_mib + est.other_mib) + 0.01) == 2
+    # 2 chunks would fit; auto takes at least 4 (2 cost 8.5 % more time on a CPU, 4 no more than the paper's form)
+    assert chunks_needed(est, 1, positions, max(at + full / 2, est.weights_mib + est.other_mib) + 0.01) == 4
     assert chunks_needed(est, 1, positions, est.weights_mib + est.other_mib - 0.01) is None
 
 
@@ -248,7 +249,7 @@ def test_a_probe_at_half_size_predicts_the_full_graph(tiny_checkpoint):
     for k in (1, 2, 4):
         assert _need_mib(half, 4.0, 1, positions, k) == pytest.approx(_need_mib(full, 1.0, 1, positions, k), rel=0.1)
     budget = _need_mib(full, 1.0, 1, positions, 2) + 0.01
-    assert chunks_needed(half, 1, positions, budget, 4.0) in (2, 3)
+    assert chunks_needed(half, 1, positions, budget, 4.0) == 4
 
 
 def test_export_auto_chunks_to_fit_the_limit_and_records_it(tiny_checkpoint, tmp_path):

@@ -1,7 +1,7 @@
 """Export's attention step: which form PAM takes in the graph, decided by the memory model.
 
 ``--attention auto`` (the default): the explicit form (the paper's graph) where the whole graph fits the
-budget, else the chunked form with the fewest query chunks that fit. The budget is ``--memory-limit-mib``, else
+budget, else the chunked form with the fewest query chunks that fit, at least ``forms.MIN_AUTO_CHUNKS`` (4). The budget is ``--memory-limit-mib``, else
 the ``--jetson`` board's memory less ``graph.boards.RESERVE_MIB``; the need is ``graph.memory.memory_estimate``'s
 weights + activation peak. A form the user names is traced as asked and refused when it does not fit; a size
 that does not fit even with ``model.forms.MAX_CHUNKS`` chunks is refused in one line with the estimate and
@@ -23,7 +23,7 @@ import onnx
 
 from ..core.errors import ConfigError
 from ..graph.memory import MemoryEstimate, memory_estimate
-from ..model.forms import MAX_CHUNKS, chunk_bounds, reference_chunks
+from ..model.forms import MAX_CHUNKS, MIN_AUTO_CHUNKS, chunk_bounds, reference_chunks
 from .fp32 import trace_onnx
 from .plan import ExportPlan
 
@@ -54,14 +54,14 @@ def _slice_mib(batch: int, positions: int, chunks: int, bytes_per_value: int = 4
 
 def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_mib: float,
                   scale: float = 1.0) -> int | None:
-    """The fewest query chunks whose graph fits ``budget_mib``: weights + the larger of the activation peak
-    outside the attention and what is live beside the map plus one FP32 map slice (the Softmax writes over its
-    input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not. ``estimate`` is of a graph with
+    """The fewest query chunks whose graph fits ``budget_mib`` (1, else at least :data:`MIN_AUTO_CHUNKS`): weights
+    + the larger of the activation peak outside the attention and what is live beside the map plus one FP32 map
+    slice (the Softmax writes over its input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not. ``estimate`` is of a graph with
     ``1 / scale`` the pixels (a probe); ``positions`` are the size asked's."""
     measured = estimate.attention.form == "explicit" and scale == 1.0  # k = 1 is this very graph
     if measured and estimate.total_mib <= budget_mib:
         return 1
-    for k in range(2 if measured else 1, MAX_CHUNKS + 1):
+    for k in ([] if measured else [1]) + list(range(MIN_AUTO_CHUNKS, MAX_CHUNKS + 1)):
         if _need_mib(estimate, scale, batch, positions, k) <= budget_mib:
             return k
     return None
