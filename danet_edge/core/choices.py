@@ -11,7 +11,7 @@ from enum import Enum
 
 from .manifest import Target
 
-__all__ = ["DATASETS", "CALIB_METHODS", "DEFAULT_CALIB_METHOD", "TARGETS", "SPLITS", "OPSET_RANGE", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
+__all__ = ["DATASETS", "CALIB_METHODS", "DEFAULT_CALIB_METHOD", "TARGETS", "SPLITS", "OPSET_RANGE", "ATTENTION_OPSET", "ATTENTION_TENSORRT", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "folder")
 CALIB_METHODS = ("entropy", "percentile", "minmax")
@@ -21,6 +21,9 @@ TARGETS = tuple(t.value for t in Target)
 SPLITS = ("train", "val", "test")
 #: ONNX opsets TensorRT 10.0-10.3's ONNX parser reads (its support matrix); ``trtcheck`` enforces it.
 OPSET_RANGE = (9, 20)
+#: ONNX's ``Attention`` operator: its opset, and the oldest TensorRT that imports it (as ``IAttention``; TensorRT
+#: 10.14 release notes). JetPack 6's 10.3 does not.
+ATTENTION_OPSET, ATTENTION_TENSORRT = 23, (10, 14)
 
 
 def choice_enum(name: str, values: tuple[str, ...] | list[str]) -> type[Enum]:

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..core.choices import OPSET_RANGE
+from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT, OPSET_RANGE
 from ..core.errors import CompatibilityError
 
 __all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS", "ATTENTION_TENSORRT",
@@ -51,8 +51,8 @@ SUPPORTED_OPS = frozenset({
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
 
-#: Oldest TensorRT whose parser imports ONNX ``Attention`` (as ``IAttention``), and the highest opset checked for it.
-ATTENTION_TENSORRT, ATTENTION_OPSET_MAX = (10, 14), 23
+#: The highest opset checked for a TensorRT that imports ONNX ``Attention`` (``core.choices.ATTENTION_TENSORRT``).
+ATTENTION_OPSET_MAX = ATTENTION_OPSET
 
 RESIZE_MODES = frozenset({"nearest", "linear"})
 RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",

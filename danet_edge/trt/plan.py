@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.choices import ATTENTION_TENSORRT
 from ..core.config import CALIB_IMAGES, Config, check_range, option
 from ..core.errors import ConfigError
 from ..core.manifest import Manifest
@@ -163,7 +164,7 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         refusals.append(f"--int8-calib needs an FP32 graph; {onnx_path.name} is {manifest.precision} "
                         "(its precision is already in the graph: build without --int8-calib)")
     form = (manifest.extra.get("attention") or {}).get("form") if manifest is not None else None
-    if form == "attention-op" and trt_version_tuple(trt_version)[:2] < (10, 14):
+    if form == "attention-op" and trt_version_tuple(trt_version)[:2] < ATTENTION_TENSORRT:
         refusals.append(f"{onnx_path.name} writes PAM as ONNX Attention (opset 23), which TensorRT imports from "
                         f"10.14 (this is {trt_version}, JetPack 6's): export it with --attention heads, chunked or "
                         "explicit")
