@@ -41,9 +41,8 @@ import onnxruntime as ort
 from danet_edge.runtime.ort_backend import session_options
 base = status("VmRSS")
 path, runs, image = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-so = session_options("fp32")  # denormals flushed, as every backend
-so.enable_mem_pattern = False  # as export's verification: no second block on the second run
-s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+# denormals flushed, as every backend; no memory pattern, as export's verification
+s = ort.InferenceSession(path, session_options("fp32", mem_pattern=False), providers=["CPUExecutionProvider"])
 session = status("VmRSS")
 inp = s.get_inputs()[0]
 x = np.load(image)  # one synthetic street scene, normalised as the model expects

@@ -41,7 +41,8 @@ from ..core.manifest import Manifest, manifest_json, manifest_path
 from ..core.onnx_meta import METADATA_KEY
 from ..core.utils import atomic_path, release_memory
 from ..data.frames import model_inputs
-from ..graph.attention_op import ATTENTION_MIN_TENSORRT, ATTENTION_OPSET, to_attention_op
+from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT
+from ..graph.attention_op import to_attention_op
 from ..graph.memory import dfs_order, memory_estimate
 from ..graph.precision import precision_report, scale_before_energy, verify_precision
 from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
@@ -77,17 +78,14 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str 
                  fp16_inside: bool = False):
     """CPU session with the session options every backend uses for ``precision``
     (``runtime.ort_backend.session_options``: FP16 graphs unoptimised, so FP16 overflow is not hidden), without
-    ONNX Runtime's memory pattern: with it, the second run of a session allocates the whole planned activation
-    block beside what the first run left in the arena (measured, DANet R-50 at 512x1024: +400 MiB on the second
-    frame; at 1024x2048 about +5 GB), and export runs each graph on several images."""
+    ONNX Runtime's memory pattern (``mem_pattern=False``: export runs each graph on several images)."""
     import onnxruntime as ort
 
     from ..runtime.ort_backend import session_options
 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    so = session_options(precision, 0, fp16_inside)
-    so.enable_mem_pattern = False
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, session_options(precision, 0, fp16_inside, mem_pattern=False),
+                                providers=["CPUExecutionProvider"])
 
 
 def run_graph(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
@@ -242,7 +240,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     manifest.precision_report = report.to_dict()
     manifest.extra = {**manifest.extra, "verification": verification,
                       "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
-                                    **({"min_tensorrt": ".".join(map(str, ATTENTION_MIN_TENSORRT))}
+                                    **({"min_tensorrt": ".".join(map(str, ATTENTION_TENSORRT))}
                                        if attention == "attention-op" else {}), **(record or {})}}
     finalize(graph, out, manifest, target)
     return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification, outputs=got)

@@ -17,17 +17,15 @@ from __future__ import annotations
 import onnx
 from onnx import helper, version_converter
 
-from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT
+from ..core.choices import ATTENTION_OPSET
 from ..core.errors import ExportError
 from .precision import attention_nodes, consumers, producers
 
-__all__ = ["ATTENTION_OPSET", "ATTENTION_IR_VERSION", "ATTENTION_MIN_TENSORRT", "to_attention_op"]
+__all__ = ["ATTENTION_IR_VERSION", "to_attention_op"]
 
 #: IR version written with it: the oldest that carries opset 23 (onnx 1.18; ``onnx.helper.VERSION_TABLE``). The
 #: onnx package here would write 14, which ONNX Runtime 1.31 refuses (it reads up to 13).
 ATTENTION_IR_VERSION = 11
-#: Oldest TensorRT that imports ``Attention`` (as ``IAttention``).
-ATTENTION_MIN_TENSORRT = ATTENTION_TENSORRT
 
 
 def to_attention_op(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -51,8 +51,6 @@ SUPPORTED_OPS = frozenset({
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "TopK", "Transpose", "Unsqueeze", "Where",
 })
 
-#: The highest opset checked for a TensorRT that imports ONNX ``Attention`` (``core.choices.ATTENTION_TENSORRT``).
-ATTENTION_OPSET_MAX = ATTENTION_OPSET
 
 RESIZE_MODES = frozenset({"nearest", "linear"})
 RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
@@ -119,7 +117,7 @@ def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (1
     out: list[Violation] = []
     opset = _opset(model)
     attention = tuple(tensorrt) >= ATTENTION_TENSORRT
-    low, high = OPSET_RANGE[0], ATTENTION_OPSET_MAX if attention else OPSET_RANGE[1]
+    low, high = OPSET_RANGE[0], ATTENTION_OPSET if attention else OPSET_RANGE[1]
     if not low <= opset <= high:
         out.append(Violation(_GRAPH, "-", "opset range", f"opset {opset} is outside {low}..{high} (TensorRT "
                              f"{'.'.join(map(str, tensorrt))}; ONNX Attention needs opset 23 and TensorRT >= 10.14)"))
