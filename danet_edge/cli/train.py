@@ -8,14 +8,16 @@ from typing import Optional
 
 import typer
 
-from ..core.choices import Dataset
+from ..core.choices import CalibMethod, Dataset, choice_enum, QAT_RECIPES
+from ..export.config import ExportConfig as EC
 from ..model.config import ModelConfig as MC
-from ..train.config import TrainConfig as TC
+from ..train.config import QAT_EPOCHS, QAT_LR, TrainConfig as TC
 from ..data.config import DataOptions as DO
 from ._common import opt, STATE, console
 
 #: The model ``train`` builds by default (``TrainConfig``'s, a ResNet-18), whose fields the model options show.
 TRAIN_MODEL = TC().model
+QatRecipe = choice_enum("QatRecipe", QAT_RECIPES)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,12 +25,15 @@ def register(app: typer.Typer) -> None:
 
 
     @app.command("train", epilog="\b\nExamples:\n  danet-edge train  (synthetic scenes)\n  danet-edge train --dataset camvid "
-                                 "--data CAMVID --backbone resnet18 --epochs 80 -o runs/camvid\n  ... --resume")
+                                 "--data CAMVID --backbone resnet18 --epochs 80 -o runs/camvid\n  ... --resume\n"
+                                 "  danet-edge train --qat int8-tensorrt --weights runs/camvid/best.pt --dataset camvid "
+                                 "--data CAMVID -o runs/camvid_qat  (quantization-aware fine-tuning)")
     def train_cmd(
         dataset: Dataset = opt(TC, "dataset", "--dataset", "-d"),
         data: Optional[Path] = typer.Option(None, "--data", help=TC.help("data_root")),
         backbone: str = opt(TRAIN_MODEL, "backbone", "--backbone"),
-        epochs: int = opt(TC, "epochs", "--epochs"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help=f"{TC.help('epochs')} [default: "
+                                             f"{TC.default('epochs')}; {QAT_EPOCHS} with --qat]"),
         batch_size: int = opt(TC, "batch_size", "--batch-size", "-b"),
         crop_size: Optional[tuple[int, int]] = opt(TC, "crop_size", "--crop-size"),
         out: Path = typer.Option(Path(TC.default("out_dir")), "--out", "-o", help=TC.help("out_dir")),
@@ -40,7 +45,8 @@ def register(app: typer.Typer) -> None:
         multi_grid: bool = opt(TRAIN_MODEL, "multi_grid", "--multi-grid"),
         deep_stem: bool = opt(TRAIN_MODEL, "deep_stem", "--deep-stem"),
         aux: bool = opt(TRAIN_MODEL, "aux", "--aux"),
-        lr: float = opt(TC, "lr", "--lr"),
+        lr: Optional[float] = typer.Option(None, "--lr", help=f"{TC.help('lr')} [default: {TC.default('lr')}; "
+                                           f"{QAT_LR} with --qat]"),
         weight_decay: float = opt(TC, "weight_decay", "--weight-decay"),
         aux_weight: float = opt(TC, "aux_weight", "--aux-weight"),
         grad_clip: Optional[float] = opt(TC, "grad_clip", "--grad-clip"),
@@ -54,19 +60,47 @@ def register(app: typer.Typer) -> None:
         ignore_index: Optional[int] = opt(DO, "ignore_index"),
         synthetic_size: Optional[tuple[int, int]] = opt(DO, "synthetic_size"),
         progress: bool = opt(TC, "progress", "--progress/--no-progress"),
+        weights: Optional[Path] = typer.Option(None, "--weights", help=TC.help("weights")),
+        qat: Optional[QatRecipe] = typer.Option(None, "--qat", help=TC.help("qat") + " Defaults then: "
+                                                f"--epochs {QAT_EPOCHS}, --lr {QAT_LR}."),
+        calib: Optional[Path] = typer.Option(None, "--calib", help="--qat: calibration folder of the initial "
+                                             "scales (default: export's)."),
+        calib_size: Optional[int] = opt(EC, "calib_size", "--calib-size"),
+        calib_method: Optional[CalibMethod] = opt(EC, "calib_method", "--calib-method"),
+        imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="--qat: the size of the graph it "
+                                                        "simulates (default: the checkpoint's)."),
     ) -> None:
-        """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT."""
+        """Train DANet (SGD, poly lr, multi-loss) and keep last.pt / best.pt (by val mIoU) in OUT; with --qat,
+        fine-tune a trained checkpoint with INT8 simulated where the recipe's graph quantizes."""
+        from ..core.errors import ConfigError
         from ..train.train import train
+
+        epochs = epochs if epochs is not None else (QAT_EPOCHS if qat is not None else TC.default("epochs"))
+        lr = lr if lr is not None else (QAT_LR if qat is not None else TC.default("lr"))
+        if qat is None:
+            for flag, value in (("--calib", calib), ("--calib-size", calib_size), ("--calib-method", calib_method),
+                                ("--imgsz", imgsz)):
+                if value is not None:
+                    raise ConfigError(f"{flag} sets up --qat; add --qat RECIPE or drop {flag}")
 
         model = MC(**{**TRAIN_MODEL.to_dict(), "backbone": backbone, "output_stride": output_stride,
                                "multi_grid": multi_grid, "deep_stem": deep_stem, "aux": aux})
         cfg = TC.from_options(locals(), model=model, data_root=str(data) if data else None, out_dir=str(out),
                               backbone_weights=str(backbone_weights) if backbone_weights else None,
                               data_options=DO(num_classes, ignore_index, synthetic_size).to_options(),
-                              quiet=STATE["verbosity"] < 0)
+                              quiet=STATE["verbosity"] < 0, epochs=epochs, lr=lr,
+                              weights=str(weights) if weights else None, qat=None)
         from ..core.utils import ensure_output_dir
 
         ensure_output_dir(out, "--out")  # a file or a read-only folder: one line before any work
-        best = train(cfg)
+        if qat is not None:
+            from ..export.qat_train import qat_train
+
+            if weights is None:
+                raise ConfigError("--qat starts from a trained float checkpoint: give --weights CHECKPOINT")
+            best = qat_train(weights, qat.value, cfg, calib, calib_size,
+                             calib_method.value if calib_method else None, imgsz, log=console.print)
+        else:
+            best = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             console.print(f"best checkpoint: {best}")

@@ -11,7 +11,7 @@ from enum import Enum
 
 from .manifest import Target
 
-__all__ = ["DATASETS", "CALIB_METHODS", "DEFAULT_CALIB_METHOD", "TARGETS", "SPLITS", "OPSET_RANGE", "ATTENTION_OPSET", "ATTENTION_TENSORRT", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
+__all__ = ["DATASETS", "CALIB_METHODS", "DEFAULT_CALIB_METHOD", "TARGETS", "SPLITS", "OPSET_RANGE", "ATTENTION_OPSET", "ATTENTION_TENSORRT", "QAT_RECIPES", "choice_enum", "Dataset", "CalibMethod", "Split", "Target"]
 
 DATASETS = ("synthetic", "camvid", "cityscapes", "folder")
 CALIB_METHODS = ("entropy", "percentile", "minmax")
@@ -19,6 +19,8 @@ CALIB_METHODS = ("entropy", "percentile", "minmax")
 DEFAULT_CALIB_METHOD = "entropy"
 TARGETS = tuple(t.value for t in Target)
 SPLITS = ("train", "val", "test")
+#: The INT8 recipes quantization-aware fine-tuning simulates (``train --qat``, ``export.qat``).
+QAT_RECIPES = ("int8-tensorrt", "int8-cpu")
 #: ONNX opsets TensorRT 10.0-10.3's ONNX parser reads (its support matrix); ``trtcheck`` enforces it.
 OPSET_RANGE = (9, 20)
 #: ONNX's ``Attention`` operator: its opset, and the oldest TensorRT that imports it (as ``IAttention``; TensorRT

@@ -193,6 +193,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     """
     log = log or (lambda _msg: None)
     plan = plan_export(checkpoint, cfg)
+    cfg = plan.cfg  # as resolved (a QAT checkpoint fixes its recipe and target)
     artifacts: list[Artifact] = []
     try:
         fp32 = _write_fp32(plan, artifacts, log)
@@ -203,7 +204,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
             evaluator = plan.budget_set.evaluator(fp32.path, fp32.manifest)
             log(f"accuracy budget measured on {plan.budget_set.source}")
         options = RecipeOptions(tuple(fp32.manifest.mean), tuple(fp32.manifest.std), cfg.calib_method,
-                                cfg.include_attention, cfg.target)
+                                cfg.include_attention, cfg.target, plan.loaded.qat)
         calibration = None
         for recipe in track(plan.recipes, "derived graphs"):
             calibration = derive(plan, recipe, fp32, ref, options, evaluator, artifacts, log) or calibration

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +85,44 @@ def _engine_builder() -> Callable[..., Any]:
     return build_engine
 
 
-def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe], verify: int) -> CalibrationSet | None:
+def _calibration(cfg: ExportConfig, recipes: list[PrecisionRecipe], verify: int,
+                 qat: bool = False) -> CalibrationSet | None:
     """The calibration images: ``--calib`` (or the default folder when a recipe calibrates), ``--calib-size``
-    of them (default: :data:`CALIB_IMAGES` when calibrating, else the verification count)."""
-    calibrated = any(r.needs_calibration for r in recipes)
+    of them (default: :data:`CALIB_IMAGES` when calibrating, else the verification count). A QAT checkpoint's
+    recipe does not calibrate: ``--calib`` then only gives the verification images."""
+    calibrated = any(r.needs_calibration for r in recipes) and not qat
     calib_dir = cfg.calib if cfg.calib is not None else (CALIB_DIR if calibrated else None)
     if calib_dir is None:
         return None
     count = cfg.calib_size if cfg.calib_size is not None else (CALIB_IMAGES if calibrated else verify)
     return load_calibration_set(calib_dir, count, cfg.seed)
+
+
+def _qat_config(cfg: ExportConfig, loaded: LoadedModel) -> ExportConfig:
+    """The options for a QAT checkpoint: its one INT8 recipe (the FP32 graph is written as always), its target,
+    no calibration options and no accuracy budget (QAT's graph is INT8 throughout).
+
+    Raises:
+        ConfigError: an option that asks for another precision, target, calibration or a budget.
+    """
+    name = loaded.qat["recipe"]
+    recipe = get_recipe(name)
+    why = f"{loaded.path} is a QAT checkpoint for {name}"
+    others = [n for n in cfg.recipes if n != name]
+    if cfg.fp16 or others:
+        raise ConfigError(f"{why}: it exports that graph only (drop {'--fp16' if cfg.fp16 else '--recipe ' + others[0]}); "
+                          "export the float checkpoint for other precisions")
+    if cfg.target == "cpu" and recipe.target != "cpu":
+        raise ConfigError(f"{why}: its graph is for TensorRT; drop --target cpu")
+    for flag, value in (("--calib-method", cfg.calib_method), ("--calib-size", cfg.calib_size)):
+        if value is not None:
+            raise ConfigError(f"{why}: its scales are learned, nothing is calibrated; drop {flag}")
+    if cfg.min_agreement is not None or cfg.max_miou_drop is not None:
+        raise ConfigError(f"{why}: its graph is INT8 throughout; the accuracy budget applies to calibrated (PTQ) "
+                          "graphs")
+    if cfg.include_attention:
+        raise ConfigError(f"{why}, fine-tuned without quantized attention MatMuls; drop --include-attention")
+    return replace(cfg, fp16=False, int8=False, recipes=(name,), target=recipe.target or cfg.target)
 
 
 def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> ExportPlan:
@@ -106,11 +135,13 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"checkpoint {ckpt} does not exist")
-    loaded = load_model(ckpt)
+    loaded = load_model(ckpt, qat=True)
+    if loaded.qat is not None:
+        cfg = _qat_config(cfg, loaded)
     h, w = _resolve_size(cfg, loaded)
     recipes = [get_recipe(n) for n in cfg.recipe_names()]
     verify = cfg.verification_images((h, w))
-    calib_set = _calibration(cfg, recipes, verify)
+    calib_set = _calibration(cfg, recipes, verify, loaded.qat is not None)
     budget_set = budget_images(cfg, calib_set, loaded.data)
     bundle_count = cfg.bundle_images((h, w))
     bundle_set = export_images(cfg, calib_set, loaded.data, bundle_count) if bundle_count else None

@@ -155,11 +155,12 @@ def _method_enum(method: str):
             "minmax": CalibrationMethod.MinMax}[method]
 
 
-def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, out: str | os.PathLike[str],
+def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet | None, out: str | os.PathLike[str],
                   target: str = "tensorrt", method: str = DEFAULT_CALIB_METHOD, include_attention: bool = False,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, cache_dir: str | os.PathLike[str] | None = None,
                   percentile: float = 99.999, high_precision: str | None = None,
-                  residual_add: bool | None = None) -> Int8Result:
+                  residual_add: bool | None = None, ranges: dict[str, tuple[float, float]] | None = None
+                  ) -> Int8Result:
     """FP32 ONNX -> INT8 Q/DQ ONNX calibrated on ``calib_set`` (see the module docstring).
 
     Args:
@@ -179,6 +180,9 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         residual_add: Q/DQ on the skip input of each residual Add (:func:`residual_adds`) so TensorRT fuses
             the Add into the INT8 convolution ("Quantize the residual input in skip-connections", TensorRT
             developer guide, Q/DQ layer placement). Default: on for ``target="tensorrt"``.
+        ranges: ``{FP32 tensor: (lowest, highest)}`` to quantize with instead of calibrating (QAT's learned
+            scales: ``export.qat.learned_ranges``); ``calib_set`` is then not read and no record is written (the
+            returned record says ``scales: learned``). Without it the record says ``scales: calibrated``.
 
     For ``target="cpu"`` the classifier (:func:`classifier_conv`, a 1x1 Conv of well under 1 % of the FLOPs) stays
     FP32: ONNX Runtime's CPU form quantizes each Conv's output too, and uint8 logits flip the argmax wherever
@@ -189,6 +193,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         ConfigError: unknown target or method.
         CalibrationError: calibration failed (e.g. an image became unreadable).
         CompatibilityError: ``target="tensorrt"`` and the graph breaks a TensorRT rule.
+
         MissingDependencyError: onnxruntime is not importable (``pip install 'danet-edge[export]'``).
     """
     import time
@@ -214,14 +219,21 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
     cache_dir = Path(cache_dir) if cache_dir is not None else out.parent
     stem = f"calib_{digest[:16]}_{method}" + ("_att" if include_attention else "") + ("_res" if residual_add else "")
     record_path, ranges_path = cache_dir / f"{stem}.json", cache_dir / f"{stem}.ranges.json"
-    record = {"format": "danet-edge-calibration/1", "graph_sha256": digest, "method": method,
-              "count": len(calib_set), "available": calib_set.available, "seed": calib_set.seed,
-              "root": str(calib_set.root), "images": calib_set.relative_paths(),
-              "include_attention": include_attention, "residual_add": residual_add, "ranges_cache": ranges_path.name}
-    if method == "percentile":
+    if ranges is not None:
+        record = {"format": "danet-edge-calibration/1", "graph_sha256": digest, "scales": "learned",
+                  "method": "learned (QAT)", "include_attention": include_attention, "residual_add": residual_add}
+    elif calib_set is None:
+        raise ConfigError("INT8 quantization needs calibration images (or learned ranges)")
+    else:
+        record = {"format": "danet-edge-calibration/1", "graph_sha256": digest, "scales": "calibrated",
+                  "method": method, "count": len(calib_set), "available": calib_set.available, "seed": calib_set.seed,
+                  "root": str(calib_set.root), "images": calib_set.relative_paths(),
+                  "include_attention": include_attention, "residual_add": residual_add,
+                  "ranges_cache": ranges_path.name}
+    if method == "percentile" and ranges is None:
         record["percentile"] = percentile
     reused = False
-    if record_path.is_file() and ranges_path.is_file():
+    if ranges is None and record_path.is_file() and ranges_path.is_file():
         try:
             old = read_json(record_path)
         except (OSError, ValueError):
@@ -243,10 +255,11 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         op_types.append("Add")
         nodes_to_exclude += [n.name for n in model.graph.node if n.op_type == "Add" and n.name not in residual]
     extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
-    reader = _Reader(calib_set, model, mean, std)
+    reader = _Reader(calib_set, model, mean, std) if ranges is None else None
     # Collect activations a few batches at a time: all at once, 64 images at 512x1024 need > 20 GiB.
     # ORT's strided collection merges min/max and histograms chunk by chunk for every method.
-    extra["CalibStridedMinMax"] = calibration_chunk(len(reader))
+    if reader is not None:
+        extra["CalibStridedMinMax"] = calibration_chunk(len(reader))
     if target == "tensorrt":
         extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False,
                      OpTypesToExcludeOutputQuantization=op_types)
@@ -257,13 +270,16 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         tmp_ranges = Path(tmp) / "ranges.json"
         if reused:
             shutil.copyfile(ranges_path, tmp_ranges)
+        elif ranges is not None:
+            _write_ranges(tmp_ranges, ranges)
         tmp_out = Path(tmp) / "int8.onnx"
         try:
             with _quiet():
                 quantize_static(str(onnx_path), str(tmp_out), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=op_types, nodes_to_exclude=nodes_to_exclude,
                                 per_channel=True, activation_type=act_type, weight_type=QuantType.QInt8,
-                                calibrate_method=_method_enum(method), extra_options=extra,
+                                calibrate_method=_method_enum("minmax" if ranges is not None else method),
+                                extra_options=extra,
                                 calibration_cache_path=str(tmp_ranges))
         except (DataError, CalibrationError):
             raise
@@ -278,12 +294,24 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet, 
         enforce_tensorrt_compat(qmodel, target, required_tensorrt(qmodel))
         with atomic_path(out) as dst:
             onnx.save(qmodel, str(dst))
-        if not reused:
+        if not reused and ranges is None:
             with atomic_path(ranges_path) as dst:
                 shutil.copyfile(tmp_ranges, dst)
-    write_json(record_path, record)
+    if ranges is None:
+        write_json(record_path, record)
     record = {**record, "high_precision": high_precision, "residual_adds": len(residual), **scale_stats}
     return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0)
+
+
+def _write_ranges(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
+    """Given ranges as ONNX Runtime's calibration cache (``TensorsData``, MinMax), which ``quantize_static`` reads
+    instead of calibrating."""
+    import_onnxruntime()
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
+            for k, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
 
 
 _AFTER_CLASSIFIER = {"Resize", "Upsample", "Identity", "Cast", "ArgMax", "Softmax", "Transpose", "Reshape"}

@@ -46,6 +46,8 @@ class RecipeOptions:
         calib_method: calibration method (``choices.CALIB_METHODS``; None: ``choices.DEFAULT_CALIB_METHOD``).
         include_attention: also quantize the attention MatMuls.
         target: ``tensorrt`` or ``cpu`` (the export's ``--target``).
+        qat: a QAT checkpoint's learned record (``model.fakequant``): the INT8 recipes quantize with its scales
+            (``export.qat.learned_ranges``) instead of calibrating, and check that they quantize exactly its tensors.
     """
 
     mean: tuple[float, ...]
@@ -53,6 +55,7 @@ class RecipeOptions:
     calib_method: str | None = None
     include_attention: bool = False
     target: str = "tensorrt"
+    qat: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,16 @@ def _int8(target: str, high_precision: str | None = None, residual_add: bool | N
 
         o = inp.options
         method = o.calib_method or DEFAULT_CALIB_METHOD
+        if o.qat is not None:  # QAT: the learned scales, no calibration
+            from .qat import check_placement, learned_ranges, qat_provenance
+
+            res = quantize_int8(inp.fp32_path, None, inp.out, target, method, o.include_attention, o.mean, o.std,
+                                high_precision=high_precision, residual_add=residual_add, ranges=learned_ranges(o.qat))
+            check_placement(res.path, inp.fp32_path, o.qat)
+            calibration = {**res.record, "qat": qat_provenance(o.qat)}
+            note = (f"scales learned by QAT ({o.qat['epochs']} epochs from checkpoint "
+                    f"{o.qat['source_sha256'][:12]}); no calibration")
+            return RecipeOutput(res.path, {"calibration": calibration}, (note,))
         res = quantize_int8(inp.fp32_path, inp.calib_set, inp.out, target, method, o.include_attention,
                             o.mean, o.std, high_precision=high_precision, residual_add=residual_add)
         calibration = {**res.record, "record": res.record_path.name}

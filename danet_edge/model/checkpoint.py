@@ -10,7 +10,12 @@ A checkpoint is a ``dict`` saved with ``torch.save`` and loaded with ``weights_o
                "mean": [3], "std": [3], "ignore_index": int, "image_size": [H, W]},
       "train_config": {...}, "epoch": int, "best_miou": float, "metrics": {...},
       "optimizer": ..., "scheduler": ..., "scaler": ..., "rng": {...},   # training state, optional
+      "qat": {...},                            # QAT checkpoints only: the learned record (model.fakequant)
     }
+
+A QAT checkpoint's ``model`` is a plain DANet state dict (its float weights, fine-tuned under fake
+quantization); what makes it INT8 is the ``qat`` record, which only ``export`` and ``train --qat --resume`` read.
+Every other command is given float checkpoints and refuses a QAT one in one line (:func:`load_model`).
 
 ``image_size`` is the evaluation / export size the model was validated at (the default for
 ``export --imgsz``). Official DANet checkpoints (``pretrained.*`` / ``head.*`` keys) load too,
@@ -40,7 +45,7 @@ from .config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.utils import atomic_path, sha256_file
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "LoadedModel",
-           "default_palette", "checkpoint_manifest", "import_official", "flush_denormals"]
+           "default_palette", "checkpoint_manifest", "import_official", "flush_denormals", "qat_refusal"]
 
 CHECKPOINT_FORMAT = "danet-edge-checkpoint/1"
 
@@ -90,6 +95,8 @@ class LoadedModel:
         data: classes, palette, mean, std, ignore_index, image_size (see the module docstring).
         sha256: SHA-256 of the checkpoint file.
         path: the checkpoint file.
+        qat: the learned QAT record of a QAT checkpoint (``model.fakequant``; only with ``load_model(qat=True)``),
+            else None.
     """
 
     model: DANet
@@ -97,6 +104,7 @@ class LoadedModel:
     data: dict[str, Any]
     sha256: str
     path: Path
+    qat: dict[str, Any] | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -175,12 +183,22 @@ def flush_denormals() -> bool:
     return bool(torch.set_flush_denormal(True))
 
 
-def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_stride: int = 8) -> LoadedModel:
+def qat_refusal(path: str | os.PathLike[str], ckpt: dict[str, Any], wanted: str) -> CheckpointError:
+    """The one-line refusal of a QAT checkpoint where ``wanted`` (a float checkpoint) is expected."""
+    recipe = ckpt["qat"].get("recipe", "INT8") if isinstance(ckpt.get("qat"), dict) else "INT8"
+    return CheckpointError(f"{path} is a QAT checkpoint ({recipe}), not {wanted}: export it "
+                           f"(danet-edge export {path}) and use its INT8 graph, or give the float checkpoint it "
+                           "was fine-tuned from")
+
+
+def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_stride: int = 8,
+               qat: bool = False) -> LoadedModel:
     """Load a danet-edge or official DANet checkpoint into an eval-mode model, with PyTorch's denormals flushed
     (:func:`flush_denormals`).
 
     ``multi_grid`` and ``output_stride`` apply only to official checkpoints (danet-edge
-    checkpoints record their own configuration).
+    checkpoints record their own configuration). ``qat``: also take a QAT checkpoint (export): its float weights,
+    and its record in ``LoadedModel.qat``; without it a QAT checkpoint is refused.
 
     Raises:
         CheckpointError: missing, unsafe or inconsistent file, weights that do not fit, or a ``data`` field of
@@ -198,6 +216,13 @@ def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_st
         except (TypeError, ValueError, ConfigError) as e:
             raise CheckpointError(f"{path}: bad model_config ({e})") from None
         data = _validate_data(ckpt["data"], config.num_classes, path)  # before the model is built: fails fast
+        record = None
+        if "qat" in ckpt:
+            if not qat:
+                raise qat_refusal(path, ckpt, "a float checkpoint")
+            from .fakequant import validate_qat_record
+
+            record = validate_qat_record(ckpt["qat"], str(path))
         model = DANet(config)
         try:
             model.load_state_dict(ckpt["model"])
@@ -208,8 +233,9 @@ def load_model(path: str | os.PathLike[str], multi_grid: bool = False, output_st
         model = load_official_checkpoint(raw if isinstance(raw, dict) else path, multi_grid, output_stride)
         config = model.config
         data = _validate_data({"dataset": "official"}, config.num_classes, path)
+        record = None
     model.eval()
-    return LoadedModel(model, config, data, sha256_file(path), path)
+    return LoadedModel(model, config, data, sha256_file(path), path, record)
 
 
 def checkpoint_manifest(loaded: LoadedModel, image_size: tuple[int, int] | None = None, batch: int = 1) -> Manifest:

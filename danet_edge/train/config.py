@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..core.choices import DATASETS, SPLITS
+from ..core.choices import DATASETS, QAT_RECIPES, SPLITS
 from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..model.config import ModelConfig
 
-__all__ = ["EvalConfig", "TrainConfig"]
+__all__ = ["EvalConfig", "TrainConfig", "QAT_EPOCHS", "QAT_LR"]
+
+#: Quantization-aware fine-tuning defaults: a few epochs at a tenth of training's base learning rate
+#: (NVIDIA's QAT guidance: about 10 % of the original schedule, a small learning rate; measured in NOTES).
+QAT_EPOCHS, QAT_LR = 2, 0.001
 
 
 def _train_model() -> ModelConfig:
@@ -42,6 +46,12 @@ class TrainConfig(Config):
             ``metrics.jsonl``), replacing it; without it (or ``resume``) ``train`` refuses such a folder.
         limit_train, limit_val: use only the first N samples.
         backbone_weights: local torchvision ImageNet ResNet file.
+        weights: start from this danet-edge checkpoint's weights (fine-tuning; its ``model_config`` must be
+            ``model`` with the data set's classes). A QAT checkpoint is refused (``--resume`` continues QAT).
+        qat: quantization-aware fine-tuning for this INT8 recipe (``int8-tensorrt`` or ``int8-cpu``): the record of
+            where its graph quantizes is given to ``train(cfg, qat_record=...)`` (``export.qat.qat_train`` makes it)
+            or read from ``last.pt`` on ``resume``. BatchNorm is frozen; the scales learn at ``lr`` without weight
+            decay. Defaults for QAT runs: :data:`QAT_EPOCHS`, :data:`QAT_LR`.
         eval_every: validate every N epochs (and after the last).
         devices: processes (DDP); >1 spawns them unless already under torchrun.
         data_options: extra options for ``data.build_dataset`` (e.g. ``num_classes`` for ``folder``).
@@ -76,6 +86,9 @@ class TrainConfig(Config):
     limit_train: int | None = option(None, "Use only the first N training images.")
     limit_val: int | None = option(None, "Use only the first N validation images.")
     backbone_weights: str | None = option(None, "Local torchvision ImageNet ResNet weights (.pth).")
+    weights: str | None = option(None, "Start from this danet-edge checkpoint's weights (fine-tuning).")
+    qat: str | None = option(None, "Quantization-aware fine-tuning for this INT8 recipe: int8-tensorrt or int8-cpu "
+                                   "(needs --weights, a float checkpoint).")
     eval_every: int = option(1, "Validate every N epochs.")
     devices: int = option(1, "Processes (DDP); under torchrun the launcher decides.")
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +120,12 @@ class TrainConfig(Config):
                                            or max(self.crop_size) > MAX_CROP_SIDE):
             raise ConfigError(f"--crop-size must be two sizes H W in 16..{MAX_CROP_SIDE}, got {self.crop_size}")
         check_range("workers", self.workers, 0)
+        if self.qat is not None:
+            check_choice("--qat recipe", self.qat, QAT_RECIPES)
+        if self.qat is not None and not (self.weights or self.resume):
+            raise ConfigError("--qat starts from a trained float checkpoint: give --weights CHECKPOINT")
+        if self.qat is not None and self.amp:
+            raise ConfigError("--qat runs in FP32 (the fake quantization is the reduced precision); drop --amp")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         """The model to build: ``model`` with the data set's class count."""

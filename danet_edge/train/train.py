@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.checkpoint import load_checkpoint, qat_refusal, save_checkpoint
+from ..model.fakequant import attach_qat, float_state_dict, freeze_batchnorm, validate_qat_record
 from ..data.transforms import TrainTransform, TransformedDataset
 from ..data.datasets import build_dataset
 from .distributed import DistContext, cleanup, in_torchrun, init_from_env, spawn
@@ -51,11 +50,12 @@ from .config import TrainConfig
 from ..model.danet import build_model
 from ..model.backbone import check_backbone
 from ..model.weights import load_backbone_weights
-from ..core.utils import atomic_path, write_json
+from ..core.utils import write_json
 from .memory import _check_memory
 from .loader_errors import _worker_errors
+from .state import rng_state, seed_all, seek_schedule, set_rng_state, trim_metrics
 
-__all__ = ["train", "multi_loss", "RUN_FILES"]
+__all__ = ["train", "multi_loss", "check_run_dir", "RUN_FILES"]
 
 #: The files that make ``out_dir`` a training run (a new run there needs ``resume`` or ``exist_ok``).
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
@@ -78,69 +78,45 @@ def multi_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, ignore_i
     return loss
 
 
-# ------------------------------------------------------------------------------------ state
-def _rng_state() -> dict[str, Any]:
-    """RNG states as tensors / lists so ``torch.load(weights_only=True)`` can read them."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
-             "python": {"version": int(py_state[0]), "state": list(py_state[1]),
-                        "gauss": py_state[2] if py_state[2] is None else float(py_state[2])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Backbone at ``lr``, head at ``lr * head_lr_mult``; under QAT a third group, the learned quantization
+    scales (``qat.*``), at ``lr`` without weight decay (decay would shrink every scale)."""
     backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    return [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult}]
+    head = [p for n, p in model.named_parameters() if not n.startswith(("backbone.", "qat."))]
+    groups = [{"params": backbone, "lr": cfg.lr}, {"params": head, "lr": cfg.lr * cfg.head_lr_mult}]
+    scales = [p for n, p in model.named_parameters() if n.startswith("qat.")]
+    if scales:
+        groups.append({"params": scales, "lr": cfg.lr, "weight_decay": 0.0})
+    return groups
 
 
 # ------------------------------------------------------------------------------------ train
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, qat_record: dict[str, Any] | None = None) -> Path:
     """Train DANet as ``cfg`` says; returns the path of the best checkpoint (``out_dir/best.pt``).
 
     With ``cfg.devices > 1`` (and not under torchrun) spawns that many processes (DDP; gloo on
     CPU, NCCL + SyncBatchNorm on CUDA). Under torchrun, each process calls ``train`` itself.
 
+    ``cfg.weights``: start from that checkpoint's weights. ``cfg.qat`` with ``qat_record`` (``model.fakequant``; on
+    ``resume`` the one in ``last.pt``): quantization-aware fine-tuning; the checkpoints are QAT checkpoints (their
+    ``qat`` entry holds the learned record) and the val mIoU is the simulated INT8 model's.
+
     Raises:
         ConfigError: invalid or contradicting options, resume without ``last.pt``, an ``out_dir`` holding a
             run without ``resume`` / ``exist_ok``, a crop whose activations cannot fit in memory here.
         DataError: missing or bad data (checked for every file before the first epoch).
-        CheckpointError: bad backbone weights or ``last.pt``.
+        CheckpointError: bad backbone weights or ``last.pt``; ``weights`` that are a QAT checkpoint; a float
+            ``last.pt`` resumed with ``qat`` or a QAT one without.
         Interrupted: Ctrl-C (a ``KeyboardInterrupt``); the message says what ``last.pt`` holds.
     """
     cfg.validate()
+    if cfg.qat is not None and qat_record is None and not cfg.resume:
+        raise ConfigError("--qat needs its record (export.qat.qat_train makes it from --weights)")
     check_backbone(cfg.model.backbone)
     if cfg.amp and not torch.cuda.is_available():
         raise ConfigError("--amp needs a CUDA GPU (none found)")
     out = Path(cfg.out_dir)
-    if cfg.resume and not (out / "last.pt").is_file():
-        raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
-    if not cfg.resume and not cfg.exist_ok:
-        found = [name for name in RUN_FILES if (out / name).exists()]
-        if found:
-            raise ConfigError(f"{out} already holds a training run ({', '.join(found)}): add --resume to continue "
-                              "it, --exist-ok to replace it, or give another --out")
+    check_run_dir(cfg)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun every process runs this; rank 0 writes
     saved: dict[str, int] = {}
     try:
@@ -151,19 +127,35 @@ def train(cfg: TrainConfig) -> Path:
             train_ds.verify()
             val_ds.verify()
         if cfg.devices > 1 and not in_torchrun():
-            spawn(_run, cfg.devices, cfg)
+            spawn(_run, cfg.devices, cfg, None, qat_record)
         else:
             ctx = init_from_env()
             if ctx.world_size != cfg.devices and in_torchrun():
                 cfg.devices = ctx.world_size  # torchrun decides; --devices is only the spawn shortcut
                 cfg.validate()
             try:
-                _run(ctx, cfg, saved)
+                _run(ctx, cfg, saved, qat_record)
             finally:
                 cleanup()
     except KeyboardInterrupt:
         raise _interrupted(out, cfg, saved) from None
     return out / "best.pt"
+
+
+def check_run_dir(cfg: TrainConfig) -> None:
+    """Refuse an ``out_dir`` that holds a run unless ``resume`` / ``exist_ok``, and ``resume`` without ``last.pt``.
+
+    Raises:
+        ConfigError: one line saying which.
+    """
+    out = Path(cfg.out_dir)
+    if cfg.resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
+    if not cfg.resume and not cfg.exist_ok:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found:
+            raise ConfigError(f"{out} already holds a training run ({', '.join(found)}): add --resume to continue "
+                              "it, --exist-ok to replace it, or give another --out")
 
 
 def _interrupted(out: Path, cfg: TrainConfig, saved: dict[str, int]) -> Interrupted:
@@ -204,7 +196,36 @@ def _datasets(cfg: TrainConfig) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
-def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None) -> None:
+def _start_weights(model: nn.Module, cfg: TrainConfig, ckpt: dict[str, Any] | None,
+                   qat_record: dict[str, Any] | None) -> None:
+    """Weights and fake quantization the run starts from: ``last.pt`` (``ckpt``) on resume, else ``cfg.weights``;
+    then the QAT record (``last.pt``'s on resume, else ``qat_record``) attached (``model.fakequant.attach_qat``)."""
+    last = Path(cfg.out_dir) / "last.pt"
+    if ckpt is not None:
+        if cfg.qat is None and "qat" in ckpt:
+            raise qat_refusal(last, ckpt, "a float training run (resume it with --qat)")
+        if cfg.qat is not None and "qat" not in ckpt:
+            raise CheckpointError(f"{last} is a float training run, not a QAT one: resume it without --qat")
+        model.load_state_dict(ckpt["model"])
+        if cfg.qat is not None:
+            qat_record = validate_qat_record(ckpt["qat"], str(last))
+    elif cfg.weights:
+        src = load_checkpoint(cfg.weights)
+        if "qat" in src:
+            raise qat_refusal(cfg.weights, src, "a float checkpoint to fine-tune")
+        if ModelConfig.from_dict(src["model_config"]) != model.config:
+            raise CheckpointError(f"{cfg.weights}: model {src['model_config']} differs from the one trained here "
+                                  f"{model.config.to_dict()}")
+        model.load_state_dict(src["model"])
+    if cfg.qat is not None:
+        if qat_record["recipe"] != cfg.qat:
+            raise CheckpointError(f"{last if ckpt is not None else 'QAT record'}: fine-tuned for {qat_record['recipe']},"
+                                  f" not {cfg.qat}")
+        attach_qat(model, qat_record)
+
+
+def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None,
+         qat_record: dict[str, Any] | None = None) -> None:
     """One process's training loop; ``saved`` (when given) records ``start`` and the last ``epoch`` in ``last.pt``."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -215,10 +236,16 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
     info = train_raw.info
     val_size = list(info.image_size) if info.image_size else list(val_raw.image_size(0))
     crop = tuple(cfg.crop_size) if cfg.crop_size else tuple(val_size)
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     model = build_model(cfg.model_config(info.num_classes))
     if cfg.backbone_weights:
         load_backbone_weights(model, cfg.backbone_weights)
+    ckpt = load_checkpoint(out / "last.pt") if cfg.resume else None
+    if ckpt is not None:
+        old = ckpt.get("model_config", {})
+        if ModelConfig.from_dict(old) != model.config:
+            raise CheckpointError(f"{out / 'last.pt'}: model {old} differs from the requested {model.config.to_dict()}")
+    _start_weights(model, cfg, ckpt, qat_record)
     model.to(ctx.device)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
@@ -233,26 +260,21 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp)
 
     start_epoch, best_miou, pending = 0, -1.0, None
-    if cfg.resume:
-        ckpt = load_checkpoint(out / "last.pt")
-        old = ckpt.get("model_config", {})
-        if ModelConfig.from_dict(old) != model.config:
-            raise CheckpointError(f"{out / 'last.pt'}: model {old} differs from the requested {model.config.to_dict()}")
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        _seek_schedule(scheduler, int(ckpt["scheduler"]["last_epoch"]))  # same position; a raised
+        seek_schedule(scheduler, int(ckpt["scheduler"]["last_epoch"]))  # same position; a raised
         # --epochs stretches the schedule from here on
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_miou = int(ckpt["epoch"]) + 1, float(ckpt.get("best_miou", -1.0))
         if "rng" in ckpt:
-            _set_rng_state(ckpt["rng"])
+            set_rng_state(ckpt["rng"])
         if ckpt.get("pending_validation"):  # saved before its validation, which did not finish: run it first
             pending = {"epoch": int(ckpt["epoch"]), **ckpt.get("metrics", {})}
     saved["start"] = start_epoch
 
     if ctx.distributed:
-        if ctx.device.type == "cuda":
+        if ctx.device.type == "cuda" and cfg.qat is None:  # QAT freezes BatchNorm: nothing to synchronise
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net: nn.Module = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     else:
@@ -261,7 +283,7 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
         out.mkdir(parents=True, exist_ok=True)
         _prepare_out(out, cfg)
         write_json(out / "config.json", cfg.to_dict())
-        _trim_metrics(out / "metrics.jsonl", start_epoch)
+        trim_metrics(out / "metrics.jsonl", start_epoch)
 
     def save(record: dict[str, Any], validated: bool) -> None:
         """Rank 0: ``last.pt`` of ``record["epoch"]``; once validated also the metrics row and ``best.pt``."""
@@ -270,14 +292,16 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
         if improved:
             best_miou = record["val_miou"]
         payload = {
-            "model": _plain_state_dict(model),
+            "model": float_state_dict(model),
             "model_config": model.config.to_dict(),
             "data": info.to_checkpoint_data(val_size),
             "train_config": cfg.to_dict(), "epoch": record["epoch"], "best_miou": best_miou,
             "metrics": {k: v for k, v in record.items() if k != "val_per_class_iou"},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "rng": _rng_state(), "pending_validation": not validated,
+            "scaler": scaler.state_dict(), "rng": rng_state(), "pending_validation": not validated,
         }
+        if cfg.qat is not None:
+            payload["qat"] = model.qat.record(learned=True, epochs=record["epoch"] + 1)
         if validated:
             with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
                 f.write(json.dumps(record) + "\n")
@@ -321,38 +345,12 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
         finish(record)
 
 
-def _seek_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> None:
-    """Put a closed-form LambdaLR at ``iteration`` and set each group's lr accordingly."""
-    scheduler.last_epoch = iteration
-    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["lr"] = base * fn(iteration)
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
-
-
-def _trim_metrics(path: Path, start_epoch: int) -> None:
-    """Keep only the metrics rows of epochs before ``start_epoch`` (all of them for a fresh run: none)."""
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("epoch", -1) < start_epoch:
-                rows.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(r + "\n" for r in rows))
-
-
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """SyncBatchNorm keeps BatchNorm2d's parameter names, so the state dict loads into a plain DANet."""
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
 def _train_epoch(net: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                  scaler: torch.amp.GradScaler, cfg: TrainConfig, ctx: DistContext, epoch: int, ignore_index: int,
                  iters: int) -> dict[str, Any]:
     net.train()
+    if cfg.qat is not None:
+        freeze_batchnorm(net)
     show = cfg.progress and ctx.is_main and not cfg.quiet
     bar = None
     if show:
