@@ -188,7 +188,10 @@ def test_qat_checkpoint_exports_with_learned_scales(setup, qat_run, tmp_path, ca
     qat_record = load_checkpoint(best)["qat"]
     assert cal["scales"] == "learned" and cal["qat"]["source_sha256"] == load_model(setup["ckpt"]).sha256
     assert manifest["source_checkpoint_sha256"] == load_model(best, qat=True).sha256
-    assert manifest["input_dtype"] == "uint8" if "input_dtype" in manifest else True  # fused I/O as PTQ graphs
+    from danet_edge.core.manifest import read_manifest
+
+    assert read_manifest(graph).quantization() == "QAT"  # what check and bench print beside the precision
+    assert read_manifest(setup["records"]["int8-tensorrt"][1] / "model_int8_trt.onnx").quantization() == "PTQ"
     inputs = onnx.load(str(graph)).graph.input[0]
     assert inputs.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     # same placement as the PTQ graph of the float checkpoint, with the learned scales

@@ -63,6 +63,7 @@ class BenchEntry:
     energy_per_frame_mj: float | str | None = None
     fps_per_w: float | str | None = None
     attention: dict[str, Any] | None = None  # PAM's form and, for an engine, whether TensorRT fused it
+    quantization: str | None = None  # an INT8 artifact's scales: "PTQ" (calibrated) or "QAT" (learned)
 
 
 @dataclass

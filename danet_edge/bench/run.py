@@ -165,6 +165,7 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
         name=name, path=str(path), backend=backend.name, provider=backend.provider, precision=m.precision,
         image_size=list(m.image_size), batch=n, setup_s=setup, host_peak_mib=mem.delta_mib,
         gpu_peak_mib=gpu_peak(free, torch_backend), is_reference=is_reference, attention=m.attention(),
+        quantization=m.quantization(),
         compute_timing=compute_timing or "not measured (the backend has no compute hook)",
         **_timing_fields(timed, n, timed.e2e_ms))
     return entry, labels

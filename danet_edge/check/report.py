@@ -196,7 +196,8 @@ def precision_source_text(source: str) -> str:
 
 
 def _summary_rows(report: CheckReport) -> list[list[str]]:
-    return [[Path(a.path).name, f"{a.precision} ({precision_source_text(a.precision_source)})", f"{a.miou:.2f}",
+    return [[Path(a.path).name, f"{a.precision}{' ' + a.quantization if a.quantization else ''} "
+             f"({precision_source_text(a.precision_source)})", f"{a.miou:.2f}",
              f"{a.reference_miou:.2f}", f"{a.miou_delta:+.3f}", f"{a.pixel_accuracy:.2f}", f"{a.agreement:.3f}",
              _fmt(a.max_abs_error, ".3g"), _fmt(a.rel_l2_error, ".2e"), _fmt(a.cosine_similarity, ".6f"),
              _fmt(a.nonfinite, "d"), "pass" if a.passed else "FAIL: " + "; ".join(a.failures)]

@@ -58,6 +58,8 @@ class ArtifactCheck:
     #: PAM's form and memory from the manifest (``form``, ``chunks``, ``map_mib``, ``total_mib``, ...) and, for an
     #: engine, ``fused``: true / false / "unknown" (whether TensorRT ran it as one attention kernel); None: no record
     attention: dict[str, Any] | None = None
+    #: an INT8 artifact's scales: "PTQ" (calibrated) or "QAT" (learned; ``Manifest.quantization``); None otherwise
+    quantization: str | None = None
 
 
 @dataclass

@@ -284,6 +284,6 @@ def _result(path: Path, m: Manifest, acc: ArtifactStats, ref_cm: ConfusionMatrix
         pixel_accuracy=_pct(acc.cm.pixel_accuracy()), reference_miou=ref_miou,
         reference_pixel_accuracy=_pct(ref_cm.pixel_accuracy()), miou_delta=delta, agreement=agreement,
         thresholds=asdict(th), passed=not failures, failures=failures, notes=notes, precision_detail=detail,
-        provider=provider, attention=m.attention(),
+        provider=provider, attention=m.attention(), quantization=m.quantization(),
         per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in acc.cm.iou()],
         reference_per_class_iou=[None if math.isnan(v) else 100.0 * float(v) for v in ref_cm.iou()], **logit_fields)

@@ -58,6 +58,7 @@ def print_check_table(report) -> None:
         t.add_column(col, justify="left" if col in ("artifact", "PAM", "result") else "right")
     for a in report.artifacts:
         prec = a.precision if a.precision == a.manifest_precision else f"{a.precision} (manifest {a.manifest_precision})"
+        prec += f" {a.quantization}" if a.quantization else ""
         result = "[green]pass[/]" if a.passed else "[red]FAIL[/] " + "; ".join(a.failures)
         t.add_row(Path(a.path).name, prec, attention_text(a.attention), _num(a.miou, ".2f"), _num(a.miou_delta, "+.3f"),
                   _num(a.pixel_accuracy, ".2f"), _num(a.agreement, ".3f"), _num(a.max_abs_error, ".3g"),
@@ -108,7 +109,7 @@ def print_bench_table(report) -> None:
         size = f"{e.image_size[0]}x{e.image_size[1]}" if e.image_size else "-"
         watts = [_num(_float(v), spec) for v, spec in ((e.power_total_w, ".2f"), (e.energy_per_frame_mj, ".1f"),
                                                        (e.fps_per_w, ".2f"))] if power else []
-        t.add_row(e.name, e.precision, attention_text(e.attention), size, str(e.batch), str(e.runs),
+        t.add_row(e.name, e.precision + (f" {e.quantization}" if e.quantization else ""), attention_text(e.attention), size, str(e.batch), str(e.runs),
                   _num(e.latency_mean_ms, ".1f"),
                   _num(e.latency_p50_ms, ".1f"), _num(e.latency_p90_ms, ".1f"), _num(e.latency_p99_ms, ".1f"),
                   _num(e.compute_p50_ms, ".1f"), _num(e.throughput_fps, ".2f"), *watts,

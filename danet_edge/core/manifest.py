@@ -149,6 +149,14 @@ class Manifest:
     def batch_size(self) -> int:
         return int(self.input_shape[0]) if self.input_shape else 1
 
+    def quantization(self) -> str | None:
+        """How an INT8 artifact got its scales: ``"QAT"`` (learned by quantization-aware fine-tuning, ``train --qat``),
+        ``"PTQ"`` (calibrated after training); None for other precisions."""
+        if self.precision != "int8":
+            return None
+        cal = self.calibration if isinstance(self.calibration, dict) else {}
+        return "QAT" if cal.get("scales") == "learned" or "qat" in cal else "PTQ"
+
     def attention(self) -> dict[str, Any] | None:
         """PAM's form, chunks and memory as export recorded them (``extra["attention"]``, ``extra["memory"]``),
         with ``fused`` (True / False / "unknown", from ``build``) for an engine; None without a record."""
