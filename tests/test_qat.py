@@ -180,7 +180,7 @@ def test_qat_resume_continues_exactly(setup, qat_run, tmp_path, monkeypatch):
 
 def test_qat_checkpoint_exports_with_learned_scales(setup, qat_run, tmp_path, capsys):
     _, best = qat_run
-    code, _, err = run_cli(["export", best, "-o", tmp_path / "x", "--reference-images", "0"], capsys)
+    code, _, err = run_cli(["export", best, "-o", tmp_path / "x", "--reference-images", "2"], capsys)
     assert code == 0, err
     graph = tmp_path / "x" / "model_int8_trt.onnx"
     manifest = json.loads((tmp_path / "x" / "model_int8_trt.onnx.json").read_text())
@@ -248,3 +248,35 @@ def test_bad_qat_records_are_refused():
     net = build_model(ModelConfig(backbone="resnet18", num_classes=3))
     with pytest.raises(CheckpointError, match="not a module"):
         attach_qat(net, {**good, "weights": ["backbone.layer9.conv1"]})
+
+
+@pytest.mark.slow
+def test_two_process_qat_learns_the_same_quantizers(setup, qat_run, tmp_path):
+    """DDP: two processes fine-tune one set of scales (they are parameters of the wrapped model, so their gradients
+    are averaged like the weights') and rank 0 writes the QAT checkpoint."""
+    out = tmp_path / "ddp"
+    qat_train(setup["ckpt"], "int8-tensorrt", _qat_cfg(out, devices=2), setup["calib"])
+    a, b = load_checkpoint(qat_run[0] / "last.pt"), load_checkpoint(out / "last.pt")
+    assert b["qat"]["learned"] and b["train_config"]["devices"] == 2
+    assert [x["tensor"] for x in a["qat"]["activations"]] == [x["tensor"] for x in b["qat"]["activations"]]
+    start, _ = setup["records"]["int8-tensorrt"]
+    assert any(x["scale"] != y["scale"] for x, y in zip(b["qat"]["activations"], start["activations"]))
+
+
+def test_check_judges_a_qat_graph_by_its_miou_against_the_float_model(setup, qat_run, tmp_path, capsys):
+    """Against the float checkpoint QAT started from, the graph's agreement is not a fidelity measure (the weights were
+    fine-tuned on purpose): check notes it and judges the mIoU change. Against its own reference bundle (the QAT
+    checkpoint's float weights) the agreement threshold applies as for any graph."""
+    _, best = qat_run
+    out = tmp_path / "x"
+    assert run_cli(["export", best, "-o", out, "--reference-images", "2"], capsys)[0] == 0
+    graph = out / "model_int8_trt.onnx"
+    code, _, err = run_cli(["check", graph, "-r", setup["ckpt"], "--dataset", "synthetic", "--limit", "2",
+                            "--min-agreement", "100", "--max-miou-drop", "100", "--json", tmp_path / "a.json"], capsys)
+    art = json.loads((tmp_path / "a.json").read_text())["artifacts"][0]
+    assert code == 0 and art["quantization"] == "QAT", err
+    assert not any("agreement" in f for f in art["failures"]) and any("QAT graph of this reference" in n for n in art["notes"])
+    code, _, err = run_cli(["check", graph, "-r", out / "reference", "--min-agreement", "100",
+                            "--json", tmp_path / "b.json"], capsys)
+    art = json.loads((tmp_path / "b.json").read_text())["artifacts"][0]
+    assert art["agreement"] == 100.0 or any("agreement" in f for f in art["failures"])  # the threshold applies

@@ -302,7 +302,8 @@ def make_bundle(checkpoint: str | os.PathLike[str], manifest: Any, images: Seque
     keep_logits = len(images) * k * size[0] * size[1] * 2 / 2**20 <= max_logits_mib
     ref_labels: list[np.ndarray] = []
     ref_logits: list[np.ndarray] = []
-    ref = open_backend(checkpoint, backend="torch", image_size=size, batch=batch)
+    # a QAT checkpoint's bundle holds its float weights' outputs: the model its INT8 graph was exported from
+    ref = open_backend(checkpoint, backend="torch", image_size=size, batch=batch, qat_float=True)
     try:
         for x, n in static_batches((resize_image(np.asarray(im), size) for im in images), batch):
             pred = ref.predict(x)

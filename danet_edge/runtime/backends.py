@@ -204,7 +204,7 @@ def register_backend(spec: BackendSpec) -> BackendSpec:
 
 
 register_backend(BackendSpec("torch", (".pt", ".pth"), "danet_edge.runtime.torch_backend:TorchBackend",
-                             ("device", "image_size", "batch"), "PyTorch eager FP32 (checkpoints)"))
+                             ("device", "image_size", "batch", "qat_float"), "PyTorch eager FP32 (checkpoints)"))
 register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_backend:OnnxRuntimeBackend",
                              ("providers", "threads"), "ONNX Runtime (FP32, FP16, INT8 Q/DQ graphs)"))
 register_backend(BackendSpec("openvino", (), "danet_edge.runtime.openvino_backend:OpenVinoBackend",

@@ -21,6 +21,8 @@ class TorchBackend(_BaseBackend):
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available, else CPU.
         image_size: ``(h, w)`` input size; default the checkpoint's ``data.image_size`` (else 512x1024).
         batch: batch size recorded in the manifest (PyTorch itself takes any N).
+        qat_float: also open a QAT checkpoint, as its float weights without the fake quantization (the model its
+            INT8 graph was exported from: export's reference bundle); without it a QAT checkpoint is refused.
 
     Raises:
         CheckpointError: unreadable or unsafe checkpoint. ConfigError: unknown or unavailable device.
@@ -31,7 +33,7 @@ class TorchBackend(_BaseBackend):
     static_batch = False
 
     def __init__(self, path: str | os.PathLike[str], device: str | None = None,
-                 image_size: tuple[int, int] | None = None, batch: int | None = None) -> None:
+                 image_size: tuple[int, int] | None = None, batch: int | None = None, qat_float: bool = False) -> None:
         from ..core.optional import import_torch
 
         torch = import_torch("a .pt / .pth checkpoint (the torch backend)")
@@ -45,7 +47,7 @@ class TorchBackend(_BaseBackend):
             raise ConfigError(f"unknown torch device {device!r} ({e})") from None
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here")
-        loaded = load_model(path)
+        loaded = load_model(path, qat=qat_float)
         self.model = loaded.model.to(self.device).eval()
         self.manifest = checkpoint_manifest(loaded, image_size=image_size, batch=batch or 1)
         self.provider = f"PyTorch {torch.__version__} eager FP32 on {self.device}"
