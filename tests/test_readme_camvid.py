@@ -7,6 +7,7 @@ by appending options, never by rewriting the commands; ``video.mp4`` is made fro
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -33,11 +34,12 @@ SMALL = {
 }
 
 
-def readme_commands() -> list[list[str]]:
-    """The ``danet-edge`` commands of the README's CamVid block, continuation lines joined, comments dropped."""
+def readme_commands(which: int = 0) -> list[list[str]]:
+    """The ``danet-edge`` commands of the README's CamVid block number ``which`` (0: the sequence, 1: QAT),
+    continuation lines joined, comments dropped."""
     text = README.read_text()
-    section = text.split("## Quick start on your data (CamVid)", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    section = text.split("## Quick start on your data (CamVid)", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[which]
     joined = re.sub(r"\\\n\s*", " ", block)
     cmds = []
     for line in joined.splitlines():
@@ -50,6 +52,7 @@ def readme_commands() -> list[list[str]]:
 def test_readme_block_is_found():
     cmds = readme_commands()
     assert [c[1] for c in cmds] == ["train", "eval", "eval", "calib", "export", "export", "check", "bench", "infer"]
+    assert [c[1] for c in readme_commands(1)] == ["train", "export"] and "--qat" in readme_commands(1)[0]
 
 
 def test_readme_camvid_sequence_runs_as_written(camvid_root, tmp_path):
@@ -74,6 +77,15 @@ def test_readme_camvid_sequence_runs_as_written(camvid_root, tmp_path):
         "model.onnx", "model_fp16.onnx", "model_int8_cpu.onnx", "model_int8_trt.onnx"]
     assert (tmp_path / "runs/camvid_r18/check.json").is_file() and (tmp_path / "runs/camvid_r18/bench.json").is_file()
     assert (tmp_path / "runs/infer/summary.json").is_file()
+    # the QAT block, on the checkpoint and calibration folder the sequence made
+    small = {"train": SMALL["train"] + ["--calib-size", "8"], "export": ["--reference-images", "0"]}
+    for cmd in readme_commands(1):
+        args = [a.replace("$D", str(camvid_root)) for a in cmd[1:]] + small[cmd[1]]
+        r = subprocess.run([sys.executable, "-m", "danet_edge.cli", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, f"{shlex.join(cmd)}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    manifest = json.loads((tmp_path / "export/camvid_r18_qat/model_int8_trt.onnx.json").read_text())
+    assert manifest["calibration"]["scales"] == "learned"
 
 
 def _expand(args: list[str], cwd: Path) -> list[str]:
