@@ -255,7 +255,7 @@ def test_two_process_qat_learns_the_same_quantizers(setup, qat_run, tmp_path):
     """DDP: two processes fine-tune one set of scales (they are parameters of the wrapped model, so their gradients
     are averaged like the weights') and rank 0 writes the QAT checkpoint."""
     out = tmp_path / "ddp"
-    qat_train(setup["ckpt"], "int8-tensorrt", _qat_cfg(out, devices=2), setup["calib"])
+    qat_train(setup["ckpt"], "int8-tensorrt", _qat_cfg(out, devices=2, epochs=1), setup["calib"])
     a, b = load_checkpoint(qat_run[0] / "last.pt"), load_checkpoint(out / "last.pt")
     assert b["qat"]["learned"] and b["train_config"]["devices"] == 2
     assert [x["tensor"] for x in a["qat"]["activations"]] == [x["tensor"] for x in b["qat"]["activations"]]
@@ -280,3 +280,39 @@ def test_check_judges_a_qat_graph_by_its_miou_against_the_float_model(setup, qat
                             "--json", tmp_path / "b.json"], capsys)
     art = json.loads((tmp_path / "b.json").read_text())["artifacts"][0]
     assert art["agreement"] == 100.0 or any("agreement" in f for f in art["failures"])  # the threshold applies
+
+
+@pytest.mark.slow
+def test_qat_resume_after_kill_9_continues_exactly(setup, qat_run, tmp_path):
+    """``train --qat`` killed with SIGKILL right after its first epoch's metrics line, then ``--resume``: the same
+    weights, scales and metrics as the run that was never killed (``qat_run``, same options, in-process)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "danet_edge.cli", "train", "--qat", "int8-tensorrt", "--weights", str(setup["ckpt"]),
+            "--dataset", "synthetic", "--synthetic-size", str(SIZE[0]), str(SIZE[1]), "--epochs", "2", "--batch-size",
+            "4", "--limit-train", "8", "--limit-val", "2", "--workers", "0", "--lr", "0.01", "--calib",
+            str(setup["calib"]), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1) and proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    r = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_checkpoint(qat_run[0] / "last.pt"), load_checkpoint(out / "last.pt")
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
+    assert [x["scale"] for x in a["qat"]["activations"]] == pytest.approx([x["scale"] for x in b["qat"]["activations"]],
+                                                                          rel=1e-4)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]

@@ -53,6 +53,9 @@ def prepare_qat(checkpoint: str | os.PathLike[str], recipe: str, calib: str | os
         cfg = ExportConfig(imgsz=imgsz, recipes=(recipe,), target=rec.target or "tensorrt", calib=calib,
                            calib_size=calib_size, calib_method=calib_method, fused_io=False, reference_images=0,
                            verify_images=1, out=Path(tmp))
+        log = log or (lambda _msg: None)
+        log(f"QAT: making the {recipe} graph export would write (calibrated), to read its Q/DQ back as fake "
+            "quantization")
         result = export_model(checkpoint, cfg, log=log)
         int8 = next(a for a in result.artifacts if a.path.name == rec.file_name)
         calibration = dict(int8.manifest.calibration or {})
@@ -60,8 +63,11 @@ def prepare_qat(checkpoint: str | os.PathLike[str], recipe: str, calib: str | os
         size = (int(int8.manifest.input_shape[2]), int(int8.manifest.input_shape[3]))
         keep = {k: calibration[k] for k in ("method", "count", "seed", "root", "residual_add", "high_precision")
                 if k in calibration}
-        return qat_plan(onnx.load(str(int8.path)), onnx.load(str(Path(tmp) / "model.onnx")), recipe,
-                        rec.target or "tensorrt", ranges, size, loaded.sha256, keep)
+        record = qat_plan(onnx.load(str(int8.path)), onnx.load(str(Path(tmp) / "model.onnx")), recipe,
+                          rec.target or "tensorrt", ranges, size, loaded.sha256, keep)
+        log(f"QAT: {len(record['activations'])} activation quantizers (scales learned), {len(record['weights'])} "
+            "INT8 Conv weights (per channel), BatchNorm frozen")
+        return record
 
 
 def qat_train(checkpoint: str | os.PathLike[str], recipe: str, train_cfg: Any, calib: str | os.PathLike[str] | None = None,

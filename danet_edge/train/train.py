@@ -283,7 +283,8 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
         out.mkdir(parents=True, exist_ok=True)
         _prepare_out(out, cfg)
         write_json(out / "config.json", cfg.to_dict())
-        trim_metrics(out / "metrics.jsonl", start_epoch)
+        # a pending validation is run again: its row (written just before a kill) must not stay twice
+        trim_metrics(out / "metrics.jsonl", pending["epoch"] if pending is not None else start_epoch)
 
     def save(record: dict[str, Any], validated: bool) -> None:
         """Rank 0: ``last.pt`` of ``record["epoch"]``; once validated also the metrics row and ``best.pt``."""
