@@ -460,3 +460,24 @@ def test_attention_op_form_builds_from_tensorrt_10_14_only(exported, tmp_path):
     m = read_manifest(eng)
     assert m.attention()["form"] == "attention-op" and m.tensorrt["attention_fused"] == "unknown"
     assert np.array_equal(_labels(eng, exported.frames), _labels(fp32, exported.frames))
+
+
+def test_qat_graph_builds_like_a_ptq_graph(exported, tmp_path):
+    """Issue 23: the graph of a QAT checkpoint (learned scales, fused I/O) passes the parser and builds strongly typed
+    like the PTQ graph, with INT8 layers, and runs like it in ONNX Runtime."""
+    from danet_edge.export.export import ExportConfig, export_model
+    from danet_edge.export.qat_train import prepare_qat
+    from danet_edge.model.checkpoint import load_checkpoint, save_checkpoint
+
+    record = prepare_qat(exported.checkpoint, "int8-tensorrt", exported.calib, 6)
+    record = {**record, "learned": True, "epochs": 1,  # as a QAT run leaves it, scales moved
+              "activations": [{**a, "scale": a["scale"] * 1.1} for a in record["activations"]]}
+    src = load_checkpoint(exported.checkpoint)
+    qat = save_checkpoint(tmp_path / "qat.pt", {**{k: src[k] for k in ("model", "model_config", "data")}, "qat": record})
+    res = export_model(qat, ExportConfig(out=tmp_path / "x", reference_images=0))
+    graph = next(a.path for a in res.artifacts if a.manifest.precision == "int8")
+    assert read_manifest(graph).quantization() == "QAT" and read_manifest(graph).input_dtype == "uint8"
+    eng = build_engine(graph, None, EngineConfig())
+    m = read_manifest(eng)
+    assert m.tensorrt["flags"] == ["STRONGLY_TYPED"] and m.precision_report["counts"]["int8"] > 0
+    assert np.array_equal(_labels(eng, exported.frames), _labels(graph, exported.frames))
