@@ -201,6 +201,11 @@ def test_qat_checkpoint_exports_with_learned_scales(setup, qat_run, tmp_path, ca
     got = quantized_tensors(onnx.load(str(tmp_path / "y" / "model_int8_trt.onnx")),
                             onnx.load(str(tmp_path / "y" / "model.onnx")))
     assert set(got) == {a["tensor"] for a in ptq_record["activations"]}
+    ptq, qat = onnx.load(str(work / "model_int8_trt.onnx")).graph, onnx.load(str(tmp_path / "y" / "model_int8_trt.onnx")).graph
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ptq.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in qat.node]  # node for node the PTQ graph: only values differ
+    assert {i.name: (i.data_type, list(i.dims)) for i in ptq.initializer} == \
+        {i.name: (i.data_type, list(i.dims)) for i in qat.initializer}
     for a in qat_record["activations"]:
         assert got[a["tensor"]]["scale"] == pytest.approx(a["scale"], rel=1e-3)
 
