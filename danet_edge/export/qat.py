@@ -12,11 +12,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..core.errors import ExportError
 from ..core.utils import read_json
-from ..graph.precision import consumers, producers
+from ..graph.precision import constant_value, consumers, producers
 from ..model.fakequant import QAT_FORMAT, validate_qat_record
 from .quantize import residual_adds
 
@@ -45,13 +44,10 @@ def _inside(node: onnx.NodeProto | None, module: str) -> bool:
 
 
 def _const(g: onnx.GraphProto, name: str) -> np.ndarray:
-    for init in g.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for n in g.node:
-        if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
-    raise ExportError(f"Q/DQ graph: no constant {name!r}")
+    value = constant_value(g, name)
+    if value is None:
+        raise ExportError(f"Q/DQ graph: no constant {name!r}")
+    return value
 
 
 def quantized_tensors(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> dict[str, dict[str, Any]]:

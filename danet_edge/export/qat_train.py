@@ -82,13 +82,11 @@ def qat_train(checkpoint: str | os.PathLike[str], recipe: str, train_cfg: Any, c
     """
     from dataclasses import replace
 
-    from ..model.checkpoint import load_checkpoint, load_model
-    from ..model.config import ModelConfig
+    from ..model.checkpoint import load_model
     from ..train.train import check_run_dir, train
 
     loaded = load_model(checkpoint)  # a QAT checkpoint is refused here, in one line
-    model = ModelConfig.from_dict(load_checkpoint(checkpoint)["model_config"])
-    cfg = replace(train_cfg, model=model, weights=str(checkpoint), qat=recipe)
+    cfg = replace(train_cfg, model=loaded.config, weights=str(checkpoint), qat=recipe)
     cfg.validate()
     check_run_dir(cfg)  # before calibration: a folder that holds a run is refused at once
     record = None

@@ -13,13 +13,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 
 from ..core.errors import PrecisionError
 
 __all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "PrecisionReport", "precision_report",
-           "verify_precision", "format_report", "cast_to", "scale_before_energy", "producers", "consumers"]
+           "verify_precision", "format_report", "cast_to", "scale_before_energy", "producers", "consumers",
+           "constant_value"]
 
 # Nodes that move or reshape data: they carry a dtype but compute nothing worth reporting.
 @dataclass
@@ -47,6 +50,18 @@ class AttentionNodes:
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in graph.node for o in n.output}
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of ``name`` when it is an initializer or a ``Constant`` node's output, else None."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            return numpy_helper.to_array(value) if value is not None else None
+    return None
 
 
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

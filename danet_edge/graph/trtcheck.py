@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT, OPSET_RANGE
 from ..core.errors import CompatibilityError
+from .precision import constant_value
 
 __all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS", "ATTENTION_TENSORRT",
            "required_tensorrt",
@@ -132,12 +133,7 @@ def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (1
     values = {v.name: v for v in list(g.input) + list(g.output) + list(g.value_info)}
 
     def const_value(name: str) -> np.ndarray | None:
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        if name in consts:
-            v = _attr(consts[name], "value")
-            return numpy_helper.to_array(v) if v is not None else None
-        return None
+        return constant_value(g, name) if name in inits or name in consts else None
 
     def elem(name: str) -> int | None:
         if name in inits:
