@@ -42,7 +42,7 @@ from .config import CheckConfig
 from .inputs import RefMeta, chunks, frames, reference_kind
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
                          parse_threshold_overrides, thresholds_for)
-from ..core.utils import write_json
+from ..core.utils import ensure_output_names, staged_files, write_json
 from ..runtime.backends import Backend, backend_spec, open_backend
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
@@ -171,17 +171,26 @@ def _classes(dataset: Any, ref_m: RefMeta, run: _Run) -> tuple[list[str], int]:
 
 def _write_reports(report: CheckReport, cfg: CheckConfig, accs: list[ArtifactStats],
                    ref_cms: list[ConfusionMatrix], palette: list[list[int]], labelled: bool, ignore: int) -> None:
-    """Pictures, JSON, Markdown and HTML where ``cfg`` asks for them; their paths go into ``report``."""
-    if cfg.report_dir is not None:
-        write_pictures(report, accs, palette, Path(cfg.report_dir), labelled, ignore)
-        report.markdown_path = str(Path(cfg.report_dir) / "report.md")
-        report.html_path = str(Path(cfg.report_dir) / "report.html")
+    """Pictures, JSON, Markdown and HTML where ``cfg`` asks for them; their paths go into ``report``. The report
+    folder's files are written together (``utils.staged_files``): a failure (a full disk) changes none of them."""
+    if cfg.report_dir is None:
+        if cfg.json_path is not None:
+            report.json_path = str(cfg.json_path)
+            write_json(cfg.json_path, report.to_dict())
+        return
+    folder = Path(cfg.report_dir)
+    with staged_files(folder) as stage:
+        write_pictures(report, accs, palette, stage, labelled, ignore)
+        for res in report.artifacts:
+            if res.picture:
+                res.picture = str(folder / Path(res.picture).name)
+        report.markdown_path = str(folder / "report.md")
+        report.html_path = str(folder / "report.html")
+        report.json_path = str(cfg.json_path) if cfg.json_path is not None else None
+        write_markdown(report, stage / "report.md")
+        write_html(report, accs, ref_cms, palette, stage / "report.html", labelled, ignore)
     if cfg.json_path is not None:
-        report.json_path = str(cfg.json_path)
         write_json(cfg.json_path, report.to_dict())
-    if cfg.report_dir is not None:
-        write_markdown(report, Path(report.markdown_path))
-        write_html(report, accs, ref_cms, palette, Path(report.html_path), labelled, ignore)
 
 
 def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
@@ -206,12 +215,15 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
         ``report.raise_for_failure()``.
 
     Raises:
-        ConfigError: no artifacts, a data set given with a bundle; DataError: empty or malformed data set or
+        ConfigError: no artifacts, a data set given with a bundle, a report name taken by a folder; DataError: empty or malformed data set or
         bundle, class count mismatch; ManifestError: an artifact whose preprocessing or classes differ from
-        the bundle's; CheckpointError / EngineError from loading the artifacts.
+        the bundle's; CheckpointError / EngineError from loading the artifacts; StorageError: the disk filled
+        while the reports were written (the report folder is as it was).
     """
     cfg = cfg or CheckConfig()
     cfg.validate()
+    if cfg.report_dir is not None:  # a report name taken by a folder: refused before the (long) check
+        ensure_output_names(cfg.report_dir, "--report", ["report.md", "report.html"])
     paths, ref_src, dataset = _inputs(artifacts, reference, dataset)
     bundle = None if isinstance(ref_src, Path) else ref_src
     run = _Run(cfg, paths, bundle)

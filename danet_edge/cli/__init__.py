@@ -107,9 +107,30 @@ for _info in app.registered_commands:
 _GLOBAL_FLAGS = {"-v", "--verbose", "-q", "--quiet"}
 
 
+def _click_kind(error: BaseException) -> str | None:
+    """``"help"``, ``"usage"`` or ``"other"`` for one of click's exceptions (Typer's own or the click package's,
+    told apart by class name so either works), None for anything else."""
+    names = {c.__name__ for c in type(error).__mro__}
+    if "NoArgsIsHelpError" in names:
+        return "help"
+    if "UsageError" in names:
+        return "usage"
+    return "other" if "ClickException" in names else None
+
+
+def _usage_line(error: Exception) -> str:
+    """One line for a usage error (unknown command or option, a missing argument, a bad choice), with where to
+    look: ``error: No such option: --bogus; see 'danet-edge train --help'``."""
+    message = " ".join(error.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+    ctx = getattr(error, "ctx", None)
+    hint = f"; see '{ctx.command_path} --help'" if ctx is not None and getattr(ctx, "command_path", None) else ""
+    return f"error: {message}{hint}"
+
+
 def main() -> None:
     """Console entry point: one line on stderr and a non-zero exit for a user error, never a traceback
-    (a missing optional package, e.g. PyTorch for ``train`` on a device install, is exit code 4).
+    (a missing optional package, e.g. PyTorch for ``train`` on a device install, is exit code 4; a usage error
+    such as an unknown option is exit code 2; a full disk is exit code 5).
 
     ``-v`` / ``-q`` are accepted before or after the command name (``danet-edge infer -q ...``).
     """
@@ -120,14 +141,11 @@ def main() -> None:
         argv = flags + [a for a in argv[:cut] if a not in _GLOBAL_FLAGS] + argv[cut:]
         sys.argv[1:] = argv
     try:
-        app()
+        code = app(standalone_mode=False)  # click's errors come here, to be one line like every other error
+        sys.exit(code if isinstance(code, int) else 0)
     except _CommandInterrupted as e:  # Ctrl-C: what was kept, exit 130
         typer.echo(str(e), err=True)
         sys.exit(130)
-    except SystemExit as e:
-        if e.code == 130:  # Ctrl-C outside a command's body: Typer exits 130 without a word
-            typer.echo("interrupted", err=True)
-        raise
     except DanetEdgeError as e:
         typer.echo("error: " + " ".join(str(e).splitlines()), err=True)  # one line even if a value held a newline
         sys.exit(e.exit_code)
@@ -142,3 +160,30 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as e:
+        kind = _click_kind(e)
+        if kind == "help":  # ``danet-edge`` alone: the help, as asked
+            typer.echo(e.format_message())  # type: ignore[attr-defined]
+            sys.exit(0)
+        if kind == "usage":
+            typer.echo(_usage_line(e), err=True)
+            sys.exit(2)
+        if kind == "other":
+            typer.echo("error: " + " ".join(e.format_message().split()), err=True)  # type: ignore[attr-defined]
+            sys.exit(int(getattr(e, "exit_code", 1)))
+        if _abort(e):  # click's Abort: Ctrl-C at a prompt
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        from ..core.utils import disk_full, storage_error
+
+        if disk_full(e):  # a write outside utils.atomic_path (a library's own file): still one line, exit 5
+            where = getattr(e, "filename", None)
+            err = storage_error(where) if where else None
+            typer.echo(f"error: {err}" if err else "error: no space left on the device; free some space or choose "
+                       "another --out", err=True)
+            sys.exit(5)
+        raise
+
+
+def _abort(error: BaseException) -> bool:
+    return any(c.__name__ == "Abort" for c in type(error).__mro__)

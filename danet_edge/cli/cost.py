@@ -22,21 +22,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Compute by precision (GFLOP, MiB moved), a latency lower bound on Jetson GPUs, PAM's form and whether
         the graph fits each Jetson's memory."""
-        import onnx
-
-        from ..graph.cost import JETSON_TARGETS, graph_cost, tensor_info
+        from ..graph.cost import JETSON_TARGETS, graph_cost, load_cost_graph, tensor_info
         from ..graph.memory import memory_estimate
-        from ..core.errors import DataError
         from ..core.utils import ensure_output_file, write_json
 
         if json_out is not None:
             ensure_output_file(json_out, "--json")
+        models = {path: load_cost_graph(path) for path in graphs}  # every file refused before any table
         out = {}
-        for path in graphs:
-            try:
-                model = onnx.load(str(path), load_external_data=False)
-            except Exception as e:  # noqa: BLE001 - onnx raises several types for a bad file
-                raise DataError(f"{path}: not a readable ONNX graph ({type(e).__name__})") from None
+        for path, model in models.items():
             inferred = tensor_info(model)
             cost = graph_cost(model, inferred=inferred)
             memory = memory_estimate(model, inferred=inferred)

@@ -38,6 +38,15 @@ CALIB_IMAGES = 100
 MAX_CROP_SIDE = MAX_IMAGE_SIDE
 
 
+def check_image_size(name: str, size: Any) -> None:
+    """Raise ConfigError unless ``size`` is None or two integers ``(H, W)`` in 1..``MAX_IMAGE_SIDE`` px."""
+    if size is None:
+        return
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
+                                 for v in size):
+        raise ConfigError(f"{name} must be two sizes H W in 1..{MAX_IMAGE_SIDE}, got {tuple(size)}")
+
+
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,
                 optional: bool = False, integer: bool = True) -> None:
     """Raise ConfigError unless ``value`` is a number (an int when ``integer``) in ``lo..hi`` (inclusive).

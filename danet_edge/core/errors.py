@@ -10,7 +10,8 @@ on stderr and the exit code of the class (the table in docs/cli.md, "Exit codes"
 3     bad input: data, image, checkpoint, manifest or calibration files (``DataError``,
       ``CheckpointError``, ``ManifestError``, ``CalibrationError``)
 4     a missing optional package (``MissingDependencyError``: tensorrt, a CUDA API...)
-5     a stage that ran and failed (``ExportError``, ``EngineError``, ``TrainingError``)
+5     a stage that ran and failed (``ExportError``, ``EngineError``, ``TrainingError``); a write the
+      file system refused (``StorageError``: no space left, quota exceeded)
 130   interrupted (Ctrl-C)
 ====  ===============================================================================
 """
@@ -82,6 +83,19 @@ class ManifestError(DanetEdgeError):
     """An artifact's manifest that is missing, malformed or does not match the artifact."""
 
     exit_code = 3
+
+
+class StorageError(DanetEdgeError):
+    """A write the file system refused: no space left on the device, a quota, a file-size limit.
+
+    The message names the file and the free space (``core.utils.storage_error``); the temporary file of the
+    write is gone and the file it would have replaced is unchanged."""
+
+    exit_code = 5
+
+
+class RunLocked(ConfigError):
+    """An output folder another danet-edge run is writing into (``core.utils.run_lock``)."""
 
 
 class CheckFailed(DanetEdgeError):

@@ -379,8 +379,8 @@ def verify_artifact_pair(artifact: str | os.PathLike[str], manifest: Manifest) -
     * ONNX graphs carry their own manifest (:func:`embedded_manifest`): the sidecar must agree with it on
       :data:`PAIR_FIELDS`. A graph without one (made by another tool) is trusted to its sidecar.
     * engines are plain files (trtexec and DeepStream load them): ``build`` records their byte size and
-      SHA-256 in ``tensorrt.engine_bytes`` / ``tensorrt.engine_sha256``; both must match. Sidecars from
-      before that record are not checked.
+      SHA-256 in ``tensorrt.engine_bytes`` / ``tensorrt.engine_sha256``; both must be there and match (a
+      sidecar without them, written by hand or by a danet-edge before that record, is refused: rebuild).
 
     Args:
         artifact: the ``.onnx`` / ``.engine`` / ``.plan`` file (a missing file is left to its loader).
@@ -407,10 +407,13 @@ def verify_artifact_pair(artifact: str | os.PathLike[str], manifest: Manifest) -
             st = path.stat()
         except OSError:
             return
-        if _is_int(want_size) and st.st_size != want_size:
+        if not (_is_int(want_size) and isinstance(want_sha, str)):
+            raise ManifestError(f"{side} records no engine size and SHA-256 (tensorrt.engine_bytes / engine_sha256), "
+                                f"so nothing ties it to {path.name}: rebuild the engine (danet-edge build)")
+        if st.st_size != want_size:
             raise ManifestError(f"{path} and {side} disagree: the engine has {st.st_size} bytes, its sidecar "
                                 f"recorded {want_size} at build: rebuild it (danet-edge build)")
-        if isinstance(want_sha, str) and _engine_sha256(path, st) != want_sha:
+        if _engine_sha256(path, st) != want_sha:
             raise ManifestError(f"{path} and {side} disagree: the engine's SHA-256 is not the one its sidecar "
                                 "recorded at build: rebuild it (danet-edge build)")
 

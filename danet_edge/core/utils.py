@@ -3,15 +3,81 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file"]
+__all__ = ["atomic_path", "atomic_dir", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file",
+           "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line", "run_lock"]
+
+#: errno values of a write the file system refused for want of room (``write(2)``: ENOSPC, EDQUOT, EFBIG).
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: How libraries that hide the errno say it: the C library's text, and PyTorch's zip writer ("PytorchStreamWriter
+#: failed writing file data/0: file write failed"), which ``torch.save`` raises as a RuntimeError.
+_FULL_PHRASES = ("no space left on device", "disk quota exceeded", "file too large", "file write failed")
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write the file system refused for want of room: an ``OSError`` with ENOSPC, EDQUOT
+    or EFBIG, or a library's error (PyTorch's ``RuntimeError``, ONNX Runtime's) saying so in its text."""
+    if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
+        return True
+    if isinstance(error, (OSError, RuntimeError)) or type(error).__module__.startswith("onnxruntime"):
+        text = str(error).lower()
+        return any(p in text for p in _FULL_PHRASES)
+    return False
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int | None:
+    """Free bytes for an unprivileged writer on the file system holding ``path`` (or its nearest existing
+    ancestor); None when it cannot be read."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def storage_error(path: str | os.PathLike[str], needed: int | None = None) -> Exception:
+    """The one-line :class:`~.errors.StorageError` for a write of ``path`` the file system refused: the file, the
+    free space there (MiB) and, when known, the space the write needed (MiB)."""
+    from .errors import StorageError
+
+    free = free_bytes(Path(path).parent)
+    room = f"{free / 2**20:.1f} MiB free there" if free is not None else "free space unknown"
+    need = f", about {needed / 2**20:.1f} MiB needed" if needed else ""
+    return StorageError(f"{path}: no space left on the device ({room}{need}); not written: free some space or "
+                        "write elsewhere")
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` and a newline to ``path``; a failed write (a full disk) is cut back to the old end, so the
+    file never holds half a line.
+
+    Raises:
+        StorageError: the file system refused the write.
+    """
+    path = Path(path)
+    with open(path, "ab") as f:
+        end = f.tell()
+        try:
+            f.write((line + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                f.truncate(end)
+            if disk_full(e):
+                raise storage_error(path) from None
+            raise
 
 
 @contextlib.contextmanager
@@ -29,7 +95,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except Exception as e:
+            if disk_full(e):
+                raise storage_error(path) from None
+            raise
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -50,7 +121,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            if disk_full(e):
+                raise storage_error(out) from None
+            raise
         os.chmod(tmp, 0o755)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -207,3 +283,113 @@ def release_memory() -> None:
         ctypes.CDLL(name).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         pass
+
+
+#: The file a run holds its output folder with (:func:`run_lock`); it names the process while the run lasts.
+LOCK_NAME = ".danet-edge.lock"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out") -> Iterator[Path]:
+    """Hold the output folder ``folder`` for one run: a second run into it (another process, or this one) is
+    refused in one line instead of interleaving files. The lock is ``flock(2)`` on ``folder/.danet-edge.lock``,
+    which names the process; the kernel drops it when the process ends, even on ``kill -9``, so a stale file
+    never blocks the next run. The folder is created if missing, and removed again if the run left it empty.
+
+    Args:
+        folder: the run's output folder.
+        command: what holds it, for the refusal (``"train"``).
+        option: the option that named the folder, for the refusal.
+
+    Raises:
+        RunLocked: another run holds ``folder`` (the message names its process and command).
+    """
+    import fcntl
+    import time
+
+    from .errors import RunLocked
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another run"
+            finally:
+                os.close(fd)
+            raise RunLocked(f"{option} {folder}: another run is writing there ({holder}); wait for it to end or "
+                            "choose another folder") from None
+        try:  # the file locked must still be the one at the path: a run that just ended unlinks it
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    with contextlib.suppress(OSError):  # a full disk may refuse the words; the lock holds without them
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, danet-edge {command}, since {time.strftime('%H:%M:%S')}\n".encode())
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when the run left it empty
+
+
+def ensure_output_names(folder: str | os.PathLike[str], option: str, files: Any = (), folders: Any = ()) -> None:
+    """Check, before any work, that the names a command will write in ``folder`` are free for it: each of
+    ``files`` (written by rename) must not be a folder, each of ``folders`` must not be a file.
+
+    Raises:
+        ConfigError: one line naming the option, the folder and the name that is taken.
+    """
+    folder = Path(folder)
+    for name in files:
+        if (folder / name).is_dir():
+            raise _output_error(option, folder, f"{name} would be written there, but it is a folder")
+    for name in folders:
+        p = folder / name
+        if p.exists() and not p.is_dir():
+            raise _output_error(option, folder, f"{name}/ would be written there, but it is a file")
+
+
+@contextlib.contextmanager
+def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder inside ``folder`` for a set of files written together (a report and its
+    pictures); when the block succeeds each file is renamed into ``folder`` (replacing one of the same name), else
+    nothing in ``folder`` changes and the temporary folder is removed (``folder`` too when this made it).
+
+    Raises:
+        StorageError: the disk filled while the block wrote (named by ``folder``).
+    """
+    from .errors import StorageError
+
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staged.", dir=folder))
+    done = False
+    try:
+        try:
+            yield tmp
+        except Exception as e:
+            if isinstance(e, StorageError) or disk_full(e):
+                raise storage_error(folder) from None
+            raise
+        for f in sorted(tmp.iterdir()):
+            os.replace(f, folder / f.name)
+        done = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                folder.rmdir()

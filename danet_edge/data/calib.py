@@ -9,6 +9,7 @@ sample of a data set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -26,7 +27,7 @@ from ..core.choices import CALIB_METHODS
 from ..core.errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import preprocess, resize_image
-from ..core.utils import atomic_path, write_json
+from ..core.utils import atomic_path, ensure_output_names, run_lock, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
            "graph_sha256", "fill_calib_dir"]
@@ -138,6 +139,46 @@ def load_calibration_set(directory: str | os.PathLike[str], count: int | None = 
     return CalibrationSet(root, paths, seed, available)
 
 
+def _write_calib_dir(out: Path, ds: Any, chosen: list[int], record: dict[str, Any], covered: list[str],
+                     missing: list[str]) -> None:
+    """Write the chosen images, ``calib.json`` and the list; a failure (a full disk) removes the images this call
+    wrote, so a folder is either filled or as it was."""
+    images = out / "images"
+    made_images = not images.exists()
+    images.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        names = []
+        for n, i in enumerate(chosen):
+            src = ds.image_path(i)
+            if src is not None:
+                name = f"images/{n:05d}_{Path(src).name}"
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(src, tmp)
+            else:
+                name = f"images/{n:05d}.png"
+                image, _ = ds[i]
+                cv2 = import_cv2()
+                ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                if not ok:
+                    raise DataError(f"OpenCV cannot encode {out / name}")
+                with atomic_path(out / name) as tmp:
+                    tmp.write_bytes(png.tobytes())
+            written.append(out / name)
+            names.append(name)
+        write_json(out / "calib.json", {**record, "count": len(names), "images": names, "classes_covered": covered,
+                                        "classes_missing": missing})
+        with atomic_path(out / LIST_FILE) as tmp:
+            tmp.write_text("# calibration images, one a line, relative to this folder\n" + "\n".join(names) + "\n")
+    except BaseException:
+        for f in written:
+            f.unlink(missing_ok=True)
+        if made_images:
+            with contextlib.suppress(OSError):
+                images.rmdir()
+        raise
+
+
 def graph_sha256(model: onnx.ModelProto) -> str:
     """SHA-256 of the graph (nodes, weights, I/O), metadata excluded: same weights, same hash."""
     return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
@@ -156,7 +197,8 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
 
     Raises:
         ConfigError: count < 1, unknown data set; CalibrationError: ``out`` already holds a list.
-        DataError: missing or unreadable data set.
+        DataError: missing or unreadable data set. StorageError: the disk filled (the images written are removed).
+        RunLocked: another run is writing into ``out``.
     """
     from .config import CalibFillConfig
     from .datasets import build_dataset
@@ -190,27 +232,10 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
         chosen.append(best)
         left.discard(best)
         covered += hist[best] > 0
-    names = []
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for n, i in enumerate(chosen):
-        src = ds.image_path(i)
-        if src is not None:
-            name = f"images/{n:05d}_{Path(src).name}"
-            with atomic_path(out / name) as tmp:
-                shutil.copyfile(src, tmp)
-        else:
-            name = f"images/{n:05d}.png"
-            image, _ = ds[i]
-            with atomic_path(out / name) as tmp:
-                cv2 = import_cv2()
-                if not cv2.imwrite(str(tmp) + ".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-                    raise DataError(f"cannot write {out / name}")
-                os.replace(str(tmp) + ".png", tmp)
-        names.append(name)
-    write_json(out / "calib.json", {"dataset": dataset, "root": str(data) if data else None, "split": split,
-                                    "seed": seed, "count": len(names), "images": names,
-                                    "classes_covered": [ds.info.classes[c] for c in range(k) if covered[c] > 0],
-                                    "classes_missing": [ds.info.classes[c] for c in range(k) if covered[c] == 0]})
-    with atomic_path(out / LIST_FILE) as tmp:
-        tmp.write_text("# calibration images, one a line, relative to this folder\n" + "\n".join(names) + "\n")
+    ensure_output_names(out, "--out", ["calib.json", LIST_FILE], ["images"])
+    with run_lock(out, "calib fill"):
+        _write_calib_dir(out, ds, chosen, {"dataset": dataset, "root": str(data) if data else None, "split": split,
+                                           "seed": seed},
+                         [ds.info.classes[c] for c in range(k) if covered[c] > 0],
+                         [ds.info.classes[c] for c in range(k) if covered[c] == 0])
     return out

@@ -36,12 +36,13 @@ def _graph_io(path: Path, m: Manifest) -> Any:
     (name, dtype, static shape): the deployment configs are written from the manifest, so a mismatch would only
     surface when DeepStream or Triton loads the model."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(str(path))
-    except (OSError, ValueError, DecodeError) as e:
-        raise ManifestError(f"{path}: not a readable ONNX graph ({str(e)[:160]})") from None
+    except Exception as e:  # noqa: BLE001 - onnx raises several types: DecodeError, OSError, the checker's
+        # ValidationError for external data that points outside the graph's folder (nothing is read then)
+        why = " ".join(str(e).split())[:160]
+        raise ManifestError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {why})") from None
     inits = {i.name for i in model.graph.initializer}
 
     def spec(v: Any) -> TensorSpec:

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.choices import CALIB_METHODS, DATASETS, DEFAULT_CALIB_METHOD, OPSET_RANGE, SPLITS, TARGETS
-from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, Config, check_choice, check_range, option
+from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, Config, check_choice, check_image_size, check_range, option
 from ..core.errors import ConfigError
-from ..core.manifest import MAX_IMAGE_SIDE
 from ..graph.boards import BOARD_MEMORY_GIB, DEFAULT_BOARD, board_budget_mib
 from ..model.forms import EXPORT_FORMS, MAX_CHUNKS
 from ..trt.plan import EngineConfig
@@ -134,8 +133,7 @@ class ExportConfig(Config):
                               "Attention node, kept in FP32): use --attention heads, or drop --include-attention")
         if self.attention_chunks is not None and self.attention != "chunked":
             raise ConfigError("--attention-chunks applies to --attention chunked; add it or drop --attention-chunks")
-        if self.imgsz is not None and (len(self.imgsz) != 2 or min(self.imgsz) < 1 or max(self.imgsz) > MAX_IMAGE_SIDE):
-            raise ConfigError(f"--imgsz must be two sizes H W in 1..{MAX_IMAGE_SIDE}, got {self.imgsz}")
+        check_image_size("--imgsz", self.imgsz)
         check_range("verify images", self.verify_images, 1, 1000, optional=True)
         check_range("--min-agreement", self.min_agreement, 0, 100, optional=True, integer=False)
         check_range("--max-miou-drop", self.max_miou_drop, 0, 100, optional=True, integer=False)

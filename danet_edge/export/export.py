@@ -30,8 +30,9 @@ import onnx
 
 from ..core.compare import OutputComparison
 from ..core.errors import ExportError, Interrupted
-from ..core.manifest import Manifest, read_manifest, write_manifest
+from ..core.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from ..core.progress import track
+from ..core.utils import run_lock
 from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget
@@ -104,6 +105,21 @@ def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[st
     return model, manifest, report
 
 
+def _verification_problem(plan: ExportPlan, recipe: PrecisionRecipe, ver: dict[str, float]) -> str | None:
+    """Why a derived graph fails its export verification against FP32, or None: relative L2 above the recipe's
+    limit (``ExportPlan.rel_l2_limit``), or class maps below the recipe's agreement floor
+    (``PrecisionRecipe.min_label_agreement``)."""
+    limit = plan.rel_l2_limit(recipe)
+    if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
+        return f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} (limit {limit:g})"
+    agree = ver.get("label_agreement_vs_fp32")
+    if agree is not None and agree < recipe.min_label_agreement:
+        return (f"{recipe.name} class maps agree with FP32 on {agree:.3%} of the verification pixels (floor "
+                f"{recipe.min_label_agreement:.0%}): the graph is broken, not a lower-precision copy (a calibration "
+                "cache from elsewhere? delete the calib_*.json beside it)")
+    return None
+
+
 def derive(plan: ExportPlan, recipe: PrecisionRecipe, fp32: Artifact, ref: np.ndarray, options: RecipeOptions,
            evaluator: Any, artifacts: list[Artifact], log: Log) -> dict[str, Any] | None:
     """One recipe's step: FP32 graph -> the recipe's graph (+ the accuracy budget for INT8), checked, verified
@@ -111,7 +127,8 @@ def derive(plan: ExportPlan, recipe: PrecisionRecipe, fp32: Artifact, ref: np.nd
     ``artifacts``. Returns the calibration record the recipe made (None when it did not calibrate).
 
     Raises:
-        ExportError: the graph is outside the recipe's limit against FP32, or outputs inf / NaN.
+        ExportError: the graph is outside the recipe's limits against FP32 (relative L2, the agreement floor) or
+            outputs inf / NaN; it is then removed.
     """
     cfg = plan.cfg
     t0 = time.perf_counter()
@@ -123,11 +140,15 @@ def derive(plan: ExportPlan, recipe: PrecisionRecipe, fp32: Artifact, ref: np.nd
     manifest.target = recipe.target or manifest.target
     manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
     finalize(model, made.path, manifest, str(manifest.target or cfg.target))
-    ver, outputs = _compare(made.path, manifest, plan.frames, ref, recipe.name)
-    limit = plan.rel_l2_limit(recipe)
-    if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
-        raise ExportError(f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} "
-                          f"(limit {limit:g})")
+    try:
+        ver, outputs = _compare(made.path, manifest, plan.frames, ref, recipe.name)
+        problem = _verification_problem(plan, recipe, ver)
+        if problem is not None:
+            raise ExportError(f"{made.path.name}: {problem}; not kept")
+    except ExportError:  # a graph that failed its verification is never left behind as if it were a result
+        for f in (made.path, manifest_path(made.path)):
+            f.unlink(missing_ok=True)
+        raise
     manifest.extra = {**manifest.extra, "verification": ver}
     write_manifest(made.path, manifest)
     artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver, outputs))
@@ -190,9 +211,17 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
         ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input (before writing).
         ExportError, CompatibilityError, PrecisionError: a graph that does not meet its contract.
         Interrupted: Ctrl-C; the message lists the artifacts complete so far (nothing is half-written).
+        RunLocked: another run is writing into the output folder.
+        StorageError: the disk filled (the artifacts written before stay; none is half-written).
     """
     log = log or (lambda _msg: None)
     plan = plan_export(checkpoint, cfg)
+    with run_lock(plan.out_dir, "export"):  # a second export into the folder is refused in one line
+        return _export(plan, log)
+
+
+def _export(plan: ExportPlan, log: Log) -> ExportResult:
+    """:func:`export_model`'s steps, once the output folder is held."""
     cfg = plan.cfg  # as resolved (a QAT checkpoint fixes its recipe and target)
     artifacts: list[Artifact] = []
     try:

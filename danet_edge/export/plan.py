@@ -18,6 +18,7 @@ import numpy as np
 from ..core.config import CALIB_DIR, CALIB_IMAGES
 from ..core.errors import CheckpointError, ConfigError, MissingDependencyError
 from ..data.calib import CalibrationSet, load_calibration_set
+from ..core.utils import ensure_output_names
 from ..model.checkpoint import LoadedModel, load_model
 from .budget import BudgetImages, budget_images, export_images
 from .config import ExportConfig
@@ -52,6 +53,16 @@ class ExportPlan:
     frames: list[np.ndarray]
     warnings: list[str] = field(default_factory=list)
     build_engine: Callable[..., Any] | None = None
+
+    def output_names(self) -> tuple[list[str], list[str]]:
+        """``(files, folders)`` the export writes in ``out_dir``: each graph and its ``.json`` sidecar, the
+        engines (``--engine``) and the reference bundle's folder (calibration caches have their own names)."""
+        graphs = ["model.onnx", *(r.file_name for r in self.recipes)]
+        files = [*graphs, *(g + ".json" for g in graphs)]
+        if self.cfg.engine:
+            engines = [str(Path(g).with_suffix(".engine")) for g in graphs]
+            files += [*engines, *(e + ".json" for e in engines)]
+        return files, (["reference"] if self.bundle_set is not None else [])
 
     def rel_l2_limit(self, recipe: PrecisionRecipe) -> float | None:
         """The relative-L2 limit of ``recipe``'s graph against FP32: ``--fp16-tolerance`` for an FP16 graph
@@ -129,7 +140,8 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     """Check everything ``cfg`` and the checkpoint ask for and return the plan; writes nothing.
 
     Raises:
-        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input.
+        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input, an output name
+            taken by a folder.
     """
     cfg.validate()
     ckpt = Path(checkpoint)
@@ -148,5 +160,8 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     build_engine = _engine_builder() if cfg.engine else None
     frames = list(calib_set.frames())[:verify] if calib_set is not None else synthetic_frames(verify, (h, w), cfg.seed)
 
-    return ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
+    plan = ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
                       frames, [], build_engine)
+    files, folders = plan.output_names()
+    ensure_output_names(plan.out_dir, "--out", files, folders)  # a name taken by a folder: refused before work
+    return plan

@@ -40,7 +40,7 @@ from ..core.choices import CALIB_METHODS, DEFAULT_CALIB_METHOD, TARGETS
 from ..core.errors import CalibrationError, ConfigError, DataError
 from ..model.config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.progress import track
-from ..core.utils import atomic_path, read_json, write_json
+from ..core.utils import atomic_path, read_json, sha256_file, write_json
 from .qdq_fp16 import _fp16_outside_qdq
 from ..graph.precision import producers
 
@@ -108,7 +108,7 @@ def calibration_chunk(batches: int, max_chunk: int = CALIB_CHUNK) -> int:
 @dataclass
 class Int8Result:
     """What ``quantize_int8`` wrote: the Q/DQ graph, the calibration record (JSON dict and file),
-    the ORT ranges cache, and whether the ranges were reused."""
+    the ORT ranges cache, whether the ranges were reused, and why a cache was refused (then recalibrated)."""
 
     path: Path
     record: dict[str, Any]
@@ -116,6 +116,7 @@ class Int8Result:
     ranges_path: Path
     reused: bool = False
     seconds: float = 0.0
+    cache_refused: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -232,7 +233,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
                   "ranges_cache": ranges_path.name}
     if method == "percentile" and ranges is None:
         record["percentile"] = percentile
-    reused = False
+    reused, cache_note = False, None
     if ranges is None and record_path.is_file() and ranges_path.is_file():
         try:
             old = read_json(record_path)
@@ -241,6 +242,9 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         reused = isinstance(old, dict) and all(old.get(k) == record[k] for k in
                                                ("graph_sha256", "method", "seed", "images", "include_attention",
                                                 "residual_add"))
+        if reused:
+            cache_note = ranges_cache_problem(ranges_path, old, model)
+            reused = cache_note is None
     op_types = ["Conv", "MatMul"] if include_attention else ["Conv"]
     nodes_to_exclude = []
     if include_attention:  # only the attention MatMuls are MatMuls in DANet, but be explicit
@@ -273,9 +277,14 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         elif ranges is not None:
             _write_ranges(tmp_ranges, ranges)
         tmp_out = Path(tmp) / "int8.onnx"
+        src = Path(tmp) / "model.onnx"  # ORT writes "<input>-inferred.onnx" beside its input: here, not in --out
+        try:
+            os.link(onnx_path, src)
+        except OSError:
+            shutil.copyfile(onnx_path, src)
         try:
             with _quiet():
-                quantize_static(str(onnx_path), str(tmp_out), reader, quant_format=QuantFormat.QDQ,
+                quantize_static(str(src), str(tmp_out), reader, quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=op_types, nodes_to_exclude=nodes_to_exclude,
                                 per_channel=True, activation_type=act_type, weight_type=QuantType.QInt8,
                                 calibrate_method=_method_enum("minmax" if ranges is not None else method),
@@ -294,13 +303,65 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         enforce_tensorrt_compat(qmodel, target, required_tensorrt(qmodel))
         with atomic_path(out) as dst:
             onnx.save(qmodel, str(dst))
-        if not reused and ranges is None:
-            with atomic_path(ranges_path) as dst:
-                shutil.copyfile(tmp_ranges, dst)
+        if ranges is None:
+            problem = ranges_cache_problem(tmp_ranges, None, model)
+            if problem is not None:  # ranges ORT measured itself: a model whose activations overflow float32
+                raise CalibrationError(f"INT8 calibration of {onnx_path} measured unusable ranges: {problem}")
+            record["ranges_sha256"] = sha256_file(tmp_ranges)
+            if not reused:
+                with atomic_path(ranges_path) as dst:
+                    shutil.copyfile(tmp_ranges, dst)
     if ranges is None:
         write_json(record_path, record)
     record = {**record, "high_precision": high_precision, "residual_adds": len(residual), **scale_stats}
-    return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0)
+    return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0, cache_note)
+
+
+#: Largest activation range a calibration cache may hold (absolute value). A float32 network's activations are
+#: far below it; a cache that holds more was not measured on this graph (a poisoned or corrupt cache) and would
+#: give scales that round every activation to zero.
+RANGE_LIMIT = 1e9
+
+
+def ranges_cache_problem(path: Path, record: dict[str, Any] | None, model: onnx.ModelProto) -> str | None:
+    """Why the ranges cache at ``path`` (ONNX Runtime's ``TensorsData`` JSON) must not be used for ``model``, or
+    None when it may: its SHA-256 differs from the one ``record`` (the calibration record) holds, it is not the
+    expected JSON, a tensor it names is not in the graph, or a range is not finite, beyond :data:`RANGE_LIMIT` or
+    has lowest > highest. Untrusted input: read with the size limit of ``utils.read_json``."""
+    if record is not None and record.get("ranges_sha256") != sha256_file(path):
+        return "its SHA-256 is not the one its record holds (changed since it was written)"
+    try:
+        data = read_json(path, max_bytes=256 * 2**20)
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    entries = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        return "no ranges in it"
+    names = {t for n in model.graph.node for t in (*n.input, *n.output)} | {i.name for i in model.graph.input}
+    for name, entry in entries.items():
+        if name not in names:
+            return f"tensor {name!r} is not in the graph"
+        if not isinstance(entry, dict):
+            return f"tensor {name!r}: not a range"
+        try:
+            lo_f, hi_f = _cached_number(entry.get("lowest")), _cached_number(entry.get("highest"))
+        except (TypeError, ValueError, IndexError):
+            return f"tensor {name!r}: its range is not a number"
+        if not (np.isfinite(lo_f) and np.isfinite(hi_f)) or max(abs(lo_f), abs(hi_f)) > RANGE_LIMIT or lo_f > hi_f:
+            return f"tensor {name!r}: range {lo_f:g}..{hi_f:g} is not finite, beyond {RANGE_LIMIT:g} or reversed"
+    return None
+
+
+def _cached_number(value: Any) -> float:
+    """A range end as ONNX Runtime stores it (a number, or ``{"CLS": "numpy.array", "data": ...}``), as a float.
+
+    Raises:
+        TypeError, ValueError, IndexError: not a number."""
+    if isinstance(value, dict):
+        value = value.get("data")
+    if isinstance(value, bool) or value is None:
+        raise TypeError(f"{value!r} is not a number")
+    return float(np.asarray(value, np.float64).reshape(-1)[0])
 
 
 def _write_ranges(path: Path, ranges: dict[str, tuple[float, float]]) -> None:

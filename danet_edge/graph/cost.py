@@ -27,13 +27,15 @@ here and only a device shows them.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
 from onnx import TensorProto
 
-__all__ = ["NodeCost", "GraphCost", "GpuTarget", "JETSON_TARGETS", "graph_cost", "node_precisions",
+__all__ = ["load_cost_graph", "NodeCost", "GraphCost", "GpuTarget", "JETSON_TARGETS", "graph_cost", "node_precisions",
            "LAYOUT_OPS", "FLOAT_DTYPES", "WEIGHTED_OPS", "format_cost", "tensor_info"]
 
 #: Ops that move or relabel data and compute nothing (excluded from precision counts).
@@ -304,3 +306,31 @@ def format_cost(cost: GraphCost | dict[str, Any], targets: tuple[str, ...] | Non
             lines.append(f"estimated lower bound on {name}: {b['bound_ms']:.2f} ms "
                          f"(compute {b['compute_ms']:.2f}, memory {b['memory_ms']:.2f})")
     return lines
+
+
+def load_cost_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX graph for costing (weights not loaded): a static-shape graph with nodes, else a refusal.
+
+    Raises:
+        DataError: missing, empty (0 bytes), unreadable, no nodes, or an input or output with a dynamic or unknown
+            dimension (a dynamic batch cannot be costed without guessing it: export with a fixed ``--batch``).
+    """
+    from ..core.errors import DataError
+    from .trtcheck import is_static
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not an ONNX graph")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for a bad file
+        raise DataError(f"{path}: not a readable ONNX graph ({type(e).__name__})") from None
+    if not model.graph.node:
+        raise DataError(f"{path}: not an ONNX graph (no nodes)")
+    for v in (*model.graph.input, *model.graph.output):
+        if not is_static(v.type):
+            raise DataError(f"{path}: {v.name!r} has a dynamic or unknown dimension; cost needs static shapes "
+                            "(export with a fixed --batch and --imgsz)")
+    return model

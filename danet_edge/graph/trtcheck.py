@@ -89,7 +89,8 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _static(t: onnx.TypeProto) -> bool:
+def is_static(t: onnx.TypeProto) -> bool:
+    """Whether a value's type is a tensor with a shape of fixed positive dims (no ``dim_param``, no unknown)."""
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return False
     return all(d.HasField("dim_value") and d.dim_value > 0 for d in t.tensor_type.shape.dim)
@@ -142,11 +143,11 @@ def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (1
         return v.type.tensor_type.elem_type if v is not None and v.type.HasField("tensor_type") else None
 
     for v in list(g.input) + list(g.output):
-        if not _static(v.type):
+        if not is_static(v.type):
             out.append(Violation(v.name, "graph input/output", "static shapes",
                                  f"tensor {v.name!r} has a dynamic or unknown dimension"))
     for v in g.value_info:
-        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape") and not _static(v.type):
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape") and not is_static(v.type):
             out.append(Violation(v.name, "tensor", "static shapes", f"tensor {v.name!r} has a dynamic dimension"))
     for name, init in inits.items():
         if init.data_type == TensorProto.DOUBLE:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..core.config import option, Config
 from ..core.errors import ConfigError
 
-__all__ = ['DEFAULT_QUEUE', 'InferConfig', 'LOW_LATENCY_QUEUE', 'STAGES', 'default_threads']
+__all__ = ['DEFAULT_QUEUE', 'InferConfig', 'LOW_LATENCY_QUEUE', 'STAGES', 'VIDEO_RESERVE_MIB', 'default_threads']
 
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
@@ -23,6 +23,11 @@ DEFAULT_QUEUE = 1
 
 
 LOW_LATENCY_QUEUE = 1
+
+#: Free space (MiB) the overlay video leaves on its file system: writing stops there and the file is closed, so
+#: a disk that fills keeps a playable video (an MP4 cut short has no index). A closed MP4's index is about 20
+#: bytes a frame; the rest covers the encoder's queued frames and what other writers take meanwhile.
+VIDEO_RESERVE_MIB = 16.0
 
 
 def default_threads() -> int:

@@ -32,8 +32,8 @@ from ..core.errors import ConfigError, DataError, Interrupted
 from ..core.manifest import Manifest
 from ..core.optional import import_cv2
 from ..core.progress import task
-from ..core.utils import write_json
-from ..runtime.backends import Backend, backend_spec, open_backend
+from ..core.utils import ensure_output_names, run_lock, write_json
+from ..runtime.backends import Backend, backend_spec, check_backend_opens, open_backend
 from .config import InferConfig, default_threads
 from .render import VideoOut
 from .results import InferSummary, SourceBroken
@@ -77,55 +77,61 @@ def run_pipeline(backend: Backend, source: FrameSource, cfg: InferConfig, model_
                            source_fps=source.fps, batch=batch, compare=None if other is None else other_name,
                            queue_size=cfg.queue_frames, threads=cfg.threads, low_latency=cfg.low_latency,
                            decoder=getattr(source, "decoder", None))
-    if cfg.show:
-        _open_window(cv2)
     suffix = "overlay" if other is None else "compare"
-    # the encoder probe runs here, before any thread starts (it silences stderr for a moment)
-    video = VideoOut(out_dir / f"{stem}_{suffix}.mp4", source.fps) if cfg.save_video else None
-    names = (Path(model_name).name, manifest.precision, Path(other_name).name,
-             None if other is None else other.manifest.precision)
-    stats, stop = RunStats(), threading.Event()
-    decoder = Decoder(source, cfg, stats, stop)
-    model = ModelStage(backend, other, cfg.letterbox, stats)
-    encoder = Encoder(cfg, manifest, video, out_dir, source.names, names, stats, stop)
-    total = source.frame_count if cfg.max_frames is None else min(source.frame_count or cfg.max_frames, cfg.max_frames)
-    bar = contextlib.ExitStack()  # a progress bar on a terminal (``progress.task``), none otherwise
-    advance = bar.enter_context(task(f"infer {source.name}", total))
-    t_run = stats.start = time.perf_counter()
-    decoder.start()
-    encoder.start()
-    try:
-        done = False
-        while not done and not stop.is_set():
-            items, done = decoder.take(batch)
-            if not items:
-                break
-            results = model(items)
-            advance(len(items))
-            if not all(encoder.put(r) for r in results):
-                break
-    except KeyboardInterrupt:
-        summary.interrupted = True  # the outputs are closed below, then Interrupted says what they hold
-    finally:
-        stop.set()  # the decoder gives up its pending put; the encoder still drains what is queued
-        decoder.join()
-        encoder.finish()
-        bar.close()
-        stats.fill(summary, time.perf_counter() - t_run)
-        _close(summary, cfg, video, out_dir, other is not None, source.broken)
+    video_path = out_dir / f"{stem}_{suffix}.mp4"
+    ensure_output_names(out_dir, "--out", ["summary.json", *([video_path.name] if cfg.save_video else [])],
+                        ["labels", *(["labels_compare"] if other is not None else [])] if cfg.save_labels else [])
+    with run_lock(out_dir, "infer"):  # a second infer into the folder is refused in one line
         if cfg.show:
-            cv2.destroyAllWindows()
-    if summary.interrupted:
-        kept = [summary.outputs[k] + (" playable" if k == "video" else "") for k in ("video", "labels", "summary")
-                if k in summary.outputs]
-        raise Interrupted(f"interrupted after {summary.frames} frames: {', '.join(kept)}")
-    for error in (decoder.error, encoder.error):
-        if error is not None:
-            raise error
-    if summary.broken:
-        kept = f"; the {summary.frames} frames before the break are in {summary.outputs.get('video', out_dir)}"
-        raise SourceBroken(summary.broken + kept, summary)
-    return summary
+            _open_window(cv2)
+        # the encoder probe runs here, before any thread starts (it silences stderr for a moment)
+        video = VideoOut(video_path, source.fps) if cfg.save_video else None
+        names = (Path(model_name).name, manifest.precision, Path(other_name).name,
+                 None if other is None else other.manifest.precision)
+        stats, stop = RunStats(), threading.Event()
+        decoder = Decoder(source, cfg, stats, stop)
+        model = ModelStage(backend, other, cfg.letterbox, stats)
+        encoder = Encoder(cfg, manifest, video, out_dir, source.names, names, stats, stop)
+        total = source.frame_count if cfg.max_frames is None else \
+            min(source.frame_count or cfg.max_frames, cfg.max_frames)
+        bar = contextlib.ExitStack()  # a progress bar on a terminal (``progress.task``), none otherwise
+        advance = bar.enter_context(task(f"infer {source.name}", total))
+        t_run = stats.start = time.perf_counter()
+        decoder.start()
+        encoder.start()
+        try:
+            done = False
+            while not done and not stop.is_set():
+                items, done = decoder.take(batch)
+                if not items:
+                    break
+                results = model(items)
+                advance(len(items))
+                if not all(encoder.put(r) for r in results):
+                    break
+        except KeyboardInterrupt:
+            summary.interrupted = True  # the outputs are closed below, then Interrupted says what they hold
+        finally:
+            stop.set()  # the decoder gives up its pending put; the encoder still drains what is queued
+            decoder.join()
+            encoder.finish()
+            bar.close()
+            stats.fill(summary, time.perf_counter() - t_run)
+            _close(summary, cfg, video, out_dir, other is not None, source.broken)
+            if cfg.show:
+                cv2.destroyAllWindows()
+        if summary.interrupted:
+            kept = [summary.outputs[k] + (" playable" if k == "video" else "")
+                    for k in ("video", "labels", "summary") if k in summary.outputs]
+            raise Interrupted(f"interrupted after {summary.frames} frames: {', '.join(kept)}")
+        for error in (decoder.error, encoder.error):
+            if error is not None:
+                raise error
+        if summary.broken:
+            kept = f"; the {summary.frames} frames before the break are in " \
+                   f"{summary.outputs.get('video', out_dir)}"
+            raise SourceBroken(summary.broken + kept, summary)
+        return summary
 
 
 def _close(summary: InferSummary, cfg: InferConfig, video: VideoOut | None, out_dir: Path, compare: bool,
@@ -158,7 +164,7 @@ def run_inference(model_path: str | os.PathLike[str], source: str | int | os.Pat
     cfg.validate()
     check_threads("--threads", cfg.threads, 0)  # the machine's bound (a stage check, not the config's)
     import_cv2()  # a missing OpenCV fails when infer starts, before a model or a camera is opened
-    spec = backend_spec(model_path, cfg.backend)  # cheap model checks before opening a camera or a file
+    spec = check_backend_opens(model_path, cfg.backend)  # cheap model checks before a camera or a file opens
     if not Path(model_path).is_file():
         raise DataError(f"{model_path}: model file not found")
     threads = cfg.threads

@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image
 
 from ..core.optional import import_cv2
-from ..core.errors import DataError
-from ..core.utils import atomic_path
+from ..core.errors import DataError, StorageError
+from ..core.utils import atomic_path, free_bytes
+from .config import VIDEO_RESERVE_MIB
 from .videoio import VideoEncoder, open_writer, read_fourcc, video_encoders
 
 __all__ = ["overlay", "save_label_png", "VideoOut", "LegendLayout", "legend_layout", "draw_legend", "draw_stamp",
@@ -210,8 +211,8 @@ class VideoOut:
     """
 
     def __init__(self, path: Path, fps: float, encoders: Sequence[VideoEncoder] | None = None,
-                 notes: Sequence[tuple[int, str]] | None = None) -> None:
-        self.path, self.fps = path, fps
+                 notes: Sequence[tuple[int, str]] | None = None, reserve_mib: float = VIDEO_RESERVE_MIB) -> None:
+        self.path, self.fps, self.reserve = path, fps, int(reserve_mib * 2**20)
         self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         if encoders is None:
             encoders, notes = video_encoders()
@@ -223,9 +224,33 @@ class VideoOut:
         self.size: tuple[int, int] | None = None
         self.frames = 0
 
+    def _room(self) -> None:
+        """Refuse the next frame when the file system is nearly full: an encoder does not report a failed write,
+        and a file cut short has no index (an MP4 without its ``moov`` box plays nothing). So writing stops while
+        ``reserve`` bytes (plus 64 frames at the mean encoded size so far) are still free, and the video is closed
+        there: playable up to its last frame.
+
+        Raises:
+            StorageError: the file system holding the video has less room than that.
+        """
+        free = free_bytes(self.path.parent)
+        written = self.tmp.stat().st_size if self.frames and self.tmp.exists() else 0
+        need = self.reserve + 64 * (written // max(self.frames, 1))
+        if free is None or free >= need:
+            return
+        kept = self.close()
+        where = f"the {self.frames} frames before are in {kept}, playable" if kept else "no frame was written"
+        raise StorageError(f"{self.path.parent}: the disk is nearly full ({free / 2**20:.1f} MiB free; the video "
+                           f"keeps {need / 2**20:.0f} MiB free to close its file): {where}")
+
     def write(self, rgb: np.ndarray) -> None:
-        """Append one ``(H, W, 3) uint8 RGB`` frame (resized to the first frame's size when it differs)."""
+        """Append one ``(H, W, 3) uint8 RGB`` frame (resized to the first frame's size when it differs).
+
+        Raises:
+            StorageError: the disk is nearly full (:meth:`_room`); the video is closed and keeps the frames before.
+        """
         cv2 = import_cv2()
+        self._room()
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
@@ -240,9 +265,10 @@ class VideoOut:
         self.frames += 1
 
     def close(self) -> Path | None:
-        """Finish the file, give it its name and read its codec back; None when no frame was written."""
+        """Finish the file, give it its name and read its codec back; None when no frame was written. Closing a
+        closed video returns its path again."""
         if self.writer is None:
-            return None
+            return self.path if self.frames and self.path.exists() else None
         self.writer.release()
         self.writer = None
         if self.frames == 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..core.config import Config, check_choice, check_range, option
+from ..core.config import Config, check_choice, check_image_size, check_range, option
 from ..core.errors import ConfigError
 from .forms import ATTENTION_IMPLS, AttentionImpl
 
@@ -92,5 +92,4 @@ class ImportConfig(Config):
     def validate(self) -> None:
         check_choice("output stride", self.output_stride, (8, 16))  # type: ignore[arg-type]
         check_choice("--dataset", self.dataset, ("camvid", "cityscapes"), optional=True)
-        if self.image_size is not None and len(self.image_size) != 2:
-            raise ConfigError("--imgsz takes two numbers: H W")
+        check_image_size("--imgsz", self.image_size)

@@ -28,6 +28,7 @@ worker raised. Ctrl-C raises ``errors.Interrupted`` saying which epoch ``last.pt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -50,7 +51,7 @@ from .config import TrainConfig
 from ..model.danet import build_model
 from ..model.backbone import check_backbone
 from ..model.weights import load_backbone_weights
-from ..core.utils import write_json
+from ..core.utils import append_line, ensure_output_names, run_lock, write_json
 from .memory import _check_memory
 from .loader_errors import _worker_errors
 from .state import rng_state, seed_all, seek_schedule, set_rng_state, trim_metrics
@@ -116,8 +117,14 @@ def train(cfg: TrainConfig, qat_record: dict[str, Any] | None = None) -> Path:
     if cfg.amp and not torch.cuda.is_available():
         raise ConfigError("--amp needs a CUDA GPU (none found)")
     out = Path(cfg.out_dir)
-    check_run_dir(cfg)
     main = os.environ.get("RANK", "0") == "0"  # under torchrun every process runs this; rank 0 writes
+    with run_lock(out, "train") if main else contextlib.nullcontext():  # a second run into OUT is refused
+        check_run_dir(cfg)
+        return _train_locked(cfg, out, main, qat_record)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, main: bool, qat_record: dict[str, Any] | None) -> Path:
+    """:func:`train` once its output folder is held."""
     saved: dict[str, int] = {}
     try:
         # Build and check the data sets once here so that bad data fails before any process starts.
@@ -149,6 +156,7 @@ def check_run_dir(cfg: TrainConfig) -> None:
         ConfigError: one line saying which.
     """
     out = Path(cfg.out_dir)
+    ensure_output_names(out, "--out", files=_WRITTEN)
     if cfg.resume and not (out / "last.pt").is_file():
         raise ConfigError(f"--resume: no {out / 'last.pt'} to continue from")
     if not cfg.resume and not cfg.exist_ok:
@@ -304,8 +312,8 @@ def _run(ctx: DistContext, cfg: TrainConfig, saved: dict[str, int] | None = None
         if cfg.qat is not None:
             payload["qat"] = model.qat.record(learned=True, epochs=record["epoch"] + 1)
         if validated:
-            with open(out / "metrics.jsonl", "a") as f:  # before last.pt: a resume trims what last.pt lacks
-                f.write(json.dumps(record) + "\n")
+            append_line(out / "metrics.jsonl", json.dumps(record))  # before last.pt: a resume trims what
+            # last.pt lacks; a full disk leaves no half line
             if improved or not (out / "best.pt").exists():
                 save_checkpoint(out / "best.pt", payload)
         save_checkpoint(out / "last.pt", payload)
