@@ -7,12 +7,16 @@ https://docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinf
   planar data" computed as ``y = net-scale-factor * (x - offsets[c])`` (x the 8-bit pixel). A fused-I/O graph
   (``(N, H, W, 3) uint8`` in) cannot be fed that way: it is refused here (``export --logits`` writes the
   float NCHW graph; Triton, ``triton.py``, takes the fused graph as it is).
-* **Normalisation.** ``net-scale-factor`` is ONE number for all channels; ``offsets`` is per channel. The
-  graph's ``(x/255 - mean_c) / std_c`` with a per-channel ``std`` therefore cannot be written exactly:
-  :func:`single_scale_normalisation` picks the scale that minimises the worst error over the 256 pixel values
-  and :func:`normalisation_error` says what it costs. ImageNet mean/std: scale 1/(255 x 0.2264), worst error
-  0.0258 and mean 0.0106 in normalised units (about 1.5 grey levels at worst; ``1/(255 mean(std))`` gives 0.0299
-  and 0.0099); ``tests/test_deploy.py`` measures the label change this causes on an exported graph.
+* **Normalisation.** ``net-scale-factor`` is ONE number for all channels (``offsets`` is per channel), so the
+  per-channel ``(x/255 - mean_c) / std_c`` cannot be nvinfer's. It goes into the graph instead: nvinfer is told
+  ``net-scale-factor=1/255`` and ``offsets=0;0;0`` (it hands over ``x/255``), and the graph written here
+  (:func:`nvinfer_graph`) starts with ``Mul(255) -> Round`` (back to the integer pixel value x: in float32
+  ``(x * 1/255) * 255`` misses x by one ulp for 126 of the 256 values, Round makes it x again, FP16 too) and
+  then the fused-I/O graph's own ``Sub(255 mean) -> Mul(1 / (255 std))`` (``export.graph_io.normalisation_nodes``,
+  the same float32 constants). From there on it computes bit for bit what the fused graph computes after its
+  ``Cast``: exact, same rounding. Not folded into the first convolution: its zero padding is zero in normalised
+  units, which is the mean, not 0, in pixel units, so borders would change. ``tests/test_deploy.py`` and
+  ``benchmarks/deepstream_normalisation.py`` compare both graphs' class maps and logits.
 * **Output.** ``network-type=2`` (segmentation) turns a ``(K, H, W)`` output into a class map: a pixel takes
   the channel with the largest value *only if that value is above -1 and above* ``segmentation-threshold``
   ("If confidence is less than this threshold, class output for that pixel is -1"; in DeepStream's
@@ -20,7 +24,8 @@ https://docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinf
   confidences, so the graph written here is the logits graph with a ``Softmax`` over the classes appended
   (:func:`nvinfer_graph`, output ``scores``): argmax is unchanged and every winning score is >= 1/K > 0.
   ``output-tensor-meta=1`` also attaches the raw scores for code that wants them. An engine is taken only when
-  ``danet-edge build`` made it from such a ``.deepstream.onnx`` (its manifest records the Softmax tail).
+  ``danet-edge build`` made it from such a ``.deepstream.onnx`` (its manifest records the Softmax tail and the
+  normalisation head).
 
 Every key written is in :data:`NVINFER_PROPERTIES`, the ``[property]`` keys of DeepStream's own parser
 (``gstnvinfer_property_parser.h``: https://docs.nvidia.com/metropolis/deepstream/dev-guide/sdk-api/gstnvinfer__property__parser_8h.html);
@@ -44,9 +49,8 @@ from ..core.errors import ConfigError, ExportError
 from ..core.onnx_meta import METADATA_KEY
 from ..core.manifest import OutputKind, manifest_json, manifest_path
 
-__all__ = ["DeepStreamConfig", "DeepStreamResult", "write_nvinfer_config", "nvinfer_graph",
-           "single_scale_normalisation", "normalisation_error", "nvinfer_input", "NVINFER_PROPERTIES",
-           "NVINFER_DOC_URL",
+__all__ = ["DeepStreamConfig", "DeepStreamResult", "write_nvinfer_config", "nvinfer_graph", "nvinfer_input",
+           "NET_SCALE_FACTOR", "OFFSETS", "NVINFER_PROPERTIES", "NVINFER_DOC_URL",
            "NVINFER_PROPERTY_PARSER_URL", "NETWORK_MODE", "CONFIG_NAME", "LABELS_NAME", "parse_nvinfer_config"]
 
 NVINFER_DOC_URL = "https://docs.nvidia.com/metropolis/deepstream/dev-guide/text/DS_plugin_gst-nvinfer.html"
@@ -88,6 +92,12 @@ NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}
 CONFIG_NAME = "config_infer_primary.txt"
 LABELS_NAME = "labels.txt"
 SCORES = "scores"
+#: What nvinfer is told (NVINFER_DOC_URL, "net-scale-factor", "offsets"): it hands the graph ``x/255`` per channel,
+#: the graph does the per-channel normalisation (:func:`nvinfer_graph`).
+NET_SCALE_FACTOR = 1.0 / 255.0
+OFFSETS = [0.0, 0.0, 0.0]
+_PIXELS = "deepstream_pixels"  # the head's tensors: x*255, rounded; then normalised
+_NORMALISED = "deepstream_normalised"
 
 
 @dataclass
@@ -110,13 +120,12 @@ class DeepStreamConfig(Config):
 
 @dataclass
 class DeepStreamResult:
-    """What :func:`write_nvinfer_config` wrote and the normalisation it had to approximate.
+    """What :func:`write_nvinfer_config` wrote.
 
     Attributes:
         folder: the output folder; ``config``, ``labels``, ``model``: the files in it.
-        net_scale_factor, offsets: as written (``offsets`` in 0..255 pixel units, RGB).
-        normalisation_error: ``{"max_abs", "mean_abs"}`` of the approximated normalised input against the
-            exact one over the 256 pixel values of each channel (normalised units).
+        net_scale_factor, offsets: as written (:data:`NET_SCALE_FACTOR`, :data:`OFFSETS`: ``offsets`` in 0..255
+            pixel units, RGB); the graph normalises per channel itself.
         notes: what the user must know (one line each).
     """
 
@@ -126,74 +135,63 @@ class DeepStreamResult:
     model: Path
     net_scale_factor: float
     offsets: list[float]
-    normalisation_error: dict[str, float]
     notes: list[str] = field(default_factory=list)
 
 
-def single_scale_normalisation(mean: Any, std: Any) -> tuple[float, list[float]]:
-    """The best ``net-scale-factor`` and the exact ``offsets`` for ``(x/255 - mean_c) / std_c`` on 8-bit x.
+def nvinfer_input(images: np.ndarray, net_scale_factor: float, offsets: Any) -> np.ndarray:
+    """What nvinfer hands TensorRT for frames already at the network size (a numpy emulation).
 
-    Exact per channel would be ``offsets_c = 255 mean_c`` and scale ``a_c = 1 / (255 std_c)``. With one scale
-    ``k`` the error on channel c is ``|x - 255 mean_c| * |k - a_c|``, largest at ``x = 0`` or ``255``; ``k`` is
-    chosen to minimise the largest of these over the three channels (minimax; with equal ``std`` it is exact).
-
-    Returns:
-        ``(net_scale_factor, offsets)``.
-    """
-    mean_a, std_a = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    a = 1.0 / (255.0 * std_a)
-    reach = np.maximum(255.0 * mean_a, 255.0 - 255.0 * mean_a)  # the largest |x - offset| per channel
-    candidates = list(a)
-    for i in range(len(a)):  # the minimax lies where two channels' error lines cross, or at some a_c
-        for j in range(i + 1, len(a)):
-            candidates.append((reach[i] * a[i] + reach[j] * a[j]) / (reach[i] + reach[j]))
-    worst = [float(np.max(reach * np.abs(k - a))) for k in candidates]
-    k = float(candidates[int(np.argmin(worst))])
-    return k, [float(v) for v in 255.0 * mean_a]
-
-
-def normalisation_error(mean: Any, std: Any, net_scale_factor: float, offsets: Any,
-                        pixels: np.ndarray | None = None) -> dict[str, float]:
-    """How far nvinfer's ``net_scale_factor * (x - offsets_c)`` is from the exact ``(x/255 - mean_c)/std_c``.
+    Gst-nvinfer: "final float RGB/BGR/GRAY planar data" ``y = net-scale-factor * (x - offsets[c])``
+    (NVINFER_DOC_URL, "Gst-nvinfer"), computed in float32: ``float32(net_scale_factor) * (float32(x) -
+    float32(offsets_c))``.
 
     Args:
-        pixels: ``(..., 3)`` uint8 RGB values to measure on (images); default every value 0..255 per channel.
+        images: ``(N, H, W, 3)`` uint8 RGB frames (``model-color-format=0``), pixel values 0..255.
+        net_scale_factor: nvinfer's ``net-scale-factor`` (:data:`NET_SCALE_FACTOR` for the graphs written here).
+        offsets: three per-channel offsets in 0..255 pixel units, RGB (:data:`OFFSETS` here).
 
     Returns:
-        ``{"max_abs", "mean_abs"}`` in normalised units (1.0 = one standard deviation).
+        ``(N, 3, H, W) float32``, planar (NCHW), C-contiguous.
     """
-    mean_a, std_a = np.asarray(mean, np.float64), np.asarray(std, np.float64)
-    off = np.asarray(offsets, np.float64)
-    x = (np.repeat(np.arange(256.0)[:, None], 3, axis=1) if pixels is None
-         else np.asarray(pixels, np.float64).reshape(-1, 3))
-    exact = (x / 255.0 - mean_a) / std_a
-    approx = net_scale_factor * (x - off)
-    err = np.abs(approx - exact)
-    return {"max_abs": float(err.max()), "mean_abs": float(err.mean())}
-
-
-def nvinfer_input(images: np.ndarray, net_scale_factor: float, offsets: Any) -> np.ndarray:
-    """What nvinfer hands TensorRT for ``(N, H, W, 3)`` uint8 RGB frames already at the network size:
-    ``net_scale_factor * (x - offsets_c)``, planar ``(N, 3, H, W) float32``."""
     x = np.asarray(images, np.float32) - np.asarray(offsets, np.float32)
     return np.ascontiguousarray((x * np.float32(net_scale_factor)).transpose(0, 3, 1, 2))
 
 
-def nvinfer_graph(model: Any) -> Any:
-    """A copy of a logits graph with ``Softmax`` over the classes appended (output ``scores``, same shape).
+def nvinfer_graph(model: Any, mean: Any, std: Any) -> Any:
+    """A copy of a logits graph that takes nvinfer's input and gives its segmentation parser class scores.
+
+    Head, on the ``(N, 3, H, W) float32`` input ``y = x/255`` (nvinfer with ``net-scale-factor=1/255``,
+    ``offsets=0;0;0``; x the 8-bit RGB pixel value): ``Mul(255) -> Round`` gives x back exactly (float32
+    ``(x * 1/255) * 255`` misses x by an ulp for 126 of the 256 values), then the fused-I/O graph's
+    ``Sub(255 mean) -> Mul(1 / (255 std))`` (:func:`~danet_edge.export.graph_io.normalisation_nodes`, the same
+    float32 constants), so the graph computes what ``fuse_io``'s graph computes after its Cast, bit for bit.
+    Tail: ``Softmax`` over the classes (output ``scores``, the logits' shape); see the module docstring.
+    Source: NVINFER_DOC_URL ("net-scale-factor", "offsets", "network-type", "segmentation-threshold").
+
+    Args:
+        model: a logits graph, one ``(N, 3, H, W)`` float32 input (normalised) and one ``(N, K, H, W)`` float32
+            output, static shapes, opset >= 13.
+        mean, std: the graph's per-channel RGB normalisation on ``x / 255`` (the manifest's).
 
     Raises:
-        ExportError: not one ``(N, K, H, W)`` float32 output, or opset < 13 (before 13, Softmax flattens the
-            trailing axes instead of normalising over the class axis).
+        ExportError: not one ``(N, 3, H, W)`` float32 input and one ``(N, K, H, W)`` float32 output, or
+            opset < 13 (before 13, Softmax flattens the trailing axes instead of normalising over the class axis).
     """
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ..export.graph_io import normalisation_nodes
 
     g = model.graph
     out = g.output[0] if len(g.output) == 1 else None
+    inp = g.input[0] if len(g.input) == 1 else None
     dims = [d.dim_value for d in out.type.tensor_type.shape.dim] if out is not None else []
+    idims = [d.dim_value for d in inp.type.tensor_type.shape.dim] if inp is not None else []
     if out is None or len(dims) != 4 or 0 in dims or out.type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ExportError("DeepStream needs a logits graph: one static (N, K, H, W) float32 output")
+    if (inp is None or len(idims) != 4 or idims[1] != 3 or 0 in idims
+            or inp.type.tensor_type.elem_type != TensorProto.FLOAT):
+        raise ExportError("DeepStream needs a logits graph: one static (N, 3, H, W) float32 input")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise ExportError(f"the graph has opset {opset}; the Softmax DeepStream's segmentation parser needs "
@@ -201,7 +199,20 @@ def nvinfer_graph(model: Any) -> Any:
     new = onnx.ModelProto()
     new.CopyFrom(model)
     g = new.graph
-    logits = g.output[0].name
+    name, logits = g.input[0].name, g.output[0].name
+    for node in g.node:
+        for i, x in enumerate(node.input):
+            if x == name:
+                node.input[i] = _NORMALISED
+    norm, inits = normalisation_nodes(_PIXELS, _NORMALISED, mean, std, prefix="deepstream",
+                                      centred="deepstream_centred")
+    g.initializer.extend([numpy_helper.from_array(np.full((1, 1, 1, 1), 255.0, np.float32), "deepstream_x255"),
+                          *inits])
+    head = [helper.make_node("Mul", [name, "deepstream_x255"], ["deepstream_x255_out"], name="/deepstream/Mul255"),
+            helper.make_node("Round", ["deepstream_x255_out"], [_PIXELS], name="/deepstream/Round"), *norm]
+    nodes = head + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
     g.node.append(helper.make_node("Softmax", [logits], [SCORES], axis=1, name="/deepstream/Softmax"))
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, dims))
@@ -210,6 +221,11 @@ def nvinfer_graph(model: Any) -> Any:
 
 def _fmt(v: float) -> str:
     return format(v, ".10g")
+
+
+def _fmt_exact(v: float) -> str:
+    """Shortest text that reads back as the same float64 (``1/255`` -> ``0.00392156862745098``)."""
+    return repr(float(v))
 
 
 def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -232,9 +248,17 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
         artifact: the graph or engine, with its manifest.
         out_dir: the folder to write (new, empty, or one this function wrote before).
 
+    The config tells nvinfer ``net-scale-factor=1/255`` and ``offsets=0;0;0`` (:data:`NET_SCALE_FACTOR`,
+    :data:`OFFSETS`); the graph normalises per channel itself (:func:`nvinfer_graph`), so DeepStream's input is
+    exactly the fused-I/O graph's. The ``.deepstream.onnx``'s manifest says so: ``mean`` 0 and ``std`` 1 (what a
+    host feeding it must do: ``x/255``), the graph's own mean/std under ``extra["deepstream"]
+    ["normalisation_in_graph"]``, beside ``net_scale_factor`` and ``offsets``.
+
     Raises:
-        ConfigError: a fused-I/O graph (uint8 NHWC input nvinfer cannot feed), a CPU-target INT8 graph, an engine
-            not built from a ``.deepstream.onnx``, a bad option, or an output folder that cannot be used.
+        ConfigError: a fused-I/O graph (uint8 NHWC input nvinfer cannot feed), a CPU-target INT8 graph, a graph
+            this function wrote already (``.deepstream.onnx``: its engine is what deploys), an engine not built
+            from a ``.deepstream.onnx`` of this version (one without the normalisation head would be fed
+            wrongly), a bad option, or an output folder that cannot be used.
         DataError, ManifestError: a missing artifact or a bad manifest.
         ExportError: a graph :func:`nvinfer_graph` cannot adapt or read.
     """
@@ -255,33 +279,44 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
     if m.precision.value not in NETWORK_MODE:
         raise ConfigError(f"{path.name}: no nvinfer network-mode for precision {m.precision}")
     engine = is_engine(path)
-    if engine and not (m.output_name == SCORES and "deepstream" in m.extra):
+    ds = m.extra.get("deepstream")
+    if engine and not (m.output_name == SCORES and isinstance(ds, dict)):
         raise ConfigError(f"{path.name}: an engine of the plain logits graph would be misread (nvinfer's segmentation "
                           "parser needs class scores): give the .onnx, or build the engine from the "
                           "<stem>.deepstream.onnx this command writes (danet-edge build DIR/<stem>.deepstream.onnx)")
-    scale, offsets = single_scale_normalisation(m.mean, m.std)
-    err = normalisation_error(m.mean, m.std, scale, offsets)
+    if engine and not isinstance(ds.get("normalisation_in_graph"), dict):
+        raise ConfigError(f"{path.name}: built from a .deepstream.onnx of an older danet-edge, which expects nvinfer's "
+                          "approximate single-scale normalisation: deploy the logits graph again and rebuild the "
+                          "engine from the new <stem>.deepstream.onnx (its graph normalises exactly)")
+    if not engine and ds is not None:
+        raise ConfigError(f"{path.name} is already a DeepStream graph (written by deploy --deepstream): give the "
+                          f"logits graph it came from ({ds.get('source', '<stem>.onnx')}), or the engine built from it")
+    scale, offsets = NET_SCALE_FACTOR, list(OFFSETS)
     n, _, h, w = (int(d) for d in m.input_shape)
     graph = None
     if engine:
         model_name, model_key = path.name, "model-engine-file"
         ds_manifest = m
+        mean, std = ds["normalisation_in_graph"].get("mean"), ds["normalisation_in_graph"].get("std")
     else:
-        graph = nvinfer_graph(loaded)
+        mean, std = list(m.mean), list(m.std)
+        graph = nvinfer_graph(loaded, mean, std)
         model_name, model_key = f"{path.stem}.deepstream.onnx", "onnx-file"
-        ds_manifest = replace(m, output_name=SCORES, extra={**m.extra, "deepstream": {
-            "source": path.name, "softmax_over_classes": True, "net_scale_factor": scale, "offsets": offsets,
-            "normalisation_error": err}})
+        ds_manifest = replace(m, output_name=SCORES, mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0], extra={
+            **m.extra, "deepstream": {
+                "source": path.name, "softmax_over_classes": True, "net_scale_factor": scale, "offsets": offsets,
+                "normalisation_in_graph": {"mean": mean, "std": std,
+                                           "nodes": "Mul(255) -> Round -> Sub(255 mean) -> Mul(1/(255 std))"}}})
         del graph.metadata_props[:]
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(ds_manifest.to_dict())
     props: list[tuple[str, str, str]] = [
         ("gpu-id", str(cfg.gpu_id), ""),
-        ("net-scale-factor", _fmt(scale), "one scale for all channels: 1/(255 std) cannot be per channel"),
-        ("offsets", ";".join(_fmt(o) for o in offsets), "255 x mean (RGB), exact"),
+        ("net-scale-factor", _fmt_exact(scale), "1/255: the graph takes x/255 and normalises per channel itself"),
+        ("offsets", ";".join(_fmt(o) for o in offsets), "none: the graph subtracts the mean"),
         ("model-color-format", "0", "0=RGB (the graph's channel order)"),
         (model_key, model_name, "danet-edge's engine (built from the .deepstream.onnx)" if engine
-         else "the logits graph + Softmax over the classes"),
+         else "the logits graph with the normalisation head and a Softmax over the classes"),
         ("labelfile-path", LABELS_NAME, ""),
         ("batch-size", str(n), "the graph's static batch"),
         ("network-mode", str(NETWORK_MODE[m.precision.value]), f"0=FP32, 1=INT8, 2=FP16: the graph is {m.precision}"),
@@ -303,16 +338,15 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
         raise ExportError(f"nvinfer does not document {', '.join(unknown)}")
     lines = [f"# Gst-nvinfer config written by danet-edge from {path.name} ({m.num_classes} classes, {h}x{w}).",
              f"# Keys: {NVINFER_DOC_URL}",
-             f"# Normalisation: the graph wants (x/255 - mean)/std with per-channel std {list(m.std)}; nvinfer",
-             "# applies net-scale-factor*(x - offsets) with one scale: worst error over 0..255 is "
-             f"{err['max_abs']:.4f}, mean {err['mean_abs']:.4f} (normalised units).",
+             "# Normalisation: nvinfer hands the graph net-scale-factor*(x - offsets) = x/255; the graph rounds",
+             "# 255 times that back to x and computes (x - 255 mean) * 1/(255 std) as the fused-I/O graph does,",
+             f"# with mean {mean} and std {std} (RGB): exact, per channel.",
              "[property]"]
     for key, value, comment in props:
         if comment:
             lines.append(f"# {comment}")
         lines.append(f"{key}={value}")
-    notes = [f"normalisation approximated by one scale (nvinfer has no per-channel scale): max error "
-             f"{err['max_abs']:.4f}, mean {err['mean_abs']:.4f} in normalised units"]
+    notes: list[str] = []
     if not engine:
         notes.append("nvinfer builds its own TensorRT engine from onnx-file on first run (network-mode sets the "
                      "builder flags); for danet-edge's strongly typed engine: danet-edge build "
@@ -340,8 +374,7 @@ def write_nvinfer_config(artifact: str | os.PathLike[str], out_dir: str | os.Pat
     folder = write_folder(out_dir, fill, {"kind": "deepstream", "artifact": str(path.resolve()),
                                           "config": CONFIG_NAME})
     return DeepStreamResult(folder=folder, config=folder / CONFIG_NAME, labels=folder / LABELS_NAME,
-                            model=folder / model_name, net_scale_factor=scale, offsets=offsets,
-                            normalisation_error=err, notes=notes)
+                            model=folder / model_name, net_scale_factor=scale, offsets=offsets, notes=notes)
 
 
 def parse_nvinfer_config(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:

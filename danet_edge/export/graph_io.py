@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..core.errors import ExportError
 
-__all__ = ["fuse_io", "is_fused"]
+__all__ = ["fuse_io", "is_fused", "normalisation_nodes"]
 
 _NORMALISED = "images_normalised"
 
@@ -32,6 +32,32 @@ _NORMALISED = "images_normalised"
 def is_fused(model: onnx.ModelProto) -> bool:
     """True when the graph's input is uint8 (fused I/O)."""
     return model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+
+
+def normalisation_nodes(pixels: str, output: str, mean: Sequence[float], std: Sequence[float], prefix: str = "io",
+                        centred: str = "images_centred") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The normalisation as graph nodes: ``Sub(255 mean) -> Mul(1 / (255 std))``, float32 constants.
+
+    The one home of the in-graph normalisation: :func:`fuse_io` and DeepStream's graph
+    (``deploy.deepstream.nvinfer_graph``) both use it, so both round the same way.
+
+    Args:
+        pixels: name of a ``(N, 3, H, W) float32`` tensor of pixel values 0..255 (RGB).
+        output: name of the ``(N, 3, H, W) float32`` normalised tensor, ``(x - 255 mean) * 1 / (255 std)``.
+        mean, std: per-channel RGB normalisation on ``x / 255`` (the manifest's).
+        prefix: names the initializers (``<prefix>_mean_x255``, ``<prefix>_inv_std_x255``) and the nodes
+            (``/<prefix>/Sub``, ``/<prefix>/Mul``). centred: name of the tensor between the two nodes.
+
+    Returns:
+        ``(nodes, initializers)`` to add to a graph.
+    """
+    shift = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
+    scale = np.float32(1.0) / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0))
+    inits = [numpy_helper.from_array(shift.astype(np.float32), f"{prefix}_mean_x255"),
+             numpy_helper.from_array(scale.astype(np.float32), f"{prefix}_inv_std_x255")]
+    nodes = [helper.make_node("Sub", [pixels, f"{prefix}_mean_x255"], [centred], name=f"/{prefix}/Sub"),
+             helper.make_node("Mul", [centred, f"{prefix}_inv_std_x255"], [output], name=f"/{prefix}/Mul")]
+    return nodes, inits
 
 
 def fuse_io(model: onnx.ModelProto, mean: Sequence[float], std: Sequence[float],
@@ -67,14 +93,11 @@ def fuse_io(model: onnx.ModelProto, mean: Sequence[float], std: Sequence[float],
         for i, x in enumerate(node.input):
             if x == name:
                 node.input[i] = _NORMALISED
-    shift = np.asarray(mean, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0)
-    scale = np.float32(1.0) / (np.asarray(std, np.float32).reshape(1, 3, 1, 1) * np.float32(255.0))
-    g.initializer.extend([numpy_helper.from_array(shift.astype(np.float32), "io_mean_x255"),
-                          numpy_helper.from_array(scale.astype(np.float32), "io_inv_std_x255")])
+    norm, inits = normalisation_nodes("images_nchw", _NORMALISED, mean, std)
+    g.initializer.extend(inits)
     head = [helper.make_node("Cast", [name], ["images_float"], to=TensorProto.FLOAT, name="/io/Cast"),
             helper.make_node("Transpose", ["images_float"], ["images_nchw"], perm=[0, 3, 1, 2], name="/io/Transpose"),
-            helper.make_node("Sub", ["images_nchw", "io_mean_x255"], ["images_centred"], name="/io/Sub"),
-            helper.make_node("Mul", ["images_centred", "io_inv_std_x255"], [_NORMALISED], name="/io/Mul")]
+            *norm]
     tail = [helper.make_node("ArgMax", [logits], ["labels_int64"], axis=1, keepdims=0, name="/io/ArgMax"),
             helper.make_node("Cast", ["labels_int64"], [output_name], to=TensorProto.INT32, name="/io/CastLabels")]
     nodes = head + list(g.node) + tail
