@@ -9,6 +9,12 @@ which CPU runtime is the honest fast route, and how far INT8 goes against eager 
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/cpu_runtimes.py [--backbone resnet50] [--size 256 512]
 [--threads 2] [--runs 7] [--out runs/cpu_runtimes] [--graph NAME=PATH ...]`` (needs ``pip install openvino`` for its rows).
+
+Alternating runs share the CPU with the runtime that ran just before: ONNX Runtime's threads spin after each run,
+and the OpenVINO row right after an ONNX Runtime row took 72 ms for 58 ms alone (R-50 cpu-target INT8, 256x512,
+2 threads, AMX CPU). ``--rows openvino-bf16`` opens no ONNX Runtime session: PyTorch eager and OpenVINO bf16 only,
+the two rows ``danet-edge bench GRAPH -r CKPT --backend openvino-bf16 --threads 2`` times (each entry alone, one
+after the other); ``danet_edge/bench/run.py`` says what else differs.
 """
 
 from __future__ import annotations
@@ -43,7 +49,10 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=8, help="calibration images (synthetic scenes)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_runtimes")
     ap.add_argument("--calib-dir", type=Path, help="a calibration folder (default: synthetic scenes)")
-    ap.add_argument("--rows", default="all", help="'all' or 'fast' (the INT8 graphs on the fastest backends only)")
+    ap.add_argument("--rows", default="all", choices=("all", "fast", "openvino-bf16"),
+                    help="'all'; 'fast' (the INT8 graphs on the fastest backends only); 'openvino-bf16' (PyTorch "
+                         "eager and the cpu-target INT8 graph, or the --graph files instead, on OpenVINO bf16 "
+                         "only: what `danet-edge bench --backend openvino-bf16` is set beside)")
     ap.add_argument("--graph", action="append", default=[], metavar="NAME=PATH",
                     help="one more exported graph to time on ONNX Runtime and OpenVINO bf16 (repeatable), "
                          "e.g. a budgeted export")
@@ -59,6 +68,9 @@ def main() -> None:
               "int8 cpu, logits graph": out / "logits" / "model_int8_cpu.onnx",
               "int8 cpu + attention": out / "att" / "model_int8_cpu.onnx",
               "int8 + fp16 (tensorrt target)": out / "trt" / "model_int8_trt.onnx"}
+    only_ov = args.rows == "openvino-bf16"  # no ONNX Runtime session: its threads spin after a run, slow the next
+    if only_ov:
+        graphs = {} if args.graph else {"int8 cpu": graphs["int8 cpu"]}  # nothing else exported
     common = dict(imgsz=size, int8=True, calib=calib, calib_size=args.calib, verify_images=1, reference_images=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,7 +78,7 @@ def main() -> None:
                            ("int8 cpu, logits graph", {"target": "cpu", "out": out / "logits", "fused_io": False}),
                            ("int8 cpu + attention", {"target": "cpu", "out": out / "att", "include_attention": True}),
                            ("int8 + fp16 (tensorrt target)", {"target": "tensorrt", "out": out / "trt"})):
-            if not graphs[key].is_file():
+            if key in graphs and not graphs[key].is_file():
                 export_model(ckpt, ExportConfig(**common, **extra), log=print)
     frame = np.asarray(next(load_calibration_set(calib).frames()))
     entries = [("PyTorch eager FP32", ckpt, "torch", {"image_size": size})]
@@ -74,7 +86,7 @@ def main() -> None:
         fast = args.rows == "fast"
         if fast and name != "int8 cpu" and not name.startswith("int8 + fp16"):
             continue
-        if not fast:
+        if not fast and not only_ov:
             entries.append((f"ONNX Runtime {name}", path, "onnxruntime", {"threads": args.threads}))
             entries.append((f"OpenVINO {name}", path, "openvino", {"threads": args.threads}))
         entries.append((f"OpenVINO {name}, bf16 outside INT8", path, "openvino-bf16", {"threads": args.threads}))
@@ -84,7 +96,8 @@ def main() -> None:
         name, _, path = spec.partition("=")
         if not path or not Path(path).is_file():
             ap.error(f"--graph {spec!r}: give NAME=PATH of an exported .onnx")
-        entries.append((f"ONNX Runtime {name}", Path(path), "onnxruntime", {"threads": args.threads}))
+        if not only_ov:
+            entries.append((f"ONNX Runtime {name}", Path(path), "onnxruntime", {"threads": args.threads}))
         entries.append((f"OpenVINO {name}, bf16 outside INT8", Path(path), "openvino-bf16", {"threads": args.threads}))
     import torch
 

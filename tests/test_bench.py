@@ -262,3 +262,126 @@ def test_bench_on_a_fake_jetson_reports_power(artifacts, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FPS/W" in out and "mJ/frame" in out and "jetson_clocks on" in out and "AGX Orin" in out
     assert f"{e.fps_per_w:.2f}" in out
+
+
+# ---------------------------------------------------------------- issue 24: --backend, from the backend table
+
+@pytest.mark.parametrize("backend, provider", [("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")])
+def test_cli_bench_backend_runs_every_artifact_there_beside_eager(artifacts, tmp_path, capsys, backend, provider):
+    """``bench --backend NAME``: the artifact opens through that row of the backend table, its row says so in the
+    table, the JSON (``backend``, ``provider``, ``name``) and the plot; the eager reference is timed in the same run
+    and the speed-up is the backend's over it."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    from _runtime_helpers import run_cli
+
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    code, out, err = run_cli(["bench", artifacts["onnx"], "--reference", artifacts["ckpt"], "--backend", backend,
+                              "--threads", "1", "--warmup", "0", "--runs", "2", "--warmup-s", "0", "--duration", "0",
+                              "--json", js, "--plot", png], capsys)
+    assert code in (0, None), err
+    data = json.loads(js.read_text())
+    assert data["config"]["backend"] == backend and data["config"]["threads"] == 1
+    ref = [e for e in data["entries"] if e["is_reference"]]
+    art = [e for e in data["entries"] if not e["is_reference"] and e["path"] == str(artifacts["onnx"])]
+    assert len(ref) == 1 and ref[0]["backend"] == "torch" and ref[0]["provider"].startswith("PyTorch")
+    (e,) = art
+    assert e["backend"] == backend and e["provider"].startswith(provider) and e["name"] == f"model.onnx on {backend}"
+    assert e["runs"] == 2 and e["latency_p50_ms"] > 0
+    assert e["speedup_vs_reference"] == pytest.approx(ref[0]["latency_p50_ms"] / e["latency_p50_ms"])
+    assert e["speedup_baseline"] == ref[0]["name"] and e["agreement"] > 99.0  # FP32 graph vs eager
+    assert f"model.onnx on {backend}" in " ".join(out.split())  # the table's row
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rows_named_by_backend_only_when_one_is_named(artifacts, tmp_path):
+    """No --backend: rows by file name and by suffix, as before; the plot names a --backend row with it."""
+    pytest.importorskip("matplotlib")
+    from danet_edge.bench.plot import bench_figure
+
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=0, runs=1))
+    assert [(e.name, e.backend) for e in rep.entries] == [("model.onnx", "onnxruntime")]
+    assert rep.config["backend"] is None
+    rep = bench_artifacts([artifacts["onnx"]], BenchConfig(**FAST, warmup=0, runs=1, backend="onnxruntime"))
+    assert [(e.name, e.backend) for e in rep.entries] == [("model.onnx on onnxruntime", "onnxruntime")]
+    fig = bench_figure(rep)
+    import matplotlib.pyplot as plt
+
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    plt.close(fig)
+    assert labels == ["model.onnx on onnxruntime (batch 1)"]
+
+
+@pytest.mark.parametrize("artifact, backend, kind", [("engine", "openvino", ".engine"),
+                                                     ("engine", "openvino-bf16", ".engine"), ("onnx", "torch", ".onnx"),
+                                                     ("ckpt", "openvino", ".pt"), ("onnx", "tensorrt", ".onnx")])
+def test_cli_bench_backend_that_cannot_run_the_artifact_is_one_error_line(artifacts, tmp_path, capsys, monkeypatch,
+                                                                          artifact, backend, kind):
+    """A backend that cannot run the artifact's kind (``check_backend_opens``, the backend table's rule) is a usage
+    error: one ``error:`` line, exit 2, before anything is opened or timed."""
+    from _runtime_helpers import run_cli
+
+    from danet_edge.bench import run
+
+    path = artifacts[artifact] if artifact != "engine" else tmp_path / "model_int8_trt.engine"
+    if artifact == "engine":
+        path.write_bytes(b"not an engine")  # never read: refused by its suffix
+    monkeypatch.setattr(run, "open_backend", lambda *a, **k: pytest.fail("opened"))
+    js = tmp_path / "b.json"
+    code, out, err = run_cli(["bench", path, "--reference", artifacts["ckpt"], "--backend", backend,
+                              "--runs", "1", "--json", js], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and f"the {backend} backend cannot run a {kind} file" in err[0], err
+    assert not js.exists() and "reference" not in out
+
+
+def test_bench_backend_config_refuses_what_is_no_row_of_the_table():
+    from danet_edge.runtime.backends import BACKEND_TABLE
+
+    for name in BACKEND_TABLE:
+        assert BenchConfig(backend=name).backend == name
+    with pytest.raises(ConfigError, match="--backend must be one of torch, onnxruntime"):
+        BenchConfig(backend="ort")
+
+
+def test_backend_rule_by_kind():
+    """``check_backend_opens``: a named backend runs its own suffixes and those it lists (OpenVINO: .onnx); a
+    suffix of another row is refused; a suffix no row owns is left to the backend; None is by suffix."""
+    from danet_edge.runtime.backends import check_backend_opens
+
+    assert check_backend_opens("m.onnx", "openvino-bf16").name == "openvino-bf16"
+    assert check_backend_opens("m.onnx", "onnxruntime").name == "onnxruntime"
+    assert check_backend_opens("m.pth", "torch").name == "torch"
+    assert check_backend_opens("m.plan", None).name == "tensorrt"
+    assert check_backend_opens("m.bin", "onnxruntime").name == "onnxruntime"
+    for path, backend in (("m.engine", "onnxruntime"), ("m.plan", "openvino"), ("m.onnx", "torch"),
+                          ("m.pt", "tensorrt")):
+        with pytest.raises(ConfigError, match=f"the {backend} backend cannot run"):
+            check_backend_opens(path, backend)
+
+
+def test_cli_bench_options_come_from_the_config():
+    """Every option of ``bench`` that stands for a BenchConfig field shows that field's default and help (the
+    seams test compares defaults only where they are not None: --backend's is)."""
+    import typer.main
+
+    from danet_edge.cli import app
+    from danet_edge.runtime.backends import BACKEND_TABLE
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["bench"].params}
+    field_of = {"batch": "batches"}
+    checked = 0
+    for name, p in params.items():
+        field = field_of.get(name, name)
+        if field not in BenchConfig.__dataclass_fields__:
+            continue
+        assert p.help == BenchConfig.help(field), name
+        if field != "batches":  # repeatable: [] stands for None
+            assert p.default == BenchConfig.default(field), name
+        checked += 1
+    assert checked >= 12, checked
+    assert params["backend"].opts == ["--backend"] and params["backend"].default is None
+    from typer.testing import CliRunner
+
+    out = " ".join(CliRunner().invoke(app, ["bench", "--help"], terminal_width=200).output.split())
+    assert f"--backend <{'|'.join(BACKEND_TABLE)}>" in out  # the choices are the table's rows

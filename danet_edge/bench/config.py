@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.config import Config, check_range, option
+from ..core.config import Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 
 __all__ = ["BenchConfig", "check_batch_memory", "MAX_BATCH", "MAX_SECONDS"]
@@ -42,13 +42,18 @@ class BenchConfig(Config):
     Attributes:
         reference: PyTorch checkpoint timed as the FP32 eager reference (None: not timed; speed-ups are then
             relative to the first FP32 artifact at the same size and batch).
+        backend: a row of the backend table (``runtime.backends.BACKEND_TABLE``) every artifact is opened with,
+            e.g. ``openvino-bf16`` for the cpu-target INT8 graph (None: each artifact's backend by its suffix, as
+            before). The reference stays PyTorch eager, so the speed-up is this backend's over eager. Each such
+            entry is named ``<file> on <backend>``; its ``backend`` field holds the name either way.
         warmup: untimed runs before timing, at least (>= 0); warmup_s: untimed time before timing, at least,
             in s (trtexec's ``--warmUp``, which is in ms); warm-up ends when both are done.
         runs: timed runs, at least (>= 1); duration_s: timed window, at least, in s (trtexec's ``--duration``);
             timing ends when both are done, or at ``max(runs, 10000)`` runs (a note says so).
         batches: batch sizes for backends that take any batch (PyTorch); static-shape artifacts
             run at their own batch. None: the artifacts' batches.
-        threads: CPU threads for PyTorch and ONNX Runtime (None: library defaults).
+        threads: CPU threads for PyTorch, ONNX Runtime and OpenVINO (None: each library's default).
+            ``benchmarks/cpu_runtimes.py`` runs 2 unless told: give the same count to compare with it.
         device: torch device for PyTorch entries (None: CUDA when available, else CPU).
         gpu_variants: time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).
         check_json: a ``danet-edge check`` JSON whose mIoU the plot uses.
@@ -60,6 +65,9 @@ class BenchConfig(Config):
     """
 
     reference: Path | None = option(None, "PyTorch checkpoint timed as the FP32 eager reference.")
+    backend: str | None = option(None, "Run every artifact on this backend (default: by file suffix), e.g. "
+                                       "openvino-bf16 for the cpu-target INT8 graph; the --reference stays "
+                                       "PyTorch eager, so the speed-up is this backend's over eager.")
     warmup: int = option(3, "Untimed runs before timing, at least (see --warmup-s).")
     runs: int = option(20, "Timed runs, at least (see --duration).")
     warmup_s: float = option(1.0, "Untimed time before timing, at least, in seconds (trtexec --warmUp, in ms there); "
@@ -68,7 +76,8 @@ class BenchConfig(Config):
                                     "--runs and this are done, or at max(--runs, 10000) runs; 0: --runs only.")
     batches: tuple[int, ...] | None = option(None, "Batch sizes for PyTorch (static graphs run at their own batch); "
                                                    "repeatable.")
-    threads: int | None = option(None, "CPU threads for PyTorch and ONNX Runtime.")
+    threads: int | None = option(None, "CPU threads for PyTorch, ONNX Runtime and OpenVINO (default: each "
+                                       "library's own).")
     device: str | None = option(None, "Torch device for PyTorch entries (cpu, cuda).")
     gpu_variants: bool = option(True, "Time the PyTorch FP16/bf16 autocast and explicit-PAM variants (GPU only).")
     check_json: Path | None = option(None, "A check JSON: its mIoU goes into the plot.")
@@ -79,8 +88,9 @@ class BenchConfig(Config):
 
     def validate(self) -> None:
         """Raises ConfigError for negative warm-up, no timed runs, warm-up or duration outside 0..``MAX_SECONDS``
-        s (or not finite), batch sizes outside 1..``MAX_BATCH`` or threads below 1 (the bounds that depend on
-        the machine are the stage's: :func:`bench_artifacts`)."""
+        s (or not finite), batch sizes outside 1..``MAX_BATCH``, threads below 1 or a backend that is no row of
+        the backend table (the bounds that depend on the machine, and whether the backend runs each artifact's
+        kind, ``runtime.backends.check_backend_opens``, are the stage's: :func:`bench_artifacts`)."""
         check_range("--warmup", self.warmup, 0)
         check_range("--runs", self.runs, 1)
         check_range("--warmup-s", self.warmup_s, 0, MAX_SECONDS, integer=False)
@@ -91,3 +101,7 @@ class BenchConfig(Config):
                 raise ConfigError(f"--batch sizes must be in 1..{MAX_BATCH}, got {list(self.batches)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.backend is not None:
+            from ..runtime.backends import BACKEND_TABLE  # imports no runtime (torch, onnxruntime, openvino)
+
+            check_choice("--backend", self.backend, list(BACKEND_TABLE))

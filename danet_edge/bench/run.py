@@ -34,6 +34,30 @@ What one entry measures (every backend through the same protocol, ``Backend.pred
   at each size and batch is the baseline instead (``speedup_baseline`` names it) and the report says
   in ``notes`` that the PyTorch reference was not timed.
 
+With ``--backend NAME`` (``BenchConfig.backend``, a row of ``runtime.backends.BACKEND_TABLE``) every artifact is
+opened with that backend (``check_backend_opens`` refuses one that cannot run the file's kind before anything
+runs), its rows are named ``<file> on <backend>`` and the reference stays PyTorch eager in the same run: the
+speed-up column is that backend's over eager.
+
+Against ``benchmarks/cpu_runtimes.py`` (``--rows openvino-bf16 --graph NAME=GRAPH --checkpoint CKPT``), set
+beside ``bench GRAPH -r CKPT --backend openvino-bf16 --threads 2 --warmup 2 --warmup-s 0 --runs 7 --duration 0``:
+the same in both are the backends (``open_backend``: the eager reference at the graph's size, batch 1; the graph
+on OpenVINO bf16), the threads (2: PyTorch's ``set_num_threads`` and OpenVINO's ``INFERENCE_NUM_THREADS``; bench
+leaves each library's default without ``--threads``, the script runs 2), denormals flushed (one process each),
+2 untimed runs, the median (bench's p50) of the timed runs, and the speed-up (eager median / graph median).
+What differs:
+
+* per-frame work: the script times ``segment_frames`` on one 128x160 calibration scene (resize to the model size,
+  ``predict``, labels resized back), bench ``predict`` on a scene at the model size; the resize and the label
+  restore bench leaves out took 0.17 ms a frame (0.3 % of the 56 ms OpenVINO row of the R-50 256x512 INT8 graph
+  on a 2-core AMX Xeon; nothing next to eager's 700+ ms);
+* order: the script keeps every entry open and alternates them run by run, so each row pays what the runtime
+  before it leaves spinning (PyTorch's OpenMP threads: a few % on that OpenVINO row; ONNX Runtime's, in its
+  other ``--rows``: 58 -> 72 ms); bench opens one entry at a time and times all its runs before the next (the
+  reference first), so drift in the machine's load hits the rows unevenly: compare on a quiet machine;
+* the pixels: other synthetic scenes (the time does not depend on them once denormals are flushed); bench also
+  opens each backend kind once before timing (``_prime``).
+
 PyTorch is imported only when a PyTorch entry is timed (``reference`` or a ``.pt`` artifact); OpenCV
 only to draw the synthetic input scenes (random noise at the artifact's size without it); matplotlib
 only for the plot (left out with a warning without it).
@@ -72,7 +96,7 @@ from .measure import (MAX_TIMED_RUNS, MiB, PeakRSS, TimedRuns, gpu_peak, gpu_res
                       machine_info, time_runs)  # latency_stats is API
 from ..data.preprocess import resize_image
 from ..core.progress import track
-from ..runtime.backends import backend_for, backend_spec, open_backend
+from ..runtime.backends import backend_for, backend_spec, check_backend_opens, open_backend
 from ..core.utils import read_json, write_json
 
 __all__ = ["BenchConfig", "BenchEntry", "BenchReport", "bench_artifacts", "latency_stats"]
@@ -92,9 +116,15 @@ def _scenes(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- timing
-def _resizable(path: Path) -> bool:
-    """A model whose input size and batch are chosen when it is opened (checkpoints), not fixed by it."""
-    return "image_size" in backend_spec(path).options
+def _resizable(path: Path, backend: str | None = None) -> bool:
+    """A model whose input size and batch are chosen when it is opened (checkpoints), not fixed by it; ``backend``:
+    the row it is opened with (None: by its suffix)."""
+    return "image_size" in backend_spec(path, backend).options
+
+
+def _entry_name(path: Path, backend: str | None) -> str:
+    """An artifact's row name: its file name, with ``on <backend>`` when the backend was named (``--backend``)."""
+    return path.name if backend is None else f"{path.name} on {backend}"
 
 
 def _timing_fields(t: TimedRuns, batch: int, latency_ms: list[float]) -> dict[str, Any]:
@@ -128,13 +158,14 @@ def _timed(step: Callable[[], float | None], cfg: BenchConfig, batch: int, power
 
 def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
                   size: tuple[int, int] | None = None, is_reference: bool = False,
-                  power_root: str | None = None) -> tuple[BenchEntry, np.ndarray]:
-    """Open, warm up and time one artifact (or the reference) through ``open_backend``; ``power_root``: sample
-    the Jetson's power rails under it during the timed window (None: not a Jetson)."""
-    spec = backend_spec(path)
+                  power_root: str | None = None, backend: str | None = None) -> tuple[BenchEntry, np.ndarray]:
+    """Open, warm up and time one artifact (or the reference) through ``open_backend`` with ``backend`` (None:
+    by its suffix); ``power_root``: sample the Jetson's power rails under it during the timed window (None: not a
+    Jetson)."""
+    spec = backend_spec(path, backend)
     kwargs: dict[str, Any] = {}
     torch_backend = spec.name == "torch"  # GPU memory is read from torch's allocator for it
-    if _resizable(path):
+    if _resizable(path, backend):
         kwargs.update(device=cfg.device, batch=batch)
         if size is not None:
             kwargs["image_size"] = size
@@ -143,26 +174,26 @@ def _time_backend(name: str, path: Path, cfg: BenchConfig, batch: int | None,
     free = gpu_reset()
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        backend = open_backend(path, **kwargs)
+        model = open_backend(path, backend=backend, **kwargs)
         setup = time.perf_counter() - t0
         try:
-            m = backend.manifest
+            m = model.manifest
             n = batch or m.batch_size
             check_batch_memory(n, m.image_size, len(m.classes))
             images = _scenes(n, m.image_size, cfg.seed)
-            compute_timing = backend.compute_timing
+            compute_timing = model.compute_timing
 
             def step() -> float | None:
-                backend.predict(images)
-                return backend.compute_ms if compute_timing else None
+                model.predict(images)
+                return model.compute_ms if compute_timing else None
 
             started = time.perf_counter()
-            labels = backend.predict(images).labels  # the first warm-up run: also the labels for agreement
+            labels = model.predict(images).labels  # the first warm-up run: also the labels for agreement
             timed = _timed(step, cfg, n, power_root, warmup_done=1, warmup_started=started)
         finally:
-            backend.close()
+            model.close()
     entry = BenchEntry(
-        name=name, path=str(path), backend=backend.name, provider=backend.provider, precision=m.precision,
+        name=name, path=str(path), backend=model.name, provider=model.provider, precision=m.precision,
         image_size=list(m.image_size), batch=n, setup_s=setup, host_peak_mib=mem.delta_mib,
         gpu_peak_mib=gpu_peak(free, torch_backend), is_reference=is_reference, attention=m.attention(),
         quantization=m.quantization(),
@@ -236,15 +267,16 @@ def _event_timed_forward(torch: Any, model: Any, x: Any) -> Callable[[], float]:
 
 def _prime(paths: Sequence[Path], cfg: BenchConfig) -> None:
     """Pay one-time library initialisation (lazy imports, kernel registries, thread pools) once per
-    backend kind before any entry is measured, so it is charged to none of them."""
+    backend kind before any entry is measured, so it is charged to none of them (the reference by its
+    suffix, the artifacts with ``cfg.backend``)."""
     seen: set[str] = set()
-    for p in [*([Path(cfg.reference)] if cfg.reference else []), *paths]:
-        kind = backend_for(p)
+    for p, backend in [*([(Path(cfg.reference), None)] if cfg.reference else []), *((p, cfg.backend) for p in paths)]:
+        kind = backend_for(p, backend)
         if kind in seen:
             continue
         seen.add(kind)
-        kwargs: dict[str, Any] = {"device": cfg.device, "image_size": (64, 64)} if _resizable(p) else {}
-        with open_backend(p, **kwargs) as b:
+        kwargs: dict[str, Any] = {"device": cfg.device, "image_size": (64, 64)} if _resizable(p, backend) else {}
+        with open_backend(p, backend=backend, **kwargs) as b:
             b.predict(_scenes(1, b.manifest.image_size, cfg.seed))
 
 
@@ -297,9 +329,17 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     ``.pt`` artifact is in the list): the first FP32 artifact at each size and batch is the baseline of the
     speed-ups, and ``report.notes`` says so.
 
+    With ``cfg.backend`` every artifact is opened with that row of the backend table (``open_backend(path,
+    backend=...)``, with ``cfg.threads`` where the row takes threads) and named ``<file> on <backend>``; the
+    reference is PyTorch eager all the same, timed in the same run, so ``speedup_vs_reference`` is that
+    backend's speed-up over eager.
+
     Raises:
-        ConfigError: no artifacts, missing file, bad options; plus what ``open_backend`` raises.
-        MissingDependencyError: a reference or ``.pt`` artifact is given and PyTorch is not installed.
+        ConfigError: no artifacts, missing file, bad options, a ``cfg.backend`` that cannot run an artifact's kind
+            (``runtime.backends.check_backend_opens``: e.g. an engine on openvino; raised before anything is
+            opened); plus what ``open_backend`` raises.
+        MissingDependencyError: a reference or ``.pt`` artifact is given and PyTorch is not installed (or the
+            named backend's runtime, e.g. openvino).
     """
     cfg = cfg or BenchConfig()
     cfg.validate()
@@ -310,7 +350,9 @@ def bench_artifacts(artifacts: Sequence[str | os.PathLike[str]], cfg: BenchConfi
     for p in [*paths, *([Path(cfg.reference)] if cfg.reference else [])]:
         if not p.is_file():
             raise ConfigError(f"{p}: file not found")
-    if cfg.reference is None and not any(backend_spec(p).name == "torch" for p in paths):
+    for p in paths:  # the reference is PyTorch eager whatever cfg.backend says
+        check_backend_opens(p, cfg.backend)
+    if cfg.reference is None and not any(backend_spec(p, cfg.backend).name == "torch" for p in paths):
         return _bench(paths, cfg)  # no PyTorch entry: torch stays unimported (the device runtime)
     torch = import_torch("timing the PyTorch reference (--reference) or a .pt checkpoint")
     threads = torch.get_num_threads()
@@ -346,11 +388,11 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
                                f"times are inflated{advice}")
     # (size, batch) pairs to run: static artifacts at their batch, PyTorch checkpoints at cfg.batches
     plan: list[tuple[Path, tuple[int, int] | None, int | None]] = []
-    static = sorted({read_manifest(p).batch_size for p in paths if not _resizable(p)})
+    static = sorted({read_manifest(p).batch_size for p in paths if not _resizable(p, cfg.backend)})
     # checkpoints beside static artifacts run at the artifacts' size(s), so their rows compare
-    sizes = sorted({tuple(read_manifest(p).image_size) for p in paths if not _resizable(p)})
+    sizes = sorted({tuple(read_manifest(p).image_size) for p in paths if not _resizable(p, cfg.backend)})
     for p in paths:
-        if _resizable(p):
+        if _resizable(p, cfg.backend):
             for size in sizes or [None]:
                 for b in cfg.batches or tuple(static) or (1,):
                     plan.append((p, size, b))
@@ -358,7 +400,8 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             m = read_manifest(p)
             if cfg.batches and m.batch_size not in cfg.batches:
                 report.entries.append(BenchEntry(
-                    name=p.name, path=str(p), backend=backend_for(p), precision=m.precision,
+                    name=_entry_name(p, cfg.backend), path=str(p), backend=backend_for(p, cfg.backend),
+                    precision=m.precision,
                     image_size=list(m.image_size), batch=m.batch_size, runs=0,
                     skipped=f"static batch {m.batch_size} is not among the requested batches {list(cfg.batches)}"))
                 continue
@@ -391,7 +434,8 @@ def _bench(paths: list[Path], cfg: BenchConfig) -> BenchReport:
             report.entries.append(e)
     mious = _check_mious(cfg.check_json)
     for p, size, b in track(plan, "bench", total=len(plan)):
-        e, labels = _time_backend(p.name, p, cfg, b, size=size if _resizable(p) else None, power_root=power_root)
+        e, labels = _time_backend(_entry_name(p, cfg.backend), p, cfg, b, size=size if _resizable(p, cfg.backend)
+                                  else None, power_root=power_root, backend=cfg.backend)
         ref = ref_entries.get((tuple(e.image_size), e.batch))
         if ref is not None:
             e.speedup_vs_reference = ref[0].latency_p50_ms / e.latency_p50_ms

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ..bench.config import BenchConfig
-from ._common import opt, check_outputs
+from ..core.choices import choice_enum
+from ._common import opt, backend_names, check_outputs
 from .render import console, print_bench_table
 
 
@@ -16,10 +17,12 @@ def register(app: typer.Typer) -> None:
     """Add ``bench`` to the app. Defaults and help come from ``BenchConfig``."""
 
     @app.command(epilog="\b\nExamples:\n  danet-edge bench export/m/*.onnx -r best.pt --json bench.json --plot bench.png\n  "
-                        "danet-edge bench model_int8_trt.engine model_fp16.engine -r best.pt")
+                        "danet-edge bench model_int8_trt.engine model_fp16.engine -r best.pt\n  "
+                        "danet-edge bench model_int8_cpu.onnx -r best.pt --backend openvino-bf16 --threads 2")
     def bench(
         artifacts: list[Path] = typer.Argument(None, help="Artifacts to time: .onnx, .engine/.plan, .pt."),
         reference: Optional[Path] = opt(BenchConfig, "reference", "--reference", "-r"),
+        backend: Optional[choice_enum("Backend", backend_names())] = opt(BenchConfig, "backend", "--backend"),  # type: ignore[valid-type]
         warmup: int = opt(BenchConfig, "warmup", "--warmup"),
         warmup_s: float = opt(BenchConfig, "warmup_s", "--warmup-s"),
         runs: int = opt(BenchConfig, "runs", "--runs"),
@@ -34,7 +37,8 @@ def register(app: typer.Typer) -> None:
                                            help="Folder for bench.json and bench.png (unless --json / --plot say)."),
     ) -> None:
         """Latency (mean, p50, p90, p99 ms) end to end and of the model alone, FPS and peak memory per artifact,
-        with speed-up vs PyTorch FP32; on a Jetson also the power mode, clocks and W, mJ/frame, FPS/W.
+        with speed-up vs PyTorch FP32; on a Jetson also the power mode, clocks and W, mJ/frame, FPS/W. With
+        --backend every artifact runs on that backend (rows named FILE on BACKEND) beside the eager reference.
         """
         from ..bench.run import bench_artifacts
 

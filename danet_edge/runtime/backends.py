@@ -35,7 +35,7 @@ from ..core.manifest import Manifest
 from ..data.preprocess import normalize
 
 __all__ = ["Prediction", "Backend", "BackendSpec", "BACKEND_TABLE", "BACKENDS", "register_backend", "backend_for",
-           "backend_spec", "open_backend", "segment_frames", "restore_labels", "Placement",
+           "backend_spec", "check_backend_opens", "open_backend", "segment_frames", "restore_labels", "Placement",
            "TorchBackend", "OnnxRuntimeBackend", "TensorRTBackend"]
 
 
@@ -171,6 +171,8 @@ class BackendSpec:
         options: keyword options its constructor accepts (anything else is refused by name); ``batch``
             listed means the backend takes any batch (else the artifact's static batch is checked).
         help: one line for ``--help`` and error messages.
+        also_opens: suffixes of other rows' artifacts it runs when named with ``--backend`` (the OpenVINO rows:
+            ``.onnx``); :func:`check_backend_opens` refuses the rest.
     """
 
     name: str
@@ -178,6 +180,7 @@ class BackendSpec:
     loader: str | type
     options: tuple[str, ...] = ()
     help: str = ""
+    also_opens: tuple[str, ...] = ()
 
     def load(self) -> type:
         if not isinstance(self.loader, str):
@@ -209,9 +212,10 @@ register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_
                              ("providers", "threads"), "ONNX Runtime (FP32, FP16, INT8 Q/DQ graphs)"))
 register_backend(BackendSpec("openvino", (), "danet_edge.runtime.openvino_backend:OpenVinoBackend",
                              ("threads", "inference_precision"),
-                             "OpenVINO on the CPU (the same .onnx graphs; --backend openvino)"))
+                             "OpenVINO on the CPU (the same .onnx graphs; --backend openvino)", (".onnx",)))
 register_backend(BackendSpec("openvino-bf16", (), "danet_edge.runtime.openvino_backend:OpenVinoBf16Backend",
-                             ("threads",), "OpenVINO on the CPU, bf16 outside the INT8 part (AVX-512 BF16 / AMX)"))
+                             ("threads",), "OpenVINO on the CPU, bf16 outside the INT8 part (AVX-512 BF16 / AMX)",
+                             (".onnx",)))
 register_backend(BackendSpec("tensorrt", (".engine", ".plan"), "danet_edge.runtime.trt_backend:TensorRTBackend",
                              ("cuda_backend",), "TensorRT engine (built on this device)"))
 
@@ -256,6 +260,29 @@ def backend_spec(path: str | os.PathLike[str], backend: str | None = None) -> Ba
 def backend_for(path: str | os.PathLike[str], backend: str | None = None) -> str:
     """The backend name for ``path`` (see :func:`backend_spec`)."""
     return backend_spec(path, backend).name
+
+
+def check_backend_opens(path: str | os.PathLike[str], backend: str | None = None) -> BackendSpec:
+    """The row that runs ``path`` when ``backend`` is named (None: the row of its suffix), refusing a named
+    backend that cannot run that kind of artifact: a suffix that belongs to another row (``.pt`` is torch's,
+    ``.onnx`` onnxruntime's, ``.engine`` tensorrt's) must be among the named row's ``suffixes`` or
+    ``also_opens``. A suffix no row owns is left to the named backend (it reads the file or says why not).
+
+    Call it before opening anything (``bench --backend``): the refusal is a usage error, one line, exit 2,
+    where opening the file would fail later with the backend's own error.
+
+    Raises:
+        ConfigError: unknown suffix or backend name (:func:`backend_spec`); a backend that cannot run the file's
+            kind (names the kind's own backend and what the named one opens).
+    """
+    spec = backend_spec(path, backend)
+    suffix = Path(path).suffix
+    owner = BACKENDS.get(suffix)
+    if backend is None or owner is None or suffix in spec.suffixes or suffix in spec.also_opens:
+        return spec
+    opens = ", ".join(dict.fromkeys((*spec.suffixes, *spec.also_opens))) or "nothing by suffix"
+    raise ConfigError(f"{path}: the {spec.name} backend cannot run a {suffix} file (that is the {owner} "
+                      f"backend's); it runs {opens}: drop --backend {spec.name} for this file")
 
 
 def open_backend(path: str | os.PathLike[str], backend: str | None = None, batch: int | None = None,
