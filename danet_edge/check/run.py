@@ -43,7 +43,7 @@ from .inputs import RefMeta, chunks, frames, reference_kind
 from .thresholds import (DEFAULT_THRESHOLDS, Thresholds, load_thresholds,  # noqa: F401
                          parse_threshold_overrides, thresholds_for)
 from ..core.utils import ensure_output_names, staged_files, write_json
-from ..runtime.backends import Backend, backend_spec, open_backend
+from ..runtime.backends import Backend, backend_spec, check_backend_opens, open_backend
 
 __all__ = ["Thresholds", "DEFAULT_THRESHOLDS", "CheckConfig", "ArtifactCheck", "CheckReport",
            "check_artifacts", "artifact_precision", "parse_threshold_overrides", "load_thresholds"]
@@ -136,14 +136,17 @@ class _Run:
         return count
 
 
-def _inputs(artifacts: Sequence[str | os.PathLike[str]], reference: Any, dataset: Any) -> tuple[list[Path], Any, Any]:
-    """The artifact paths, the reference (bundle or checkpoint path) and the data set, checked."""
+def _inputs(artifacts: Sequence[str | os.PathLike[str]], reference: Any, dataset: Any,
+            backend: str | None = None) -> tuple[list[Path], Any, Any]:
+    """The artifact paths, the reference (bundle or checkpoint path) and the data set, checked; ``backend``
+    must be able to run every artifact (``backends.check_backend_opens``)."""
     if not artifacts:
         raise ConfigError("no artifacts to check")
     paths = [Path(a) for a in artifacts]
     for p in paths:
         if not p.exists():
             raise ConfigError(f"artifact {p} not found")
+        check_backend_opens(p, backend)
     ref_src = reference_kind(reference)
     if not isinstance(ref_src, Path):
         if dataset is not None:
@@ -224,7 +227,7 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
     cfg.validate()
     if cfg.report_dir is not None:  # a report name taken by a folder: refused before the (long) check
         ensure_output_names(cfg.report_dir, "--report", ["report.md", "report.html"])
-    paths, ref_src, dataset = _inputs(artifacts, reference, dataset)
+    paths, ref_src, dataset = _inputs(artifacts, reference, dataset, cfg.backend)
     bundle = None if isinstance(ref_src, Path) else ref_src
     run = _Run(cfg, paths, bundle)
     try:

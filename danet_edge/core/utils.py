@@ -23,14 +23,24 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _FULL_PHRASES = ("no space left on device", "disk quota exceeded", "file too large", "file write failed")
 
 
-def disk_full(error: BaseException) -> bool:
+#: Below this many free bytes, a library's write error without an errno is taken for a full disk (PyTorch's zip
+#: writer also says "unexpected pos 32576 vs 32470" or "basic_ios::clear: iostream error" when a write falls short).
+_NEARLY_FULL = 1 << 20
+
+
+def disk_full(error: BaseException, folder: str | os.PathLike[str] | None = None) -> bool:
     """Whether ``error`` is a write the file system refused for want of room: an ``OSError`` with ENOSPC, EDQUOT
-    or EFBIG, or a library's error (PyTorch's ``RuntimeError``, ONNX Runtime's) saying so in its text."""
+    or EFBIG, a library's error (PyTorch's ``RuntimeError``, ONNX Runtime's) saying so in its text, or, with
+    ``folder`` (where the write went), such an error while that file system has less than 1 MiB free."""
     if isinstance(error, OSError) and error.errno in _FULL_ERRNOS:
         return True
     if isinstance(error, (OSError, RuntimeError)) or type(error).__module__.startswith("onnxruntime"):
         text = str(error).lower()
-        return any(p in text for p in _FULL_PHRASES)
+        if any(p in text for p in _FULL_PHRASES):
+            return True
+        if folder is not None:
+            free = free_bytes(folder)
+            return free is not None and free < _NEARLY_FULL
     return False
 
 
@@ -98,7 +108,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp_path
         except Exception as e:
-            if disk_full(e):
+            if disk_full(e, path.parent):
                 raise storage_error(path) from None
             raise
         os.replace(tmp_path, path)
@@ -124,7 +134,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as e:
-            if disk_full(e):
+            if disk_full(e, out.parent):
                 raise storage_error(out) from None
             raise
         os.chmod(tmp, 0o755)
@@ -382,7 +392,7 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as e:
-            if isinstance(e, StorageError) or disk_full(e):
+            if isinstance(e, StorageError) or disk_full(e, folder):
                 raise storage_error(folder) from None
             raise
         for f in sorted(tmp.iterdir()):

@@ -41,7 +41,7 @@ def _graph_io(path: Path, m: Manifest) -> Any:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - onnx raises several types: DecodeError, OSError, the checker's
         # ValidationError for external data that points outside the graph's folder (nothing is read then)
-        why = " ".join(str(e).split())[:160]
+        why = " ".join(str(e).split())[:400]
         raise ManifestError(f"{path}: not a readable ONNX graph ({type(e).__name__}: {why})") from None
     inits = {i.name for i in model.graph.initializer}
 

@@ -90,9 +90,8 @@ def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.n
         c.update(got.argmax(1), ref.argmax(1), got, ref)
     if c.nonfinite:
         raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
-    if not c.has_logits:
-        return {"label_agreement_vs_fp32": c.agreement}, got
-    return {"rel_l2_vs_fp32": c.rel_l2, "label_agreement_vs_fp32": c.agreement}, got
+    ver = {"label_agreement_vs_fp32": c.agreement, "label_kappa_vs_fp32": c.kappa}
+    return ({"rel_l2_vs_fp32": c.rel_l2, **ver} if c.has_logits else ver), got
 
 
 def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[str, Any],
@@ -107,16 +106,18 @@ def _derived(fp32: Artifact, path: Path, precision: str, extra_manifest: dict[st
 
 def _verification_problem(plan: ExportPlan, recipe: PrecisionRecipe, ver: dict[str, float]) -> str | None:
     """Why a derived graph fails its export verification against FP32, or None: relative L2 above the recipe's
-    limit (``ExportPlan.rel_l2_limit``), or class maps below the recipe's agreement floor
-    (``PrecisionRecipe.min_label_agreement``)."""
+    limit (``ExportPlan.rel_l2_limit``), or class maps below the recipe's agreement floor, in chance-corrected
+    agreement (Cohen's kappa, ``PrecisionRecipe.min_label_kappa``: raw agreement cannot tell a broken graph
+    from a good one when one class covers most pixels)."""
     limit = plan.rel_l2_limit(recipe)
     if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
         return f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} (limit {limit:g})"
-    agree = ver.get("label_agreement_vs_fp32")
-    if agree is not None and agree < recipe.min_label_agreement:
-        return (f"{recipe.name} class maps agree with FP32 on {agree:.3%} of the verification pixels (floor "
-                f"{recipe.min_label_agreement:.0%}): the graph is broken, not a lower-precision copy (a calibration "
-                "cache from elsewhere? delete the calib_*.json beside it)")
+    kappa = ver.get("label_kappa_vs_fp32")
+    if kappa is not None and kappa < recipe.min_label_kappa:
+        return (f"{recipe.name} class maps agree with FP32 on {ver['label_agreement_vs_fp32']:.3%} of the "
+                f"verification pixels, kappa {kappa:.3f} (floor {recipe.min_label_kappa:g}: 0 is chance): the graph "
+                "is broken, not a lower-precision copy (a calibration cache from elsewhere? delete the calib_*.json "
+                "beside it)")
     return None
 
 
@@ -251,4 +252,5 @@ def _export(plan: ExportPlan, log: Log) -> ExportResult:
 
 
 def _fmt(ver: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3g}" if "l2" in k else f"{k} {v:.4%}" for k, v in ver.items())
+    return ", ".join(f"{k} {v:.3g}" if "l2" in k else f"{k} {v:.3f}" if "kappa" in k else f"{k} {v:.4%}"
+                     for k, v in ver.items())

@@ -66,7 +66,7 @@ class ExportPlan:
 
     def rel_l2_limit(self, recipe: PrecisionRecipe) -> float | None:
         """The relative-L2 limit of ``recipe``'s graph against FP32: ``--fp16-tolerance`` for an FP16 graph
-        when given, else the recipe's own ``max_rel_l2`` (None: no limit)."""
+        when given, else the recipe's own ``max_rel_l2`` (``recipes.MAX_REL_L2`` unless stricter)."""
         if self.cfg.fp16_tolerance is not None and recipe.precision == "fp16":
             return self.cfg.fp16_tolerance
         return recipe.max_rel_l2

@@ -267,6 +267,7 @@ def load_bundle(path: str | os.PathLike[str]) -> ReferenceBundle:
     logits = arrays.get("reference_logits")
     _need(logits is None or (logits.dtype == np.float16 and logits.shape == (n, len(classes), h, w)), folder,
           f"reference_logits must be ({n}, {len(classes)}, {h}, {w}) float16")
+    _need(logits is None or bool(np.isfinite(logits).all()), folder, "reference_logits hold inf or NaN")
     return ReferenceBundle(folder, meta, images, labels if labelled else None, ref, logits)
 
 

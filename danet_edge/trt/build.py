@@ -338,7 +338,8 @@ def _build(trt: Any, cuda: Any, builder: Any, network: Any, config: Any, plan: B
     if calibrator is not None:
         calibration = {"method": "EntropyCalibration2 (implicit, TensorRT 10)", "batches": calibrator.batches,
                        "images": [rel for rel, _ in calib_key["images"]], "seed": calib_set.seed,
-                       "cache": str(plan.calib_cache), "cache_reused": calibrator.cache_reused, "key": calib_key["key"]}
+                       "cache": str(plan.calib_cache), "cache_reused": calibrator.cache_reused, "key": calib_key["key"],
+                       **({"cache_refused": calibrator.cache_refused} if calibrator.cache_refused else {})}
     return serialized, calibration
 
 

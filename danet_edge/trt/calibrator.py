@@ -27,7 +27,7 @@ from ..data.calib import CalibrationSet
 from ..core.manifest import Manifest
 from ..core.utils import atomic_path, read_json, sha256_file, write_json
 
-__all__ = ["CALIB_METHOD", "calibration_key", "default_cache_path", "make_calibrator"]
+__all__ = ["CALIB_METHOD", "calibration_key", "default_cache_path", "make_calibrator", "calibration_cache_problem"]
 
 CALIB_METHOD = "EntropyCalibration2"
 
@@ -39,6 +39,43 @@ def calibration_key(onnx_path: Path, calib_set: CalibrationSet, batch: int) -> d
            "seed": calib_set.seed, "images": images}
     key["key"] = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()
     return key
+
+
+#: Largest activation scale a calibration cache may hold (a range of 127 x this). Beyond it the cache was not
+#: measured on a float32 network (a poisoned or corrupt file) and would round every activation to zero.
+SCALE_LIMIT = 1e9 / 127
+
+
+def calibration_cache_problem(data: bytes, record: dict[str, Any] | None = None) -> str | None:
+    """Why TensorRT calibration cache bytes must not be used, or None when they may.
+
+    The cache is text (TensorRT's ``IInt8Calibrator.write_calibration_cache``): a header line
+    ``TRT-<version>-EntropyCalibration2`` then one ``<tensor>: <scale>`` line per tensor, the scale the
+    big-endian hex of a float32. Refused: a SHA-256 other than the one its ``record`` holds (when the record
+    has one), another method in the header, a line that does not parse, a scale that is not finite, not positive
+    or beyond :data:`SCALE_LIMIT`.
+    """
+    import struct
+
+    if record is not None and "cache_sha256" in record and hashlib.sha256(data).hexdigest() != record["cache_sha256"]:
+        return "its SHA-256 is not the one its record holds (changed since it was written)"
+    try:
+        lines = data.decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        return "not a text calibration cache"
+    if not lines or not (lines[0].startswith("TRT-") and lines[0].endswith(CALIB_METHOD)):
+        return f"header {lines[0][:60]!r} is not TRT-<version>-{CALIB_METHOD}" if lines else "empty"
+    for line in lines[1:]:
+        name, sep, hexval = line.rpartition(":")
+        try:
+            scale = struct.unpack(">f", bytes.fromhex(hexval.strip()))[0]
+        except (ValueError, struct.error):
+            return f"line {line[:60]!r} is not '<tensor>: <hex float32>'"
+        if not sep or not name.strip():
+            return f"line {line[:60]!r} names no tensor"
+        if not (np.isfinite(scale) and 0 < scale <= SCALE_LIMIT):
+            return f"tensor {name.strip()!r}: scale {scale:g} is not finite, not positive or beyond {SCALE_LIMIT:g}"
+    return None
 
 
 def default_cache_path(onnx_path: Path, key: dict[str, Any]) -> Path:
@@ -67,6 +104,7 @@ def make_calibrator(trt: Any, cuda: Any, calib_set: CalibrationSet, manifest: Ma
             self.batches = 0
             self.error: BaseException | None = None
             self.cache_reused = False
+            self.cache_refused: str | None = None  # why a cache on disk was not used (then recalibrated)
             self.stream = cuda.create_stream()
             try:
                 self.buf = cuda.alloc(shape, np.uint8 if fused else np.float32)
@@ -101,15 +139,20 @@ def make_calibrator(trt: Any, cuda: Any, calib_set: CalibrationSet, manifest: Ma
                 return None
             if not isinstance(old, dict) or old.get("key") != key["key"]:
                 return None
+            data = cache.read_bytes()
+            self.cache_refused = calibration_cache_problem(data, old)
+            if self.cache_refused is not None:
+                return None  # TensorRT calibrates again and writes a new cache
             self.cache_reused = True
-            return cache.read_bytes()
+            return data
 
         def write_calibration_cache(self, data: Any) -> None:
             if self.error is not None:
                 return  # never keep a cache calibrated on a truncated set
+            blob = bytes(data)
             with atomic_path(cache) as tmp:
-                tmp.write_bytes(bytes(data))
-            write_json(record, key)
+                tmp.write_bytes(blob)
+            write_json(record, {**key, "cache_sha256": hashlib.sha256(blob).hexdigest()})
 
         def close(self) -> None:
             if self.buf is not None:
