@@ -15,6 +15,25 @@ and the OpenVINO row right after an ONNX Runtime row took 72 ms for 58 ms alone 
 2 threads, AMX CPU). ``--rows openvino-bf16`` opens no ONNX Runtime session: PyTorch eager and OpenVINO bf16 only,
 the two rows ``danet-edge bench GRAPH -r CKPT --backend openvino-bf16 --threads 2`` times (each entry alone, one
 after the other); ``danet_edge/bench/run.py`` says what else differs.
+
+How it compares with ``danet-edge bench``. This script (``--rows openvino-bf16 --graph NAME=GRAPH --checkpoint CKPT``), set
+beside ``bench GRAPH -r CKPT --backend openvino-bf16 --threads 2 --warmup 2 --warmup-s 0 --runs 7 --duration 0``:
+the same in both are the backends (``open_backend``: the eager reference at the graph's size, batch 1; the graph
+on OpenVINO bf16), the threads (2: PyTorch's ``set_num_threads`` and OpenVINO's ``INFERENCE_NUM_THREADS``; bench
+leaves each library's default without ``--threads``, the script runs 2), denormals flushed (one process each),
+2 untimed runs, the median (bench's p50) of the timed runs, and the speed-up (eager median / graph median).
+What differs:
+
+* per-frame work: the script times ``segment_frames`` on one 128x160 calibration scene (resize to the model size,
+  ``predict``, labels resized back), bench ``predict`` on a scene at the model size; the resize and the label
+  restore bench leaves out took 0.17 ms a frame (0.3 % of the 56 ms OpenVINO row of the R-50 256x512 INT8 graph
+  on a 2-core AMX Xeon; nothing next to eager's 700+ ms);
+* order: the script keeps every entry open and alternates them run by run, so each row pays what the runtime
+  before it leaves spinning (PyTorch's OpenMP threads: a few % on that OpenVINO row; ONNX Runtime's, in its
+  other ``--rows``: 58 -> 72 ms); bench opens one entry at a time and times all its runs before the next (the
+  reference first), so drift in the machine's load hits the rows unevenly: compare on a quiet machine;
+* the pixels: other synthetic scenes (the time does not depend on them once denormals are flushed); bench also
+  opens each backend kind once before timing (``_prime``).
 """
 
 from __future__ import annotations

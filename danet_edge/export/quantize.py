@@ -41,6 +41,7 @@ from ..core.errors import CalibrationError, ConfigError, DataError
 from ..model.config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.progress import track
 from ..core.utils import atomic_path, read_json, sha256_file, write_json
+from .ranges_cache import ranges_cache_problem, write_ranges
 from .qdq_fp16 import _fp16_outside_qdq
 from ..graph.precision import producers
 
@@ -275,7 +276,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         if reused:
             shutil.copyfile(ranges_path, tmp_ranges)
         elif ranges is not None:
-            _write_ranges(tmp_ranges, ranges)
+            write_ranges(tmp_ranges, ranges)
         tmp_out = Path(tmp) / "int8.onnx"
         src = Path(tmp) / "model.onnx"  # ORT writes "<input>-inferred.onnx" beside its input: here, not in --out
         try:
@@ -315,64 +316,6 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         write_json(record_path, record)
     record = {**record, "high_precision": high_precision, "residual_adds": len(residual), **scale_stats}
     return Int8Result(out, record, record_path, ranges_path, reused, time.perf_counter() - t0, cache_note)
-
-
-#: Largest activation range a calibration cache may hold (absolute value). A float32 network's activations are
-#: far below it; a cache that holds more was not measured on this graph (a poisoned or corrupt cache) and would
-#: give scales that round every activation to zero.
-RANGE_LIMIT = 1e9
-
-
-def ranges_cache_problem(path: Path, record: dict[str, Any] | None, model: onnx.ModelProto) -> str | None:
-    """Why the ranges cache at ``path`` (ONNX Runtime's ``TensorsData`` JSON) must not be used for ``model``, or
-    None when it may: its SHA-256 differs from the one ``record`` (the calibration record) holds, it is not the
-    expected JSON, a tensor it names is not in the graph, or a range is not finite, beyond :data:`RANGE_LIMIT` or
-    has lowest > highest. Untrusted input: read with the size limit of ``utils.read_json``."""
-    if record is not None and record.get("ranges_sha256") != sha256_file(path):
-        return "its SHA-256 is not the one its record holds (changed since it was written)"
-    try:
-        data = read_json(path, max_bytes=256 * 2**20)
-    except (OSError, ValueError) as e:
-        return f"unreadable ({e})"
-    entries = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(entries, dict) or not entries:
-        return "no ranges in it"
-    names = {t for n in model.graph.node for t in (*n.input, *n.output)} | {i.name for i in model.graph.input}
-    for name, entry in entries.items():
-        if name not in names:
-            return f"tensor {name!r} is not in the graph"
-        if not isinstance(entry, dict):
-            return f"tensor {name!r}: not a range"
-        try:
-            lo_f, hi_f = _cached_number(entry.get("lowest")), _cached_number(entry.get("highest"))
-        except (TypeError, ValueError, IndexError):
-            return f"tensor {name!r}: its range is not a number"
-        if not (np.isfinite(lo_f) and np.isfinite(hi_f)) or max(abs(lo_f), abs(hi_f)) > RANGE_LIMIT or lo_f > hi_f:
-            return f"tensor {name!r}: range {lo_f:g}..{hi_f:g} is not finite, beyond {RANGE_LIMIT:g} or reversed"
-    return None
-
-
-def _cached_number(value: Any) -> float:
-    """A range end as ONNX Runtime stores it (a number, or ``{"CLS": "numpy.array", "data": ...}``), as a float.
-
-    Raises:
-        TypeError, ValueError, IndexError: not a number."""
-    if isinstance(value, dict):
-        value = value.get("data")
-    if isinstance(value, bool) or value is None:
-        raise TypeError(f"{value!r} is not a number")
-    return float(np.asarray(value, np.float64).reshape(-1)[0])
-
-
-def _write_ranges(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
-    """Given ranges as ONNX Runtime's calibration cache (``TensorsData``, MinMax), which ``quantize_static`` reads
-    instead of calibrating."""
-    import_onnxruntime()
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-
-    data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
-            for k, (lo, hi) in ranges.items()}
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
 
 
 _AFTER_CLASSIFIER = {"Resize", "Upsample", "Identity", "Cast", "ArgMax", "Softmax", "Transpose", "Reshape"}
