@@ -529,3 +529,31 @@ def test_reference_bundle_with_non_finite_logits_is_refused(ws, tmp_path):
                           logits, "synthetic", {}, None)
     with pytest.raises(DataError, match="reference_logits hold inf or NaN"):
         load_bundle(folder)
+
+
+def test_sigterm_stops_infer_like_ctrl_c_and_the_video_plays(ws, tmp_path):
+    """``kill`` (SIGTERM) used to end the process at once: the overlay video had no index. Now it is Ctrl-C:
+    the video is closed, playable, and the one line says what was kept (exit 130)."""
+    import cv2
+    import signal
+
+    clip = tmp_path / "long.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
+    for f in random_frames(600, 64, 96):
+        writer.write(f)
+    writer.release()
+    out = tmp_path / "i"
+    proc = subprocess.Popen([sys.executable, "-m", "danet_edge.cli", "-q", "infer", str(ws["onnx"]), str(clip),
+                             "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    partial = out / ".long_overlay.partial.mp4"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (partial.exists() and partial.stat().st_size > 0):
+        time.sleep(0.05)
+    assert proc.poll() is None, "infer ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and lines[0].startswith("interrupted after ") and "playable" in lines[0], err
+    frames = json.loads((out / "summary.json").read_text())["frames"]
+    assert 0 < frames < 600 and _decoded_frames(out / "long_overlay.mp4") == frames

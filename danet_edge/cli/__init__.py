@@ -140,6 +140,7 @@ def main() -> None:
         flags = [a for a in argv[:cut] if a in _GLOBAL_FLAGS]
         argv = flags + [a for a in argv[:cut] if a not in _GLOBAL_FLAGS] + argv[cut:]
         sys.argv[1:] = argv
+    _terminate_like_ctrl_c()
     try:
         code = app(standalone_mode=False)  # click's errors come here, to be one line like every other error
         sys.exit(code if isinstance(code, int) else 0)
@@ -183,6 +184,24 @@ def main() -> None:
                        "another --out", err=True)
             sys.exit(5)
         raise
+
+
+def _terminate_like_ctrl_c() -> None:
+    """``kill`` (SIGTERM) and a closed terminal (SIGHUP) stop a command the way Ctrl-C does: Python's default for
+    them ends the process at once, leaving an overlay video without its index (unplayable), a half epoch
+    unsaved and no word of what was kept. As a ``KeyboardInterrupt`` each stage closes its outputs and says what
+    it kept (exit 130). ``kill -9`` cannot be caught: the temporary files it leaves are removed by the next run."""
+    import signal
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            try:
+                signal.signal(sig, interrupt)
+            except (ValueError, OSError):  # not the main thread, or a platform without it
+                pass
 
 
 def _abort(error: BaseException) -> bool:
