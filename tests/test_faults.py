@@ -111,10 +111,9 @@ def full(tmp_path):
 
 
 def _strays(folder: Path) -> list[str]:
-    """Files a failed command must not leave: temporary names and partial videos."""
-    return [str(p.relative_to(folder)) for p in folder.rglob("*")
-            if p.name != ".filler" and (p.name.endswith(".tmp") or ".partial" in p.name or p.name.startswith(".staged")
-                                        or p.name == LOCK_NAME or p.is_file())]
+    """What a failed command left on the full disk: nothing at all (no temporary file, partial video, lock file
+    or empty folder) but the filler."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.name != ".filler")
 
 
 # ------------------------------------------------------------------------------------------ 1. a full disk
@@ -130,6 +129,8 @@ FULL_CASES = [
     ("bench_json", ["bench", "{onnx}", "--runs", "1", "--warmup", "0", "--json", "{full}/b.json"]),
     ("bench_plot", ["bench", "{onnx}", "--runs", "1", "--warmup", "0", "--plot", "{full}/b.png"]),
     ("infer", ["infer", "{onnx}", "{clip}", "-o", "{full}/i"]),
+    ("deploy_triton", ["deploy", "{onnx}", "--triton", "{full}/repo"]),
+    ("export_nested_out", ["export", "{ckpt}", "-o", "{full}/a/b"]),
 ]
 
 

@@ -90,6 +90,28 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
             raise
 
 
+def make_dirs(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True, exist_ok=True)``, returning the folders it created, outermost first (for
+    :func:`remove_empty`)."""
+    made = []
+    p = folder.absolute()
+    while not p.exists():
+        made.append(p)
+        p = p.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made[::-1]
+
+
+def remove_empty(made: list[Path]) -> None:
+    """Remove the folders :func:`make_dirs` created, innermost first, as far as they are empty (a failed run
+    leaves no empty folder behind)."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -97,7 +119,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     A crash or exception inside the block leaves ``path`` as it was (old file kept, no half file).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
@@ -112,9 +134,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 raise storage_error(path) from None
             raise
         os.replace(tmp_path, path)
+        made = []
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+        remove_empty(made)
 
 
 @contextlib.contextmanager
@@ -128,7 +152,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     import shutil
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         try:
@@ -147,9 +171,11 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)
+        made = []
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        remove_empty(made)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
@@ -320,8 +346,7 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
     from .errors import RunLocked
 
     folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(folder)
     lock = folder / LOCK_NAME
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -350,9 +375,7 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # only when the run left it empty
+        remove_empty(made)  # only what the run left empty
 
 
 def ensure_output_names(folder: str | os.PathLike[str], option: str, files: Any = (), folders: Any = ()) -> None:
@@ -384,10 +407,8 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
     from .errors import StorageError
 
     folder = Path(folder)
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(folder)
     tmp = Path(tempfile.mkdtemp(prefix=".staged.", dir=folder))
-    done = False
     try:
         try:
             yield tmp
@@ -397,9 +418,7 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
             raise
         for f in sorted(tmp.iterdir()):
             os.replace(f, folder / f.name)
-        done = True
+        made = []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if created and not done:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty(made)
