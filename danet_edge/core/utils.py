@@ -113,10 +113,16 @@ def remove_empty(made: list[Path]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], needed: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     A crash or exception inside the block leaves ``path`` as it was (old file kept, no half file).
+
+    Args:
+        needed: the bytes the write will take, when the caller knows (named in the full-disk error).
+
+    Raises:
+        StorageError: the file system refused the write (no space, a quota): one line, the file and the free space.
     """
     path = Path(path)
     made = make_dirs(path.parent)
@@ -131,7 +137,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             yield tmp_path
         except Exception as e:
             if disk_full(e, path.parent):
-                raise storage_error(path) from None
+                tmp_path.unlink(missing_ok=True)  # the free space named is what the user has without it
+                raise storage_error(path, needed) from None
             raise
         os.replace(tmp_path, path)
         made = []
@@ -159,6 +166,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             yield tmp
         except Exception as e:
             if disk_full(e, out.parent):
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise storage_error(out) from None
             raise
         os.chmod(tmp, 0o755)
@@ -414,6 +422,7 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
             yield tmp
         except Exception as e:
             if isinstance(e, StorageError) or disk_full(e, folder):
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise storage_error(folder) from None
             raise
         for f in sorted(tmp.iterdir()):

@@ -186,7 +186,7 @@ def apply_budget(cfg: ExportConfig, fp32_path: Path, int8_path: Path, evaluator:
     graph in place and writes the sensitivity ranking (``.sensitivity.md`` / ``.png``) beside it."""
     res = fit_budget(onnx.load(str(int8_path)), onnx.load(str(fp32_path)), evaluator, cfg.min_agreement,
                      cfg.max_miou_drop, log)
-    with atomic_path(int8_path) as tmp:
+    with atomic_path(int8_path, res.model.ByteSize()) as tmp:
         onnx.save(res.model, str(tmp))
     if res.ranking is not None:
         stem = int8_path.with_suffix("")

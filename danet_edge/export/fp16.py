@@ -70,7 +70,7 @@ def convert_fp16(onnx_path: str | os.PathLike[str], out: str | os.PathLike[str],
         onnx.checker.check_model(fp16, full_check=True)
     except (ValueError, RuntimeError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"FP16 conversion of {onnx_path} failed: {e}") from None
-    with atomic_path(out) as tmp:
+    with atomic_path(out, fp16.ByteSize()) as tmp:
         onnx.save(fp16, str(tmp))
     return Path(out)
 

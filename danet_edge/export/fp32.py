@@ -123,7 +123,7 @@ def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"{path.name}: ONNX checker failed: {str(e).splitlines()[0]}") from None
-    with atomic_path(sidecar) as tmp_sidecar, atomic_path(path) as tmp_graph:
+    with atomic_path(sidecar) as tmp_sidecar, atomic_path(path, model.ByteSize()) as tmp_graph:
         tmp_sidecar.write_text(sidecar_text)
         onnx.save(model, str(tmp_graph))
     # leaving the block renames the graph (inner), then the sidecar (outer)

@@ -302,7 +302,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         if high_precision == "fp16":
             qmodel, scale_stats = _fp16_outside_qdq(qmodel)
         enforce_tensorrt_compat(qmodel, target, required_tensorrt(qmodel))
-        with atomic_path(out) as dst:
+        with atomic_path(out, qmodel.ByteSize()) as dst:
             onnx.save(qmodel, str(dst))
         if ranges is None:
             problem = ranges_cache_problem(tmp_ranges, None, model)

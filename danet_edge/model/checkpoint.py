@@ -53,9 +53,20 @@ CHECKPOINT_FORMAT = "danet-edge-checkpoint/1"
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Save ``payload`` (see the module docstring) atomically: a crash never leaves a half file."""
     payload = {"format": CHECKPOINT_FORMAT, **payload}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, _tensor_bytes(payload)) as tmp:
         torch.save(payload, tmp)
     return Path(path)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict / list (what ``torch.save`` writes, less a few KiB of pickle)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
