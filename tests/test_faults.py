@@ -385,6 +385,8 @@ def test_every_recipe_has_an_agreement_floor_and_an_error_ceiling():
     assert _verification_problem(plan, int8, ok) is None
     broken = {"rel_l2_vs_fp32": 0.9, "label_agreement_vs_fp32": 0.955, "label_kappa_vs_fp32": 0.004}
     assert "95.500% of the verification pixels, kappa 0.004 (floor 0.1" in _verification_problem(plan, int8, broken)
+    degenerate = {"rel_l2_vs_fp32": 0.05, "label_agreement_vs_fp32": 0.99984, "label_kappa_vs_fp32": 0.0}
+    assert _verification_problem(plan, int8, degenerate) is None  # FP32's maps are one class: kappa says nothing
     assert "relative L2 2.6e+30 (limit 10)" in \
         _verification_problem(plan, int8, {**ok, "rel_l2_vs_fp32": 2.6e30})
 

@@ -40,7 +40,7 @@ from .config import REFERENCE_IMAGES, ExportConfig
 from .fp32 import MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph
 from .graph_io import fuse_io
 from .plan import ExportPlan, plan_export
-from .recipes import PrecisionRecipe, RecipeInput, RecipeOptions
+from .recipes import AGREEMENT_BEYOND_DOUBT, PrecisionRecipe, RecipeInput, RecipeOptions
 from .results import Artifact, ExportResult
 
 __all__ = ["ExportConfig", "export_model"]
@@ -108,12 +108,13 @@ def _verification_problem(plan: ExportPlan, recipe: PrecisionRecipe, ver: dict[s
     """Why a derived graph fails its export verification against FP32, or None: relative L2 above the recipe's
     limit (``ExportPlan.rel_l2_limit``), or class maps below the recipe's agreement floor, in chance-corrected
     agreement (Cohen's kappa, ``PrecisionRecipe.min_label_kappa``: raw agreement cannot tell a broken graph
-    from a good one when one class covers most pixels)."""
+    from a good one when one class covers most pixels), unless they agree on at least
+    ``recipes.AGREEMENT_BEYOND_DOUBT`` of the pixels."""
     limit = plan.rel_l2_limit(recipe)
     if limit is not None and ver.get("rel_l2_vs_fp32", 0.0) > limit:
         return f"{recipe.name} graph differs from FP32 by relative L2 {ver['rel_l2_vs_fp32']:.3g} (limit {limit:g})"
-    kappa = ver.get("label_kappa_vs_fp32")
-    if kappa is not None and kappa < recipe.min_label_kappa:
+    kappa, agree = ver.get("label_kappa_vs_fp32"), ver.get("label_agreement_vs_fp32", 0.0)
+    if kappa is not None and kappa < recipe.min_label_kappa and agree < AGREEMENT_BEYOND_DOUBT:
         return (f"{recipe.name} class maps agree with FP32 on {ver['label_agreement_vs_fp32']:.3%} of the "
                 f"verification pixels, kappa {kappa:.3f} (floor {recipe.min_label_kappa:g}: 0 is chance): the graph "
                 "is broken, not a lower-precision copy (a calibration cache from elsewhere? delete the calib_*.json "

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # an annotation only: the command line imports this module wi
     from ..data.calib import CalibrationSet
 
 __all__ = ["RecipeInput", "RecipeOutput", "PrecisionRecipe", "RECIPES", "register_recipe", "get_recipe",
-           "DEFAULT_THRESHOLDS", "MIN_LABEL_KAPPA", "MAX_REL_L2"]
+           "DEFAULT_THRESHOLDS", "MIN_LABEL_KAPPA", "AGREEMENT_BEYOND_DOUBT", "MAX_REL_L2"]
 
 #: The export floor of every recipe: the chance-corrected agreement (Cohen's kappa, ``compare.OutputComparison``)
 #: of its class maps with the FP32 graph's on the verification images; 0 is what a map of one class everywhere,
@@ -35,6 +35,11 @@ __all__ = ["RecipeInput", "RecipeOutput", "PrecisionRecipe", "RECIPES", "registe
 #: 95 % on another whose maps are mostly one class (kappa about 0 both), while an honest but poor INT8 graph
 #: (the 2-epoch R-50, cpu target, -11 mIoU) agrees on 54 % of CamVid val pixels at kappa 0.31.
 MIN_LABEL_KAPPA = 0.1
+
+#: Agreement at or above which the kappa floor does not apply: when FP32's maps are almost one class (random
+#: test weights: 99.98 %), chance agreement is almost 1 and kappa says nothing about an INT8 graph that differs on
+#: 0.016 % of pixels; such a graph is judged by the relative L2 ceiling alone.
+AGREEMENT_BEYOND_DOUBT = 0.99
 
 #: The export ceiling of every recipe on the logits' relative L2 error against FP32 (``--fp16-tolerance`` and
 #: the FP16 recipe are stricter): 10 is an error ten times the logits themselves (the poisoned cache: 2.6e30);

@@ -35,7 +35,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-__all__ = ["load_cost_graph", "NodeCost", "GraphCost", "GpuTarget", "JETSON_TARGETS", "graph_cost", "node_precisions",
+__all__ = ["load_cost_graph", "is_static", "NodeCost", "GraphCost", "GpuTarget", "JETSON_TARGETS", "graph_cost", "node_precisions",
            "LAYOUT_OPS", "FLOAT_DTYPES", "WEIGHTED_OPS", "format_cost", "tensor_info"]
 
 #: Ops that move or relabel data and compute nothing (excluded from precision counts).
@@ -308,6 +308,13 @@ def format_cost(cost: GraphCost | dict[str, Any], targets: tuple[str, ...] | Non
     return lines
 
 
+def is_static(t: onnx.TypeProto) -> bool:
+    """Whether a value's type is a tensor with a shape of fixed positive dims (no ``dim_param``, no unknown)."""
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return False
+    return all(d.HasField("dim_value") and d.dim_value > 0 for d in t.tensor_type.shape.dim)
+
+
 def load_cost_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read an ONNX graph for costing (weights not loaded): a static-shape graph with nodes, else a refusal.
 
@@ -316,7 +323,6 @@ def load_cost_graph(path: str | os.PathLike[str]) -> onnx.ModelProto:
             dimension (a dynamic batch cannot be costed without guessing it: export with a fixed ``--batch``).
     """
     from ..core.errors import DataError
-    from .trtcheck import is_static
 
     path = Path(path)
     if not path.is_file():

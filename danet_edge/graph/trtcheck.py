@@ -33,6 +33,7 @@ from onnx import TensorProto
 
 from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT, OPSET_RANGE
 from ..core.errors import CompatibilityError
+from .cost import is_static
 from .precision import constant_value
 
 __all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS", "ATTENTION_TENSORRT",
@@ -87,13 +88,6 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
             v = onnx.helper.get_attribute_value(a)
             return v.decode() if isinstance(v, bytes) else v
     return default
-
-
-def is_static(t: onnx.TypeProto) -> bool:
-    """Whether a value's type is a tensor with a shape of fixed positive dims (no ``dim_param``, no unknown)."""
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return False
-    return all(d.HasField("dim_value") and d.dim_value > 0 for d in t.tensor_type.shape.dim)
 
 
 def _scale_violations(name: str, op: str, scale: np.ndarray | None) -> list[Violation]:
