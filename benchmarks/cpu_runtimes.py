@@ -3,49 +3,54 @@
 DANet (random weights unless ``--checkpoint``) exported to FP32 and to the cpu-target INT8 graph (uint8
 activations, int8 per-channel weights) with fused I/O (the export default), as logits graphs (``--logits``),
 with quantized attention MatMuls, and the tensorrt-target INT8 + FP16 graph (Q/DQ also on residual skips);
-every entry timed in one run, alternating, with the same thread count, medians of ``--runs``; each entry's
-time is ``segment_frames`` on one frame: resize, normalise, the graph, argmax, labels back to frame size. Answers issue 9's question:
+every entry timed in one run, one after the other with ``danet-edge bench``'s loop and defaults
+(``bench.measure.time_runs``, ``BenchConfig``: warm-up runs and seconds, at least ``--runs`` timed runs and the
+timed window's seconds), with the same thread count, medians; each entry's
+time is ``Backend.predict`` on one frame at the model size: normalise, the graph, argmax, labels to host (the resize
+to that size is done once, before timing). Answers issue 9's question:
 which CPU runtime is the honest fast route, and how far INT8 goes against eager FP32.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/cpu_runtimes.py [--backbone resnet50] [--size 256 512]
-[--threads 2] [--runs 7] [--out runs/cpu_runtimes] [--graph NAME=PATH ...]`` (needs ``pip install openvino`` for its rows).
+[--threads 2] [--runs 20] [--out runs/cpu_runtimes] [--graph NAME=PATH ...]`` (needs ``pip install openvino`` for its rows).
 
-Alternating runs share the CPU with the runtime that ran just before: ONNX Runtime's threads spin after each run,
-and the OpenVINO row right after an ONNX Runtime row took 72 ms for 58 ms alone (R-50 cpu-target INT8, 256x512,
-2 threads, AMX CPU). ``--rows openvino-bf16`` opens no ONNX Runtime session: PyTorch eager and OpenVINO bf16 only,
-the two rows ``danet-edge bench GRAPH -r CKPT --backend openvino-bf16 --threads 2`` times (each entry alone, one
-after the other); ``danet_edge/bench/run.py`` says what else differs.
+Entries are timed one after the other, not interleaved: interleaved, each row shares the CPU with the runtime that
+ran just before (ONNX Runtime's threads spin after each run; the OpenVINO row right after an ONNX Runtime row took
+72 ms for 58 ms alone: R-50 cpu-target INT8, 256x512, 2 threads, AMX CPU). ``--rows openvino-bf16`` opens no ONNX
+Runtime session: PyTorch eager and OpenVINO bf16 only, the two rows ``danet-edge bench GRAPH -r CKPT --backend
+openvino-bf16 --threads 2`` times.
 
 How it compares with ``danet-edge bench``. This script (``--rows openvino-bf16 --graph NAME=GRAPH --checkpoint CKPT``), set
-beside ``bench GRAPH -r CKPT --backend openvino-bf16 --threads 2 --warmup 2 --warmup-s 0 --runs 7 --duration 0``:
+beside ``bench GRAPH -r CKPT --backend openvino-bf16 --threads 2`` (both with bench's default warm-up and window):
 the same in both are the backends (``open_backend``: the eager reference at the graph's size, batch 1; the graph
 on OpenVINO bf16), the threads (2: PyTorch's ``set_num_threads`` and OpenVINO's ``INFERENCE_NUM_THREADS``; bench
 leaves each library's default without ``--threads``, the script runs 2), denormals flushed (one process each),
-2 untimed runs, the median (bench's p50) of the timed runs, and the speed-up (eager median / graph median).
+the warm-up and the timed window (``BenchConfig``'s defaults), the median (bench's p50) of the timed runs, and the
+speed-up (eager median / graph median).
 What differs:
 
-* per-frame work: the script times ``segment_frames`` on one 128x160 calibration scene (resize to the model size,
-  ``predict``, labels resized back), bench ``predict`` on a scene at the model size; the resize and the label
-  restore bench leaves out took 0.17 ms a frame (0.3 % of the 56 ms OpenVINO row of the R-50 256x512 INT8 graph
-  on a 2-core AMX Xeon; nothing next to eager's 700+ ms);
-* order: the script keeps every entry open and alternates them run by run, so each row pays what the runtime
-  before it leaves spinning (PyTorch's OpenMP threads: a few % on that OpenVINO row; ONNX Runtime's, in its
-  other ``--rows``: 58 -> 72 ms); bench opens one entry at a time and times all its runs before the next (the
-  reference first), so drift in the machine's load hits the rows unevenly: compare on a quiet machine;
-* the pixels: other synthetic scenes (the time does not depend on them once denormals are flushed); bench also
-  opens each backend kind once before timing (``_prime``).
+* nothing in the per-frame work: both time ``Backend.predict`` on one frame at the model size (normalise, the
+  graph, argmax, labels to host); the script resizes its 128x160 scene to that size once, before timing (timed
+  per frame, OpenCV's resize and its thread pool cost the eager row 5 % here);
+* order: none: both open each entry just before its runs and close it after, the reference first;
+* the pixels: other synthetic scenes (the time does not depend on them once denormals are flushed). Both open each
+  backend kind once before timing (``bench.run.prime_backends``: without it eager ran 5 % slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+# As the danet-edge CLI does (danet_edge/cli/__init__.py), before PyTorch loads its OpenMP runtime: idle OpenMP
+# threads sleep. Spinning, they take the cores from the row timed next (OpenVINO bf16 after eager: 60 vs 56 ms),
+# and bench, which runs under the CLI, would not see the same machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +60,13 @@ from bench_table import random_checkpoint  # noqa: E402
 
 from danet_edge.data.calib import fill_calib_dir, load_calibration_set  # noqa: E402
 from danet_edge.export.export import ExportConfig, export_model  # noqa: E402
-from danet_edge.runtime.backends import open_backend, segment_frames  # noqa: E402
+from danet_edge.bench.config import BenchConfig  # noqa: E402
+from danet_edge.bench.measure import time_runs  # noqa: E402
+from danet_edge.bench.run import prime_backends  # noqa: E402
+from danet_edge.runtime.backends import fit_frame, open_backend, segment_frames  # noqa: E402
+
+
+BENCH = BenchConfig()  # bench's defaults: the warm-up (runs and seconds) and the timed window's seconds
 
 
 def main() -> None:
@@ -64,7 +75,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(256, 512))
     ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (default: random weights)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--runs", type=int, default=BenchConfig.default("runs"),
+                    help="timed runs, at least (bench's default; bench's --duration and warm-up apply too)")
     ap.add_argument("--calib", type=int, default=8, help="calibration images (synthetic scenes)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cpu_runtimes")
     ap.add_argument("--calib-dir", type=Path, help="a calibration folder (default: synthetic scenes)")
@@ -121,32 +133,34 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    opened, refs = {}, {}
-    for label, path, backend, opts in entries:
+    prime_backends([(path, backend) for _, path, backend, _ in entries])  # as bench does
+    refs, times, providers = {}, {}, {}
+    for label, path, backend, opts in entries:  # one entry at a time, opened just before its runs and closed after,
+        # with bench's own loop and defaults (warm-up, runs, duration). Interleaved, each row paid for the threads the row
+        # before left spinning (ONNX Runtime's took the OpenVINO row after it from 58 to 72 ms); opened together, the
+        # idle OpenVINO pool slowed eager by 5 % (760 vs 720 ms, R-50 256x512, 2 threads)
         try:
-            opened[label] = open_backend(path, backend=backend, **opts)
+            b = open_backend(path, backend=backend, **opts)
         except Exception as e:  # noqa: BLE001 - a missing runtime is a row, not a crash
             print(f"{label}: skipped ({e})")
-    for label, b in opened.items():
-        refs[label] = segment_frames(b, [frame])[0]
-        segment_frames(b, [frame])  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in opened}
-    for _ in range(args.runs):  # alternate so drift in machine load hits every entry alike
-        for label, b in opened.items():
-            t0 = time.perf_counter()
-            segment_frames(b, [frame])
-            times[label].append(time.perf_counter() - t0)
+            continue
+        with b:
+            refs[label], providers[label] = segment_frames(b, [frame])[0], b.provider
+            fitted = fit_frame(frame, b.manifest.image_size, False)[0][None]  # resized once, as bench's input is
+            timed = time_runs(lambda b=b, x=fitted: b.predict(x) and None, warmup=BENCH.warmup,
+                              warmup_s=BENCH.warmup_s, runs=args.runs, duration_s=BENCH.duration_s)
+        times[label] = [ms / 1e3 for ms in timed.e2e_ms]
     base = statistics.median(times["PyTorch eager FP32"]) if "PyTorch eager FP32" in times else None
     ref = refs.get("PyTorch eager FP32")
-    print(f"\n{args.backbone} {size[0]}x{size[1]}, batch 1, {args.threads} threads, median of {args.runs} "
-          f"(alternating), agreement with PyTorch on one synthetic scene\n")
+    print(f"\n{args.backbone} {size[0]}x{size[1]}, batch 1, {args.threads} threads, median of at least {args.runs} "
+          f"runs and {BENCH.duration_s:g} s (one entry after the other), agreement with PyTorch on one synthetic "
+          "scene\n")
     print("| entry | runs on | p50 ms | vs eager FP32 | agreement % |\n|---|---|---|---|---|")
-    for label, b in opened.items():
+    for label in times:
         med = statistics.median(times[label]) * 1e3
         agree = 100.0 * float((refs[label] == ref).mean()) if ref is not None else float("nan")
         speed = f"{base * 1e3 / med:.2f}x" if base else "-"
-        print(f"| {label} | {b.provider} | {med:.0f} | {speed} | {agree:.2f} |")
-        b.close()
+        print(f"| {label} | {providers[label]} | {med:.0f} | {speed} | {agree:.2f} |")
 
 
 if __name__ == "__main__":
