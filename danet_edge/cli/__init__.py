@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning, unless the user chose: on a CPU shared with other
 # work (decode threads, other jobs) PyTorch's spinning pool stalls 4-50x (measured: ResNet-18 DANet
@@ -140,9 +142,20 @@ def main() -> None:
         flags = [a for a in argv[:cut] if a in _GLOBAL_FLAGS]
         argv = flags + [a for a in argv[:cut] if a not in _GLOBAL_FLAGS] + argv[cut:]
         sys.argv[1:] = argv
-    _terminate_like_ctrl_c()
+    previous = _terminate_like_ctrl_c()
+    try:
+        _run()
+    finally:
+        for sig, handler in previous.items():  # in-process callers (tests, notebooks) get theirs back
+            signal.signal(sig, handler)
+
+
+def _run() -> None:
+    """:func:`main`'s body: the app, and every way it can end as one line and an exit code."""
     try:
         code = app(standalone_mode=False)  # click's errors come here, to be one line like every other error
+        if code == 130:  # Ctrl-C outside a command's body: Typer returns 130 without a word
+            typer.echo("interrupted", err=True)
         sys.exit(code if isinstance(code, int) else 0)
     except _CommandInterrupted as e:  # Ctrl-C: what was kept, exit 130
         typer.echo(str(e), err=True)
@@ -180,28 +193,29 @@ def main() -> None:
         if disk_full(e):  # a write outside utils.atomic_path (a library's own file): still one line, exit 5
             where = getattr(e, "filename", None)
             err = storage_error(where) if where else None
-            typer.echo(f"error: {err}" if err else "error: no space left on the device; free some space or choose "
-                       "another --out", err=True)
+            typer.echo(f"error: {err}" if err else "error: no space left on the device; free some space or write "
+                       "elsewhere", err=True)
             sys.exit(5)
         raise
 
 
-def _terminate_like_ctrl_c() -> None:
+def _terminate_like_ctrl_c() -> dict[int, Any]:
     """``kill`` (SIGTERM) and a closed terminal (SIGHUP) stop a command the way Ctrl-C does: Python's default for
     them ends the process at once, leaving an overlay video without its index (unplayable), a half epoch
     unsaved and no word of what was kept. As a ``KeyboardInterrupt`` each stage closes its outputs and says what
-    it kept (exit 130). ``kill -9`` cannot be caught: the temporary files it leaves are removed by the next run."""
-    import signal
-
+    it kept (exit 130). ``kill -9`` cannot be caught: the temporary files it leaves are removed by the next run.
+    Returns the handlers replaced, to restore."""
     def interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             try:
-                signal.signal(sig, interrupt)
+                previous[sig] = signal.signal(sig, interrupt)
             except (ValueError, OSError):  # not the main thread, or a platform without it
                 pass
+    return previous
 
 
 def _abort(error: BaseException) -> bool:
