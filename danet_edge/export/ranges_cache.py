@@ -31,7 +31,9 @@ def ranges_cache_problem(path: Path, record: dict[str, Any] | None, model: onnx.
     None when it may: its SHA-256 differs from the one ``record`` (the calibration record) holds, it is not the
     expected JSON, a tensor it names is not in the graph, or a range is not finite, beyond :data:`RANGE_LIMIT` or
     has lowest > highest. Untrusted input: read with the size limit of ``utils.read_json``."""
-    if record is not None and record.get("ranges_sha256") != sha256_file(path):
+    if record is not None and "ranges_sha256" not in record:
+        return "its record holds no SHA-256 of it (written by an older danet-edge)"
+    if record is not None and record["ranges_sha256"] != sha256_file(path):
         return "its SHA-256 is not the one its record holds (changed since it was written)"
     try:
         data = read_json(path, max_bytes=256 * 2**20)
