@@ -286,6 +286,21 @@ def test_second_run_into_a_held_folder_is_refused(ws, tmp_path, capsys, argv):
         holder.wait()
 
 
+def test_export_removes_what_a_killed_export_left(ws, tmp_path):
+    """``kill -9`` during the write of a graph leaves ``.model.onnx.<random>.tmp``; the next export into the folder
+    (which holds it, so no live run is writing there) removes it; other hidden files stay."""
+    from danet_edge.export.export import ExportConfig, export_model
+
+    out = tmp_path / "e"
+    out.mkdir()
+    stale = [out / ".model.onnx.k9xq2a.tmp", out / ".model.onnx.json.a1b2c3.tmp"]
+    for f in stale:
+        f.write_bytes(b"half a graph")
+    (out / ".keep.tmp").write_text("not ours")
+    export_model(ws["ckpt"], ExportConfig(out=str(out), reference_images=0, fused_io=False))
+    assert not any(f.exists() for f in stale) and (out / ".keep.tmp").exists()
+
+
 # --------------------------------------------------------------- 4. ORT's inferred model stays out of --out
 def test_interrupted_calibration_leaves_no_inferred_graph(ws, tmp_path, monkeypatch):
     """ONNX Runtime writes ``<input>-inferred.onnx`` beside the graph it quantizes; a Ctrl-C before it removes

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["atomic_path", "atomic_dir", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file",
-           "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line", "run_lock"]
+           "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line", "run_lock",
+           "remove_stale_temporaries"]
 
 #: errno values of a write the file system refused for want of room (``write(2)``: ENOSPC, EDQUOT, EFBIG).
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -384,6 +385,19 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
             lock.unlink()
         os.close(fd)
         remove_empty(made)  # only what the run left empty
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], names: Any) -> list[Path]:
+    """Remove the temporary files :func:`atomic_path` leaves for ``names`` in ``folder`` when its process is
+    killed (``.<name>.*.tmp``; ``kill -9`` runs no cleanup). Call it only while holding ``folder``
+    (:func:`run_lock`): then no live run is writing them. Returns what was removed."""
+    folder, gone = Path(folder), []
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                gone.append(tmp)
+    return gone
 
 
 def ensure_output_names(folder: str | os.PathLike[str], option: str, files: Any = (), folders: Any = ()) -> None:

@@ -32,7 +32,7 @@ from ..core.compare import OutputComparison
 from ..core.errors import ExportError, Interrupted
 from ..core.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from ..core.progress import track
-from ..core.utils import run_lock
+from ..core.utils import remove_stale_temporaries, run_lock
 from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget
@@ -219,6 +219,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     log = log or (lambda _msg: None)
     plan = plan_export(checkpoint, cfg)
     with run_lock(plan.out_dir, "export"):  # a second export into the folder is refused in one line
+        remove_stale_temporaries(plan.out_dir, plan.output_names()[0])  # what a killed export left
         return _export(plan, log)
 
 

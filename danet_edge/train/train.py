@@ -51,7 +51,7 @@ from .config import TrainConfig
 from ..model.danet import build_model
 from ..model.backbone import check_backbone
 from ..model.weights import load_backbone_weights
-from ..core.utils import append_line, ensure_output_names, run_lock, write_json
+from ..core.utils import append_line, ensure_output_names, remove_stale_temporaries, run_lock, write_json
 from .memory import _check_memory
 from .loader_errors import _worker_errors
 from .state import rng_state, seed_all, seek_schedule, set_rng_state, trim_metrics
@@ -187,10 +187,7 @@ def _prepare_out(out: Path, cfg: TrainConfig) -> None:
     of two runs in one folder, which a later ``--resume`` would continue)."""
     if not (cfg.resume or cfg.exist_ok) or not out.is_dir():
         return
-    for name in _WRITTEN:  # only utils.atomic_path's pattern for the files train writes, only in OUT
-        for tmp in out.glob(f".{name}.*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(out, _WRITTEN)  # only the files train writes, only in OUT (held by run_lock)
     if not cfg.resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
