@@ -30,6 +30,7 @@ import onnx
 import pytest
 
 from _runtime_helpers import export_tiny, make_tiny_checkpoint, random_frames, run_cli
+from test_runtime import read_video, write_video
 from danet_edge.core.errors import RunLocked, StorageError
 from danet_edge.core.utils import LOCK_NAME, append_line, atomic_path, run_lock
 
@@ -64,11 +65,7 @@ def ws(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("faults")
     ckpt = make_tiny_checkpoint(root / "t8.pt", num_classes=8)
     graph = export_tiny(ckpt, root / "exp" / "model.onnx")
-    clip = root / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
-    for f in random_frames(24, 64, 96):
-        writer.write(f)
-    writer.release()
+    clip = write_video(root / "clip.mp4", random_frames(24, 64, 96), fps=10.0)
     calib = root / "calib"
     calib.mkdir()
     for i, f in enumerate(random_frames(6, 64, 96, seed=3)):
@@ -192,14 +189,7 @@ def test_atomic_path_turns_a_library_full_disk_into_storage_error(tmp_path):
 
 
 def _decoded_frames(path: Path) -> int:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
+    return read_video(path)[0]
 
 
 def test_infer_video_stays_playable_when_the_disk_fills(ws, tmp_path, capsys, monkeypatch):
@@ -409,18 +399,16 @@ def test_every_recipe_has_an_agreement_floor_and_an_error_ceiling():
 def test_kappa_is_zero_for_one_class_everywhere_and_one_for_equal_maps():
     """Cohen's kappa of class maps: a map of the majority class agrees on its share of pixels (here 90 %) and
     still scores 0; equal maps score 1."""
-    from danet_edge.core.compare import OutputComparison
+    from danet_edge.core.compare import OutputComparison, chance_agreement, cohen_kappa
 
     ref = np.zeros((1, 10, 10), np.int64)
     ref[0, 0] = 3  # 10 % of the pixels are class 3
     c = OutputComparison()
     c.update(np.zeros_like(ref), ref)
-    assert c.agreement == pytest.approx(0.9) and c.chance_agreement == pytest.approx(0.9)
-    assert c.kappa == pytest.approx(0.0)
-    same = OutputComparison()
-    same.update(ref, ref)
-    same.update(ref, ref)
-    assert same.kappa == pytest.approx(1.0)
+    assert c.agreement == pytest.approx(0.9) and chance_agreement(np.zeros_like(ref), ref) == pytest.approx(0.9)
+    assert cohen_kappa(np.zeros_like(ref), ref) == pytest.approx(0.0)
+    both = np.concatenate([ref, ref])
+    assert cohen_kappa(both, both) == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------- 6. one line, the right code
@@ -572,14 +560,9 @@ def test_reference_bundle_with_non_finite_logits_is_refused(ws, tmp_path):
 def test_sigterm_stops_infer_like_ctrl_c_and_the_video_plays(ws, tmp_path):
     """``kill`` (SIGTERM) used to end the process at once: the overlay video had no index. Now it is Ctrl-C:
     the video is closed, playable, and the one line says what was kept (exit 130)."""
-    import cv2
     import signal
 
-    clip = tmp_path / "long.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 64))
-    for f in random_frames(1500, 64, 96):
-        writer.write(f)
-    writer.release()
+    clip = write_video(tmp_path / "long.mp4", random_frames(1500, 64, 96), fps=10.0)
     out = tmp_path / "i"
     proc = subprocess.Popen([sys.executable, "-m", "danet_edge.cli", "-q", "infer", str(ws["onnx"]), str(clip),
                              "-o", str(out)], stderr=subprocess.PIPE, text=True)

@@ -4,7 +4,8 @@ Polygraphy's split is the model: run each model once, then compare the results m
 results are class maps ``(N, h, w)`` and, when the artifact gives them, logits ``(N, K, h, w)``;
 :class:`OutputComparison` accumulates batch by batch (memory stays flat over a data set) and reports
 pixel agreement, relative L2 error ``||a - r|| / ||r||``, largest absolute error, cosine similarity and
-the count of inf/NaN logits. Export verification (FP16 / INT8 graph vs the FP32 graph, with each
+the count of inf/NaN logits; :func:`cohen_kappa` corrects agreement for chance, on whole maps. Export
+verification (FP16 / INT8 graph vs the FP32 graph, with each
 recipe's tolerance) and ``check`` (each artifact vs the PyTorch reference, with per-precision
 thresholds) differ only in what they compare and the limits they apply.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["OutputComparison", "relative_l2"]
+__all__ = ["OutputComparison", "relative_l2", "chance_agreement", "cohen_kappa"]
 
 
 def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
@@ -25,6 +26,27 @@ def relative_l2(a: np.ndarray, ref: np.ndarray) -> float:
     c = OutputComparison()
     c.update_logits(np.asarray(a), np.asarray(ref))
     return c.rel_l2
+
+
+def chance_agreement(labels: np.ndarray, ref_labels: np.ndarray) -> float:
+    """The agreement two independent class maps with these class frequencies would reach: ``sum_k p_k q_k`` over
+    the classes (a map of one class everywhere agrees with the reference on that class's share of pixels).
+    ``labels``, ``ref_labels``: integer maps of one shape, e.g. ``(N, H, W)``; negative values are not counted."""
+    a, b = np.asarray(labels).ravel(), np.asarray(ref_labels).ravel()
+    a, b = a[a >= 0], b[b >= 0]
+    if not a.size or not b.size:
+        return 0.0
+    k = int(max(a.max(), b.max())) + 1
+    return float((np.bincount(a, minlength=k) / a.size * np.bincount(b, minlength=k) / b.size).sum())
+
+
+def cohen_kappa(labels: np.ndarray, ref_labels: np.ndarray) -> float:
+    """Cohen's kappa of two class maps: ``(agreement - chance) / (1 - chance)`` (:func:`chance_agreement`); 1
+    identical, 0 no better than chance (Cohen 1960, "A coefficient of agreement for nominal scales"); 1 when
+    chance is 1 and the maps agree."""
+    agree = float((np.asarray(labels) == np.asarray(ref_labels)).mean()) if np.size(labels) else 0.0
+    pe = chance_agreement(labels, ref_labels)
+    return (agree - pe) / (1.0 - pe) if pe < 1.0 else (1.0 if agree >= 1.0 else 0.0)
 
 
 @dataclass
@@ -40,27 +62,14 @@ class OutputComparison:
     dot: float = 0.0
     nonfinite: int = 0
     has_logits: bool = True
-    hist: np.ndarray | None = None  # (2, K) pixel counts per class: the artifact's maps, the reference's
 
     def update(self, labels: np.ndarray, ref_labels: np.ndarray, logits: np.ndarray | None = None,
                ref_logits: np.ndarray | None = None) -> np.ndarray:
         """Add one batch. ``labels``/``ref_labels``: ``(N, h, w)`` int; logits ``(N, K, h, w)`` or None
         (the artifact outputs labels only). Returns the per-pixel agreement mask ``(N, h, w)`` bool."""
-        labels, ref_labels = np.asarray(labels), np.asarray(ref_labels)
-        same = labels == ref_labels
+        same = np.asarray(labels) == np.asarray(ref_labels)
         self.agree += int(same.sum())
         self.pixels += same.size
-        if same.size:
-            k = int(max(labels.max(), ref_labels.max(), 0)) + 1
-            if self.hist is None or self.hist.shape[1] < k:
-                grown = np.zeros((2, max(k, 0 if self.hist is None else self.hist.shape[1])), np.int64)
-                if self.hist is not None:
-                    grown[:, :self.hist.shape[1]] = self.hist
-                self.hist = grown
-            for row, lab in enumerate((labels, ref_labels)):
-                valid = lab.ravel()
-                valid = valid[valid >= 0]
-                self.hist[row, :k] += np.bincount(valid, minlength=k)[:k]
         if logits is None or ref_logits is None:
             self.has_logits = False
         else:
@@ -84,23 +93,6 @@ class OutputComparison:
     def agreement(self) -> float:
         """Fraction of pixels with the same class (0..1)."""
         return self.agree / max(self.pixels, 1)
-
-    @property
-    def chance_agreement(self) -> float:
-        """The agreement two independent maps with these class frequencies would reach: ``sum_k p_k q_k``
-        (a map of one class everywhere agrees with the reference on that class's share of pixels)."""
-        if self.hist is None or not self.pixels:
-            return 0.0
-        p = self.hist / np.maximum(self.hist.sum(1, keepdims=True), 1)
-        return float((p[0] * p[1]).sum())
-
-    @property
-    def kappa(self) -> float:
-        """Cohen's kappa of the class maps: ``(agreement - chance) / (1 - chance)``; 1 identical, 0 no better
-        than chance (Cohen 1960, "A coefficient of agreement for nominal scales"). 1 when chance is 1 and the
-        maps agree."""
-        pe = self.chance_agreement
-        return (self.agreement - pe) / (1.0 - pe) if pe < 1.0 else (1.0 if self.agreement >= 1.0 else 0.0)
 
     @property
     def rel_l2(self) -> float:

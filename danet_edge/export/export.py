@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..core.compare import OutputComparison
+from ..core.compare import OutputComparison, cohen_kappa
 from ..core.errors import ExportError, Interrupted
 from ..core.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from ..core.progress import track
@@ -84,13 +84,11 @@ def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.n
 
     got = run_graph(ort_session(path, manifest.precision, holds_fp16(manifest)), manifest, frames)
     c = OutputComparison()
-    if manifest.output_kind == "labels":
-        c.update(got, ref)
-    else:
-        c.update(got.argmax(1), ref.argmax(1), got, ref)
+    labels, ref_labels = (got, ref) if manifest.output_kind == "labels" else (got.argmax(1), ref.argmax(1))
+    c.update(labels, ref_labels, *((None, None) if manifest.output_kind == "labels" else (got, ref)))
     if c.nonfinite:
         raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
-    ver = {"label_agreement_vs_fp32": c.agreement, "label_kappa_vs_fp32": c.kappa}
+    ver = {"label_agreement_vs_fp32": c.agreement, "label_kappa_vs_fp32": cohen_kappa(labels, ref_labels)}
     return ({"rel_l2_vs_fp32": c.rel_l2, **ver} if c.has_logits else ver), got
 
 
