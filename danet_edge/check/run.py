@@ -218,7 +218,8 @@ def check_artifacts(artifacts: Sequence[str | os.PathLike[str]], reference: Any,
         ``report.raise_for_failure()``.
 
     Raises:
-        ConfigError: no artifacts, a data set given with a bundle, a report name taken by a folder; DataError: empty or malformed data set or
+        ConfigError: no artifacts, a data set given with a bundle, a report name taken by a folder, a backend
+        that cannot run an artifact; DataError: empty or malformed data set or
         bundle, class count mismatch; ManifestError: an artifact whose preprocessing or classes differ from
         the bundle's; CheckpointError / EngineError from loading the artifacts; StorageError: the disk filled
         while the reports were written (the report folder is as it was).

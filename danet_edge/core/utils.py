@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "sha256_file", "read_json", "ensure_output_dir", "ensure_output_file",
-           "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line", "run_lock",
-           "remove_stale_temporaries"]
+__all__ = ["atomic_path", "atomic_dir", "staged_files", "write_json", "sha256_file", "read_json", "ensure_output_dir",
+           "ensure_output_file", "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line",
+           "make_dirs", "remove_empty", "run_lock", "remove_stale_temporaries"]
 
 #: errno values of a write the file system refused for want of room (``write(2)``: ENOSPC, EDQUOT, EFBIG).
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

@@ -9,7 +9,6 @@ sample of a data set.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -27,7 +26,7 @@ from ..core.choices import CALIB_METHODS
 from ..core.errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import preprocess, resize_image
-from ..core.utils import atomic_path, ensure_output_names, run_lock, write_json
+from ..core.utils import atomic_path, ensure_output_names, make_dirs, remove_empty, run_lock, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
            "graph_sha256", "fill_calib_dir"]
@@ -143,9 +142,7 @@ def _write_calib_dir(out: Path, ds: Any, chosen: list[int], record: dict[str, An
                      missing: list[str]) -> None:
     """Write the chosen images, ``calib.json`` and the list; a failure (a full disk) removes the images this call
     wrote, so a folder is either filled or as it was."""
-    images = out / "images"
-    made_images = not images.exists()
-    images.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(out / "images")
     written: list[Path] = []
     try:
         names = []
@@ -173,9 +170,7 @@ def _write_calib_dir(out: Path, ds: Any, chosen: list[int], record: dict[str, An
     except BaseException:
         for f in written:
             f.unlink(missing_ok=True)
-        if made_images:
-            with contextlib.suppress(OSError):
-                images.rmdir()
+        remove_empty(made)
         raise
 
 
