@@ -370,11 +370,14 @@ def test_agreement_floor_refuses_a_broken_int8_graph(ws, int8_run, tmp_path, mon
     ranges = next(out.glob("calib_*.ranges.json"))
     _poison(ranges, ranges.with_name(ranges.name.replace(".ranges.json", ".json")))
     monkeypatch.setattr(quantize, "ranges_cache_problem", lambda *a: None)
+    before = {n: (out / n).read_bytes() for n in ("model_int8_cpu.onnx", "model_int8_cpu.onnx.json")}
     code, err = _cli(["export", ws["ckpt"], "--recipe", "int8-cpu", "--calib", ws["calib"], "-o", out, "--calib-size", "6",
                       "--reference-images", "0", "--logits"], capsys)
     _one_line(code, err, 5, "int8-cpu graph differs from FP32 by relative L2")
     assert "(limit 10)" in err[0] and "not kept" in err[0]
-    assert not (out / "model_int8_cpu.onnx").exists() and not (out / "model_int8_cpu.onnx.json").exists()
+    # the broken graph is gone, the good one exported before is back, byte for byte
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_every_recipe_has_an_agreement_floor_and_an_error_ceiling():

@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["atomic_path", "atomic_dir", "staged_files", "write_json", "sha256_file", "read_json", "ensure_output_dir",
            "ensure_output_file", "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line",
-           "make_dirs", "remove_empty", "run_lock", "remove_stale_temporaries"]
+           "make_dirs", "remove_empty", "run_lock", "remove_stale_temporaries", "previous_kept"]
 
 #: errno values of a write the file system refused for want of room (``write(2)``: ENOSPC, EDQUOT, EFBIG).
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -385,6 +385,33 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
             lock.unlink()
         os.close(fd)
         remove_empty(made)  # only what the run left empty
+
+
+@contextlib.contextmanager
+def previous_kept(paths: Any) -> Iterator[None]:
+    """For a step that writes several files (a graph and its sidecar) and may still reject them after writing
+    (verification): the existing files among ``paths`` are renamed aside (``.<name>.prev.tmp``) for the block. When
+    it succeeds they are deleted; when it raises, whatever the block wrote at ``paths`` is removed and the old
+    files are renamed back, so a failed re-export loses nothing that was there before. (``kill -9`` inside the
+    block leaves them aside; :func:`remove_stale_temporaries` removes them with the next run.)"""
+    paths = [Path(p) for p in paths]
+    moved = {}
+    for p in paths:
+        if p.is_file():
+            aside = p.with_name(f".{p.name}.prev.tmp")
+            os.replace(p, aside)
+            moved[p] = aside
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            if p.is_file():
+                p.unlink()
+        for p, aside in moved.items():
+            os.replace(aside, p)
+        raise
+    for aside in moved.values():
+        aside.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str], names: Any) -> list[Path]:

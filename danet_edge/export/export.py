@@ -32,7 +32,7 @@ from ..core.compare import OutputComparison, cohen_kappa
 from ..core.errors import ExportError, Interrupted
 from ..core.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from ..core.progress import track
-from ..core.utils import remove_stale_temporaries, run_lock
+from ..core.utils import previous_kept, remove_stale_temporaries, run_lock
 from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget
@@ -128,27 +128,25 @@ def derive(plan: ExportPlan, recipe: PrecisionRecipe, fp32: Artifact, ref: np.nd
 
     Raises:
         ExportError: the graph is outside the recipe's limits against FP32 (relative L2, the agreement floor) or
-            outputs inf / NaN; it is then removed.
+            outputs inf / NaN; it is then removed and the graph that was there before, if any, put back.
     """
     cfg = plan.cfg
     t0 = time.perf_counter()
-    made = recipe.convert(RecipeInput(fp32.path, plan.out_dir / recipe.file_name, plan.calib_set, options))
-    budget = apply_budget(cfg, fp32.path, made.path, evaluator, plan.warnings, log) \
-        if evaluator is not None and recipe.precision == "int8" else None
-    model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
-                                       cfg.include_attention and recipe.attention_quantized)
-    manifest.target = recipe.target or manifest.target
-    manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
-    finalize(model, made.path, manifest, str(manifest.target or cfg.target))
-    try:
+    final = plan.out_dir / recipe.file_name
+    with previous_kept([final, manifest_path(final)]):  # a graph that fails verification is never left behind
+        # as if it were a result, and a re-export that fails keeps the graph that was there
+        made = recipe.convert(RecipeInput(fp32.path, final, plan.calib_set, options))
+        budget = apply_budget(cfg, fp32.path, made.path, evaluator, plan.warnings, log) \
+            if evaluator is not None and recipe.precision == "int8" else None
+        model, manifest, report = _derived(fp32, made.path, recipe.precision, made.manifest_fields,
+                                           cfg.include_attention and recipe.attention_quantized)
+        manifest.target = recipe.target or manifest.target
+        manifest.extra = {**manifest.extra, "recipe": recipe.name, **({"budget": budget} if budget else {})}
+        finalize(model, made.path, manifest, str(manifest.target or cfg.target))
         ver, outputs = _compare(made.path, manifest, plan.frames, ref, recipe.name)
         problem = _verification_problem(plan, recipe, ver)
         if problem is not None:
             raise ExportError(f"{made.path.name}: {problem}; not kept")
-    except ExportError:  # a graph that failed its verification is never left behind as if it were a result
-        for f in (made.path, manifest_path(made.path)):
-            f.unlink(missing_ok=True)
-        raise
     manifest.extra = {**manifest.extra, "verification": ver}
     write_manifest(made.path, manifest)
     artifacts.append(Artifact(made.path, manifest, time.perf_counter() - t0, report.to_dict(), ver, outputs))
