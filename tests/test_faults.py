@@ -32,7 +32,8 @@ import pytest
 from _runtime_helpers import export_tiny, make_tiny_checkpoint, random_frames, run_cli
 from test_runtime import read_video, write_video
 from danet_edge.core.errors import RunLocked, StorageError
-from danet_edge.core.utils import LOCK_NAME, append_line, atomic_path, run_lock
+from danet_edge.core.runfolder import LOCK_NAME, run_lock
+from danet_edge.core.utils import append_line, atomic_path
 
 SYNTH = ["--dataset", "synthetic", "--synthetic-size", "64", "96"]
 TRAIN = ["train", *SYNTH, "--limit-train", "4", "--limit-val", "2", "-b", "2", "--epochs", "1", "--workers", "0",
@@ -263,7 +264,7 @@ def test_second_run_into_a_held_folder_is_refused(ws, tmp_path, capsys, argv):
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from danet_edge.core.utils import run_lock\n"
+        "import sys, time; from danet_edge.core.runfolder import run_lock\n"
         f"with run_lock({str(out)!r}, 'train'):\n print('held', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -95,7 +95,7 @@ class StorageError(DanetEdgeError):
 
 
 class RunLocked(ConfigError):
-    """An output folder another danet-edge run is writing into (``core.utils.run_lock``)."""
+    """An output folder another danet-edge run is writing into (``core.runfolder.run_lock``)."""
 
 
 class CheckFailed(DanetEdgeError):

@@ -26,7 +26,8 @@ from ..core.choices import CALIB_METHODS
 from ..core.errors import CalibrationError, ConfigError, DataError
 from .frames import IMAGE_SUFFIXES, read_image
 from .preprocess import preprocess, resize_image
-from ..core.utils import atomic_path, ensure_output_names, make_dirs, remove_empty, run_lock, write_json
+from ..core.runfolder import run_lock
+from ..core.utils import atomic_path, ensure_output_names, make_dirs, remove_empty, write_json
 
 __all__ = ["IMAGE_SUFFIXES", "LIST_FILE", "CALIB_METHODS", "CalibrationSet", "load_calibration_set",
            "graph_sha256", "fill_calib_dir"]

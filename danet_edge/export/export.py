@@ -32,7 +32,7 @@ from ..core.compare import OutputComparison, cohen_kappa
 from ..core.errors import ExportError, Interrupted
 from ..core.manifest import Manifest, manifest_path, read_manifest, write_manifest
 from ..core.progress import track
-from ..core.utils import previous_kept, remove_stale_temporaries, run_lock
+from ..core.runfolder import previous_kept, remove_stale_temporaries, run_lock
 from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget

@@ -32,7 +32,8 @@ from ..core.errors import ConfigError, DataError, Interrupted
 from ..core.manifest import Manifest
 from ..core.optional import import_cv2
 from ..core.progress import task
-from ..core.utils import ensure_output_names, run_lock, write_json
+from ..core.runfolder import run_lock
+from ..core.utils import ensure_output_names, write_json
 from ..runtime.backends import Backend, backend_spec, check_backend_opens, open_backend
 from .config import InferConfig, default_threads
 from .render import VideoOut

@@ -51,7 +51,8 @@ from .config import TrainConfig
 from ..model.danet import build_model
 from ..model.backbone import check_backbone
 from ..model.weights import load_backbone_weights
-from ..core.utils import append_line, ensure_output_names, remove_stale_temporaries, run_lock, write_json
+from ..core.runfolder import remove_stale_temporaries, run_lock
+from ..core.utils import append_line, ensure_output_names, write_json
 from .memory import _check_memory
 from .loader_errors import _worker_errors
 from .state import rng_state, seed_all, seek_schedule, set_rng_state, trim_metrics
