@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from danet_edge.core.manifest import read_manifest
 from danet_edge.model.checkpoint import load_model
 from danet_edge.core.errors import PrecisionError
 from danet_edge.export.fp32 import export_onnx
@@ -80,10 +81,27 @@ def test_fp16_graph_io_and_islands(graphs):
     rep = precision_report(model)
     assert rep.precision == "fp16" and rep.by_op["Conv"] == {"fp16": 28}
     att = attention_nodes(model)
-    for name in att.cam_energy + att.cam_reduce + att.cam_softmax + att.pam_softmax + att.pam_energy:
-        assert name in rep.fp32_islands
+    for name in att.cam_energy + att.cam_reduce + att.cam_softmax:
+        assert name in rep.fp32_islands  # CAM's energy grows with the image: always FP32
+    energy = read_manifest(fp32).extra["attention"]["energy"]
+    assert energy["fp32_island"] is False and 0 < energy["max_abs"] * energy["margin"] < 65504 and energy["images"] == 2
+    for name in att.pam_softmax + att.pam_energy:  # measured far under FP16's range: PAM computes in FP16
+        assert name not in rep.fp32_islands
     assert set(default_fp32_islands(onnx.load(str(fp32)))) == set(rep.fp32_islands)
     verify_precision(rep, "fp16")
+
+
+def test_pam_energy_decides_the_island():
+    """PAM's energy leaves FP32 only when measured within the margin of FP16's range, and never in a fusible form."""
+    from danet_edge.graph.precision import FP16_MAX, PAM_ENERGY_MARGIN, PamEnergy, decide_pam_energy
+
+    assert not decide_pam_energy("explicit", 427.0, 24).fp32  # the CamVid R-18 figure of the issue
+    assert decide_pam_energy("chunked", FP16_MAX / PAM_ENERGY_MARGIN, 2).fp32  # at the margin: kept
+    assert decide_pam_energy("explicit", None, 0).fp32  # not measured: kept
+    assert not decide_pam_energy("heads", 1e6, 2).fp32 and not decide_pam_energy("attention-op", None, 0).fp32
+    big = decide_pam_energy("heads", 1e6, 2)
+    assert not big.fits_fp16 and PamEnergy.from_record("heads", big.record()) == big
+    assert PamEnergy.from_record("explicit", {"garbage": 1}).fp32  # an unreadable record keeps the island
 
 
 def test_verify_precision_fails_loudly(graphs):

@@ -85,8 +85,11 @@ def _fp16_safe_scales(model: onnx.ModelProto) -> int:
     return raised
 
 
-def _fp16_outside_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _fp16_outside_qdq(model: onnx.ModelProto, pam_energy: bool | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """FP16 for every op outside the Q/DQ but the FP32 islands; opset 19 so Q/DQ scales are FP16.
+
+    ``pam_energy``: keep PAM's energy MatMul and Softmax in FP32 (the FP32 graph's decision,
+    ``precision.pam_energy_in_fp32``; None: read from ``model``'s own embedded manifest).
 
     Scales are first made FP16-safe (:func:`fp16_scale`: none rounds to 0, which TensorRT's parser refuses).
     Returns the graph and what FP16 did to the scales: how many fell below FP16's smallest normal
@@ -107,7 +110,7 @@ def _fp16_outside_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     producer = producers(model.graph)
     quantized = {n.name for n in model.graph.node  # INT8 already (e.g. attention with include_attention)
                  if any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2])}
-    model = fp16_with_islands(model, [n for n in default_fp32_islands(model) if n not in quantized])
+    model = fp16_with_islands(model, [n for n in default_fp32_islands(model, pam_energy) if n not in quantized])
     after = _qdq_scales(model)
     values = np.concatenate([v.ravel() for v in before.values()]) if before else np.zeros(0)
     rel = max((float(np.max(np.abs(after[k] - v) / np.maximum(np.abs(v), 1e-30))) for k, v in before.items()

@@ -1,11 +1,21 @@
 """What precision a graph really computes in, and where DANet's attention is (pure ONNX analysis).
 
 ``attention_nodes`` finds PAM's and CAM's MatMuls, Softmaxes and CAM's ReduceMax/Sub by structure;
-``default_fp32_islands`` names the nodes FP16 must leave in FP32 (CAM's energy chain: sums of ``H*W``
-products of post-ReLU activations, past FP16's 65504 at trained magnitudes; PAM's un-scaled energy and its
-Softmax over N positions). ``precision_report`` reads the precision back from the graph itself (ONNX shape
-inference), and ``verify_precision`` raises ``PrecisionError`` when what was asked is not there. The FP16
-conversion that uses the islands is ``export/fp16.py``.
+``default_fp32_islands`` names the nodes FP16 must leave in FP32: CAM's energy chain always (sums of ``H*W``
+products of post-ReLU activations: they grow with the image and pass FP16's 65504 at trained magnitudes), PAM's
+energy MatMul and Softmax only where :func:`decide_pam_energy` says so. ``precision_report`` reads the precision
+back from the graph itself (ONNX shape inference), and ``verify_precision`` raises ``PrecisionError`` when what
+was asked is not there. The FP16 conversion that uses the islands is ``export/fp16.py``.
+
+PAM's energy ``Q^T K`` is a dot product over ``d = C/8`` channels: unlike CAM's it does not grow with the image.
+Export measures its largest ``|value|`` on the images it runs (:class:`PamEnergy`, in the manifest's
+``extra["attention"]["energy"]``) and keeps it in FP32 only in the forms TensorRT materialises (explicit,
+chunked) and only when the measured value comes within :data:`PAM_ENERGY_MARGIN` of FP16's range, as ModelOpt's
+AutoCast keeps a node in FP32 from the ranges it measures. The fusible forms (heads, attention-op) never keep it:
+TensorRT's fused multi-head attention needs both batched MatMuls in FP16, BF16 or INT8 (an FP32 MatMul or Softmax
+between them breaks the pattern), and the fused kernel accumulates ``Q K^T`` and the softmax in FP32 inside the
+kernel without writing the map (TensorRT developer guide, "Multi-Head Attention Fusion"; quoted in
+NVIDIA/TensorRT issues 2981 and 4167).
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from onnx import numpy_helper
 
 from ..core.errors import PrecisionError
 
-__all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "PrecisionReport", "precision_report",
+__all__ = ["AttentionNodes", "attention_nodes", "default_fp32_islands", "FP16_MAX", "PAM_ENERGY_MARGIN",
+           "FUSIBLE_FORMS", "PamEnergy", "decide_pam_energy", "pam_energy_in_fp32", "PrecisionReport", "precision_report",
            "verify_precision", "format_report", "cast_to", "scale_before_energy", "producers", "consumers",
            "constant_value"]
 
@@ -128,13 +139,106 @@ def attention_nodes(model: onnx.ModelProto) -> AttentionNodes:
     return found
 
 
-def default_fp32_islands(model: onnx.ModelProto, pam_energy: bool = True) -> list[str]:
-    """Node names kept in FP32 in the FP16 graph (module docstring): CAM energy, ReduceMax, Sub,
-    both Softmaxes, an ONNX ``Attention`` node (its energy is PAM's, unscaled: FP16 would overflow as in the
-    other forms), and (``pam_energy``) PAM's energy MatMul."""
+#: FP16's largest finite value.
+FP16_MAX = 65504.0
+#: How far under :data:`FP16_MAX` PAM's measured largest ``|energy|`` must stay for its energy to leave FP32 in the
+#: explicit and chunked forms: x16, four binary orders of headroom for images export did not see (a CamVid-trained
+#: R-18 measured 427 on 24 held-out frames, 150x under FP16's largest value).
+PAM_ENERGY_MARGIN = 16.0
+#: PAM forms whose attention TensorRT can run as one fused kernel (one head size for Q, K and V).
+FUSIBLE_FORMS = ("heads", "attention-op")
+
+
+@dataclass(frozen=True)
+class PamEnergy:
+    """Where PAM's energy ``Q^T K`` computes in the FP16 and INT8 graphs, and the measurement that decided it.
+
+    Attributes:
+        form: PAM's form (``model.forms.EXPORT_FORMS``).
+        max_abs: largest ``|Q^T K|`` measured in FP32 over ``images`` images (None: not measured).
+        images: how many images it was measured on.
+        fp32: keep PAM's energy MatMul and Softmax in FP32 (an island) in the FP16 / INT8 graphs.
+        reason: one line saying why, for the manifest and the export log.
+    """
+
+    form: str
+    max_abs: float | None
+    images: int
+    fp32: bool
+    reason: str
+
+    @property
+    def fits_fp16(self) -> bool:
+        """Whether the measured energy is within :data:`PAM_ENERGY_MARGIN` of FP16's range (False unmeasured):
+        what ``build`` asks of an unfused engine, which stores the energy in FP16."""
+        return self.max_abs is not None and self.max_abs * PAM_ENERGY_MARGIN < FP16_MAX
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``extra["attention"]["energy"]``."""
+        return {"max_abs": None if self.max_abs is None else float(f"{self.max_abs:.6g}"), "images": self.images,
+                "fp16_max": FP16_MAX, "margin": PAM_ENERGY_MARGIN, "fits_fp16": self.fits_fp16,
+                "fp32_island": self.fp32, "reason": self.reason}
+
+    @classmethod
+    def from_record(cls, form: str, record: dict[str, Any] | None) -> PamEnergy:
+        """The decision a manifest recorded (``record()``); without one (a graph exported before it was
+        measured), the explicit and chunked forms keep the island."""
+        if not isinstance(record, dict) or not isinstance(record.get("fp32_island"), bool):
+            return decide_pam_energy(form, None, 0)
+        value = record.get("max_abs")
+        return cls(form, float(value) if isinstance(value, (int, float)) else None, int(record.get("images") or 0),
+                   bool(record["fp32_island"]), str(record.get("reason", "")))
+
+
+def decide_pam_energy(form: str, max_abs: float | None, images: int) -> PamEnergy:
+    """Whether PAM's energy stays in FP32 in the FP16 / INT8 graphs of ``form`` (module docstring).
+
+    ``max_abs``: the largest ``|Q^T K|`` measured (FP32) on ``images`` images, None when not measured.
+    """
+    if form in FUSIBLE_FORMS:
+        return PamEnergy(form, max_abs, images, False,
+                         "fusible form: Q, K and V enter TensorRT's fused attention in FP16, which accumulates Q K^T "
+                         "and the softmax in FP32 inside the kernel")
+    if max_abs is None:
+        return PamEnergy(form, None, images, True, "PAM energy not measured: kept in FP32")
+    if not max_abs * PAM_ENERGY_MARGIN < FP16_MAX:
+        return PamEnergy(form, max_abs, images, True,
+                         f"largest |PAM energy| {max_abs:.4g} on {images} images is within x{PAM_ENERGY_MARGIN:g} of "
+                         f"FP16's {FP16_MAX:g}: kept in FP32")
+    return PamEnergy(form, max_abs, images, False,
+                     f"largest |PAM energy| {max_abs:.4g} on {images} images, {FP16_MAX / max_abs:.0f}x under FP16's "
+                     f"{FP16_MAX:g} (margin x{PAM_ENERGY_MARGIN:g}): FP16")
+
+
+def pam_energy_in_fp32(model: onnx.ModelProto) -> bool:
+    """The PAM decision of a graph export wrote (:class:`PamEnergy` in the manifest embedded in its
+    ``metadata_props``); a graph without one keeps PAM's energy in FP32 unless its form (read from its structure,
+    ``memory.attention_form``) is fusible."""
+    import json
+
+    from ..core.onnx_meta import METADATA_KEY
+
+    text = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    try:
+        attention = (json.loads(text).get("extra") or {}).get("attention") or {} if text else {}
+    except (ValueError, AttributeError):
+        attention = {}
+    form = attention.get("form") if isinstance(attention, dict) else None
+    if not isinstance(form, str):  # a graph without export's manifest: its form read from its structure
+        from .memory import attention_form
+
+        form = attention_form(model).form
+    return PamEnergy.from_record(form, attention.get("energy") if isinstance(attention, dict) else None).fp32
+
+
+def default_fp32_islands(model: onnx.ModelProto, pam_energy: bool | None = None) -> list[str]:
+    """Node names kept in FP32 in the FP16 graph (module docstring): CAM's energy MatMul, ReduceMax, Sub and
+    Softmax always; PAM's energy MatMul and Softmax when ``pam_energy`` (None: the graph's own decision,
+    :func:`pam_energy_in_fp32`). An ONNX ``Attention`` node is never kept in FP32: it is the fusible form."""
     a = attention_nodes(model)
-    names = a.cam_energy + a.cam_reduce + a.cam_softmax + a.pam_softmax + a.pam_op
-    return names + (a.pam_energy if pam_energy else [])
+    keep_pam = pam_energy_in_fp32(model) if pam_energy is None else pam_energy
+    names = a.cam_energy + a.cam_reduce + a.cam_softmax
+    return names + (a.pam_energy + a.pam_softmax if keep_pam else [])
 
 
 

@@ -26,11 +26,16 @@ fuses it is a fact of the device (``build`` records ``attention_fused``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
 import torch
 
 from .forms import chunk_bounds, reference_chunks
 
-__all__ = ["pam_chunked", "pam_explicit", "pam_for_export", "pam_heads"]
+__all__ = ["EnergyRange", "measure_pam_energy", "pam_chunked", "pam_energy_max", "pam_explicit", "pam_for_export",
+           "pam_heads"]
 
 
 def pam_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -127,3 +132,40 @@ def pam_for_export(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, form: str)
     if form == "heads" and c % d:
         raise ValueError(f"PAM heads form: V has {c} channels, not a multiple of the head size {d}")
     return _FormForExport.apply(q, k, v, form, n, length, d, c)
+
+
+def pam_energy_max(q: torch.Tensor, k: torch.Tensor) -> float:
+    """Largest ``|q k|`` of PAM's energy (the softmax's input, no scale), computed in slices of the queries so the
+    ``(N, L, L)`` map is never held whole. ``q: (N, L, d)``, ``k: (N, d, L)`` float; returns a Python float."""
+    n, length = int(q.shape[0]), int(q.shape[1])
+    return max(float(torch.bmm(q[:, a:b], k).abs().amax()) for a, b in chunk_bounds(length, reference_chunks(n, length)))
+
+
+@dataclass
+class EnergyRange:
+    """What :func:`measure_pam_energy` saw: the largest ``|Q^T K|`` over every PAM call and the images counted."""
+
+    max_abs: float = 0.0
+    images: int = 0
+
+
+@contextmanager
+def measure_pam_energy(model: torch.nn.Module) -> Iterator[EnergyRange]:
+    """Within the block, every forward of ``model.head.sa`` (DANet's PAM) records its largest ``|Q^T K|`` (FP32)
+    into the yielded :class:`EnergyRange`; one extra ``Q K`` product per call, in slices. Export reads it from
+    the PyTorch reference it already runs (``graph.precision.decide_pam_energy`` decides the FP16 island)."""
+    pam = model.head.sa
+    seen = EnergyRange()
+
+    def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+        x = args[0]
+        q = module.query_conv(x).flatten(2).transpose(1, 2)  # (N, L, d)
+        k = module.key_conv(x).flatten(2)  # (N, d, L)
+        seen.max_abs = max(seen.max_abs, pam_energy_max(q, k))
+        seen.images += int(x.shape[0])
+
+    handle = pam.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()

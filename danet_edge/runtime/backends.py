@@ -210,6 +210,9 @@ register_backend(BackendSpec("torch", (".pt", ".pth"), "danet_edge.runtime.torch
                              ("device", "image_size", "batch", "qat_float"), "PyTorch eager FP32 (checkpoints)"))
 register_backend(BackendSpec("onnxruntime", (".onnx",), "danet_edge.runtime.ort_backend:OnnxRuntimeBackend",
                              ("providers", "threads"), "ONNX Runtime (FP32, FP16, INT8 Q/DQ graphs)"))
+register_backend(BackendSpec("onnxruntime-fused-attention", (),
+                             "danet_edge.runtime.ort_backend:OnnxRuntimeFusedAttentionBackend", ("providers", "threads"),
+                             "ONNX Runtime, PAM computed as TensorRT's fused attention kernel does (modelled)", (".onnx",)))
 register_backend(BackendSpec("openvino", (), "danet_edge.runtime.openvino_backend:OpenVinoBackend",
                              ("threads", "inference_precision"),
                              "OpenVINO on the CPU (the same .onnx graphs; --backend openvino)", (".onnx",)))

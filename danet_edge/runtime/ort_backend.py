@@ -15,7 +15,7 @@ from ..core.manifest import read_manifest
 from .backends import _BaseBackend
 from ..core.io_contract import ORT_DTYPES, TensorSpec, check_io
 
-__all__ = ["OnnxRuntimeBackend", "ORT_PROVIDERS", "session_options", "holds_fp16"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeFusedAttentionBackend", "ORT_PROVIDERS", "session_options", "holds_fp16"]
 
 
 #: Execution providers in order of preference; short names accepted on the command line.
@@ -124,10 +124,16 @@ class OnnxRuntimeBackend(_BaseBackend):
         self.session_options = session_options(self.manifest.precision, threads, holds_fp16(self.manifest))
         self.provider = f"ONNX Runtime {ort.__version__} {self.providers[0]}"
         try:
-            self.session = ort.InferenceSession(str(path), self.session_options, providers=self.providers)
+            self.session = ort.InferenceSession(self._graph(path), self.session_options, providers=self.providers)
+        except DataError:
+            raise
         except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / RuntimeException types
             raise DataError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:300]})") from None
         self._check_graph(path)
+
+    def _graph(self, path: Path) -> str | bytes:
+        """What the session loads: the file itself (a subclass may rewrite the graph)."""
+        return str(path)
 
     @classmethod
     def artifact_precision(cls, path: Path, manifest: Any) -> tuple[str, str, dict[str, Any] | None]:
@@ -169,3 +175,30 @@ class OnnxRuntimeBackend(_BaseBackend):
 
     def close(self) -> None:
         self.session = None
+
+
+class OnnxRuntimeFusedAttentionBackend(OnnxRuntimeBackend):
+    """An ONNX graph run by ONNX Runtime with its fusible PAM (heads or attention-op in FP16) computed as TensorRT's
+    fused attention kernel computes it (``graph.fused_attention.fused_attention_numerics``: Q K^T and the softmax in
+    FP32, P rounded to FP16, P V accumulated in FP32), not as an unfused FP16 graph stores its energy. What a device
+    gives when the build fuses the attention (``build`` records ``attention_fused``), modelled on a CPU; a graph
+    without a fusible attention runs as written. Row ``onnxruntime-fused-attention`` (``check --backend``).
+
+    Raises:
+        as :class:`OnnxRuntimeBackend`; DataError: the graph cannot be read to be rewritten.
+    """
+
+    name = "onnxruntime-fused-attention"
+
+    def _graph(self, path: Path) -> bytes:
+        import onnx
+
+        from ..graph.fused_attention import FUSED_NUMERICS, fused_attention_numerics, fusible_attentions
+
+        try:
+            graph = onnx.load(str(path))
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and OSError alike
+            raise DataError(f"{path}: not a readable ONNX graph ({str(e).splitlines()[0][:200]})") from None
+        fused = fusible_attentions(graph)
+        self.provider += f"; {FUSED_NUMERICS}" if fused else "; no fusible attention in this graph: run as written"
+        return fused_attention_numerics(graph).SerializeToString()

@@ -162,33 +162,46 @@ def summarize_layers(layers: list[LayerInfo], attention_nodes: set[str] | None =
 
 
 _FUSED_KERNEL = re.compile(r"(mha|fmha|flash|attention)", re.I)
-_SOFTMAX_KERNEL = re.compile(r"softmax", re.I)
 
 
-def attention_fused(layers: list[LayerInfo], pam_softmax: set[str]) -> bool | str:
-    """Whether TensorRT ran PAM as one attention kernel, read from the inspector's layers: True when a layer
-    holding a PAM Softmax or ONNX ``Attention`` node (by ONNX name) names a fused attention kernel in its tactic,
-    name or type (``mha``, ``fmha``, ``flash``, ``attention``; the ONNX node names inside a layer's name do not
-    count: ``pam_attention_0`` names a node, not a kernel); False when every PAM Softmax runs as a softmax kernel of its own (its
-    layer's tactic or type says ``softmax``), so the map is materialised; ``"unknown"`` otherwise (a Myelin
-    region that names no kernel, layers without ONNX names, or the stand-in, which cannot know).
+def _own_words(layer: LayerInfo) -> str:
+    """The layer's tactic, name and type, less the ONNX node names its name carries (``pam_attention_0`` names a
+    node, not a kernel)."""
+    name = layer.name
+    for node in layer.onnx_nodes:
+        name = name.replace(node, "")
+    return f"{layer.tactic} {name} {layer.layer_type}"
 
-    The kernel names are not documented by TensorRT: these rules are unverified on a device (NOTES).
+
+def attention_fused(layers: list[LayerInfo], pam: list[tuple[str, ...]]) -> bool | str:
+    """Whether TensorRT ran every PAM attention as one fused kernel, read from the inspector's layers.
+
+    ``pam``: per attention, its ONNX nodes: ``(energy MatMul, Softmax, output MatMul)`` or ``(Attention,)``
+    (``graph.precision.attention_nodes``). Per attention:
+
+    * fused: a layer holding its nodes (by the ONNX names in ``Metadata``) names a fused attention kernel in its
+      own tactic, name or type (``mha``, ``fmha``, ``flash``, ``attention``), e.g. the 10.x record published in
+      NVIDIA/TensorRT issue 4397: ``_gemm_mha_v2_myl0_17``, LayerType ``kgen``, tactic ``_gemm_mha_v2_0x...``,
+      Metadata listing the MatMul and Softmax ONNX nodes;
+    * not fused: its nodes land in two or more layers (the map is written between them: an unfused Myelin
+      softmax is a ``kgen`` layer named ``__myl_...``);
+    * undecided: a node no layer names, or one layer holding all of them without naming a kernel.
+
+    Returns True when every attention is fused, False when any is not (its map is materialised), ``"unknown"``
+    otherwise (also with no PAM, or an engine built without ONNX names in the metadata).
     """
-    holders = [layer for layer in layers if set(layer.onnx_nodes) & pam_softmax]
-    if not pam_softmax or not holders:
+    verdicts = []
+    for nodes in pam:
+        holders = [layer for layer in layers if set(layer.onnx_nodes) & set(nodes)]
+        if any(_FUSED_KERNEL.search(_own_words(layer)) for layer in holders):
+            verdicts.append(True)
+        elif not all(any(n in layer.onnx_nodes for layer in holders) for n in nodes):
+            verdicts.append("unknown")
+        else:
+            verdicts.append(False if len(holders) > 1 else "unknown")
+    if not verdicts or "unknown" in verdicts and False not in verdicts:
         return "unknown"
-    def own_words(layer: LayerInfo) -> str:  # the layer's name less the ONNX node names it carries
-        name = layer.name
-        for node in layer.onnx_nodes:
-            name = name.replace(node, "")
-        return f"{layer.tactic} {name} {layer.layer_type}"
-
-    if any(_FUSED_KERNEL.search(own_words(layer)) for layer in holders):
-        return True
-    if all(_SOFTMAX_KERNEL.search(layer.tactic) for layer in holders):
-        return False
-    return "unknown"
+    return False if False in verdicts else True
 
 
 def check_engine_compat(built: dict[str, Any] | None, trt_version: str, compute_capability: tuple[int, int],

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import fusion
 from .hostmem import GPU, POOL
 from .signatures import standin_class
 
@@ -102,10 +103,12 @@ class Lib:
     def __init__(self, trt: Any) -> None:
         self.trt = trt
         names = ["Builder", "IBuilderConfig", "INetworkDefinition", "ITensor", "OnnxParser", "ParserError",
-                 "ITimingCache", "IHostMemory", "Runtime", "ICudaEngine", "IExecutionContext", "EngineInspector"]
+                 "ITimingCache", "IHostMemory", "Runtime", "ICudaEngine", "IExecutionContext", "EngineInspector",
+                 "ILayer"]
         self.cls = {n: standin_class(getattr(trt, n), trt, bytes if n == "IHostMemory" else object) for n in names}
         self.calibration_batches: list[int] = []  # batches seen by the last implicit calibration
         self.force_fp32_layers = False  # a knob for tests: the "engine" ignores the graph's reduced precision
+        self.last_build: dict[str, Any] | None = None  # the last engine's header (fusion, memory, pinned layers)
 
     def wrap(self, name: str, impl: Any) -> Any:
         return self.cls[name]._wrap(impl)
@@ -141,6 +144,7 @@ class NetworkImpl:
         self.lib, self.strongly_typed = lib, strongly_typed
         self.graph: _Graph | None = None
         self.name = "Unnamed Network 0"
+        self.layers: dict[str, LayerImpl] = {}  # the layers the caller asked for (precision set on them)
 
     @property
     def num_inputs(self) -> int:
@@ -163,6 +167,63 @@ class NetworkImpl:
 
     def get_output(self, index: int) -> Any:
         return self._tensor(self.graph.outputs[index], False) if self.graph and 0 <= index < self.num_outputs else None
+
+    def get_layer(self, index: int) -> Any:
+        layers = [n for n in self.graph.model.graph.node if n.op_type not in _NOT_LAYERS] if self.graph else []
+        if not 0 <= index < len(layers):
+            return None
+        node = layers[index]
+        if node.name not in self.layers:
+            self.layers[node.name] = LayerImpl(self.lib, node)
+        return self.lib.wrap("ILayer", self.layers[node.name])
+
+
+class LayerImpl:
+    """A network layer made by the ONNX parser from one node: named after it, with the parser's metadata
+    (``[ONNX Layer: name]``, what the inspector's ``Metadata`` repeats); precision and output types settable."""
+
+    def __init__(self, lib: Lib, node: onnx.NodeProto) -> None:
+        self.lib, self.node = lib, node
+        self.name = node.name
+        self.metadata = f"[ONNX Layer: {node.name}]"
+        self._precision: Any = None
+        self.output_types: dict[int, Any] = {}
+
+    @property
+    def type(self) -> Any:
+        kinds = {"MatMul": "MATRIX_MULTIPLY", "Softmax": "SOFTMAX", "Conv": "CONVOLUTION", "ReduceMax": "REDUCE"}
+        return getattr(self.lib.trt.LayerType, kinds.get(self.node.op_type, "ELEMENTWISE"))
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.node.input)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.node.output)
+
+    @property
+    def precision(self) -> Any:
+        return self._precision if self._precision is not None else self.lib.trt.DataType.FLOAT
+
+    @precision.setter
+    def precision(self, value: Any) -> None:
+        self._precision = value
+
+    @property
+    def precision_is_set(self) -> bool:
+        return self._precision is not None
+
+    def set_output_type(self, index: int, dtype: Any) -> None:
+        if not 0 <= index < self.num_outputs:
+            raise IndexError(index)
+        self.output_types[index] = dtype
+
+    def get_output_type(self, index: int) -> Any:
+        return self.output_types.get(index, self.lib.trt.DataType.FLOAT)
+
+    def output_type_is_set(self, index: int) -> bool:
+        return index in self.output_types
 
 
 _DTYPE = {"fp32": "FLOAT", "fp16": "HALF", "bf16": "BF16", "int8": "INT8", "int32": "INT32", "int64": "INT64", "uint8": "UINT8",
@@ -415,9 +476,14 @@ class HostMemoryImpl:
 
 # ------------------------------------------------------------------------------------------------ build
 def _precision_of_node(node: onnx.NodeProto, g: _Graph, producers: dict[str, onnx.NodeProto],
-                       weak: set[str], calibrated: bool) -> str:
+                       weak: set[str], calibrated: bool, pinned: set[str] = frozenset()) -> str:
     """The precision TensorRT would run ``node`` at: strongly typed -> the graph's types, INT8 when its
-    inputs come from DequantizeLinear; weakly typed -> the fastest the flags allow for the layer kind."""
+    inputs come from DequantizeLinear; weakly typed -> the fastest the flags allow for the layer kind, except a
+    layer whose precision and output types were set to FP32 under OBEY/PREFER_PRECISION_CONSTRAINTS (``pinned``;
+    without either flag TensorRT 10 ignores a layer's precision: developer guide, "Layer-Level Control of
+    Precision")."""
+    if node.name in pinned:
+        return "fp32"
     float_ins = [t for t in node.input if t and g.types.get(t) in ("fp32", "fp16")]
     if any(producers.get(t) is not None and producers[t].op_type == "DequantizeLinear" for t in node.input if t):
         return "int8"
@@ -442,22 +508,34 @@ def _tensor_json(name: str, dims: list[int], kind: str, major: int) -> dict[str,
 
 
 def _layer_json(g: _Graph, weak: set[str], calibrated: bool, on_dla: bool, all_fp32: bool,
-                major: int) -> list[dict[str, Any]]:
+                major: int, pinned: set[str] = frozenset(), fused: list[Any] = (),
+                unfused: list[Any] = ()) -> list[dict[str, Any]]:
+    """The inspector's layers: one per node, except a fused attention (``fusion.fused_record``: one record for its
+    nodes) and the softmax of an unfused one (a Myelin ``kgen __myl_...`` layer, as real 10.x engines show)."""
     producers = {o: n for n in g.model.graph.node for o in n.output}
+    in_fused = {n: a for a in fused for n in a.nodes}
+    myelin_softmax = {a.nodes[-2] for a in unfused if not a.op}
     layers = []
     for n in g.model.graph.node:
         if n.op_type in _NOT_LAYERS:
             continue
-        prec = "fp32" if all_fp32 else _precision_of_node(n, g, producers, weak, calibrated)
+        prec = "fp32" if all_fp32 else _precision_of_node(n, g, producers, weak, calibrated, pinned)
 
         def io(names: Any, prec: str = prec) -> list[dict[str, Any]]:
             return [_tensor_json(t, g.shapes.get(t, []), prec if g.types.get(t) in ("fp32", "fp16")
                                  else g.types.get(t, "fp32"), major) for t in names if t and t in g.shapes]
 
-        layers.append({"Name": n.name, "LayerType": _LAYER_TYPE.get(n.op_type, "PointWiseV2"),
-                       "Inputs": io(n.input), "Outputs": io(n.output),
-                       "TacticName": ("dla_" if on_dla and prec in ("fp16", "int8") else "sm87_xmma_") + prec,
-                       "Metadata": f"[ONNX Layer: {n.name}]"})
+        if n.name in in_fused:
+            a = in_fused[n.name]
+            if n.name == a.nodes[-1]:  # one record, where the attention ends
+                layers.append(fusion.fused_record(len(layers), a, io))
+            continue
+        name, tactic = n.name, ("dla_" if on_dla and prec in ("fp16", "int8") else "sm87_xmma_") + prec
+        if n.name in myelin_softmax:
+            name, tactic = f"__myl_ExpSumDiv_myl0_{len(layers)}", f"__myl_ExpSumDiv_0x{abs(hash(n.name)) % 16**8:08x}"
+        layers.append({"Name": name, "LayerType": "kgen" if n.name in myelin_softmax else
+                       _LAYER_TYPE.get(n.op_type, "PointWiseV2"), "Inputs": io(n.input), "Outputs": io(n.output),
+                       "TacticName": tactic, "StreamId": 0, "Metadata": f"[ONNX Layer: {n.name}]"})
     return layers
 
 
@@ -576,11 +654,36 @@ def _build(lib: Lib, logger: Any, net: NetworkImpl, cfg: ConfigImpl) -> bytes | 
         monitor.phase_finish("Building engine")
     if cfg._timing is not None:
         cfg._timing.entries += steps
+    constrained = bool(cfg._flags & {"OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"})
+    pinned = {name for name, layer in net.layers.items() if constrained and layer._precision == trt.DataType.FLOAT
+              and all(layer.output_types.get(i) == trt.DataType.FLOAT for i in range(layer.num_outputs))}
+    types = dict(g.types)
+    if weak and not lib.force_fp32_layers:  # weakly typed FP16: what each layer will run at decides the fusion
+        producers = {o: n for n in g.model.graph.node for o in n.output}
+        for n in g.model.graph.node:
+            if n.op_type not in _NOT_LAYERS:
+                prec = _precision_of_node(n, g, producers, weak, calibrated, pinned)
+                for o in n.output:
+                    if types.get(o) in ("fp32", "fp16"):
+                        types[o] = prec if prec in ("fp32", "fp16") else types[o]
+    attentions = fusion.find_attentions(g.model)
+    verdicts = [(a, *fusion.fuses(a, g.model, types, g.shapes, tuple(GPU.compute_capability))) for a in attentions]
+    fused = [a for a, ok, _ in verdicts if ok and not lib.force_fp32_layers]
+    unfused = [a for a, ok, _ in verdicts if not ok or lib.force_fp32_layers]
+    for a, ok, why in verdicts:
+        if a.op and not ok:  # a non-decomposable IAttention without a fused kernel
+            _log(trt, logger, "ERROR", f"{a.nodes[0]}: Could not find any implementation for node {a.nodes[0]} ({why})")
+            return None
+    aux = cfg.max_aux_streams != 0
+    memory = fusion.device_memory_bytes(g.model, types, g.shapes, fused, unfused, aux, _NOT_LAYERS)
     header = {"trt": str(trt.__version__), "device": _this_device(), "strongly_typed": net.strongly_typed,
               "flags": sorted(cfg._flags), "inputs": g.inputs, "outputs": g.outputs, "dla": on_dla,
-              "verbosity": cfg.profiling_verbosity.name, "layers": _layer_json(g, weak, calibrated, on_dla, lib.force_fp32_layers,
-                                                                   _major(trt)),
-              "calibrated": calibrated, "types": sorted(set(g.types.values()))}
+              "verbosity": cfg.profiling_verbosity.name,
+              "layers": _layer_json(g, weak, calibrated, on_dla, lib.force_fp32_layers, _major(trt), pinned, fused,
+                                    unfused),
+              "calibrated": calibrated, "types": sorted(set(g.types.values())), "device_memory": memory,
+              "max_aux_streams": cfg.max_aux_streams, "pinned": sorted(pinned)}
+    lib.last_build = header
     hdr = json.dumps(header).encode()
     return ENGINE_MAGIC + struct.pack("<I", len(hdr)) + hdr + g.model_bytes
 
@@ -632,8 +735,12 @@ class EngineImpl:
         return len(self.header["layers"])
 
     @property
-    def device_memory_size(self) -> int:
-        return 1 << 20
+    def device_memory_size(self) -> int:  # 10.x only (removed in 11.0)
+        return int(self.header["device_memory"])
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return int(self.header["device_memory"])
 
     def _find(self, name: str) -> tuple[str, list[int], str, bool] | None:
         return next((t for t in self.io if t[0] == name), None)

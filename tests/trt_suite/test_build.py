@@ -159,8 +159,20 @@ def test_weak_typing_on_10_refused_on_11(exported, tmp_path):
         return
     eng = build_engine(src, None, EngineConfig(fp16=True))
     m = read_manifest(eng)
-    assert m.tensorrt["flags"] == ["FP16"] and m.precision == "fp16" and "--fp16" in m.tensorrt["trtexec"]
+    assert m.tensorrt["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and m.precision == "fp16"
     assert m.precision_report["counts"]["fp16"] > 0
+    # the FP16 graph's islands (CAM's energy chain: it grows with the image) pinned to FP32 with the obey flag
+    from danet_edge.graph.precision import attention_nodes, default_fp32_islands
+
+    islands = default_fp32_islands(onnx.load(str(src)))
+    att = attention_nodes(onnx.load(str(src)))
+    assert set(att.cam_energy + att.cam_reduce + att.cam_softmax) <= set(islands)
+    assert sorted(m.tensorrt["pinned_fp32"]) == sorted(islands) == LIB.last_build["pinned"]
+    assert "OBEY_PRECISION_CONSTRAINTS" in LIB.last_build["flags"]
+    by_node = {n: row["precision"] for row in m.tensorrt["layers"] for n in row["onnx"]}
+    assert all(by_node[n] == "fp32" for n in islands) and by_node[att.cam_out[0]] == "fp16"
+    cmd = m.tensorrt["trtexec"]
+    assert "--fp16" in cmd and "--precisionConstraints=obey" in cmd and f"{att.cam_energy[0]}:fp32" in cmd
 
 
 def test_implicit_int8_calibration_keyed_cache_and_trtexec(exported, tmp_path):
@@ -420,23 +432,116 @@ def test_parser_refuses_a_zero_qdq_scale(exported, tmp_path):
     assert not src.with_suffix(".engine").exists()
 
 
-@pytest.mark.parametrize("form", ["chunked", "heads"])
-def test_attention_forms_pass_the_rules_and_build(exported, tmp_path, form):
-    """The chunked and heads forms of PAM (FP16) pass the TensorRT rule check, parse and build on 10.3 and 11.x;
-    the engine runs like its graph; whether TensorRT fused the attention is 'unknown' here (the stand-in
-    cannot know, and no guess is recorded)."""
+@pytest.fixture(scope="module")
+def forms(exported, tmp_path_factory):
+    """The FP16 (and, for heads, INT8) graphs of the test checkpoint in each PAM form (64x96: L = 96, head 16)."""
     from danet_edge.export.export import ExportConfig, export_model
 
-    res = export_model(exported.checkpoint, ExportConfig(attention=form, attention_chunks=3 if form == "chunked" else None,
-                                                         fp16=True, fused_io=False, reference_images=0,
-                                                         out=tmp_path / "g"))
-    fp16 = next(a.path for a in res.artifacts if a.manifest.precision == "fp16")
-    assert read_manifest(fp16).extra["attention"]["form"] == form
-    eng = build_engine(fp16, None, EngineConfig())
+    out = {}
+    for form in ("explicit", "chunked", "heads"):
+        res = export_model(exported.checkpoint, ExportConfig(
+            attention=form, attention_chunks=3 if form == "chunked" else None, fp16=True, int8=form == "heads",
+            **({"calib": exported.calib, "calib_size": 6} if form == "heads" else {}), fused_io=False,
+            reference_images=0,
+            out=tmp_path_factory.mktemp(form)))
+        out.update({(form, a.manifest.precision): a.path for a in res.artifacts})
+    return out
+
+
+@pytest.mark.parametrize("form", ["explicit", "chunked", "heads"])
+def test_attention_fuses_only_where_tensorrt_documents_it(forms, exported, tmp_path, form):
+    """The heads form in FP16 (no FP32 island between its MatMuls, one head size 16) builds into one fused layer in
+    the published form (NVIDIA/TensorRT issue 4397) and the manifest says attention_fused true; the explicit and
+    chunked forms (V's head size is not Q's) land in separate layers: false. The engine runs like its graph."""
+    fp16 = _copy(forms[(form, "fp16")], tmp_path)
+    graph = onnx.load(str(fp16))
+    from danet_edge.graph.precision import attention_nodes
+
+    att = attention_nodes(graph)
+    logs: list[str] = []
+    eng = build_engine(fp16, None, EngineConfig(), log=logs.append)
     m = read_manifest(eng)
-    assert m.tensorrt["attention_fused"] == "unknown" and m.attention()["fused"] == "unknown"
-    assert m.attention()["form"] == form
+    assert m.attention()["form"] == form and m.tensorrt["attention_fused"] is (form == "heads")
+    assert m.attention()["fused"] is (form == "heads")
+    mha = [row for row in m.tensorrt["layers"] if row["tactic"].startswith("_gemm_mha_v2")]
+    if form == "heads":
+        (row,) = mha
+        assert row["type"] == "kgen" and {att.pam_energy[0], att.pam_softmax[0], att.pam_out[0]} <= set(row["onnx"])
+    else:
+        assert not mha and not any("did not fuse" in line for line in logs)  # not a fusible form: nothing to say
     assert np.array_equal(_labels(eng, exported.frames), _labels(fp16, exported.frames))
+
+
+def test_islanded_or_int8_heads_does_not_fuse_and_is_refused_when_its_energy_overflows(forms, tmp_path):
+    """A heads graph whose attention did not fuse: with an FP32 island between the MatMuls (TensorRT's fusion needs
+    both in FP16) the verdict is false; the INT8 heads graph fuses (its attention is outside the Q/DQ, in FP16);
+    an unfused heads engine (on SM 7.2, below fusion's SM 7.5) is refused in one line, naming the chunked form,
+    when its measured PAM energy does not fit FP16, and warned about otherwise."""
+    from danet_edge.core.manifest import manifest_path
+    from danet_edge.export.fp16 import convert_fp16
+    from danet_edge.graph.precision import default_fp32_islands
+
+    int8 = read_manifest(build_engine(_copy(forms[("heads", "int8")], tmp_path / "q")))
+    assert int8.tensorrt["attention_fused"] is True
+    src = forms[("heads", "fp32")]
+    island = tmp_path / "i" / "model_fp16.onnx"
+    island.parent.mkdir()
+    convert_fp16(src, island, fp32_nodes=default_fp32_islands(onnx.load(str(src)), pam_energy=True))
+    meta = json.loads(manifest_path(forms[("heads", "fp16")]).read_text())
+    model = onnx.load(str(island))
+    model.metadata_props.add().CopyFrom(onnx.load(str(forms[("heads", "fp16")])).metadata_props[0])
+    onnx.save(model, str(island))
+    manifest_path(island).write_text(json.dumps(meta))
+    logs: list[str] = []
+    m = read_manifest(build_engine(island, None, EngineConfig(), log=logs.append))
+    assert m.tensorrt["attention_fused"] is False and any("did not fuse" in line for line in logs)
+    fused = read_manifest(build_engine(_copy(forms[("heads", "fp16")], tmp_path / "f")))
+    assert fused.tensorrt["memory"]["device_mib"] < m.tensorrt["memory"]["device_mib"]  # a fused kernel holds no map
+    # the heads FP16 graph as exported, on a GPU below SM 7.5 (no fused attention there): unfused, its energy in FP16
+    GPU.compute_capability = (7, 2)
+    src = _copy(forms[("heads", "fp16")], tmp_path / "sm72")
+    logs = []
+    assert read_manifest(build_engine(src, None, EngineConfig(), log=logs.append)).tensorrt["attention_fused"] is False
+    assert any("did not fuse" in line and "chunked form" in line for line in logs)  # energy fits FP16: a warning
+    meta = json.loads(manifest_path(src).read_text())
+    meta["extra"]["attention"]["energy"].update(max_abs=9000.0, fits_fp16=False)  # x16 is past FP16's 65504
+    model = onnx.load(str(src))
+    model.metadata_props[0].value = json.dumps(meta)
+    onnx.save(model, str(src))
+    manifest_path(src).write_text(json.dumps(meta))
+    for p in (src.with_suffix(".engine"), src.with_name(src.stem + ".engine.json")):
+        p.unlink()
+    with pytest.raises(EngineError, match=r"did not fuse.*measured up to 9000.*--attention chunked instead; nothing"):
+        build_engine(src, None, EngineConfig())
+    assert not src.with_suffix(".engine").exists()
+
+
+def test_chunks_run_one_at_a_time_and_memory_is_read_back(forms, tmp_path):
+    """A chunked graph is built with max_aux_streams 0 (its chunks are independent branches TensorRT could run
+    concurrently, each holding its map slice); the manifest holds the engine's device memory beside the memory
+    model's estimate; an engine above the board's budget is refused in one line."""
+    from danet_edge.core.manifest import manifest_path
+
+    src = _copy(forms[("chunked", "fp16")], tmp_path)
+    m = read_manifest(build_engine(src))
+    assert m.tensorrt["max_aux_streams"] == 0 and "auxiliary streams" in m.tensorrt["max_aux_streams_why"]
+    assert LIB.last_build["max_aux_streams"] == 0 and "--maxAuxStreams=0" in m.tensorrt["trtexec"]
+    mem = m.tensorrt["memory"]
+    assert mem["device_mib"] == round(LIB.last_build["device_memory"] / 2**20, 1) and mem["estimate_mib"] > 0
+    assert mem["within_budget"] is True and "gap" in mem
+    explicit = read_manifest(build_engine(_copy(forms[("explicit", "fp16")], tmp_path / "e")))
+    assert "max_aux_streams" not in explicit.tensorrt and LIB.last_build["max_aux_streams"] == -1
+    meta = json.loads(manifest_path(src).read_text())
+    meta["extra"]["attention"]["budget_mib"] = 0.01
+    manifest_path(src).write_text(json.dumps(meta))
+    model = onnx.load(str(src))
+    model.metadata_props[0].value = json.dumps(meta)
+    onnx.save(model, str(src))
+    src.with_suffix(".engine").unlink()
+    src.with_name(src.name.replace(".onnx", ".engine.json")).unlink()
+    with pytest.raises(EngineError, match=r"the engine needs .* MiB .*above the 0 MiB export planned"):
+        build_engine(src)
+    assert not src.with_suffix(".engine").exists()
 
 
 def test_attention_op_form_builds_from_tensorrt_10_14_only(exported, tmp_path):
@@ -456,10 +561,17 @@ def test_attention_op_form_builds_from_tensorrt_10_14_only(exported, tmp_path):
             build_engine(fp32, None, EngineConfig())
         assert not fp32.with_suffix(".engine").exists()
         return
-    eng = build_engine(fp32, None, EngineConfig())
+    with pytest.raises(EngineError, match="Could not find any implementation|TensorRT build failed"):
+        build_engine(fp32, None, EngineConfig())  # an FP32 IAttention: no fused kernel is documented (modelled)
+    assert any("FP32 ONNX Attention" in w for w in plan_build(fp32, EngineConfig(), TRT.__version__,
+                                                              manifest=read_manifest(fp32)).warnings)
+    fp16 = next(a.path for a in export_model(exported.checkpoint, ExportConfig(
+        attention="attention-op", fp16=True, fused_io=False, reference_images=0, out=tmp_path / "h")).artifacts
+        if a.manifest.precision == "fp16")
+    eng = build_engine(fp16, None, EngineConfig())
     m = read_manifest(eng)
-    assert m.attention()["form"] == "attention-op" and m.tensorrt["attention_fused"] == "unknown"
-    assert np.array_equal(_labels(eng, exported.frames), _labels(fp32, exported.frames))
+    assert m.attention()["form"] == "attention-op" and m.tensorrt["attention_fused"] is True
+    assert np.array_equal(_labels(eng, exported.frames), _labels(fp16, exported.frames))
 
 
 def test_qat_graph_builds_like_a_ptq_graph(exported, tmp_path):
