@@ -46,9 +46,11 @@ NOT_JETSON = "not a Jetson"
 
 
 #: L4T release -> JetPack release, from NVIDIA's JetPack archive
-#: (https://developer.nvidia.com/embedded/jetpack-archive).
+#: (https://developer.nvidia.com/embedded/jetpack-archive; JetPack 7.0 is Jetson Linux 38.2 / 38.2.1, 7.1 is 38.4:
+#: https://developer.nvidia.com/embedded/jetpack/downloads/archive-7.0, archive-7.1).
 #: An L4T not listed here reports ``jetpack: None`` rather than a guess.
 JETPACK_FOR_L4T = {
+    "38.4.0": "7.1", "38.2.1": "7.0", "38.2.0": "7.0",
     "36.4.4": "6.2.1", "36.4.3": "6.2", "36.4.0": "6.1", "36.3.0": "6.0", "36.2.0": "6.0 DP",
     "35.6.1": "5.1.5", "35.6.0": "5.1.4", "35.5.0": "5.1.3", "35.4.1": "5.1.2", "35.3.1": "5.1.1",
     "35.2.1": "5.1", "35.1.0": "5.0.2", "32.7.6": "4.6.6", "32.7.5": "4.6.5", "32.7.4": "4.6.4",

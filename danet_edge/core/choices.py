@@ -24,7 +24,8 @@ QAT_RECIPES = ("int8-tensorrt", "int8-cpu")
 #: ONNX opsets TensorRT 10.0-10.3's ONNX parser reads (its support matrix); ``trtcheck`` enforces it.
 OPSET_RANGE = (9, 20)
 #: ONNX's ``Attention`` operator: its opset, and the oldest TensorRT that imports it (as ``IAttention``; TensorRT
-#: 10.14 release notes). JetPack 6's 10.3 does not.
+#: 10.14 release notes, which list x86, Windows and SBSA: no JetPack). On a Jetson that is TensorRT 11.4.1 on
+#: JetPack 7.2.2+ (AGX Orin, AGX Thor; ``graph.boards``); JetPack 6's 10.3 and JetPack 7.0's 10.13 do not.
 ATTENTION_OPSET, ATTENTION_TENSORRT = 23, (10, 14)
 
 

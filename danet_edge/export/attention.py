@@ -16,6 +16,7 @@ is then traced once in the chosen form and is the judge (traced again with more 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ import onnx
 
 from ..core.errors import ConfigError
 from ..graph.memory import MemoryEstimate, memory_estimate
-from ..model.forms import MAX_CHUNKS, MIN_AUTO_CHUNKS, chunk_bounds, reference_chunks
+from ..graph.trtcheck import MAX_TENSOR_ELEMENTS
+from ..model.forms import MAX_CHUNKS, MIN_AUTO_CHUNKS, chunk_bounds, map_shape, reference_chunks
 from .fp32 import trace_onnx
 from .plan import ExportPlan
 
@@ -57,12 +59,16 @@ def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_m
     """The fewest query chunks whose graph fits ``budget_mib`` (1, else at least :data:`MIN_AUTO_CHUNKS`): weights
     + the larger of the activation peak outside the attention and what is live beside the map plus one FP32 map
     slice (the Softmax writes over its input; ``graph.memory``); None when even :data:`MAX_CHUNKS` do not. ``estimate`` is of a graph with
-    ``1 / scale`` the pixels (a probe); ``positions`` are the size asked's."""
+    ``1 / scale`` the pixels (a probe); ``positions`` are the size asked's. A slice of 2^31 elements or more, which
+    TensorRT refuses (``graph.trtcheck.MAX_TENSOR_ELEMENTS``), does not fit whatever the memory."""
+    def trt_takes(k: int) -> bool:
+        return math.prod(map_shape("chunked", batch, positions, k)) <= MAX_TENSOR_ELEMENTS
+
     measured = estimate.attention.form == "explicit" and scale == 1.0  # k = 1 is this very graph
-    if measured and estimate.total_mib <= budget_mib:
+    if measured and estimate.total_mib <= budget_mib and trt_takes(1):
         return 1
     for k in ([] if measured else [1]) + list(range(MIN_AUTO_CHUNKS, MAX_CHUNKS + 1)):
-        if _need_mib(estimate, scale, batch, positions, k) <= budget_mib:
+        if trt_takes(k) and _need_mib(estimate, scale, batch, positions, k) <= budget_mib:
             return k
     return None
 

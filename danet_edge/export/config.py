@@ -88,8 +88,8 @@ class ExportConfig(Config):
     include_attention: bool = option(False, "Quantize attention MatMuls too.")
     attention: str = option("auto", "PAM form: auto (explicit where it fits --jetson's memory, else chunked), "
                                     "explicit, chunked, heads (Q, K, V of one head size, for fused attention) or "
-                                    "attention-op (heads as ONNX Attention, opset 23: TensorRT >= 10.14, not "
-                                    "JetPack 6).")
+                                    "attention-op (heads as ONNX Attention, opset 23: TensorRT >= 10.14; on a "
+                                    "Jetson JetPack 7.2.2+'s 11.4.1, not JetPack 6).")
     attention_chunks: int | None = option(None, "Query chunks of --attention chunked (default: the fewest that fit).")
     jetson: str = option(DEFAULT_BOARD, f"Board the graph must fit: {', '.join(BOARD_MEMORY_GIB)}.")
     memory_limit_mib: float | None = option(None, "Most the graph may need, weights + activations (MiB; default: "

@@ -39,6 +39,7 @@ from .budget import apply_budget
 from .config import REFERENCE_IMAGES, ExportConfig
 from .fp32 import MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph
 from .graph_io import fuse_io
+from .limits import check_sizes, check_verification_memory
 from .plan import ExportPlan, plan_export
 from .recipes import AGREEMENT_BEYOND_DOUBT, PrecisionRecipe, RecipeInput, RecipeOptions
 from .results import Artifact, ExportResult
@@ -175,8 +176,10 @@ def _write_fp32(plan: ExportPlan, artifacts: list[Artifact], log: Log) -> Artifa
     ``artifacts`` as soon as it is written, so an interruption while logging still counts it."""
     cfg = plan.cfg
     choice = choose_attention(plan, log)
+    check_verification_memory(plan, choice.estimate)  # ONNX Runtime and PyTorch here: refused if above what is free
     fp32 = export_onnx(plan.loaded, plan.out_dir / "model.onnx", plan.size, cfg.batch, cfg.opset, False, plan.frames,
-                       cfg.tolerance, cfg.target, choice.form, choice.chunks, choice.graph, choice.record())
+                       cfg.tolerance, cfg.target, choice.form, choice.chunks, choice.graph, choice.record(),
+                       board=cfg.jetson)
     artifacts.append(fp32)
     log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
@@ -206,7 +209,9 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     checkpoint, size or calibration folder leaves the output folder untouched.
 
     Raises:
-        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input (before writing).
+        ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input (before writing), a
+            form whose attention map TensorRT refuses (2^31 elements), a graph this machine cannot verify
+            (``limits``).
         ExportError, CompatibilityError, PrecisionError: a graph that does not meet its contract.
         Interrupted: Ctrl-C; the message lists the artifacts complete so far (nothing is half-written).
         RunLocked: another run is writing into the output folder.
@@ -214,6 +219,7 @@ def export_model(checkpoint: str | os.PathLike[str], cfg: ExportConfig, log: Log
     """
     log = log or (lambda _msg: None)
     plan = plan_export(checkpoint, cfg)
+    check_sizes(plan)  # TensorRT's 2^31-element limit on PAM's map, before anything is traced (limits.py)
     with run_lock(plan.out_dir, "export"):  # a second export into the folder is refused in one line
         remove_stale_temporaries(plan.out_dir, plan.output_names()[0])  # what a killed export left
         return _export(plan, log)

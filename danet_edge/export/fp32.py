@@ -100,7 +100,7 @@ def run_graph(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarr
     return np.concatenate(outs)[:len(frames)]
 
 
-def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str) -> None:
+def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str, board: str | None = None) -> None:
     """Validate and embed the manifest, run the full checker and the TensorRT rules, write graph + sidecar.
 
     The manifest is validated first by the rules every reader applies (``manifest.manifest_json``), so export
@@ -109,10 +109,12 @@ def finalize(model: onnx.ModelProto, path: Path, manifest: Manifest, target: str
     between them leaves the new graph beside the old sidecar. Readers close that window by detection:
     ``manifest.read_manifest`` compares the sidecar with the manifest embedded here
     (``metadata_props[METADATA_KEY]``) and refuses a mismatch in one line, instead of running with the old
-    normalisation. The graph's memory estimate (``graph.memory``) goes into ``manifest.extra["memory"]``.
+    normalisation. The graph's memory estimate (``graph.memory``) goes into ``manifest.extra["memory"]``, with
+    ``board`` (the ``--jetson`` board it was exported for; default: the one its manifest already records).
     """
     sidecar = manifest_path(path)
-    manifest.extra = {**manifest.extra, "memory": memory_estimate(model).record()}
+    board = board or (manifest.extra.get("memory") or {}).get("board")  # a derived graph keeps its FP32's
+    manifest.extra = {**manifest.extra, "memory": memory_estimate(model).record(board)}
     sidecar_text = manifest_json(manifest, str(sidecar))
     enforce_tensorrt_compat(model, target, required_tensorrt(model))
     del model.metadata_props[:]
@@ -181,7 +183,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
                 opset: int | None = None, fused_io: bool = False, frames: list[np.ndarray] | None = None,
                 tolerance: float | None = None, target: str | None = None, attention: str = "explicit",
                 chunks: int | None = None, graph: onnx.ModelProto | None = None,
-                record: dict[str, Any] | None = None) -> Artifact:
+                record: dict[str, Any] | None = None, board: str | None = None) -> Artifact:
     """PyTorch model -> verified static-shape FP32 ONNX at ``out`` (+ ``out.json``).
 
     Args:
@@ -194,6 +196,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
             of query chunks (None: by size, ``forms.reference_chunks``); recorded in ``manifest.extra["attention"]``.
         graph: the graph :func:`trace_onnx` already made with these options (None: traced here).
         record: more facts of the attention for ``manifest.extra["attention"]`` (``attention.AttentionChoice``).
+        board: the ``--jetson`` board, recorded in ``manifest.extra["memory"]["board"]`` (``graph.boards.board_of``).
 
     Raises:
         ExportError: export, checker or verification failure (says by how much).
@@ -242,5 +245,5 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
                       "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
                                     **({"min_tensorrt": ".".join(map(str, ATTENTION_TENSORRT))}
                                        if attention == "attention-op" else {}), **(record or {})}}
-    finalize(graph, out, manifest, target)
+    finalize(graph, out, manifest, target, board)
     return Artifact(out, manifest, time.perf_counter() - t0, report.to_dict(), verification, outputs=got)

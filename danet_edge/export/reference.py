@@ -291,9 +291,16 @@ def make_bundle(checkpoint: str | os.PathLike[str], manifest: Any, images: Seque
     backend; the reference mIoU compares its class maps, resized back with nearest neighbour, with ``labels``.
     Needs torch (export has it); the bundle is then read without it.
 
+    Before PyTorch runs, the memory model's estimate for it (the chunked form of the graph's weights at the
+    manifest's size and batch, ``limits.check_bundle_memory``) is compared with the memory this machine has.
+
     Raises:
-        CheckpointError: unreadable checkpoint. DataError: as :func:`write_bundle`.
+        CheckpointError: unreadable checkpoint. DataError: as :func:`write_bundle`. ConfigError: the estimate is
+            above the memory available (one line: both figures and the fix).
     """
+    from .limits import check_bundle_memory
+
+    check_bundle_memory(manifest)
     from ..data.frames import static_batches
     from ..core.metrics import ConfusionMatrix
     from ..data.preprocess import resize_image, resize_labels

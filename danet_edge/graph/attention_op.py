@@ -9,7 +9,8 @@ opset 23 (``onnx.version_converter``). Exact: the operator computes ``softmax(sc
 operator docs, ``Attention``), which is what the four nodes computed.
 
 JetPack 6's TensorRT 10.3 parses opsets 9..20 and has no IAttention: a graph of this form is for TensorRT >=
-10.14 (JetPack 7, desktop GPUs on 11.x); ``graph.trtcheck`` refuses it for 10.3.
+10.14 (desktop and SBSA; on a Jetson TensorRT 11.4.1 on JetPack 7.2.2+, AGX Orin and AGX Thor: JetPack 7.0 ships
+10.13); ``graph.trtcheck`` refuses it for 10.3.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from .boards import BOARDS
+
 __all__ = ["load_cost_graph", "is_static", "NodeCost", "GraphCost", "GpuTarget", "JETSON_TARGETS", "graph_cost", "node_precisions",
            "LAYOUT_OPS", "FLOAT_DTYPES", "WEIGHTED_OPS", "format_cost", "tensor_info"]
 
@@ -77,21 +79,41 @@ class GpuTarget:
 _AGX = "Jetson AGX Orin Series Modules Data Sheet DS-10662-001 v1.6, tables 1-2/1-3"
 _NX = "Jetson Orin NX Series Modules Data Sheet DS-10712-001 v1.5"
 _NANO = "Jetson Orin Nano Series Modules Data Sheet DS-11105-001 v1.5"
+
+
+def _row(board: str, name: str, int8: float, fp16: float, fp32: float, source: str) -> GpuTarget:
+    """A target whose bandwidth is the board's (``boards.BOARDS``: one home for the module's figures)."""
+    return GpuTarget(name, int8, fp16, fp32, BOARDS[board].bandwidth_gbs, source)
+
+
 #: GPU only (no DLA), dense peaks (NVIDIA publishes sparse tensor-core figures: dense = sparse / 2). Where a
 #: sheet gives no tensor figure for a module, it is derived from the AGX sheet's per-tensor-core rate
 #: (INT8 1024 dense ops, FP16 512 per clock per tensor core) x tensor cores x GPU clock, which reproduces
-#: every published dense INT8 figure (Nano 20 / 33 TOPS, NX GPU 30 TOPS = (100 - 40 DLA) / 2); FP32 is
-#: CUDA cores x 2 x clock, as published. Data sheets: developer.nvidia.com/embedded/downloads.
+#: every published dense INT8 figure (Nano 8GB 20 / 33 TOPS, Nano 4GB 10, NX 16GB GPU 30 TOPS = (100 - 40 DLA) / 2,
+#: NX 8GB GPU 25 = (70 - 20 DLA) / 2); FP32 is CUDA cores x 2 x clock, as published. Data sheets:
+#: developer.nvidia.com/embedded/downloads. **No row for Jetson AGX Thor**: the AI figures NVIDIA publishes for its
+#: T5000 module are FP4 / FP8 tensor TFLOPS (2070 / 1035, as published); no published dense INT8, FP16 or FP32
+#: peak was found to base a floor on, and none is derived here (Blackwell's per-core rates are not Ampere's), so Thor
+#: has memory (``boards.BOARDS``) and no latency floor. Code reading this table takes the boards it has.
 JETSON_TARGETS: dict[str, GpuTarget] = {
-    "agx-orin-64gb": GpuTarget("Jetson AGX Orin 64GB, MAXN (1.3 GHz GPU)", 85.0, 42.5, 5.32, 204.8,
-                               _AGX + ": 170 sparse INT8 TOPS, 85 sparse FP16 TFLOPS, 5.32 FP32 TFLOPS, 204.8 GB/s"),
-    "orin-nx-16gb": GpuTarget("Jetson Orin NX 16GB, MAXN (918 MHz GPU)", 30.1, 15.0, 1.88, 102.0,
-                              _NX + ": 100 sparse INT8 TOPS incl. 40 DLA, 1.88 FP32 TFLOPS, 102 GB/s; FP16 derived"),
-    "orin-nano-8gb": GpuTarget("Jetson Orin Nano 8GB, 15 W (625 MHz GPU)", 20.0, 10.2, 1.28, 68.0,
-                               _NANO + ": 20 dense INT8 TOPS, 1.28 FP32 TFLOPS, 68 GB/s; FP16 derived"),
-    "orin-nano-8gb-super": GpuTarget("Jetson Orin Nano 8GB, MAXN_SUPER (1020 MHz GPU, JetPack 6.2)", 33.0, 16.7,
-                                     2.08, 102.0, _NANO + ": 33 dense INT8 TOPS, 2.08 FP32 TFLOPS, 102 GB/s; "
-                                     "FP16 derived"),
+    "agx-orin-64gb": _row("agx-orin-64gb", "Jetson AGX Orin 64GB, MAXN (1.3 GHz GPU)", 85.0, 42.5, 5.32,
+                          _AGX + ": 170 sparse INT8 TOPS, 85 sparse FP16 TFLOPS, 5.32 FP32 TFLOPS, 204.8 GB/s"),
+    "agx-orin-32gb": _row("agx-orin-32gb", "Jetson AGX Orin 32GB, MAXN (930 MHz GPU)", 53.3, 26.7, 3.33,
+                          _AGX + ": 200 sparse INT8 TOPS incl. 2 DLA, 1792 CUDA / 56 tensor cores at 930 MHz, "
+                          "204.8 GB/s; INT8, FP16, FP32 derived from the cores and clock"),
+    "orin-nx-16gb": _row("orin-nx-16gb", "Jetson Orin NX 16GB, MAXN (918 MHz GPU)", 30.1, 15.0, 1.88,
+                         _NX + ": 100 sparse INT8 TOPS incl. 40 DLA, 1.88 FP32 TFLOPS, 102.4 GB/s; FP16 derived"),
+    "orin-nx-8gb": _row("orin-nx-8gb", "Jetson Orin NX 8GB, MAXN (765 MHz GPU)", 25.1, 12.5, 1.57,
+                        _NX + ": 70 sparse INT8 TOPS incl. 20 DLA, 1024 CUDA / 32 tensor cores at 765 MHz, "
+                        "102.4 GB/s; INT8 = (70 - 20) / 2, FP16, FP32 derived"),
+    "orin-nano-8gb": _row("orin-nano-8gb", "Jetson Orin Nano 8GB, 15 W (625 MHz GPU)", 20.0, 10.2, 1.28,
+                          _NANO + ": 20 dense INT8 TOPS, 1.28 FP32 TFLOPS, 68 GB/s; FP16 derived"),
+    "orin-nano-8gb-super": _row("orin-nano-8gb-super", "Jetson Orin Nano 8GB, MAXN_SUPER (1020 MHz GPU, JetPack 6.2)",
+                                33.0, 16.7, 2.08, _NANO + ": 33 dense INT8 TOPS, 2.08 FP32 TFLOPS, 102 GB/s; "
+                                "FP16 derived"),
+    "orin-nano-4gb": _row("orin-nano-4gb", "Jetson Orin Nano 4GB, 10 W (625 MHz GPU)", 10.0, 5.12, 0.64,
+                          _NANO + ": 10 dense INT8 TOPS, 512 CUDA / 16 tensor cores at 625 MHz, 34 GB/s; "
+                          "FP16, FP32 derived"),
 }
 
 

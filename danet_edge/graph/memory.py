@@ -15,7 +15,7 @@ TensorRT reuse memory this way. The explicit form then holds one ``L x L`` map a
 Softmax overwrites); the chunked form one slice. A fused attention kernel (TensorRT) holds no map at all: the
 figure for an unfused runtime is the safe one to plan with.
 
-**Fit** per Jetson (``boards.BOARD_MEMORY_GIB``, ``boards.RESERVE_MIB``): weights + activation peak + the reserve must
+**Fit** per Jetson (``boards.BOARDS``, ``boards.RESERVE_MIB``): weights + activation peak + the reserve must
 be within the board's memory, which the CPU and GPU share.
 """
 
@@ -80,11 +80,15 @@ class MemoryEstimate:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def record(self) -> dict[str, Any]:
-        """The manifest's ``extra["memory"]``: MiB figures and, per board, whether the graph fits."""
+    def record(self, board: str | None = None) -> dict[str, Any]:
+        """The manifest's ``extra["memory"]``: MiB figures (``other_mib``, ``beside_map_mib`` and PAM's
+        ``positions`` L too: what the chunked form of the same weights needs, ``export.limits``), per board
+        whether the graph fits, and ``board``: the ``--jetson`` board it was exported for (``boards.board_of``
+        reads it back; the build plan's DLA rules use it), when given."""
         return {"weights_mib": self.weights_mib, "activations_mib": self.activations_mib,
-                "total_mib": self.total_mib, "reserve_mib": self.reserve_mib,
-                "fits": {b: r["fits"] for b, r in self.boards.items()}}
+                "total_mib": self.total_mib, "other_mib": self.other_mib, "beside_map_mib": self.beside_map_mib,
+                "positions": self.attention.positions, "reserve_mib": self.reserve_mib,
+                "fits": {b: r["fits"] for b, r in self.boards.items()}, **({"board": board} if board else {})}
 
 
 def _bytes(info: dict[str, tuple[int, list[int]]], name: str) -> int:

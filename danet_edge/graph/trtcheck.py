@@ -20,11 +20,21 @@ https://github.com/onnx/onnx-tensorrt/blob/release/10.3-GA/docs/operators.md):
 * Resize: mode ``nearest`` or ``linear``; coordinate transform in ``RESIZE_COORDINATE_MODES``;
 * Reduce*: ``axes`` an attribute before opset 18, an initializer input from opset 18;
 * static shapes: every graph input, output and inferred intermediate has fixed positive dims,
-  and no ``Shape`` node is left (shape arithmetic must be folded at export).
+  and no ``Shape`` node is left (shape arithmetic must be folded at export);
+* tensor size: no tensor of :data:`MAX_TENSOR_ELEMENTS` + 1 = 2^31 elements or more (TensorRT's kernels index with
+  int32: "tensor volume exceeds (2^31)-1", https://github.com/NVIDIA/TensorRT/issues/1948; the limit was lifted
+  for some layers in 10.x only, not for every MatMul and Convolution: https://github.com/NVIDIA/TensorRT/issues/3815,
+  /4123). DANet's heads form at 1024x2048 holds ``8 x 32768^2`` = 8.6e9 in one MatMul output, the explicit form
+  ``N x 32768^2`` (2^31 at batch 2): the violation names the tensor, its shape and the form that fits;
+* ONNX ``Attention`` (TensorRT >= 10.14), as onnx-tensorrt's ``docs/operators.md`` (10.15) lists its importer:
+  no ``softcap``, ``softmax_precision`` or ``qk_matmul_output_mode`` attribute, no past / present key-value
+  (inputs 4-5, outputs 1-2), one output, Q, K and V 4-D ``(N, heads, L, head size)``
+  (https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +44,10 @@ from onnx import TensorProto
 from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT, OPSET_RANGE
 from ..core.errors import CompatibilityError
 from .cost import is_static
-from .precision import constant_value
+from .precision import attention_nodes, constant_value
 
 __all__ = ["Violation", "check_tensorrt_compat", "enforce_tensorrt_compat", "SUPPORTED_OPS", "ATTENTION_TENSORRT",
-           "required_tensorrt",
+           "required_tensorrt", "MAX_TENSOR_ELEMENTS", "oversized_tensors",
            "OPSET_RANGE", "RESIZE_COORDINATE_MODES"]
 
 
@@ -60,6 +70,10 @@ RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "asymme
 _QDQ_TYPES = {TensorProto.INT8, TensorProto.FLOAT8E4M3FN, TensorProto.INT4}
 _REDUCE_OPS = {"ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd"}
 _GRAPH = "<graph>"
+#: The most elements one TensorRT tensor may hold (int32 indexing; see the module docstring).
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+#: ONNX ``Attention`` attributes onnx-tensorrt's importer does not take.
+_ATTENTION_REFUSED_ATTRS = ("softcap", "softmax_precision", "qk_matmul_output_mode")
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,68 @@ def _scale_violations(name: str, op: str, scale: np.ndarray | None) -> list[Viol
     where = "scale" if flat.size == 1 else "channel " + ", ".join(str(int(i)) for i in bad[:4]) + \
         (f" (and {bad.size - 4} more)" if bad.size > 4 else "")
     return [Violation(name, op, "Q/DQ scale", f"{where}: scale {flat[bad[0]]:g}, must be finite and > 0")]
+
+
+def _dims(v: onnx.ValueInfoProto) -> list[int] | None:
+    t = v.type.tensor_type if v.type.HasField("tensor_type") else None
+    if t is None or not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
+        return None
+    return [int(d.dim_value) for d in t.shape.dim]
+
+
+def _size_violations(model: onnx.ModelProto, g: onnx.GraphProto) -> list[Violation]:
+    """The tensor-size rule on a shape-inferred graph ``g`` of ``model``: one violation per tensor of more than
+    :data:`MAX_TENSOR_ELEMENTS` elements, naming it, its shape and what fits (PAM's map: the chunked form)."""
+    att = attention_nodes(model)
+    pam = {o for n in g.node if n.name in set(att.pam_energy) | set(att.pam_softmax) for o in n.output}
+    shapes = {t.name: [int(d) for d in t.dims] for t in g.initializer}
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(v)
+        if dims is not None:
+            shapes[v.name] = dims
+    out = []
+    for name, dims in shapes.items():
+        count = math.prod(dims)
+        if count <= MAX_TENSOR_ELEMENTS:
+            continue
+        fix = ("write PAM in query slices (export --attention chunked: one slice of the map per chunk) or export at "
+               "a smaller --imgsz" if name in pam else "export at a smaller --imgsz or --batch")
+        out.append(Violation(name, "tensor", "tensor size",
+                             f"tensor {name!r} of shape {dims} holds {count:,} elements, at or above 2^31 (TensorRT "
+                             f"indexes tensors with int32: NVIDIA/TensorRT issue 3815): {fix}"))
+    return out
+
+
+def oversized_tensors(model: onnx.ModelProto) -> list[Violation]:
+    """The tensor-size rule alone (shape inference on a copy): what export checks before it runs a graph."""
+    try:
+        g = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # noqa: BLE001 - as check_tensorrt_compat: no shapes, no size to judge
+        return []
+    return _size_violations(model, g)
+
+
+def _attention_violations(name: str, node: onnx.NodeProto, rank: dict[str, int | None]) -> list[Violation]:
+    """onnx-tensorrt's restrictions on ONNX ``Attention`` (module docstring); ``rank``: tensor -> rank or None."""
+    out = []
+    for attr in _ATTENTION_REFUSED_ATTRS:
+        if any(a.name == attr for a in node.attribute):
+            out.append(Violation(name, "Attention", "Attention attributes",
+                                 f"attribute {attr!r} is not imported by TensorRT's ONNX parser (drop it)"))
+    if any(node.input[4:6]):
+        out.append(Violation(name, "Attention", "Attention past/present KV",
+                             "past_key / past_value inputs (a KV cache) are not imported"))
+    extra = [o for o in node.output[1:] if o]
+    if extra:
+        out.append(Violation(name, "Attention", "Attention outputs",
+                             f"one output only (Y); present_key / present_value / qk_matmul_output {extra} are not "
+                             "imported"))
+    for role, t in zip(("Q", "K", "V"), node.input[:3]):
+        r = rank.get(t)
+        if r is not None and r != 4:
+            out.append(Violation(name, "Attention", "Attention 4-D inputs",
+                                 f"{role} {t!r} is {r}-D; TensorRT imports 4-D (N, heads, L, head size) Q, K, V only"))
+    return out
 
 
 def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (10, 3)) -> list[Violation]:
@@ -146,6 +222,8 @@ def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (1
     for name, init in inits.items():
         if init.data_type == TensorProto.DOUBLE:
             out.append(Violation(name, "initializer", "no float64", "DOUBLE initializer"))
+    out.extend(_size_violations(model, g))
+    rank = {n: len(d) for n, d in ((v.name, _dims(v)) for v in values.values()) if d is not None}
 
     for node in g.node:
         name = node.name or (node.output[0] if node.output else node.op_type)
@@ -156,6 +234,8 @@ def check_tensorrt_compat(model: onnx.ModelProto, tensorrt: tuple[int, int] = (1
         if op not in SUPPORTED_OPS and not (op == "Attention" and attention):
             more = " (ONNX Attention: TensorRT >= 10.14)" if op == "Attention" else ""
             out.append(Violation(name, op, "operator support", f"{op} is not in the supported operator list{more}"))
+        if op == "Attention" and attention:
+            out.extend(_attention_violations(name, node, rank))
         if op == "Shape":
             out.append(Violation(name, op, "static shapes", "leftover Shape arithmetic (fold it at export)"))
         for o in node.output:

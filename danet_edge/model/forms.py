@@ -11,13 +11,14 @@ import math
 from typing import Literal
 
 __all__ = ["ATTENTION_IMPLS", "AttentionImpl", "EXPORT_FORMS", "MAX_CHUNKS", "MIN_AUTO_CHUNKS", "PAM_HEADS", "REFERENCE_CHUNK_MIB", "attention_flops",
-           "chunk_bounds", "reference_chunks"]
+           "chunk_bounds", "map_shape", "reference_chunks"]
 
 AttentionImpl = Literal["sdpa", "explicit", "chunked", "heads"]
 #: Every PAM implementation; ``sdpa`` is PyTorch-only (on a CPU it runs as ``chunked``; it exports as ``explicit``).
 ATTENTION_IMPLS: tuple[str, ...] = ("sdpa", "explicit", "chunked", "heads")
 #: The forms an exported graph can take (``export --attention``). ``attention-op`` is the heads form written as
-#: ONNX's ``Attention`` operator (opset 23; ``graph.attention_op``): TensorRT >= 10.14 only, not JetPack 6's 10.3.
+#: ONNX's ``Attention`` operator (opset 23; ``graph.attention_op``): TensorRT >= 10.14 only; on a Jetson JetPack
+#: 7.2.2+'s TensorRT 11.4.1, not JetPack 6's 10.3 nor JetPack 7.0's 10.13.
 EXPORT_FORMS: tuple[str, ...] = ("explicit", "chunked", "heads", "attention-op")
 #: Largest attention-map slice (MiB, FP32) the PyTorch reference holds on a CPU: above it the queries are
 #: chunked, so ``eval`` / ``check`` / export's reference at large sizes never hold the whole ``N x L x L`` map.
@@ -57,3 +58,19 @@ def attention_flops(form: str, batch: int, positions: int, d: int, c: int) -> in
     if form in ("heads", "attention-op"):
         return 2 * batch * positions * positions * 2 * c
     return 2 * batch * positions * positions * (d + c)
+
+
+def map_shape(form: str, batch: int, positions: int, chunks: int | None = None) -> list[int]:
+    """Shape of the largest single attention-map tensor (a PAM MatMul's output) a graph of ``form`` holds:
+    ``[N, L, L]`` explicit, ``[N, ceil(L / chunks), L]`` chunked (``chunks`` None: :func:`reference_chunks`),
+    ``[N, PAM_HEADS, L, L]`` heads; ``[]`` for ``attention-op`` (its map is inside the Attention node, no tensor of
+    the graph)."""
+    if form == "attention-op":
+        return []
+    if form == "heads":
+        return [batch, PAM_HEADS, positions, positions]
+    if form == "chunked":
+        k = chunks or reference_chunks(batch, positions)
+        rows = max(b - a for a, b in chunk_bounds(positions, k))
+        return [batch, rows, positions]
+    return [batch, positions, positions]

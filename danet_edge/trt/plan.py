@@ -19,8 +19,9 @@ from ..core.choices import ATTENTION_TENSORRT
 from ..core.config import CALIB_IMAGES, Config, check_range, option
 from ..core.errors import ConfigError
 from ..core.manifest import Manifest
+from ..graph.boards import BOARDS, board_of
 
-__all__ = ["EngineConfig", "BuildPlan", "plan_build", "trt_major", "trt_version_tuple", "no_tensorrt_hint",
+__all__ = ["EngineConfig", "BuildPlan", "board_dla", "plan_build", "trt_major", "trt_version_tuple", "no_tensorrt_hint",
            "DLA_TRT11", "engine_path"]
 
 #: The one TensorRT 11 release whose "Working with DLA" page supports DLA on a Jetson (AGX Orin, JetPack 7.2.2+;
@@ -134,13 +135,46 @@ def trt_version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def board_dla(graph: str, dla_core: int, manifest: Manifest | None,
+              trt_version: str | None = None) -> tuple[list[str], list[str]]:
+    """``(refusals, warnings)`` for ``--dla-core`` from the board ``graph`` was exported for
+    (``manifest.extra["memory"]["board"]``, ``graph.boards.BOARDS``); none for a graph without one.
+
+    A module without DLA in a family without any (Jetson AGX Thor: "Working with DLA", TensorRT 11.4.1 docs) refuses
+    it; a core the module does not have (Orin NX 8GB has one) refuses it; a module without DLA in a family with some
+    (Orin Nano, export's default board: the graph also fits the larger Orins) warns; on TensorRT 11 a module NVIDIA
+    documents no 11.x release for (11.4.1: JetPack 7.2.2+ on AGX Orin and AGX Thor only) warns."""
+    found = board_of(manifest.extra if manifest is not None else None)
+    if found is None:
+        return [], []
+    key, board = found
+    which = f"{graph} was exported for {board.name} (--jetson {key})"
+    if board.dla_cores == 0:
+        with_dla = [b.name for b in BOARDS.values() if b.family == board.family and b.dla_cores]
+        if not with_dla:
+            return [f"--dla-core {dla_core}: {which}, which has no DLA ({board.source.split(':')[0]}): build without --dla-core"], []
+        return [], [f"{which}, which has no DLA: --dla-core {dla_core} works only where this build runs on a module "
+                    f"with DLA ({', '.join(dict.fromkeys(with_dla))})"]
+    if dla_core >= board.dla_cores:
+        cores = "core 0" if board.dla_cores == 1 else f"cores 0..{board.dla_cores - 1}"
+        return [f"--dla-core {dla_core}: {which}, which has {board.dla_cores} DLA {cores} ({board.source.split(':')[0]})"], []
+    if trt_version is not None and trt_major(trt_version) >= 11 and not any(t.startswith("11.")
+                                                                            for _, t in board.tensorrt):
+        shipped = "; ".join(f"JetPack {j}: TensorRT {t}" for j, t in board.tensorrt)
+        return [], [f"{which}: NVIDIA documents no TensorRT 11 for it ({shipped}); TensorRT 11.4.1's DLA is for AGX "
+                    "Orin on JetPack 7.2.2+"]
+    return [], []
+
+
 def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version: str,
                out_path: str | os.PathLike[str] | None = None, manifest: Manifest | None = None) -> BuildPlan:
     """Decide flags, refusals and the trtexec command for ``trt_version`` (no TensorRT needed).
 
     Rules: TensorRT < 10 is refused; on 11.x ``fp16`` and ``int8_calib`` are refused (weak typing and
     implicit calibration were removed: bake the precision into the ONNX); implicit INT8 on a graph
-    that already is FP16 or INT8 (Q/DQ) is refused, as is FP16 on an INT8 graph; option ranges are checked.
+    that already is FP16 or INT8 (Q/DQ) is refused, as is FP16 on an INT8 graph; ``--dla-core`` on a graph exported
+    for a board without that DLA core is refused (:func:`board_dla`: Jetson AGX Thor has none); option ranges are
+    checked.
     The printed ``trtexec --int8 --calib=CACHE`` names the calibration cache only when that file exists
     (without it trtexec calibrates on random data); ``cfg.calib_cache`` is the cache to name.
     """
@@ -166,8 +200,8 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
     form = (manifest.extra.get("attention") or {}).get("form") if manifest is not None else None
     if form == "attention-op" and trt_version_tuple(trt_version)[:2] < ATTENTION_TENSORRT:
         refusals.append(f"{onnx_path.name} writes PAM as ONNX Attention (opset 23), which TensorRT imports from "
-                        f"10.14 (this is {trt_version}, JetPack 6's): export it with --attention heads, chunked or "
-                        "explicit")
+                        f"10.14 (this is {trt_version}; on a Jetson: TensorRT 11.4.1 on JetPack 7.2.2+, not JetPack 6's "
+                        "10.3 or JetPack 7.0's 10.13): export it with --attention heads, chunked or explicit")
     if manifest is not None and cfg.fp16 and manifest.precision == "int8":
         refusals.append(f"--fp16 on an INT8 Q/DQ graph ({onnx_path.name}) is refused: build it strongly typed")
 
@@ -183,6 +217,9 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
             precision = "int8"
             calib_cache = Path(cfg.calib_cache) if cfg.calib_cache else None
     if cfg.dla_core is not None:
+        board_refusals, board_warnings = board_dla(onnx_path.name, cfg.dla_core, manifest, trt_version)
+        refusals += board_refusals
+        warnings += board_warnings
         if major >= 11 and trt_version_tuple(trt_version)[:3] != DLA_TRT11:
             warnings.append(f"TensorRT {trt_version} has no DLA on a Jetson: of the 11.x releases only "
                             f"{'.'.join(map(str, DLA_TRT11))} documents DLA there, on Jetson AGX Orin with JetPack "
