@@ -33,9 +33,12 @@ from typing import Any
 from .core.config import Config, check_range, option
 from .model.config import ModelConfig
 from .core.errors import ConfigError
-from .core.utils import write_json
+from .core.utils import ensure_output_names, write_json
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
+
+#: The stage folders the demo writes in its ``--out`` (each stage checks its own names inside).
+DEMO_FOLDERS = ("train", "calib", "export", "check", "bench", "video", "infer")
 
 
 @dataclass
@@ -138,6 +141,7 @@ def run_demo(cfg: DemoConfig | None = None, log: Callable[[str], None] | None = 
     cfg = cfg or DemoConfig()
     log = log or (lambda msg: print(msg, flush=True))
     out = cfg.out
+    ensure_output_names(out, "--out", ["demo.json"], DEMO_FOLDERS)  # a link among them: refused before any stage
     res = DemoResult()
     t_start = time.perf_counter()
 

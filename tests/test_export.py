@@ -138,3 +138,49 @@ def test_conflicting_options_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="opset"):
         export_model(tiny_checkpoint, ExportConfig(out=tmp_path, opset=21))
     assert not any(Path(tmp_path).iterdir())
+
+
+# ------------------------------------------- issue 32: a value the user gave is never silently replaced
+def test_opset_with_attention_op_is_refused_not_rewritten(tiny_checkpoint, tmp_path, capsys):
+    """Case 7: ``--attention attention-op --opset 17`` wrote opset 23 without a word. The form picks the opset only
+    when ``--opset`` is not given."""
+    ExportConfig(attention="attention-op")  # no --opset: the form's 23
+    with pytest.raises(ConfigError, match=r"^--opset 17: --attention attention-op writes opset 23"):
+        ExportConfig(attention="attention-op", opset=17)
+    code, err = _cli(["-q", "export", str(tiny_checkpoint), "--attention", "attention-op", "--opset", "17",
+                      "-o", str(tmp_path / "e")], capsys)
+    assert code == 2 and len(err) == 1 and "drop --opset" in err[0], err
+    assert not (tmp_path / "e").exists()
+
+
+def _graph_attention(path: Path) -> tuple[str, int]:
+    """PAM's form and chunk count read from the graph itself (``graph.memory.attention_form``)."""
+    from danet_edge.graph.memory import attention_form
+
+    a = attention_form(onnx.load(str(path)))
+    return a.form, a.chunks
+
+
+def test_chunks_beyond_the_positions_are_refused(tiny_checkpoint, tmp_path):
+    """Case 8: 64 chunks at 32x32 (16 positions) wrote a graph of 16 slices whose manifest said 64."""
+    with pytest.raises(ConfigError, match=r"--attention-chunks 64: at 32x32 the attention map has 16 positions "
+                                          r"\(query rows\), so at most 16 chunks"):
+        export_model(tiny_checkpoint, ExportConfig(imgsz=(32, 32), attention="chunked", attention_chunks=64,
+                                                   out=tmp_path / "e"))
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("chunks,form,count", [(None, "chunked", 4), (1, "explicit", 1)],
+                         ids=["form_named_without_count", "one_chunk"])
+def test_the_manifest_describes_the_graph_beside_it(tiny_checkpoint, tmp_path, chunks, form, count):
+    """Case 10: ``--attention chunked`` without a count wrote "1 query chunks", the paper's form under another
+    name. Now the form named gets auto's chunks (at least 4), a count of 1 is written and reported as the explicit
+    form it is, and the manifest's form and count are the graph's, read back from the graph."""
+    lines: list[str] = []
+    res = export_model(tiny_checkpoint, ExportConfig(attention="chunked", attention_chunks=chunks, out=tmp_path,
+                                                     fused_io=False, reference_images=0), log=lines.append)
+    rec = read_manifest(res.artifacts[0].path).extra["attention"]
+    assert (rec["form"], rec["chunks"]) == (form, count) == _graph_attention(res.artifacts[0].path)
+    pam = next(line for line in lines if line.startswith("PAM: "))
+    assert pam.startswith(f"PAM: {form}" + (f", {count} query chunks;" if form == "chunked" else " (--attention "
+                                                                                                 "chunked with 1"))

@@ -582,3 +582,66 @@ def test_sigterm_stops_infer_like_ctrl_c_and_the_video_plays(ws, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("interrupted after ") and "playable" in lines[0], err
     frames = json.loads((out / "summary.json").read_text())["frames"]
     assert 0 < frames < 1500 and _decoded_frames(out / "long_overlay.mp4") == frames
+
+
+# ------------------------------------------------- issue 32: a ranges cache that does not fit is calibrated again
+def _edit_cache(ranges: Path, edit) -> None:
+    """Change the cache with ``edit(data)`` and forge its record's SHA-256 to match (a careless edit, or a cache
+    of a slightly different graph, looks like this)."""
+    data = json.loads(ranges.read_text())
+    edit(data)
+    ranges.write_text(json.dumps(data))
+    record = ranges.with_name(ranges.name.replace(".ranges.json", ".json"))
+    r = json.loads(record.read_text())
+    r["ranges_sha256"] = hashlib.sha256(ranges.read_bytes()).hexdigest()
+    record.write_text(json.dumps(r))
+
+
+def _drop_layer3(data) -> None:
+    del data["data"][next(k for k in data["data"] if "layer3" in k)]
+
+
+def _add_graph_tensor(data) -> None:  # a tensor of the graph that calibration does not measure (PAM's softmax)
+    data["data"]["/head/sa/Softmax_output_0"] = {"lowest": 0.0, "highest": 1.0}
+
+
+def _other_method(data) -> None:
+    data["calibration_method"] = {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"}
+
+
+@pytest.mark.parametrize("edit,why", [
+    (_drop_layer3, "no range for tensor '/backbone/layer3/"),
+    (_add_graph_tensor, "is not one calibration measures in this graph"),
+    (_other_method, "made by calibration method 'CalibrationMethod.MinMax', not entropy"),
+], ids=["tensor_missing", "tensor_extra", "other_method"])
+def test_ranges_cache_that_does_not_fit_the_graph_is_calibrated_again(ws, int8_run, tmp_path, edit, why):
+    """Issue 32, case 5: a cache missing one tensor (its record's hash forged) reached ONNX Runtime, and every
+    later ``export --int8`` stopped with "Quantization parameters are not specified for param ...", naming no
+    cache. Now the cache must hold exactly the tensors calibration measures, by the method asked."""
+    from dataclasses import replace
+
+    from danet_edge.export.export import export_model
+
+    src, cfg = int8_run
+    out = tmp_path / "e"
+    shutil.copytree(src, out)
+    ranges = next(out.glob("calib_*.ranges.json"))
+    _edit_cache(ranges, edit)
+    lines: list[str] = []
+    result = export_model(ws["ckpt"], replace(cfg, out=str(out)), log=lines.append)
+    assert any(f"calibration cache {ranges.name} not used, " in line and why in line and "calibrated again" in line
+               for line in lines), lines
+    int8 = next(a for a in result.artifacts if a.manifest.precision == "int8")
+    ref = json.loads((src / "model_int8_cpu.onnx.json").read_text())["extra"]["verification"]
+    assert int8.verification["label_agreement_vs_fp32"] == pytest.approx(ref["label_agreement_vs_fp32"])
+    assert json.loads(ranges.read_text())["data"].keys() == json.loads(
+        next(src.glob("calib_*.ranges.json")).read_text())["data"].keys()  # the cache written again, whole
+
+
+def test_ranges_cache_name_taken_by_a_folder_is_refused_before_work(ws, tmp_path, capsys):
+    """Case 6: calibration ran, then the cache's rename hit the folder: an IsADirectoryError traceback, exit 1."""
+    out = tmp_path / "e"
+    (out / "calib_0123456789abcdef_entropy_res.ranges.json").mkdir(parents=True)
+    code, err = _cli(["export", ws["ckpt"], "--int8", "--calib", ws["calib"], "-o", out], capsys)
+    _one_line(code, err, 2, "calib_0123456789abcdef_entropy_res.ranges.json would be written there, but it is a folder")
+    assert [p.name for p in out.iterdir()] == ["calib_0123456789abcdef_entropy_res.ranges.json"]

@@ -296,3 +296,16 @@ def test_import_official_records_multigrid_and_classes(tmp_path):
         want = ref(x)[0]
         got = loaded.model(x)
     assert rel_l2(got, want) < 1e-5
+
+
+def test_import_official_size_off_the_stride_is_a_usage_error(tmp_path, capsys):
+    """Issue 32, case 9: ``import-official --imgsz 60 60`` was exit 3 where ``export --imgsz 60 60`` is exit 2 for
+    the same mistake; now both are the one check ``core.config.check_stride_multiple``, exit 2, before any work."""
+    from _runtime_helpers import run_cli
+
+    src = tmp_path / "official.pth"
+    torch.save({"state_dict": make_reference(50, deep_stem=False, multi_grid=False).state_dict()}, src)
+    code, _, err = run_cli(["import-official", src, "--imgsz", "60", "60", "-o", tmp_path / "o.pt"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "image size 60x60 is not divisible by the output stride 8: use e.g. --imgsz 64 64" in err[0]
+    assert not (tmp_path / "o.pt").exists()

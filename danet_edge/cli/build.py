@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from ..core.manifest import read_manifest
 
         cfg = EngineConfig.from_options(locals(), verbose=verbose())
-        from ..core.utils import ensure_output_dir, ensure_output_file
+        from ..core.utils import ensure_output_dir, ensure_output_file, ensure_output_names
 
         from ..trt.plan import engine_path
 
@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
             ensure_output_dir(out, "--out")
         else:
             ensure_output_file(target, "--out")
+        ensure_output_names(target.parent, "--out", [target.name, target.name + ".json"])  # engine, sidecar: no link
         for option, path in (("--timing-cache", timing_cache), ("--calib-cache", calib_cache)):
             if path is not None:
                 ensure_output_file(path, option)  # read if there, written back after the build

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         calib_size: Optional[int] = opt(EC, "calib_size", "--calib-size"),
         seed: int = opt(EC, "seed", "--seed"),
         target: Target = opt(EC, "target", "--target"),
-        opset: int = opt(EC, "opset", "--opset"),
+        opset: Optional[int] = opt(EC, "opset", "--opset"),
         engine: bool = opt(EC, "engine", "--engine"),
         fused_io: bool = opt(EC, "fused_io", "--fused-io/--logits"),
         include_attention: bool = opt(EC, "include_attention", "--include-attention"),

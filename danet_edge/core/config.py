@@ -26,7 +26,7 @@ from typing import Any
 from .errors import ConfigError
 from .manifest import MAX_IMAGE_SIDE
 
-__all__ = ["Config", "option", "check_range", "check_choice", "check_threads", "CALIB_DIR", "CALIB_IMAGES",
+__all__ = ["Config", "option", "check_range", "check_choice", "check_threads", "check_stride_multiple", "CALIB_DIR", "CALIB_IMAGES",
            "EXPORT_DIR", "MAX_CROP_SIDE"]
 
 #: The project's default folders (relative to the working directory) and calibration draw, shared by
@@ -45,6 +45,17 @@ def check_image_size(name: str, size: Any) -> None:
     if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE
                                  for v in size):
         raise ConfigError(f"{name} must be two sizes H W in 1..{MAX_IMAGE_SIDE}, got {tuple(size)}")
+
+
+def check_stride_multiple(name: str, size: Any, stride: int) -> None:
+    """Raise ConfigError unless ``size`` is None or an ``(H, W)`` whose sides are multiples of the output stride
+    ``stride`` (the one rule for every command that takes an export size: ``export``, ``import-official``)."""
+    if size is None:
+        return
+    h, w = int(size[0]), int(size[1])
+    if h % stride or w % stride:
+        raise ConfigError(f"image size {h}x{w} is not divisible by the output stride {stride}: use e.g. {name} "
+                          f"{max(stride, round(h / stride) * stride)} {max(stride, round(w / stride) * stride)}")
 
 
 def check_range(name: str, value: Any, lo: float | None = None, hi: float | None = None,

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .fixednames import fixed_name_problem, open_fixed
 from .utils import make_dirs, remove_empty
 
 __all__ = ["LOCK_NAME", "run_lock", "remove_stale_temporaries", "previous_kept"]
@@ -30,8 +31,12 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
         command: what holds it, for the refusal (``"train"``).
         option: the option that named the folder, for the refusal.
 
+    The lock file is opened without following a link and must be a regular file (``fixednames.open_fixed``).
+
     Raises:
         RunLocked: another run holds ``folder`` (the message names its process and command).
+        ConfigError: the lock's name is taken by a link, a folder or another non-regular file, or the file cannot be
+            written (an immutable file): one line, nothing created or changed outside ``folder``.
     """
     import fcntl
     import time
@@ -42,7 +47,11 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
     made = make_dirs(folder)
     lock = folder / LOCK_NAME
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link, and only a regular file: else one line, and nothing outside the folder made
+            fd = open_fixed(lock, os.O_RDWR | os.O_CREAT, option)
+        except BaseException:
+            remove_empty(made)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -53,7 +62,7 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
             raise RunLocked(f"{option} {folder}: another run is writing there ({holder}); wait for it to end or "
                             "choose another folder") from None
         try:  # the file locked must still be the one at the path: a run that just ended unlinks it
-            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
         except FileNotFoundError:
             same = False
         if same:
@@ -74,22 +83,26 @@ def run_lock(folder: str | os.PathLike[str], command: str, option: str = "--out"
 @contextlib.contextmanager
 def previous_kept(paths: Any) -> Iterator[None]:
     """For a step that writes several files (a graph and its sidecar) and may still reject them after writing
-    (verification): the existing files among ``paths`` are renamed aside (``.<name>.prev.tmp``) for the block. When
-    it succeeds they are deleted; when it raises, whatever the block wrote at ``paths`` is removed and the old
-    files are renamed back, so a failed re-export loses nothing that was there before. (``kill -9`` inside the
+    (verification): the existing files among ``paths`` are renamed aside (``.<name>.prev.<random>.tmp``, a fresh
+    name) for the block. When it succeeds they are deleted; when it raises, whatever the block wrote at ``paths`` is
+    removed and the old files are renamed back, so a failed re-export loses nothing that was there before. (``kill -9`` inside the
     block leaves them aside; :func:`remove_stale_temporaries` removes them with the next run.)"""
+    import tempfile
+
     paths = [Path(p) for p in paths]
     moved = {}
     for p in paths:
-        if p.is_file():
-            aside = p.with_name(f".{p.name}.prev.tmp")
+        if p.is_file() and not p.is_symlink():
+            fd, aside_name = tempfile.mkstemp(prefix=f".{p.name}.prev.", suffix=".tmp", dir=p.parent)  # never planted
+            os.close(fd)
+            aside = Path(aside_name)
             os.replace(p, aside)
             moved[p] = aside
     try:
         yield
     except BaseException:
         for p in paths:
-            if p.is_file():
+            if fixed_name_problem(p) is None and p.exists():  # what the block wrote (a regular file), never a folder
                 p.unlink()
         for p, aside in moved.items():
             os.replace(aside, p)

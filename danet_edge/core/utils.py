@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .fixednames import check_fixed_names, fixed_name_problem, open_fixed
+
 __all__ = ["atomic_path", "atomic_dir", "staged_files", "write_json", "sha256_file", "read_json", "ensure_output_dir",
            "ensure_output_file", "ensure_output_names", "disk_full", "storage_error", "free_bytes", "append_line",
            "make_dirs", "remove_empty"]
@@ -75,10 +77,11 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
 
     Raises:
         StorageError: the file system refused the write.
+        ConfigError: ``path`` is a link, a folder or not a regular file (``fixednames.open_fixed``).
     """
     path = Path(path)
-    with open(path, "ab") as f:
-        end = f.tell()
+    with os.fdopen(open_fixed(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:  # never through a link
+        end = f.seek(0, os.SEEK_END)
         try:
             f.write((line + "\n").encode())
             f.flush()
@@ -124,8 +127,11 @@ def atomic_path(path: str | os.PathLike[str], needed: int | None = None) -> Iter
 
     Raises:
         StorageError: the file system refused the write (no space, a quota): one line, the file and the free space.
+        ConfigError: ``path`` is a folder: a rename cannot replace it, nothing is written.
     """
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():  # a rename replaces a link (never follows it), not a folder
+        raise _config_error(f"{path}: would be written there, but it is a folder; nothing was written")
     made = make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -156,10 +162,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     Raises:
         OSError: the parent cannot be written (callers turn it into one line).
+        ConfigError: ``path`` is a link or not a folder: it is not replaced (nor what a link points to).
     """
-    import shutil
-
     out = Path(path)
+    why = fixed_name_problem(out, folder=True)
+    if why is not None:
+        raise _config_error(f"{out}: {why}; not written")
     made = make_dirs(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -172,10 +180,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise
         os.chmod(tmp, 0o755)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))  # a fresh name: none planted
+            try:
+                os.replace(out, old)
+            except OSError:
+                old.rmdir()
+                raise
             os.replace(tmp, out)
             shutil.rmtree(old)
         else:
@@ -223,10 +233,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _output_error(option: str, path: Path, why: str) -> Exception:
+def _config_error(text: str) -> Exception:
     from .errors import ConfigError  # errors imports nothing; kept local so utils stays the bottom layer
 
-    return ConfigError(f"{option} {path}: {why}")
+    return ConfigError(text)
+
+
+def _output_error(option: str, path: Path, why: str) -> Exception:
+    return _config_error(f"{option} {path}: {why}")
 
 
 def _probe_writable(folder: Path, option: str, path: Path) -> None:
@@ -330,21 +344,16 @@ def release_memory() -> None:
         pass
 
 
-def ensure_output_names(folder: str | os.PathLike[str], option: str, files: Any = (), folders: Any = ()) -> None:
+def ensure_output_names(folder: str | os.PathLike[str], option: str, files: Any = (), folders: Any = (),
+                        patterns: Any = ()) -> None:
     """Check, before any work, that the names a command will write in ``folder`` are free for it: each of
-    ``files`` (written by rename) must not be a folder, each of ``folders`` must not be a file.
+    ``files`` (and each entry matching a glob of ``patterns``) must be a regular file or absent, each of ``folders``
+    a real folder or absent; a link there, whatever it points to, is refused (``fixednames.check_fixed_names``).
 
     Raises:
         ConfigError: one line naming the option, the folder and the name that is taken.
     """
-    folder = Path(folder)
-    for name in files:
-        if (folder / name).is_dir():
-            raise _output_error(option, folder, f"{name} would be written there, but it is a folder")
-    for name in folders:
-        p = folder / name
-        if p.exists() and not p.is_dir():
-            raise _output_error(option, folder, f"{name}/ would be written there, but it is a file")
+    check_fixed_names(folder, option, files, folders, patterns)
 
 
 @contextlib.contextmanager

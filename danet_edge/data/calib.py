@@ -181,10 +181,11 @@ def graph_sha256(model: onnx.ModelProto) -> str:
 
 
 def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int, out: str | os.PathLike[str],
-                   split: str | None = None, seed: int | None = None) -> Path:
+                   split: str | None = None, seed: int | None = None, options: dict[str, Any] | None = None) -> Path:
     """Fill ``out`` with ``count`` representative images of a data set and a ``calib.txt`` list.
 
     ``split`` and ``seed``: None = :class:`~danet_edge.data.config.CalibFillConfig`'s defaults (train, 0).
+    ``options``: the data set's options (``build_dataset``'s keywords: a synthetic size, a folder's classes).
 
     Class-balanced where labels exist: greedily picks, one at a time, the image whose classes are
     rarest (pixel share over the split) and least covered by the images already picked, so rare classes
@@ -192,7 +193,8 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
     data set, split, seed and the classes covered.
 
     Raises:
-        ConfigError: count < 1, unknown data set; CalibrationError: ``out`` already holds a list.
+        ConfigError: count < 1, unknown data set, a name it writes taken by a link or a folder;
+            CalibrationError: ``out`` already holds a list.
         DataError: missing or unreadable data set. StorageError: the disk filled (the images written are removed).
         RunLocked: another run is writing into ``out``.
     """
@@ -204,9 +206,10 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
     if count < 1:
         raise ConfigError(f"--count must be at least 1, got {count}")
     out = Path(out)
+    ensure_output_names(out, "--out", ["calib.json", LIST_FILE], ["images"])  # a link or a folder: refused now
     if (out / LIST_FILE).exists():
         raise CalibrationError(f"{out / LIST_FILE} already exists; remove it or choose another --out")
-    ds = build_dataset(dataset, data, split)
+    ds = build_dataset(dataset, data, split, **(options or {}))
     if len(ds) == 0:
         raise DataError(f"data set {dataset!r} split {split!r} is empty")
     k, ign = ds.info.num_classes, ds.info.ignore_index
@@ -228,7 +231,6 @@ def fill_calib_dir(dataset: str, data: str | os.PathLike[str] | None, count: int
         chosen.append(best)
         left.discard(best)
         covered += hist[best] > 0
-    ensure_output_names(out, "--out", ["calib.json", LIST_FILE], ["images"])
     with run_lock(out, "calib fill"):
         _write_calib_dir(out, ds, chosen, {"dataset": dataset, "root": str(data) if data else None, "split": split,
                                            "seed": seed},

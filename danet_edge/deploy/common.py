@@ -16,6 +16,7 @@ from typing import Any
 
 from ..core.errors import ConfigError, DataError, ManifestError
 from ..core.manifest import Manifest, read_manifest
+from ..core.fixednames import fixed_name_problem, is_regular_file
 from ..core.utils import atomic_dir
 from ..core.io_contract import TensorSpec, check_io
 
@@ -90,14 +91,15 @@ def write_folder(out: str | os.PathLike[str], fill: Callable[[Path], None], reco
         record: JSON written as :data:`MARKER` (what was deployed, from where).
 
     Raises:
-        ConfigError: ``out`` is a file, a non-empty folder that danet-edge did not write (no marker), or cannot
-            be written (the old folder is kept).
+        ConfigError: ``out`` is a file or a link, a non-empty folder that danet-edge did not write (no marker), or
+            cannot be written (the old folder is kept).
     """
     out = Path(out)
+    why = fixed_name_problem(out, folder=True)  # a link (to a folder or not) is refused, never written through
+    if why is not None:
+        raise ConfigError(f"{out}: {why}")
     if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"{out}: is a file, not a folder")
-        if any(out.iterdir()) and not (out / MARKER).is_file():
+        if any(out.iterdir()) and not is_regular_file(out / MARKER):
             raise ConfigError(f"{out}: a non-empty folder that danet-edge did not write; give an empty or new folder")
     try:
         with atomic_dir(out) as tmp:

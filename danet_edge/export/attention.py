@@ -3,7 +3,8 @@
 ``--attention auto`` (the default): the explicit form (the paper's graph) where the whole graph fits the
 budget, else the chunked form with the fewest query chunks that fit, at least ``forms.MIN_AUTO_CHUNKS`` (4). The budget is ``--memory-limit-mib``, else
 the ``--jetson`` board's memory less ``graph.boards.RESERVE_MIB``; the need is ``graph.memory.memory_estimate``'s
-weights + activation peak. A form the user names is traced as asked and refused when it does not fit; a size
+weights + activation peak. A form the user names is traced as asked and refused when it does not fit (``chunked``
+without a count: :func:`named_chunks`, raised to the fewest that fit); a size
 that does not fit even with ``model.forms.MAX_CHUNKS`` chunks is refused in one line with the estimate and
 the largest size that fits.
 
@@ -29,7 +30,7 @@ from ..model.forms import MAX_CHUNKS, MIN_AUTO_CHUNKS, chunk_bounds, map_shape, 
 from .fp32 import trace_onnx
 from .plan import ExportPlan
 
-__all__ = ["AttentionChoice", "choose_attention", "chunks_needed"]
+__all__ = ["AttentionChoice", "choose_attention", "chunks_needed", "named_chunks"]
 
 
 @dataclass
@@ -71,6 +72,13 @@ def chunks_needed(estimate: MemoryEstimate, batch: int, positions: int, budget_m
         if trt_takes(k) and _need_mib(estimate, scale, batch, positions, k) <= budget_mib:
             return k
     return None
+
+
+def named_chunks(batch: int, positions: int) -> int:
+    """Query chunks of ``--attention chunked`` without ``--attention-chunks``: as ``auto`` writes when it chunks, at
+    least :data:`MIN_AUTO_CHUNKS` (more where one FP32 slice would exceed ``forms.REFERENCE_CHUNK_MIB``), at most one
+    per position; :func:`choose_attention` raises it to the fewest that fit the budget."""
+    return min(positions, max(MIN_AUTO_CHUNKS, reference_chunks(batch, positions)))
 
 
 def _probe_size(size: tuple[int, int], batch: int, os_: int) -> tuple[int, int]:
@@ -117,8 +125,11 @@ def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionC
         f"{cfg.jetson} ({budget:.0f} MiB after the OS reserve and TensorRT's workspace)"
 
     def trace(form: str, chunks: int | None, size: tuple[int, int] = plan.size) -> AttentionChoice:
-        graph = trace_onnx(loaded, size, batch, cfg.opset, form, chunks)
-        return AttentionChoice(form, chunks, graph, memory_estimate(graph), budget)
+        graph = trace_onnx(loaded, size, batch, cfg.onnx_opset(), form, chunks)
+        est = memory_estimate(graph)
+        if form in ("explicit", "chunked") and est.attention.form in ("explicit", "chunked"):  # what the graph holds:
+            form, chunks = est.attention.form, est.attention.chunks if est.attention.form == "chunked" else None
+        return AttentionChoice(form, chunks, graph, est, budget)  # one chunk is the explicit form, and says so
 
     if cfg.attention == "auto":
         ph, pw = _probe_size(plan.size, batch, os_)
@@ -139,15 +150,22 @@ def choose_attention(plan: ExportPlan, log: Callable[[str], None]) -> AttentionC
                               f"chunks, above {where}: use a smaller --imgsz, output stride 16 or a larger --jetson")
     else:
         chunks = cfg.attention_chunks
-        if cfg.attention == "chunked" and chunks is None:
-            chunks = reference_chunks(batch, positions)
+        named = cfg.attention == "chunked" and chunks is None  # the form named without a count: auto's chunks
+        if named:
+            chunks = named_chunks(batch, positions)
         choice = trace(cfg.attention, chunks if cfg.attention == "chunked" else None)
+        if named and choice.estimate.total_mib > budget:  # then the fewest the memory model says fit, traced
+            k = chunks_needed(choice.estimate, batch, positions, budget)
+            if k is not None and chunks < k <= positions:
+                choice = trace("chunked", k)
         if choice.estimate.total_mib > budget:
             raise ConfigError(f"the {cfg.attention} form at {h}x{w} needs {choice.estimate.total_mib:.0f} MiB "
                               f"(attention map {choice.estimate.attention.map_mib:.0f} MiB), above {where}: use "
                               "--attention auto (chunks the attention to fit) or a smaller --imgsz")
     est = choice.estimate
-    log(f"PAM: {choice.form}" + (f", {choice.chunks} query chunks" if choice.form == "chunked" else "")
+    asked = "" if cfg.attention in ("auto", choice.form) else \
+        f" (--attention {cfg.attention} with {cfg.attention_chunks} query chunk is this form: the whole map at once)"
+    log(f"PAM: {choice.form}" + (f", {choice.chunks} query chunks" if choice.form == "chunked" else asked)
         + f"; largest attention map {est.attention.map_mib:.1f} MiB, {est.attention.gflop:.1f} GFLOP; graph needs "
         f"{est.total_mib:.0f} MiB (weights {est.weights_mib:.0f}, activations {est.activations_mib:.0f}) of "
         f"{where}")

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.choices import CALIB_METHODS, DATASETS, DEFAULT_CALIB_METHOD, OPSET_RANGE, SPLITS, TARGETS
+from ..core.choices import ATTENTION_OPSET, CALIB_METHODS, DATASETS, DEFAULT_CALIB_METHOD, OPSET_RANGE, SPLITS, TARGETS
 from ..core.config import CALIB_DIR, CALIB_IMAGES, EXPORT_DIR, Config, check_choice, check_image_size, check_range, option
 from ..core.errors import ConfigError
 from ..graph.boards import BOARD_MEMORY_GIB, DEFAULT_BOARD, board_budget_mib
@@ -14,10 +14,12 @@ from ..model.forms import EXPORT_FORMS, MAX_CHUNKS
 from ..trt.plan import EngineConfig
 from .recipes import get_recipe
 
-__all__ = ["ExportConfig", "MIN_OPSET", "MIN_REFERENCE_IMAGES", "REFERENCE_IMAGES", "REFERENCE_PIXELS", "VERIFY_IMAGES"]
+__all__ = ["ExportConfig", "DEFAULT_OPSET", "MIN_OPSET", "MIN_REFERENCE_IMAGES", "REFERENCE_IMAGES", "REFERENCE_PIXELS", "VERIFY_IMAGES"]
 
 #: Lowest opset export writes (Resize with ``align_corners`` needs 11); the highest is TensorRT 10.3's.
 MIN_OPSET = 11
+#: The opset export writes when ``--opset`` is not given (``--attention attention-op`` writes ``ATTENTION_OPSET``).
+DEFAULT_OPSET = 17
 #: The reference bundle by default: 16 images at up to 512x1024 pixels; at larger sizes as many as hold the same
 #: pixels (each costs a PyTorch forward at export: about 47 s for R-50 at 1024x2048 on 2 CPU cores), never
 #: fewer than 4. ``check``'s agreement is a per-pixel figure; the pixels it counts stay the same.
@@ -42,7 +44,9 @@ class ExportConfig(Config):
         seed: seed of that draw and of synthetic verification images.
         target: ``tensorrt`` (TensorRT rules enforced, symmetric Q/DQ) or ``cpu`` (rules reported, uint8 Q/DQ);
             ``cpu`` is refused unless a recipe for the CPU target is asked for (``int8`` or ``int8-cpu``).
-        opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11).
+        opset: ONNX opset, in TensorRT 10.3's range (11..20 here; Resize ``align_corners`` needs 11); None:
+            :data:`DEFAULT_OPSET`. Refused with ``attention="attention-op"``, whose graph is opset 23 (ONNX's
+            ``Attention`` operator): a value given is never rewritten (:meth:`onnx_opset`: the opset traced).
         engine: also build the TensorRT engine (needs tensorrt and ``danet_edge.trt.build``).
         fused_io: uint8 NHWC input, class-index output (``graph_io.fuse_io``), the default: at 512x1024 with
             19 classes it saves about 69 ms of host work per frame (``benchmarks/host_io.py``); False keeps
@@ -80,8 +84,10 @@ class ExportConfig(Config):
     calib_size: int | None = option(None, f"Calibration images to draw (default {CALIB_IMAGES}).")
     seed: int = option(0, "Seed of the calibration draw.")
     target: str = option("tensorrt", "tensorrt (symmetric Q/DQ, rules enforced) or cpu (uint8 activations).")
-    opset: int = option(17, f"ONNX opset, {MIN_OPSET}..{OPSET_RANGE[1]} (TensorRT 10.3 parses {OPSET_RANGE[0]}.."
-                            f"{OPSET_RANGE[1]}; Resize align_corners needs {MIN_OPSET}).")
+    opset: int | None = option(None, f"ONNX opset, {MIN_OPSET}..{OPSET_RANGE[1]} (default {DEFAULT_OPSET}; TensorRT "
+                                     f"10.3 parses {OPSET_RANGE[0]}..{OPSET_RANGE[1]}; Resize align_corners needs "
+                                     f"{MIN_OPSET}). --attention attention-op writes opset {ATTENTION_OPSET} and "
+                                     "refuses --opset.")
     engine: bool = option(False, "Also build the TensorRT engine (needs TensorRT).")
     fused_io: bool = option(True, "Deployment I/O: uint8 NHWC RGB in, class map out (normalise + argmax on the "
                                   "GPU); --logits: float32 NCHW in, logits out.")
@@ -111,7 +117,10 @@ class ExportConfig(Config):
     def validate(self) -> None:
         check_range("--batch", self.batch, 1, 64)
         check_choice("--target", self.target, TARGETS)
-        check_range("--opset", self.opset, max(MIN_OPSET, OPSET_RANGE[0]), OPSET_RANGE[1])
+        check_range("--opset", self.opset, max(MIN_OPSET, OPSET_RANGE[0]), OPSET_RANGE[1], optional=True)
+        if self.opset is not None and self.attention == "attention-op":
+            raise ConfigError(f"--opset {self.opset}: --attention attention-op writes opset {ATTENTION_OPSET} (ONNX's "
+                              "Attention operator starts there); drop --opset, or choose another --attention")
         if not self.int8 and not any(get_recipe(n).needs_calibration for n in self.recipes):
             for name, value in (("--calib-method", self.calib_method), ("--calib-size", self.calib_size)):
                 if value is not None:
@@ -155,6 +164,11 @@ class ExportConfig(Config):
         if self.calib is not None and not any(r.needs_calibration for r in recipes):
             raise ConfigError("--calib is the calibration folder of INT8: add --int8 (or a recipe that calibrates), "
                               "or drop --calib")
+
+    def onnx_opset(self) -> int:
+        """The opset PyTorch traces at: ``opset``, else :data:`DEFAULT_OPSET` (``attention-op`` then raises the
+        traced graph to ``ATTENTION_OPSET``)."""
+        return DEFAULT_OPSET if self.opset is None else self.opset
 
     def out_dir(self, checkpoint: str | os.PathLike[str]) -> Path:
         """The folder the graphs go to: ``out``, else ``EXPORT_DIR/<checkpoint stem>/``."""

@@ -47,8 +47,8 @@ from ..graph.memory import dfs_order, memory_estimate
 from ..graph.precision import precision_report, scale_before_energy, verify_precision
 from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
 from ..model.checkpoint import LoadedModel, checkpoint_manifest, flush_denormals
-from ..model.forms import EXPORT_FORMS, reference_chunks
-from .config import ExportConfig
+from ..model.forms import EXPORT_FORMS, chunk_bounds, reference_chunks
+from .config import DEFAULT_OPSET, ExportConfig
 from .graph_io import fuse_io
 from .results import Artifact
 
@@ -203,15 +203,17 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
         CompatibilityError: TensorRT rule broken (``target="tensorrt"``).
     """
     batch = ExportConfig.default("batch") if batch is None else batch
-    opset = ExportConfig.default("opset") if opset is None else opset
+    opset = DEFAULT_OPSET if opset is None else opset
     tolerance = ExportConfig.default("tolerance") if tolerance is None else tolerance
     target = ExportConfig.default("target") if target is None else target
     t0 = time.perf_counter()
     out = Path(out)
     h, w = size
     os_ = loaded.config.output_stride
-    if attention == "chunked" and chunks is None:
-        chunks = reference_chunks(batch, (h // os_) * (w // os_))
+    if attention == "chunked":  # the count the graph has: at most one a position; one chunk is the explicit form
+        positions = (h // os_) * (w // os_)
+        chunks = len(chunk_bounds(positions, reference_chunks(batch, positions) if chunks is None else chunks))
+        attention = "chunked" if chunks > 1 else "explicit"
     if graph is None:
         graph = trace_onnx(loaded, size, batch, opset, attention, chunks)
     model = loaded.model.eval()

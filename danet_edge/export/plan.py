@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.config import CALIB_DIR, CALIB_IMAGES
+from ..core.config import CALIB_DIR, CALIB_IMAGES, check_stride_multiple
 from ..core.errors import CheckpointError, ConfigError, MissingDependencyError
 from ..data.calib import CalibrationSet, load_calibration_set
 from ..core.utils import ensure_output_names
@@ -77,11 +77,26 @@ def _resolve_size(cfg: ExportConfig, loaded: LoadedModel) -> tuple[int, int]:
     if size is None:
         raise ConfigError(f"{loaded.path}: the checkpoint records no image size; give --imgsz H W")
     h, w = int(size[0]), int(size[1])
-    os_ = loaded.config.output_stride
-    if h % os_ or w % os_:
-        raise ConfigError(f"image size {h}x{w} is not divisible by the output stride {os_}: use e.g. "
-                          f"--imgsz {max(os_, round(h / os_) * os_)} {max(os_, round(w / os_) * os_)}")
+    check_stride_multiple("--imgsz", (h, w), loaded.config.output_stride)
     return h, w
+
+
+def _check_chunks(cfg: ExportConfig, size: tuple[int, int], output_stride: int) -> None:
+    """``--attention chunked`` needs a map of at least 2 positions, and ``--attention-chunks`` at most one chunk per
+    position (query row): a count the graph cannot have is refused, never written as another.
+
+    Raises:
+        ConfigError: one line with the positions at ``size`` and what to give instead.
+    """
+    if cfg.attention != "chunked":
+        return
+    positions = (size[0] // output_stride) * (size[1] // output_stride)
+    at = f"at {size[0]}x{size[1]} the attention map has {positions} position{'s' if positions > 1 else ''}"
+    if positions < 2:
+        raise ConfigError(f"--attention chunked: {at}, nothing to chunk; use --attention explicit")
+    if cfg.attention_chunks is not None and cfg.attention_chunks > positions:
+        raise ConfigError(f"--attention-chunks {cfg.attention_chunks}: {at} (query rows), so at most {positions} "
+                          f"chunks; give --attention-chunks {positions} or fewer")
 
 
 def _engine_builder() -> Callable[..., Any]:
@@ -141,7 +156,7 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
 
     Raises:
         ConfigError, CheckpointError, CalibrationError, MissingDependencyError: bad input, an output name
-            taken by a folder.
+            (a calibration cache's included) taken by a folder or a link, more chunks than the map has positions.
     """
     cfg.validate()
     ckpt = Path(checkpoint)
@@ -151,6 +166,7 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     if loaded.qat is not None:
         cfg = _qat_config(cfg, loaded)
     h, w = _resolve_size(cfg, loaded)
+    _check_chunks(cfg, (h, w), loaded.config.output_stride)
     recipes = [get_recipe(n) for n in cfg.recipe_names()]
     verify = cfg.verification_images((h, w))
     calib_set = _calibration(cfg, recipes, verify, loaded.qat is not None)
@@ -163,5 +179,7 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     plan = ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
                       frames, [], build_engine)
     files, folders = plan.output_names()
-    ensure_output_names(plan.out_dir, "--out", files, folders)  # a name taken by a folder: refused before work
+    caches = ["calib_*.json"] if calib_set is not None and loaded.qat is None and \
+        any(r.needs_calibration for r in recipes) else []  # named after a graph not traced yet: all of them
+    ensure_output_names(plan.out_dir, "--out", files, folders, caches)  # a link or a folder there: refused now
     return plan

@@ -22,6 +22,7 @@ implicit calibration (``danet-edge build --int8-calib``) writes and keys its own
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -40,8 +41,9 @@ from ..core.choices import CALIB_METHODS, DEFAULT_CALIB_METHOD, TARGETS
 from ..core.errors import CalibrationError, ConfigError, DataError
 from ..model.config import IMAGENET_MEAN, IMAGENET_STD
 from ..core.progress import track
-from ..core.utils import atomic_path, read_json, sha256_file, write_json
-from .ranges_cache import ranges_cache_problem, write_ranges
+from ..core.fixednames import is_regular_file, read_fixed
+from ..core.utils import atomic_path, sha256_file, write_json
+from .ranges_cache import calibrated_tensors, ranges_cache_problem, write_ranges
 from .qdq_fp16 import _fp16_outside_qdq
 from ..graph.precision import producers
 
@@ -203,7 +205,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
     import_onnxruntime()
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from ..graph.precision import attention_nodes
+    from ..graph.precision import attention_nodes, pam_energy_in_fp32
     from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
 
     if target not in TARGETS:
@@ -234,19 +236,22 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
                   "ranges_cache": ranges_path.name}
     if method == "percentile" and ranges is None:
         record["percentile"] = percentile
+    op_types = ["Conv", "MatMul"] if include_attention else ["Conv"]
+    residual = residual_adds(model) if residual_add else {}
+    if residual:  # ORT puts Q/DQ on both inputs; the main branch's pair is taken out after
+        op_types.append("Add")
     reused, cache_note = False, None
-    if ranges is None and record_path.is_file() and ranges_path.is_file():
+    if ranges is None and is_regular_file(record_path) and (ranges_path.exists() or ranges_path.is_symlink()):
         try:
-            old = read_json(record_path)
-        except (OSError, ValueError):
+            old = json.loads(read_fixed(record_path, 16 * 2**20))
+        except (OSError, ValueError, RecursionError):
             old = None
         reused = isinstance(old, dict) and all(old.get(k) == record[k] for k in
                                                ("graph_sha256", "method", "seed", "images", "include_attention",
                                                 "residual_add"))
-        if reused:
-            cache_note = ranges_cache_problem(ranges_path, old, model)
+        if reused:  # the cache must fit this graph exactly, else calibration runs again (the log says why)
+            cache_note = ranges_cache_problem(ranges_path, old, model, calibrated_tensors(model, op_types), method)
             reused = cache_note is None
-    op_types = ["Conv", "MatMul"] if include_attention else ["Conv"]
     nodes_to_exclude = []
     if include_attention:  # only the attention MatMuls are MatMuls in DANet, but be explicit
         att = set(attention_nodes(model).matmuls)
@@ -255,9 +260,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
     if classifier is not None:
         nodes_to_exclude.append(classifier)
         record["fp32_layers"] = {classifier: "classifier: its output (the logits) is not quantized"}
-    residual = residual_adds(model) if residual_add else {}
-    if residual:  # ORT puts Q/DQ on both inputs; the main branch's pair is taken out after
-        op_types.append("Add")
+    if residual:
         nodes_to_exclude += [n.name for n in model.graph.node if n.op_type == "Add" and n.name not in residual]
     extra: dict[str, Any] = {"CalibPercentile": percentile} if method == "percentile" else {}
     reader = _Reader(calib_set, model, mean, std) if ranges is None else None
@@ -294,13 +297,14 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_set: CalibrationSet |
         except (DataError, CalibrationError):
             raise
         except Exception as e:  # noqa: BLE001 - ORT raises bare Exceptions; say which step failed
-            raise CalibrationError(f"INT8 calibration/quantization of {onnx_path} failed: {e}") from None
+            cache = f" with the ranges of {ranges_path}" if reused else ""
+            raise CalibrationError(f"INT8 calibration/quantization of {onnx_path}{cache} failed: {e}") from None
         qmodel = onnx.load(str(tmp_out))
         if residual:
             _drop_main_branch_qdq(qmodel, residual)
         scale_stats: dict[str, Any] = {}
         if high_precision == "fp16":
-            qmodel, scale_stats = _fp16_outside_qdq(qmodel)
+            qmodel, scale_stats = _fp16_outside_qdq(qmodel, pam_energy_in_fp32(model))
         enforce_tensorrt_compat(qmodel, target, required_tensorrt(qmodel))
         with atomic_path(out, qmodel.ByteSize()) as dst:
             onnx.save(qmodel, str(dst))

@@ -36,7 +36,7 @@ from ..core.runfolder import run_lock
 from ..core.utils import ensure_output_names, write_json
 from ..runtime.backends import Backend, backend_spec, check_backend_opens, open_backend
 from .config import InferConfig, default_threads
-from .render import VideoOut
+from .render import VideoOut, partial_path
 from .results import InferSummary, SourceBroken
 from .sources import FrameSource, open_source
 from .stages import Decoder, Encoder, ModelStage, RunStats
@@ -80,7 +80,8 @@ def run_pipeline(backend: Backend, source: FrameSource, cfg: InferConfig, model_
                            decoder=getattr(source, "decoder", None))
     suffix = "overlay" if other is None else "compare"
     video_path = out_dir / f"{stem}_{suffix}.mp4"
-    ensure_output_names(out_dir, "--out", ["summary.json", *([video_path.name] if cfg.save_video else [])],
+    ensure_output_names(out_dir, "--out", ["summary.json", *([video_path.name, partial_path(video_path).name]
+                                                            if cfg.save_video else [])],
                         ["labels", *(["labels_compare"] if other is not None else [])] if cfg.save_labels else [])
     with run_lock(out_dir, "infer"):  # a second infer into the folder is refused in one line
         if cfg.show:

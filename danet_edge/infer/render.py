@@ -20,11 +20,12 @@ from PIL import Image
 
 from ..core.optional import import_cv2
 from ..core.errors import DataError, StorageError
+from ..core.fixednames import open_fixed
 from ..core.utils import atomic_path, free_bytes
 from .config import VIDEO_RESERVE_MIB
 from .videoio import VideoEncoder, open_writer, read_fourcc, video_encoders
 
-__all__ = ["overlay", "save_label_png", "VideoOut", "LegendLayout", "legend_layout", "draw_legend", "draw_stamp",
+__all__ = ["overlay", "save_label_png", "VideoOut", "partial_path", "LegendLayout", "legend_layout", "draw_legend", "draw_stamp",
            "side_by_side", "LEGEND_MAX_HEIGHT", "LEGEND_MAX_WIDTH", "BOX_OPACITY"]
 
 #: Largest share of the frame height / width the legend's backing box may take (more classes: more columns,
@@ -196,6 +197,13 @@ def save_label_png(path: Path, labels: np.ndarray, palette: Sequence[Sequence[in
         img.save(tmp, format="PNG")
 
 
+def partial_path(path: Path) -> Path:
+    """The name :class:`VideoOut` writes ``path`` under until it closes (``.<stem>.partial<suffix>``: OpenCV picks
+    the container by the suffix). A fixed name: the run checks it before work and creates it as a regular file of
+    its own before the encoder opens it (``core.fixednames``), so a link planted there is refused, never followed."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
 class VideoOut:
     """The overlay video, written under a temporary name and renamed on close; nothing is left when no frame was
     written. The encoder is the first of ``encoders`` that opens (``videoio.video_encoders``: H.264 on the Jetson
@@ -208,12 +216,13 @@ class VideoOut:
 
     Raises (from ``write``):
         DataError: no encoder opens a writer there. MissingDependencyError: OpenCV is not importable.
+        ConfigError: the temporary name (:func:`partial_path`) is a link, a folder or not a regular file.
     """
 
     def __init__(self, path: Path, fps: float, encoders: Sequence[VideoEncoder] | None = None,
                  notes: Sequence[tuple[int, str]] | None = None, reserve_mib: float = VIDEO_RESERVE_MIB) -> None:
         self.path, self.fps, self.reserve = path, fps, int(reserve_mib * 2**20)
-        self.tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+        self.tmp = partial_path(path)
         if encoders is None:
             encoders, notes = video_encoders()
         self.encoders, self._left_out = list(encoders), list(notes or [])
@@ -254,6 +263,7 @@ class VideoOut:
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.size = (rgb.shape[1], rgb.shape[0])
+            os.close(open_fixed(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))  # ours: never a planted link
             writer, enc, failed = open_writer(self.encoders, self.tmp, self.fps, self.size, cv2)
             if writer is None:
                 raise DataError(f"{self.path}: OpenCV cannot write a video here ({'; '.join(t for _, t in failed)})")

@@ -274,9 +274,9 @@ def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], cf
     logits are unchanged (the same state_dict under this model's names).
 
     Raises:
+        ConfigError: ``cfg`` is invalid (an image size not divisible by the output stride included).
         CheckpointError: the source is missing, unsafe or not an official DANet checkpoint;
-            ``classes`` / ``palette`` of the wrong length, or an image size not divisible by the
-            output stride.
+            ``classes`` / ``palette`` of the wrong length.
     """
     cfg = cfg or ImportConfig()
     cfg.validate()
@@ -296,10 +296,7 @@ def import_official(src: str | os.PathLike[str], dst: str | os.PathLike[str], cf
         if len(palette) != k:
             raise CheckpointError(f"{src}: the checkpoint has {k} classes, {len(palette)} colours were given")
         data["palette"] = [list(c) for c in palette]
-    if image_size is not None:
-        if image_size[0] % output_stride or image_size[1] % output_stride:
-            raise CheckpointError(f"image size {image_size[0]}x{image_size[1]} is not divisible by the "
-                                  f"output stride {output_stride}")
+    if image_size is not None:  # a multiple of the output stride: ImportConfig.validate (a usage error, exit 2)
         data["image_size"] = [int(image_size[0]), int(image_size[1])]
     _validate_data(data, k, src)
     return save_checkpoint(dst, {"model": model.state_dict(), "model_config": model.config.to_dict(), "data": data,

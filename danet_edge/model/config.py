@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..core.config import Config, check_choice, check_image_size, check_range, option
+from ..core.config import Config, check_choice, check_image_size, check_range, check_stride_multiple, option
 from ..core.errors import ConfigError
 from .forms import ATTENTION_IMPLS, AttentionImpl
 
@@ -93,3 +93,4 @@ class ImportConfig(Config):
         check_choice("output stride", self.output_stride, (8, 16))  # type: ignore[arg-type]
         check_choice("--dataset", self.dataset, ("camvid", "cityscapes"), optional=True)
         check_image_size("--imgsz", self.image_size)
+        check_stride_multiple("--imgsz", self.image_size, self.output_stride)  # a usage error, as in export
