@@ -321,3 +321,22 @@ def test_qat_resume_after_kill_9_continues_exactly(setup, qat_run, tmp_path):
                                                                           rel=1e-4)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+
+
+def test_qat_without_calib_calibrates_on_its_own_training_set(setup, tmp_path, monkeypatch, capsys):
+    """Issue 32: ``train --qat RECIPE --weights CKPT`` with no ``--calib`` stopped with "calibration folder calib
+    holds no image" (or does not exist): the first QAT run a new user tries. Now the initial scales are calibrated
+    on a stated number of images drawn from the training set it fine-tunes on, the log and the record say so, and
+    without ``-o`` the run goes to ``runs/qat`` (``runs/train`` holds the float run it starts from)."""
+    monkeypatch.chdir(tmp_path)  # no ./calib here
+    code, out, err = run_cli(["train", "--qat", "int8-tensorrt", "--weights", setup["ckpt"], "--dataset", "synthetic",
+                              "--synthetic-size", *map(str, SIZE), "--limit-train", "8", "--limit-val", "2", "-b", "4",
+                              "--epochs", "1", "--workers", "0", "--no-progress", "--calib-size", "6"], capsys)
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert "QAT: no --calib: initial scales calibrated on 6 images drawn class-balanced from the training set " \
+           "(synthetic train split)" in text, text
+    ckpt = load_checkpoint(tmp_path / "runs" / "qat" / "best.pt")
+    cal = ckpt["qat"]["calibration"]
+    assert cal["source"].startswith("6 images drawn class-balanced") and cal["count"] == 6 and "root" not in cal
+    assert not (tmp_path / "calib").exists() and not (tmp_path / "runs" / "train").exists()

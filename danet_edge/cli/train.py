@@ -11,7 +11,7 @@ import typer
 from ..core.choices import CalibMethod, Dataset, choice_enum, QAT_RECIPES
 from ..export.config import ExportConfig as EC
 from ..model.config import ModelConfig as MC
-from ..train.config import QAT_EPOCHS, QAT_LR, TrainConfig as TC
+from ..train.config import QAT_CALIB_IMAGES, QAT_EPOCHS, QAT_LR, QAT_OUT_DIR, TrainConfig as TC
 from ..data.config import DataOptions as DO
 from ._common import opt, STATE, console
 
@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
                                              f"{TC.default('epochs')}; {QAT_EPOCHS} with --qat]"),
         batch_size: int = opt(TC, "batch_size", "--batch-size", "-b"),
         crop_size: Optional[tuple[int, int]] = opt(TC, "crop_size", "--crop-size"),
-        out: Path = typer.Option(Path(TC.default("out_dir")), "--out", "-o", help=TC.help("out_dir")),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help=f"{TC.help('out_dir')} [default: "
+                                           f"{TC.default('out_dir')}; {QAT_OUT_DIR} with --qat]"),
         resume: bool = opt(TC, "resume", "--resume"),
         exist_ok: bool = opt(TC, "exist_ok", "--exist-ok"),
         limit_train: Optional[int] = opt(TC, "limit_train", "--limit-train"),
@@ -64,8 +65,10 @@ def register(app: typer.Typer) -> None:
         qat: Optional[QatRecipe] = typer.Option(None, "--qat", help=TC.help("qat") + " Defaults then: "
                                                 f"--epochs {QAT_EPOCHS}, --lr {QAT_LR}."),
         calib: Optional[Path] = typer.Option(None, "--calib", help="--qat: calibration folder of the initial "
-                                             "scales (default: export's)."),
-        calib_size: Optional[int] = opt(EC, "calib_size", "--calib-size"),
+                                             f"scales (default: {QAT_CALIB_IMAGES} images drawn from the training "
+                                             "set, class-balanced as `calib fill` draws)."),
+        calib_size: Optional[int] = typer.Option(None, "--calib-size", help="--qat: calibration images (default: "
+                                                 f"{QAT_CALIB_IMAGES}, from --calib or the training set)."),
         calib_method: Optional[CalibMethod] = opt(EC, "calib_method", "--calib-method"),
         imgsz: Optional[tuple[int, int]] = typer.Option(None, "--imgsz", help="--qat: the size of the graph it "
                                                         "simulates (default: the checkpoint's)."),
@@ -77,6 +80,7 @@ def register(app: typer.Typer) -> None:
 
         epochs = epochs if epochs is not None else (QAT_EPOCHS if qat is not None else TC.default("epochs"))
         lr = lr if lr is not None else (QAT_LR if qat is not None else TC.default("lr"))
+        out = out if out is not None else Path(QAT_OUT_DIR if qat is not None else TC.default("out_dir"))
         if qat is None:
             for flag, value in (("--calib", calib), ("--calib-size", calib_size), ("--calib-method", calib_method),
                                 ("--imgsz", imgsz)):

@@ -1,6 +1,7 @@
 """Quantization-aware fine-tuning from an INT8 recipe, three steps, each from artifact to artifact:
 
-    prepare_qat       float checkpoint -> the recipe's PTQ graph (``export_model``, calibrated as export does)
+    prepare_qat       float checkpoint -> the recipe's PTQ graph (``export_model``, calibrated as export does, on
+                      ``--calib`` or else on images drawn from the run's own training set: :func:`training_calibration`)
                       -> a QAT record (``qat.qat_plan``): every Q/DQ of that graph as a PyTorch site, its scale
     train             ``train.train`` with the record: fake quantization at those sites (``model.fakequant``),
                       the scales learned, BatchNorm frozen -> a QAT checkpoint (``qat`` entry: the learned record)
@@ -14,6 +15,7 @@ quantized is quantized again, nothing more (``qat.check_placement``).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -25,7 +27,7 @@ from ..core.choices import QAT_RECIPES
 from ..core.errors import ConfigError
 from .qat import qat_plan, ranges_file
 
-__all__ = ["prepare_qat", "qat_train"]
+__all__ = ["prepare_qat", "qat_train", "training_calibration"]
 
 
 def prepare_qat(checkpoint: str | os.PathLike[str], recipe: str, calib: str | os.PathLike[str] | None = None,
@@ -70,11 +72,37 @@ def prepare_qat(checkpoint: str | os.PathLike[str], recipe: str, calib: str | os
         return record
 
 
+def training_calibration(train_cfg: Any, count: int | None, folder: Path) -> tuple[Path, str]:
+    """Calibration images for a QAT run given no ``--calib``: ``count`` (default
+    :data:`~danet_edge.train.config.QAT_CALIB_IMAGES`) images of the run's own training set (its data set, folder,
+    options and ``--limit-train``), drawn class-balanced by ``calib fill``'s rule (``data.calib.fill_calib_dir``)
+    into ``folder`` and read back as export reads any calibration folder (the same transforms). Returns the
+    folder and where its images came from, for the log and the record.
+
+    Raises:
+        ConfigError, DataError: the training set's (the same errors ``train`` gives).
+    """
+    from ..core.config import check_range
+    from ..data.calib import fill_calib_dir
+    from ..train.config import QAT_CALIB_IMAGES
+
+    cfg = train_cfg
+    count = QAT_CALIB_IMAGES if count is None else count
+    check_range("--calib-size", count, 1, 100_000)
+    fill_calib_dir(cfg.dataset, cfg.data_root, count, folder, "train", cfg.seed,
+                   {**cfg.data_options, "limit": cfg.limit_train})
+    taken = len(json.loads((folder / "calib.json").read_text())["images"])
+    where = f"{cfg.dataset} train split" + (f" of {cfg.data_root}" if cfg.data_root else "")
+    return folder, f"{taken} images drawn class-balanced from the training set ({where})"
+
+
 def qat_train(checkpoint: str | os.PathLike[str], recipe: str, train_cfg: Any, calib: str | os.PathLike[str] | None = None,
               calib_size: int | None = None, calib_method: str | None = None, imgsz: tuple[int, int] | None = None,
               log: Callable[[str], None] | None = None) -> Path:
     """Quantization-aware fine-tuning of a float checkpoint for ``recipe``: :func:`prepare_qat` (skipped when
-    ``train_cfg.resume``: the record is in ``last.pt``), then ``train.train`` with it. Returns ``best.pt``
+    ``train_cfg.resume``: the record is in ``last.pt``), then ``train.train`` with it. The initial scales are
+    calibrated on ``calib`` (``calib_size`` images of it), or, without it, on ``calib_size`` images of the training
+    set (:func:`training_calibration`; the record's ``calibration.source`` and the log say so). Returns ``best.pt``
     (the QAT checkpoint with the best simulated-INT8 val mIoU); ``danet-edge export`` of it writes the graph.
 
     Raises:
@@ -92,5 +120,14 @@ def qat_train(checkpoint: str | os.PathLike[str], recipe: str, train_cfg: Any, c
     record = None
     if not cfg.resume:
         size = imgsz or (tuple(loaded.data["image_size"]) if loaded.data.get("image_size") else None)
-        record = prepare_qat(checkpoint, recipe, calib, calib_size, calib_method, size, log)
+        with tempfile.TemporaryDirectory(prefix="danet-edge-qat-calib-") as tmp:
+            source = None
+            if calib is None:  # the training set it is about to fine-tune on is at hand: calibrate on a draw of it
+                calib, source = training_calibration(cfg, calib_size, Path(tmp) / "calib")
+                if log is not None:
+                    log(f"QAT: no --calib: initial scales calibrated on {source}")
+            record = prepare_qat(checkpoint, recipe, calib, calib_size, calib_method, size, log)
+        if source is not None:  # where the scales came from, not the temporary folder they were read from
+            record["calibration"] = {**{k: v for k, v in record["calibration"].items() if k != "root"},
+                                     "source": source}
     return train(cfg, record)

@@ -6,15 +6,22 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..core.choices import DATASETS, QAT_RECIPES, SPLITS
-from ..core.config import MAX_CROP_SIDE, Config, check_choice, check_range, option
+from ..core.config import CALIB_IMAGES, MAX_CROP_SIDE, Config, check_choice, check_range, option
 from ..core.errors import ConfigError
 from ..model.config import ModelConfig
 
-__all__ = ["EvalConfig", "TrainConfig", "QAT_EPOCHS", "QAT_LR"]
+__all__ = ["EvalConfig", "TrainConfig", "QAT_CALIB_IMAGES", "QAT_EPOCHS", "QAT_LR", "QAT_OUT_DIR"]
 
 #: Quantization-aware fine-tuning defaults: a few epochs at a tenth of training's base learning rate
 #: (NVIDIA's QAT guidance: about 10 % of the original schedule, a small learning rate; measured in NOTES).
 QAT_EPOCHS, QAT_LR = 2, 0.001
+#: Images a QAT run without ``--calib`` calibrates its initial scales on: drawn from its own training set (as
+#: ``calib fill`` draws, class-balanced), as many as export calibrates on by default (ModelOpt's QAT examples
+#: calibrate on a slice of the training loader).
+QAT_CALIB_IMAGES = CALIB_IMAGES
+#: Where a QAT run goes without ``--out``: not ``out_dir``'s default, which holds the float run it starts from
+#: (``train`` then ``train --qat ... --weights runs/train/best.pt`` runs with no other option).
+QAT_OUT_DIR = "runs/qat"
 
 
 def _train_model() -> ModelConfig:
