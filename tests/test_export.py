@@ -184,3 +184,14 @@ def test_the_manifest_describes_the_graph_beside_it(tiny_checkpoint, tmp_path, c
     pam = next(line for line in lines if line.startswith("PAM: "))
     assert pam.startswith(f"PAM: {form}" + (f", {count} query chunks;" if form == "chunked" else " (--attention "
                                                                                                  "chunked with 1"))
+
+
+def test_options_that_nothing_would_read_are_refused():
+    """A value the user gave is never silently dropped: ``--fp16-tolerance`` without an FP16 graph, ``--dataset``
+    when neither a budget nor a reference bundle reads it."""
+    with pytest.raises(ConfigError, match="--fp16-tolerance is the FP16 graph's limit"):
+        ExportConfig(int8=True, fp16_tolerance=0.1)
+    ExportConfig(fp16=True, fp16_tolerance=0.1)
+    with pytest.raises(ConfigError, match="nothing reads it: drop --dataset"):
+        ExportConfig(dataset="synthetic", reference_images=0)
+    ExportConfig(dataset="synthetic", reference_images=0, int8=True, min_agreement=90)

@@ -340,3 +340,13 @@ def test_qat_without_calib_calibrates_on_its_own_training_set(setup, tmp_path, m
     cal = ckpt["qat"]["calibration"]
     assert cal["source"].startswith("6 images drawn class-balanced") and cal["count"] == 6 and "root" not in cal
     assert not (tmp_path / "calib").exists() and not (tmp_path / "runs" / "train").exists()
+
+
+@pytest.mark.parametrize("flag", [["--output-stride", "16"], ["--backbone", "resnet50"], ["--aux"]])
+def test_qat_refuses_model_options_it_would_replace(setup, tmp_path, capsys, flag):
+    """``train --qat`` fine-tunes the model of ``--weights`` as it is; a model option given was silently replaced
+    by the checkpoint's."""
+    code, _, err = run_cli(["train", "--qat", "int8-tensorrt", "--weights", setup["ckpt"], *flag, "-o",
+                            tmp_path / "q"], capsys)
+    assert code == 2 and len(err) == 1 and f"{flag[0]}: --qat fine-tunes the model of --weights as it is" in err[0]
+    assert not (tmp_path / "q").exists()

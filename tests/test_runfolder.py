@@ -46,7 +46,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def _plant(path: Path, kind: str, outside: Path) -> None:
-    """Put ``kind`` at ``path``: a link to a file outside, a dangling link whose target is outside, a folder, a FIFO."""
+    """Put ``kind`` at ``path``: a link to a file outside, a dangling link whose target is outside, a folder, a FIFO,
+    a hard link of a file outside."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "link":
         path.symlink_to(outside / "good.txt")
@@ -58,6 +59,8 @@ def _plant(path: Path, kind: str, outside: Path) -> None:
         path.mkdir()
     elif kind == "fifo":
         os.mkfifo(path)
+    elif kind == "hardlink":
+        os.link(outside / "good.txt", path)
 
 
 @pytest.fixture
@@ -71,16 +74,16 @@ def outside(tmp_path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- the run lock
-@pytest.mark.parametrize("kind", ["link", "dangling", "folder", "fifo"])
+@pytest.mark.parametrize("kind", ["link", "dangling", "folder", "fifo", "hardlink"])
 def test_run_lock_never_opens_anything_but_its_own_regular_file(tmp_path, outside, kind):
     """Issue 32, cases 1-3: the lock was opened following links (a file outside overwritten with ``pid N ...``, a
-    dangling link's target created) and a folder there was a traceback. Now: one ConfigError line, nothing outside
-    changed or made."""
+    dangling link's target created) and a folder there was a traceback; a hard link of a file outside was truncated
+    and written the same way. Now: one ConfigError line, nothing outside changed or made."""
     run = tmp_path / "run"
     _plant(run / LOCK_NAME, kind, outside)
     before = _snapshot(outside)
     with pytest.raises(ConfigError, match=rf"^--out {run}: {LOCK_NAME} (is a symbolic link|would be written there, "
-                                          r"but it is a folder|is a FIFO)"):
+                                          r"but it is a folder|is a FIFO|has 1 other hard link)"):
         with run_lock(run, "infer"):
             pass
     assert _snapshot(outside) == before and (outside / "good.txt").read_bytes() == GOOD
@@ -104,9 +107,10 @@ def test_run_lock_that_cannot_be_written_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the shared write helpers
-def test_append_line_does_not_write_through_a_link(tmp_path, outside):
-    (tmp_path / "metrics.jsonl").symlink_to(outside / "good.txt")
-    with pytest.raises(ConfigError, match="metrics.jsonl is a symbolic link"):
+@pytest.mark.parametrize("kind,why", [("link", "is a symbolic link"), ("hardlink", "has 1 other hard link")])
+def test_append_line_does_not_write_through_a_link(tmp_path, outside, kind, why):
+    _plant(tmp_path / "metrics.jsonl", kind, outside)
+    with pytest.raises(ConfigError, match=f"metrics.jsonl {why}"):
         append_line(tmp_path / "metrics.jsonl", "{}")
     assert (outside / "good.txt").read_bytes() == GOOD
 
@@ -182,7 +186,7 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("kind", ["link", "dangling", "folder", "fifo"])
+@pytest.mark.parametrize("kind", ["link", "dangling", "folder", "fifo", "hardlink"])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_each_command_refuses_a_planted_lock(ws, tmp_path, outside, capsys, command, kind):
     """The ten cases' lock faults, by every command that holds its folder: exit 2, one line, nothing outside
@@ -210,6 +214,8 @@ PLANTED = [  # (id, name in the run folder, what is planted, command)
     ("calib_images_link", "images", "link_to_folder", ["calib", "fill", "-d", "synthetic", "--count", "2", "-o",
                                                         "{out}"]),
     ("check_report_link", "report.html", "link", ["check", "{onnx}", "-r", "{ckpt}", "--limit", "1", "-o", "{out}"]),
+    ("build_sidecar_link", "model.engine.json", "link", ["build", "{onnx}", "-o", "{out}/model.engine"]),
+    ("demo_stage_folder_link", "export", "link_to_folder", ["demo", "--out", "{out}"]),
 ]
 
 

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
                                  "  danet-edge train --qat int8-tensorrt --weights runs/camvid/best.pt --dataset camvid "
                                  "--data CAMVID -o runs/camvid_qat  (quantization-aware fine-tuning)")
     def train_cmd(
+        ctx: typer.Context,
         dataset: Dataset = opt(TC, "dataset", "--dataset", "-d"),
         data: Optional[Path] = typer.Option(None, "--data", help=TC.help("data_root")),
         backbone: str = opt(TRAIN_MODEL, "backbone", "--backbone"),
@@ -86,6 +87,12 @@ def register(app: typer.Typer) -> None:
                                 ("--imgsz", imgsz)):
                 if value is not None:
                     raise ConfigError(f"{flag} sets up --qat; add --qat RECIPE or drop {flag}")
+        else:  # QAT fine-tunes the model of --weights as it is: a model option given would be silently replaced
+            for name in ("backbone", "output_stride", "multi_grid", "deep_stem", "aux", "backbone_weights"):
+                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+                    flag = "--" + name.replace("_", "-")
+                    raise ConfigError(f"{flag}: --qat fine-tunes the model of --weights as it is (its backbone, "
+                                      f"output stride and heads); drop {flag}")
 
         model = MC(**{**TRAIN_MODEL.to_dict(), "backbone": backbone, "output_stride": output_stride,
                                "multi_grid": multi_grid, "deep_stem": deep_stem, "aux": aux})

@@ -88,11 +88,13 @@ def check_fixed_names(folder: str | os.PathLike[str], option: str, files: Iterab
 def open_fixed(path: str | os.PathLike[str], flags: int, option: str = "--out", mode: int = 0o644) -> int:
     """``os.open(path, flags)`` for a file a run makes by a fixed name in its folder: a link is not followed
     (``O_NOFOLLOW``), a FIFO does not block (``O_NONBLOCK``), and what was opened must be a regular file
-    (``fstat``). Returns the descriptor (the caller closes it).
+    (``fstat``); opened for writing (written in place: the lock, an appended log), it must have no other hard link,
+    whose file outside the folder the write would change too. Returns the descriptor (the caller closes it).
 
     Raises:
-        ConfigError: ``path`` is a link (dangling or not), a folder, not a regular file, or cannot be opened
-            (permission, an immutable file, a read-only file system): one line naming ``option`` and the file.
+        ConfigError: ``path`` is a link (dangling or not), a folder, not a regular file, hard-linked (for writing),
+            or cannot be opened (permission, an immutable file, a read-only file system): one line naming
+            ``option`` and the file.
     """
     path = Path(path)
     try:
@@ -101,7 +103,10 @@ def open_fixed(path: str | os.PathLike[str], flags: int, option: str = "--out", 
         why = fixed_name_problem(path) if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO) else None
         raise _refusal(option, path, why or f"cannot be opened ({e.strerror or e}): danet-edge writes it there; "
                        "make it writable or remove it") from None
-    why = _kind_problem(os.fstat(fd).st_mode, False)
+    st = os.fstat(fd)
+    why = _kind_problem(st.st_mode, False)
+    if why is None and flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:  # written in place: its data only
+        why = f"has {st.st_nlink - 1} other hard link(s) (a file elsewhere shares its data): remove it"
     if why is not None:
         os.close(fd)
         raise _refusal(option, path, why)

@@ -158,6 +158,12 @@ class ExportConfig(Config):
         if self.dataset not in (None, "synthetic") and self.data is None:
             raise ConfigError(f"--dataset {self.dataset} needs --data DIR")
         recipes = [get_recipe(name) for name in self.recipe_names()]  # an unknown name fails here, before writing
+        if self.fp16_tolerance is not None and not any(r.precision == "fp16" for r in recipes):  # never dropped
+            raise ConfigError("--fp16-tolerance is the FP16 graph's limit and no FP16 graph is asked for: add --fp16 "
+                              "or drop --fp16-tolerance")
+        if self.dataset is not None and self.reference_images == 0 and not budget:
+            raise ConfigError("--dataset gives the accuracy budget and the reference bundle their images; with "
+                              "--reference-images 0 and no budget nothing reads it: drop --dataset")
         if self.target == "cpu" and not any(r.target == "cpu" for r in recipes):
             raise ConfigError("--target cpu selects the INT8 graph for ONNX Runtime on CPU: add --int8 "
                               "(or --recipe int8-cpu), or drop --target cpu")

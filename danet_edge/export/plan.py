@@ -56,12 +56,16 @@ class ExportPlan:
 
     def output_names(self) -> tuple[list[str], list[str]]:
         """``(files, folders)`` the export writes in ``out_dir``: each graph and its ``.json`` sidecar, the
-        engines (``--engine``) and the reference bundle's folder (calibration caches have their own names)."""
+        engines (``--engine``), the budget's sensitivity rankings and the reference bundle's folder (calibration
+        caches are named after the graph: ``plan_export`` checks them by pattern)."""
         graphs = ["model.onnx", *(r.file_name for r in self.recipes)]
         files = [*graphs, *(g + ".json" for g in graphs)]
         if self.cfg.engine:
             engines = [str(Path(g).with_suffix(".engine")) for g in graphs]
             files += [*engines, *(e + ".json" for e in engines)]
+        if self.budget_set is not None:  # budget.apply_budget's ranking beside each INT8 graph
+            files += [f"{Path(r.file_name).stem}.sensitivity{s}" for r in self.recipes if r.needs_calibration
+                      for s in (".md", ".png")]
         return files, (["reference"] if self.bundle_set is not None else [])
 
     def rel_l2_limit(self, recipe: PrecisionRecipe) -> float | None:
