@@ -403,3 +403,43 @@ def test_cpu_runtimes_flush_denormals(tiny_checkpoint):
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     y = ort_session(m).run(None, {"x": np.array([1e-40, 1.0], np.float32)})[0]
     assert y.tolist() == [0.0, 2.0]
+
+
+def test_fused_kernel_numerics_keep_the_energy_in_fp32(tiny_checkpoint, tmp_path):
+    """The heads FP16 graph has no FP32 Cast between Q/K and the second MatMul (fusible as written); its
+    fused-kernel form computes Q K^T and the softmax in FP32, rounds P to FP16 and accumulates P V in FP32, and
+    runs like the graph; the explicit form is left as it is; the backend row runs it and says so."""
+    from danet_edge.export.export import ExportConfig, export_model
+    from danet_edge.graph.fused_attention import FUSED_NUMERICS, fused_attention_numerics, fusible_attentions
+    from danet_edge.runtime.backends import open_backend
+
+    res = export_model(tiny_checkpoint, ExportConfig(attention="heads", fp16=True, fused_io=False, reference_images=0,
+                                                     out=tmp_path / "h"))
+    fp16 = next(a for a in res.artifacts if a.manifest.precision == "fp16")
+    g = onnx.load(str(fp16.path))
+    att = attention_nodes(g)
+    prod = {o: n for n in g.graph.node for o in n.output}
+    by_name = {n.name: n for n in g.graph.node}
+    for name in (att.pam_energy[0], att.pam_out[0]):  # no Cast to FP32 feeds either attention MatMul
+        assert all(prod[i].op_type != "Cast" for i in by_name[name].input if i in prod)
+    assert by_name[att.pam_softmax[0]].input[0] == by_name[att.pam_energy[0]].output[0]
+    assert fusible_attentions(g) == [(att.pam_energy[0], att.pam_softmax[0], att.pam_out[0])]
+    ver = fp16.verification
+    assert ver["attention_numerics"] == FUSED_NUMERICS and "unfused_label_agreement_vs_fp32" in ver
+    fused = fused_attention_numerics(g)
+    onnx.checker.check_model(fused, full_check=True)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in onnx.shape_inference.infer_shapes(fused).graph.value_info}
+    energy = next(n for n in fused.graph.node if n.op_type == "MatMul" and n.name.endswith("_energy"))
+    assert types[energy.output[0]] == onnx.TensorProto.FLOAT  # Q K^T in FP32
+    p_low = next(n for n in fused.graph.node if n.name.endswith("_p_low"))
+    assert types[p_low.output[0]] == onnx.TensorProto.FLOAT16  # P rounded to the graph's type
+    assert not any(n.name in (att.pam_energy + att.pam_softmax + att.pam_out) for n in fused.graph.node)
+    explicit = export_model(tiny_checkpoint, ExportConfig(attention="explicit", fp16=True, fused_io=False,
+                                                          reference_images=0, out=tmp_path / "e"))
+    e16 = next(a for a in explicit.artifacts if a.manifest.precision == "fp16")
+    assert not fusible_attentions(onnx.load(str(e16.path))) and "attention_numerics" not in e16.verification
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    with open_backend(fp16.path, backend="onnxruntime-fused-attention") as b, open_backend(fp16.path) as plain:
+        assert FUSED_NUMERICS in b.provider
+        assert (b.predict(frames).labels == plain.predict(frames).labels).mean() > 0.99

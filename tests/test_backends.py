@@ -37,7 +37,7 @@ def test_suffix_table_and_override(tmp_path):
     for bad in ("m.ONNX", "m.onnx.json", "model"):
         with pytest.raises(ConfigError, match=r"\.onnx \(onnxruntime\)"):
             backend_for(bad)
-    with pytest.raises(ConfigError, match="torch, onnxruntime, openvino, openvino-bf16, tensorrt"):
+    with pytest.raises(ConfigError, match="torch, onnxruntime, onnxruntime-fused-attention, openvino, openvino-bf16, tensorrt"):
         backend_for("m.onnx", backend="tflite")
     assert set(BACKENDS.values()) == {"torch", "onnxruntime", "tensorrt"}
 
@@ -45,7 +45,7 @@ def test_suffix_table_and_override(tmp_path):
 def test_open_missing_file_and_wrong_options(tmp_path, onnx_fp32, tiny_checkpoint):
     with pytest.raises(DataError, match="not found"):
         open_backend(tmp_path / "nope.onnx")
-    with pytest.raises(ConfigError, match="onnxruntime backend only"):
+    with pytest.raises(ConfigError, match="onnxruntime / onnxruntime-fused-attention backend only"):
         open_backend(tiny_checkpoint, providers=["cpu"])
     with pytest.raises(ConfigError, match="static batch of 1"):
         open_backend(onnx_fp32, batch=4)

@@ -68,7 +68,8 @@ def print_check_table(report) -> None:
 
 def attention_text(att: dict | None) -> str:
     """PAM's form in a few words: ``explicit``, ``chunked x4``, ``heads x8``, with ``fused`` / ``unfused`` /
-    ``fused?`` for an engine; ``-`` without a record."""
+    ``fused?`` and the engine's activation memory beside the memory model's (``412 MiB (model 380)``) for an
+    engine; ``-`` without a record."""
     if not att:
         return "-"
     form = str(att.get("form", "?"))
@@ -77,6 +78,10 @@ def attention_text(att: dict | None) -> str:
     fused = att.get("fused")
     if fused is not None:
         text += {True: ", fused", False: ", unfused"}.get(fused, ", fused?")
+    mem = att.get("engine_memory")
+    if isinstance(mem, dict) and isinstance(mem.get("device_mib"), (int, float)):
+        est = mem.get("estimate_mib")
+        text += f", {mem['device_mib']:.0f} MiB" + (f" (model {est:.0f})" if isinstance(est, (int, float)) else "")
     return text
 
 

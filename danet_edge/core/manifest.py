@@ -159,7 +159,8 @@ class Manifest:
 
     def attention(self) -> dict[str, Any] | None:
         """PAM's form, chunks and memory as export recorded them (``extra["attention"]``, ``extra["memory"]``),
-        with ``fused`` (True / False / "unknown", from ``build``) for an engine; None without a record."""
+        with ``fused`` (True / False / "unknown", from ``build``) and ``engine_memory`` (the engine's device memory
+        beside the estimate, ``build``'s ``tensorrt.memory``) for an engine; None without a record."""
         att = self.extra.get("attention")
         if not isinstance(att, dict):
             return None
@@ -169,6 +170,8 @@ class Manifest:
         if self.kind == "engine":
             rec["fused"] = self.tensorrt.get("attention_fused", "unknown") if isinstance(self.tensorrt, dict) \
                 else "unknown"
+            if isinstance(self.tensorrt, dict) and isinstance(self.tensorrt.get("memory"), dict):
+                rec["engine_memory"] = self.tensorrt["memory"]  # device memory read back beside the estimate
         return rec
 
     def to_dict(self) -> dict[str, Any]:

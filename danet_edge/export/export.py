@@ -37,7 +37,8 @@ from ..graph.precision import format_report, precision_report, verify_precision
 from .attention import choose_attention
 from .budget import apply_budget
 from .config import REFERENCE_IMAGES, ExportConfig
-from .fp32 import MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph
+from .fp32 import (MIN_FUSED_AGREEMENT, export_onnx, finalize, fused_manifest, ort_session, run_graph,
+                   verification_session)
 from .graph_io import fuse_io
 from .limits import check_sizes, check_verification_memory
 from .plan import ExportPlan, plan_export
@@ -53,18 +54,16 @@ def fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target: 
     """Rewrite each ONNX artifact to fused I/O in place (``graph_io.fuse_io``), after calibration and the budget,
     and verify its class maps against the logits graph it came from (at least 99.9 % of pixels agree; only the
     grouping of the normalisation's arithmetic changes)."""
-    from ..runtime.ort_backend import holds_fp16
-
     done = []
     for a in artifacts:
         before = (a.outputs if a.outputs is not None else
-                  run_graph(ort_session(a.path, a.manifest.precision, holds_fp16(a.manifest)), a.manifest, frames)
-                  ).argmax(1)  # the logits form's outputs, kept from its own verification
+                  run_graph(verification_session(a.path, a.manifest)[0], a.manifest, frames)
+                  ).argmax(1)  # the logits form's outputs, kept from its own verification (same numerics)
         model = fuse_io(onnx.load(str(a.path)), a.manifest.mean, a.manifest.std)
         manifest = fused_manifest(a.manifest)
         report = precision_report(model)
         manifest.precision_report = report.to_dict()
-        after = run_graph(ort_session(model, manifest.precision, holds_fp16(manifest)), manifest, frames)
+        after = run_graph(verification_session(model, manifest)[0], manifest, frames)
         agree = float((after == before).mean())
         if agree < MIN_FUSED_AGREEMENT:
             raise ExportError(f"{a.path.name}: fused-I/O class maps agree with the logits graph on {agree:.4%} "
@@ -80,15 +79,33 @@ def fuse_artifacts(artifacts: list[Artifact], frames: list[np.ndarray], target: 
 def _compare(path: Path, manifest: Manifest, frames: list[np.ndarray], ref: np.ndarray,
              what: str) -> tuple[dict[str, float], np.ndarray]:
     """The derived graph against the FP32 graph on the verification images, through the comparison
-    ``check`` uses (``compare.OutputComparison``); with the graph's outputs."""
-    from ..runtime.ort_backend import holds_fp16
+    ``check`` uses (``compare.OutputComparison``); with the graph's outputs.
 
-    got = run_graph(ort_session(path, manifest.precision, holds_fp16(manifest)), manifest, frames)
+    A graph with a fusible PAM (heads or attention-op in FP16) is judged as TensorRT's fused kernel computes it
+    (``fp32.verification_session``; ``attention_numerics`` in the record says so), and the graph run unfused, as
+    ONNX Runtime runs it here, is recorded beside it (``unfused_*``): what a device gives if the build does not fuse.
+    """
+    session, numerics = verification_session(path, manifest)
+    ver, got = _agreement(run_graph(session, manifest, frames), ref, manifest, f"{what} graph {path.name}")
+    if numerics is not None:
+        from ..runtime.ort_backend import holds_fp16
+
+        unfused, _ = _agreement(run_graph(ort_session(path, manifest.precision, holds_fp16(manifest)), manifest,
+                                          frames), ref, manifest, f"{what} graph {path.name} (unfused)")
+        ver = {**ver, "attention_numerics": numerics, **{f"unfused_{k}": v for k, v in unfused.items()}}
+    return ver, got
+
+
+def _agreement(got: np.ndarray, ref: np.ndarray, manifest: Manifest, what: str) -> tuple[dict[str, Any], np.ndarray]:
+    """Agreement, kappa and (logits) relative L2 of ``got`` against ``ref``.
+
+    Raises:
+        ExportError: ``got`` holds inf / NaN."""
     c = OutputComparison()
     labels, ref_labels = (got, ref) if manifest.output_kind == "labels" else (got.argmax(1), ref.argmax(1))
     c.update(labels, ref_labels, *((None, None) if manifest.output_kind == "labels" else (got, ref)))
     if c.nonfinite:
-        raise ExportError(f"{what} graph {path.name} outputs inf/NaN on verification images")
+        raise ExportError(f"{what} outputs inf/NaN on verification images")
     ver = {"label_agreement_vs_fp32": c.agreement, "label_kappa_vs_fp32": cohen_kappa(labels, ref_labels)}
     return ({"rel_l2_vs_fp32": c.rel_l2, **ver} if c.has_logits else ver), got
 
@@ -182,6 +199,7 @@ def _write_fp32(plan: ExportPlan, artifacts: list[Artifact], log: Log) -> Artifa
                        board=cfg.jetson)
     artifacts.append(fp32)
     log(f"wrote {fp32.path} ({fp32.seconds:.1f} s) verification {_fmt(fp32.verification)}")
+    log(f"PAM energy: {fp32.manifest.extra['attention']['energy']['reason']}")
     log(format_report(precision_report(onnx.load(str(fp32.path))), "fp32"))
     return fp32
 
@@ -255,6 +273,6 @@ def _export(plan: ExportPlan, log: Log) -> ExportResult:
                           + (f" ({', '.join(done)})" if done else "") + ", nothing half-written") from None
 
 
-def _fmt(ver: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.3g}" if "l2" in k else f"{k} {v:.3f}" if "kappa" in k else f"{k} {v:.4%}"
-                     for k, v in ver.items())
+def _fmt(ver: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" if isinstance(v, str) else f"{k} {v:.3g}" if "l2" in k else
+                     f"{k} {v:.3f}" if "kappa" in k else f"{k} {v:.4%}" for k, v in ver.items())

@@ -44,8 +44,9 @@ from ..data.frames import model_inputs
 from ..core.choices import ATTENTION_OPSET, ATTENTION_TENSORRT
 from ..graph.attention_op import to_attention_op
 from ..graph.memory import dfs_order, memory_estimate
-from ..graph.precision import precision_report, scale_before_energy, verify_precision
+from ..graph.precision import decide_pam_energy, precision_report, scale_before_energy, verify_precision
 from ..graph.trtcheck import enforce_tensorrt_compat, required_tensorrt
+from ..model.attention import measure_pam_energy
 from ..model.checkpoint import LoadedModel, checkpoint_manifest, flush_denormals
 from ..model.forms import EXPORT_FORMS, chunk_bounds, reference_chunks
 from .config import DEFAULT_OPSET, ExportConfig
@@ -56,6 +57,7 @@ from .results import Artifact
 MIN_FUSED_AGREEMENT = 0.999
 
 __all__ = ["MIN_FUSED_AGREEMENT", "export_onnx", "trace_onnx", "finalize", "fused_manifest", "ort_session", "run_graph",
+           "verification_session",
            "synthetic_frames"]
 
 
@@ -86,6 +88,20 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike[str], precision: str 
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, session_options(precision, 0, fp16_inside, mem_pattern=False),
                                 providers=["CPUExecutionProvider"])
+
+
+def verification_session(model: onnx.ModelProto | str | os.PathLike[str], manifest: Manifest):
+    """``(session, numerics)``: the ONNX Runtime session export verifies a derived graph with. A graph whose PAM a
+    fused kernel takes (``graph.fused_attention.fusible_attentions``: the heads and attention-op forms in FP16) is
+    run as that kernel computes it (``fused_attention_numerics``), which is what a device runs when TensorRT fuses
+    it, and ``numerics`` names that; else the graph as written and ``numerics`` None."""
+    from ..graph.fused_attention import FUSED_NUMERICS, fused_attention_numerics, fusible_attentions
+    from ..runtime.ort_backend import holds_fp16
+
+    graph = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    if fusible_attentions(graph):
+        return ort_session(fused_attention_numerics(graph), manifest.precision, holds_fp16(manifest)), FUSED_NUMERICS
+    return ort_session(model, manifest.precision, holds_fp16(manifest)), None
 
 
 def run_graph(session, manifest: Manifest, frames: list[np.ndarray]) -> np.ndarray:
@@ -198,6 +214,10 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
         record: more facts of the attention for ``manifest.extra["attention"]`` (``attention.AttentionChoice``).
         board: the ``--jetson`` board, recorded in ``manifest.extra["memory"]["board"]`` (``graph.boards.board_of``).
 
+    PAM's largest ``|Q^T K|`` is measured on ``frames`` during the PyTorch reference pass and decides whether the
+    FP16 and INT8 graphs keep PAM's energy in FP32 (``graph.precision.decide_pam_energy``; recorded in
+    ``manifest.extra["attention"]["energy"]``).
+
     Raises:
         ExportError: export, checker or verification failure (says by how much).
         CompatibilityError: TensorRT rule broken (``target="tensorrt"``).
@@ -226,9 +246,10 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     frames = frames or synthetic_frames(2, (h, w), 0)
     got = run_graph(ort_session(graph), manifest, frames)
     release_memory()  # ONNX Runtime's arena (the whole map in the explicit form) before PyTorch's reference
-    with torch.no_grad():
+    with torch.no_grad(), measure_pam_energy(model) as energy:  # PAM's largest |Q^T K|: the FP16 island decision
         ref = torch.cat([model(torch.from_numpy(x)) for x in model_inputs(frames, manifest, fused=False)]
                         ).numpy()[:len(frames)]
+    pam = decide_pam_energy(attention, energy.max_abs if energy.images else None, min(energy.images, len(frames)))
     if fused_io:
         agree = float((got == ref.argmax(1)).mean())
         verification = {"label_agreement": agree}
@@ -245,6 +266,7 @@ def export_onnx(loaded: LoadedModel, out: str | os.PathLike[str], size: tuple[in
     manifest.precision_report = report.to_dict()
     manifest.extra = {**manifest.extra, "verification": verification,
                       "attention": {"form": attention, "chunks": chunks if attention == "chunked" else 1,
+                                    "energy": pam.record(),
                                     **({"min_tensorrt": ".".join(map(str, ATTENTION_TENSORRT))}
                                        if attention == "attention-op" else {}), **(record or {})}}
     finalize(graph, out, manifest, target, board)

@@ -212,8 +212,8 @@ def decide_pam_energy(form: str, max_abs: float | None, images: int) -> PamEnerg
 
 def pam_energy_in_fp32(model: onnx.ModelProto) -> bool:
     """The PAM decision of a graph export wrote (:class:`PamEnergy` in the manifest embedded in its
-    ``metadata_props``); a graph without one keeps PAM's energy in FP32 unless its form (read from its structure,
-    ``memory.attention_form``) is fusible."""
+    ``metadata_props``); a graph without one keeps PAM's energy in FP32 unless its form (read from its structure)
+    is fusible."""
     import json
 
     from ..core.onnx_meta import METADATA_KEY
@@ -225,10 +225,25 @@ def pam_energy_in_fp32(model: onnx.ModelProto) -> bool:
         attention = {}
     form = attention.get("form") if isinstance(attention, dict) else None
     if not isinstance(form, str):  # a graph without export's manifest: its form read from its structure
-        from .memory import attention_form
-
-        form = attention_form(model).form
+        form = _structural_form(model)
     return PamEnergy.from_record(form, attention.get("energy") if isinstance(attention, dict) else None).fp32
+
+
+def _structural_form(model: onnx.ModelProto) -> str:
+    """PAM's form from the graph's nodes alone (``memory.attention_form`` reads it with shapes): an ``Attention``
+    node, a Q that reaches the energy MatMul through an ``Expand`` (the heads form), several PAM Softmaxes
+    (chunked), else explicit."""
+    a = attention_nodes(model)
+    if a.pam_op:
+        return "attention-op"
+    prod, by_name = producers(model.graph), {n.name: n for n in model.graph.node}
+    for e in a.pam_energy:
+        n = prod.get(by_name[e].input[0])
+        while n is not None and n.op_type in ("Mul", "Cast"):
+            n = prod.get(n.input[0])
+        if n is not None and n.op_type == "Expand":
+            return "heads"
+    return "chunked" if len(a.pam_softmax) > 1 else "explicit"
 
 
 def default_fp32_islands(model: onnx.ModelProto, pam_energy: bool | None = None) -> list[str]:

@@ -44,6 +44,7 @@ from ..core.errors import (CalibrationError, ConfigError, DataError, EngineError
 from ..core.manifest import Manifest, manifest_json, manifest_path, read_manifest
 from ..core.utils import atomic_path, sha256_file
 from ..core.io_contract import TensorSpec, check_io
+from .attention import AUX_STREAMS_WHY, engine_memory, judge_attention, pin_islands
 from .inspector import attention_fused, trt_dtype_name
 
 __all__ = ["EngineConfig", "BuildPlan", "plan_build", "build_engine", "check_engine_compat", "trt_major",
@@ -217,7 +218,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     logger = trt.Logger(trt.Logger.VERBOSE if cfg.verbose else trt.Logger.WARNING)
     builder, network, _parser = _parse(trt, logger, onnx_path, manifest, plan)
     config, timing_status = _configure(trt, builder, cfg, plan, log)
-    pinned = _pin_islands(trt, network, config, plan, onnx_path) if "FP16" in plan.flags else []
+    pinned = pin_islands(trt, network, config, plan, onnx_path) if "FP16" in plan.flags else []
     log(f"building {out_path.name} with TensorRT {trt.__version__} on {device.name} (this can take minutes)")
     serialized, calibration = _build(trt, cuda, builder, network, config, plan, manifest, onnx_path,
                                      calib_set, calib_key)
@@ -225,7 +226,7 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     layers, summary, device_bytes = _inspect(trt, logger, serialized, cfg.dla_core, matmuls)
     fused = attention_fused(layers, pam)
     memory = engine_memory(manifest, device_bytes, len(bytes(serialized)), fused)
-    _judge_attention(onnx_path, manifest, fused, memory, log)
+    judge_attention(onnx_path, manifest, fused, memory, log)
     asked = plan.precision
     if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
         raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
@@ -310,39 +311,6 @@ def _configure(trt: Any, builder: Any, cfg: EngineConfig, plan: BuildPlan, log: 
     return config, timing_status
 
 
-def _pin_islands(trt: Any, network: Any, config: Any, plan: BuildPlan, onnx_path: Path) -> list[str]:
-    """Weakly typed ``--fp16`` (TensorRT 10.x): the FP16 graph's FP32 islands (``plan.fp32_islands``: CAM's energy
-    chain, and PAM's where its measured energy needs it) pinned to FP32, precision and every output type, under
-    ``OBEY_PRECISION_CONSTRAINTS`` (without the flag TensorRT 10 treats a layer's precision as ignorable: developer
-    guide, "Layer-Level Control of Precision"). A layer is matched to its ONNX node by name or by the parser's
-    ``[ONNX Layer: name]`` metadata. Returns the pinned layers' names.
-
-    Raises:
-        EngineError: an island node that no layer of the parsed network carries (nothing would be pinned).
-    """
-    import re
-
-    wanted = set(plan.fp32_islands)
-    pinned, found = [], set()
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        nodes = set(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(getattr(layer, "metadata", "") or ""))) | {layer.name}
-        hit = nodes & wanted
-        if not hit:
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            layer.set_output_type(j, trt.float32)
-        pinned.append(layer.name)
-        found |= hit
-    missing = sorted(wanted - found)
-    if missing:
-        raise EngineError(f"{onnx_path.name}: --fp16 must keep {missing[0]} in FP32 (it overflows FP16) but no layer of "
-                          "the parsed network carries it; build the strongly typed model_fp16.onnx instead")
-    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-    return pinned
-
-
 def _build(trt: Any, cuda: Any, builder: Any, network: Any, config: Any, plan: BuildPlan, manifest: Manifest,
            onnx_path: Path, calib_set: Any, calib_key: dict[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
     """Step 3, build: the serialized engine (implicit INT8 through a calibrator when the plan says so), with a
@@ -398,70 +366,6 @@ def _attention(onnx_path: Path) -> tuple[set[str], list[tuple[str, ...]]]:
 
     att = attention_nodes(onnx.load(str(onnx_path), load_external_data=False))
     return set(att.matmuls), list(zip(att.pam_energy, att.pam_softmax, att.pam_out)) + [(a,) for a in att.pam_op]
-
-
-#: Why ``build`` runs a chunked graph's attention on the main stream only (the manifest quotes it).
-AUX_STREAMS_WHY = ("chunked PAM: the k chunk branches are independent, and TensorRT may run them on auxiliary streams "
-                   "whose activation memory is not reused across streams (IBuilderConfig::setMaxAuxStreams, NvInfer.h "
-                   "10.3), which would hold k map slices at once instead of one")
-#: Engine activation memory above or below the memory model's estimate by more than this share is a warning.
-MEMORY_GAP = 0.25
-
-
-def engine_memory(manifest: Manifest, device_bytes: int, engine_bytes: int, fused: bool | str) -> dict[str, Any]:
-    """The engine's memory beside the memory model's (MiB): ``device_mib`` (activations, the engine's
-    ``device_memory_size_v2``), ``engine_mib`` (the serialized engine, about its weights), ``estimate_mib`` (the
-    graph's activation peak, ``manifest.extra["memory"]["activations_mib"]``), ``gap`` (device / estimate - 1),
-    ``budget_mib`` (export's budget for weights + activations, ``extra["attention"]["budget_mib"]``) and
-    ``within_budget``. A fused attention holds no map, so its engine may sit well under the estimate."""
-    est = (manifest.extra.get("memory") or {}).get("activations_mib")
-    budget = (manifest.extra.get("attention") or {}).get("budget_mib")
-    device, engine = device_bytes / 2**20, engine_bytes / 2**20
-    out: dict[str, Any] = {"device_mib": round(device, 1), "engine_mib": round(engine, 1),
-                           "estimate_mib": est, "budget_mib": budget, "attention_fused": fused}
-    if isinstance(est, (int, float)) and est > 0:
-        out["gap"] = round(device / est - 1, 3)
-    if isinstance(budget, (int, float)):
-        out["within_budget"] = device + engine <= budget
-    return out
-
-
-def _judge_attention(onnx_path: Path, manifest: Manifest, fused: bool | str, memory: dict[str, Any],
-                     log: Callable[[str], None]) -> None:
-    """What the built engine's attention and memory allow: an engine above the board's budget is refused; a fusible
-    form (heads, attention-op) that did not fuse is refused when its FP16 energy could overflow (PAM's measured
-    energy does not fit FP16 with the margin: ``graph.precision.PamEnergy``), else said plainly; ``unknown`` and a
-    memory gap above :data:`MEMORY_GAP` are warnings.
-
-    Raises:
-        EngineError: one line naming the chunked form (nothing is written).
-    """
-    from ..graph.precision import FUSIBLE_FORMS, PamEnergy
-
-    attention = manifest.extra.get("attention") or {}
-    form = attention.get("form")
-    need = memory["device_mib"] + memory["engine_mib"]
-    if memory.get("within_budget") is False:
-        raise EngineError(f"{onnx_path.name}: the engine needs {need:.0f} MiB (activations {memory['device_mib']:.0f}, "
-                          f"engine {memory['engine_mib']:.0f}), above the {memory['budget_mib']:.0f} MiB export planned "
-                          "for the board: export it again with --attention chunked (or auto) or a smaller --imgsz; "
-                          "nothing written")
-    if form in FUSIBLE_FORMS and fused is False:
-        energy = PamEnergy.from_record(form, attention.get("energy"))
-        if manifest.precision != "fp32" and not energy.fits_fp16:
-            measured = "not measured" if energy.max_abs is None else f"measured up to {energy.max_abs:.4g}"
-            raise EngineError(f"{onnx_path.name}: TensorRT did not fuse PAM's {form} attention, so the engine stores its "
-                              f"energy in FP16 ({measured}, FP16 holds 65504) and holds {attention.get('heads', 8)} maps: "
-                              "export it with --attention chunked instead; nothing written")
-        log(f"warning: TensorRT did not fuse PAM's {form} attention: the engine holds {attention.get('heads', 8)} "
-            "attention maps unfused (the chunked form holds a slice of one for the same result)")
-    elif form in FUSIBLE_FORMS and fused == "unknown":
-        log(f"warning: whether TensorRT fused PAM's {form} attention cannot be read from this engine's layers: run "
-            "danet-edge check ENGINE --reference reference/ on this device (it catches inf/NaN)")
-    gap = memory.get("gap")
-    if isinstance(gap, float) and abs(gap) > MEMORY_GAP:
-        log(f"warning: the engine's activation memory {memory['device_mib']:.0f} MiB is {gap:+.0%} off the memory "
-            f"model's {memory['estimate_mib']:.0f} MiB" + (" (fused attention: no map held)" if fused is True else ""))
 
 
 def _write(out_path: Path, serialized: Any, engine_manifest: Manifest, trt_entry: dict[str, Any], config: Any,

@@ -89,6 +89,11 @@ class BuildPlan:
         refusals: reasons the build cannot go ahead (empty when it can).
         warnings: things the user should know (DLA with an FP32 graph...).
         trtexec_note: why there is no equivalent trtexec command ("" when there is one).
+        max_aux_streams: ``IBuilderConfig.max_aux_streams`` to set (0 for a chunked PAM: its chunks run one at a
+            time on the main stream, ``trtexec --maxAuxStreams=0``), None to leave TensorRT's heuristics.
+        fp32_islands: weakly typed ``--fp16``: the ONNX nodes pinned to FP32 (``graph.precision.default_fp32_islands``
+            of the graph: CAM's energy chain always, PAM's where its measured energy needs it), with
+            ``OBEY_PRECISION_CONSTRAINTS`` in ``flags``.
     """
 
     trt_version: str
@@ -100,6 +105,8 @@ class BuildPlan:
     refusals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     trtexec_note: str = ""
+    max_aux_streams: int | None = None
+    fp32_islands: list[str] = field(default_factory=list)
 
     @property
     def trtexec_command(self) -> str:
@@ -202,16 +209,24 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         refusals.append(f"{onnx_path.name} writes PAM as ONNX Attention (opset 23), which TensorRT imports from "
                         f"10.14 (this is {trt_version}; on a Jetson: TensorRT 11.4.1 on JetPack 7.2.2+, not JetPack 6's "
                         "10.3 or JetPack 7.0's 10.13): export it with --attention heads, chunked or explicit")
+    # chunked PAM: its chunk branches are independent; on auxiliary streams their map slices would be live at once
+    aux = 0 if form == "chunked" else None
+    if form == "attention-op" and precision == "fp32":
+        warnings.append(f"{onnx_path.name} holds PAM as an FP32 ONNX Attention, a non-decomposable IAttention: TensorRT "
+                        "documents fused kernels for FP16 / BF16 only and may find no implementation; build "
+                        "model_fp16.onnx (its Attention takes FP16)")
     if manifest is not None and cfg.fp16 and manifest.precision == "int8":
         refusals.append(f"--fp16 on an INT8 Q/DQ graph ({onnx_path.name}) is refused: build it strongly typed")
 
     strongly_typed = cfg.strongly_typed or major >= 11
     flags: list[str] = ["STRONGLY_TYPED"] if strongly_typed else []
     calib_cache = None
+    islands: list[str] = []
     if not strongly_typed:
         if cfg.fp16:
-            flags.append("FP16")
+            flags += ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
             precision = "fp16" if precision == "fp32" else precision
+            islands = _islands(onnx_path)
         if cfg.int8_calib is not None:
             flags.append("INT8")
             precision = "int8"
@@ -237,11 +252,14 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         # network (NVIDIA/TensorRT issue 4253): no trtexec 10 line builds what build_engine builds here.
         note = ("none: trtexec 10.x adds --fp16 for --useDLACore, which a strongly typed "
                 "network refuses (NVIDIA/TensorRT issue 4253); build with danet-edge build")
-        return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, [], refusals, warnings, note)
+        return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, [], refusals, warnings, note,
+                         aux, islands)
     cmd = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={out_path}"]
     if strongly_typed and major == 10:
         cmd.append("--stronglyTyped")
     cmd.append(f"--memPoolSize=workspace:{cfg.workspace_mib}M")
+    if aux is not None:
+        cmd.append(f"--maxAuxStreams={aux}")
     if cfg.opt_level is not None:
         cmd.append(f"--builderOptimizationLevel={cfg.opt_level}")
     if cfg.timing_cache is not None:
@@ -252,6 +270,9 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
             cmd.append("--allowGPUFallback")
     if "FP16" in flags:
         cmd.append("--fp16")
+        if islands:  # trtexec's layer precision options (its page: --precisionConstraints, --layerPrecisions)
+            cmd += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in islands),
+                    "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in islands)]
     if "INT8" in flags:
         cmd.append("--int8")
         if calib_cache is not None and calib_cache.is_file():
@@ -259,7 +280,25 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
         else:
             warnings.append("no calibration cache yet: trtexec --int8 without --calib calibrates on random data; "
                             "run danet-edge build --int8-calib first, it writes the cache trtexec can then read")
-    return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, cmd, refusals, warnings)
+    return BuildPlan(str(trt_version), strongly_typed, flags, precision, calib_cache, cmd, refusals, warnings,
+                     max_aux_streams=aux, fp32_islands=islands)
+
+
+def _islands(onnx_path: Path) -> list[str]:
+    """The graph's FP32 islands (``graph.precision.default_fp32_islands``).
+
+    Raises:
+        DataError: the graph cannot be read (a weak FP16 build must not go ahead without its islands)."""
+    import onnx
+
+    from ..core.errors import DataError
+    from ..graph.precision import default_fp32_islands
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, OSError
+        raise DataError(f"{onnx_path}: cannot read the graph to pin its FP32 islands ({str(e)[:200]})") from None
+    return default_fp32_islands(model)
 
 
 def no_tensorrt_hint(onnx_path: Path, plan: BuildPlan) -> str:
