@@ -199,6 +199,17 @@ def test_each_command_refuses_a_planted_lock(ws, tmp_path, outside, capsys, comm
     assert _snapshot(outside) == before and _snapshot(out) == inside
 
 
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_refuses_a_broken_link_as_its_folder(ws, tmp_path, outside, capsys, command):
+    """``-o OUT`` where OUT is a link to a folder that does not exist: ``mkdir`` failed on it with a FileExistsError
+    traceback (exit 1). Now one line, exit 2, and no folder made at the link's target."""
+    out = tmp_path / "out"
+    out.symlink_to(outside / "made_by_the_run", target_is_directory=True)
+    code, _, err = run_cli(["-q", *[a.format(out=out, **ws) for a in COMMANDS[command]]], capsys)
+    _one_line(code, err, 2, f"{out}: is a broken link")
+    assert not (outside / "made_by_the_run").exists() and out.is_symlink()
+
+
 PLANTED = [  # (id, name in the run folder, what is planted, command)
     ("export_graph_link", "model.onnx", "link", ["export", "{ckpt}", "-o", "{out}"]),
     ("export_sidecar_dangling", "model.onnx.json", "dangling", ["export", "{ckpt}", "-o", "{out}"]),

@@ -96,10 +96,16 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
 
 def make_dirs(folder: Path) -> list[Path]:
     """``folder.mkdir(parents=True, exist_ok=True)``, returning the folders it created, outermost first (for
-    :func:`remove_empty`)."""
+    :func:`remove_empty`).
+
+    Raises:
+        ConfigError: ``folder`` or a folder above it is a broken link (no folder is made through it).
+    """
     made = []
     p = folder.absolute()
     while not p.exists():
+        if p.is_symlink():
+            raise _config_error(f"{p}: is a broken link (to {os.readlink(p)}); no folder is made through it")
         made.append(p)
         p = p.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,13 +289,16 @@ def ensure_output_dir(path: str | os.PathLike[str], option: str) -> Path:
 
     Raises:
         ConfigError: one line naming ``option`` and ``path``: an existing file where a folder is wanted, a
-            file among its parents, or a place that cannot be written (read-only folder or file system).
+            file among its parents, a broken link, or a place that cannot be written (read-only folder or file
+            system).
     """
     path = Path(path)
     if path.exists():
         if not path.is_dir():
             raise _output_error(option, path, "is a file, not a folder")
         _probe_writable(path, option, path)
+    elif path.is_symlink():  # mkdir cannot make the folder it names, nor would danet-edge make one through it
+        raise _output_error(option, path, f"is a broken link (to {os.readlink(path)})")
     else:
         _probe_writable(_existing_ancestor(path, option, path), option, path)
     return path
