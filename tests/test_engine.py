@@ -34,7 +34,8 @@ def test_plan_strongly_typed_default_on_10_and_11():
 def test_plan_weak_typing_allowed_on_10_refused_on_11(tmp_path):
     cfg = EngineConfig(fp16=True)
     p10 = plan_build("m.onnx", cfg, "10.3.0")
-    assert not p10.strongly_typed and p10.flags == ["FP16"] and p10.precision == "fp16" and "--fp16" in p10.trtexec
+    assert not p10.strongly_typed and p10.flags == ["FP16", "OBEY_PRECISION_CONSTRAINTS"] and p10.precision == "fp16"
+    assert "--fp16" in p10.trtexec and p10.fp32_islands == []  # a graph not here: nothing to pin in the plan
     p11 = plan_build("m.onnx", cfg, "11.0.0")
     assert p11.refusals and "removed in TensorRT 11" in p11.refusals[0]
     cache = tmp_path / "m.int8-calib.0123.cache"

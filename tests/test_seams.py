@@ -215,7 +215,7 @@ def test_a_new_backend_is_one_class_and_one_row(tmp_path, tiny_checkpoint):
         with open_backend(tmp_path / "m.toy", threads=1) as b, open_backend(src) as o:
             assert b.name == "toy"
             assert all(np.array_equal(x, y) for x, y in zip(segment_frames(b, frames), segment_frames(o, frames)))
-        with pytest.raises(ConfigError, match="providers applies to the onnxruntime backend only, not toy"):
+        with pytest.raises(ConfigError, match="providers applies to the onnxruntime / onnxruntime-fused-attention backend only, not toy"):
             open_backend(tmp_path / "m.toy", providers=["cpu"])
     finally:
         del BACKEND_TABLE["toy"]

@@ -285,15 +285,18 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
 
 
 def _islands(onnx_path: Path) -> list[str]:
-    """The graph's FP32 islands (``graph.precision.default_fp32_islands``).
+    """The graph's FP32 islands (``graph.precision.default_fp32_islands``); none for a graph not here (a plan made
+    for another machine: ``build`` itself refuses a missing graph before planning).
 
     Raises:
-        DataError: the graph cannot be read (a weak FP16 build must not go ahead without its islands)."""
+        DataError: the graph is here but cannot be read (a weak FP16 build must not go ahead without its islands)."""
     import onnx
 
     from ..core.errors import DataError
     from ..graph.precision import default_fp32_islands
 
+    if not onnx_path.is_file():
+        return []
     try:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, OSError
