@@ -439,6 +439,11 @@ def test_fused_kernel_numerics_keep_the_energy_in_fp32(tiny_checkpoint, tmp_path
                                                           reference_images=0, out=tmp_path / "e"))
     e16 = next(a for a in explicit.artifacts if a.manifest.precision == "fp16")
     assert not fusible_attentions(onnx.load(str(e16.path))) and "attention_numerics" not in e16.verification
+    chunked = export_model(tiny_checkpoint, ExportConfig(attention="chunked", attention_chunks=3, fp16=True,
+                                                         fused_io=False, reference_images=0, out=tmp_path / "c"))
+    c16 = next(a for a in chunked.artifacts if a.manifest.precision == "fp16")
+    assert not fusible_attentions(onnx.load(str(c16.path)))  # V's head size is C: TensorRT materialises its map
+    assert "attention_numerics" not in c16.verification
     frames = np.random.default_rng(0).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
     with open_backend(fp16.path, backend="onnxruntime-fused-attention") as b, open_backend(fp16.path) as plain:
         assert FUSED_NUMERICS in b.provider

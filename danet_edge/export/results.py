@@ -19,7 +19,7 @@ class Artifact:
     manifest: Manifest
     seconds: float
     report: dict[str, Any] | None = None
-    verification: dict[str, float] = field(default_factory=dict)
+    verification: dict[str, Any] = field(default_factory=dict)  # figures, and the numerics that judged them
     #: the graph's outputs on the verification images (ONNX Runtime), kept for the steps after it; never written
     outputs: Any = field(default=None, repr=False)
 

@@ -27,6 +27,7 @@ import copy
 import onnx
 from onnx import TensorProto, helper
 
+from .cost import tensor_info
 from .precision import attention_nodes
 
 __all__ = ["FUSED_NUMERICS", "fused_attention_numerics", "fusible_attentions"]
@@ -39,19 +40,19 @@ FUSED_NUMERICS = ("PAM as TensorRT's fused attention kernel computes it (modelle
 _LOW = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
-def _types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    g = inferred.graph
-    out = {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.output) + list(g.value_info)}
-    out.update({i.name: i.data_type for i in g.initializer})
-    return out
+def _types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Element type and static shape of every tensor (``cost.tensor_info``)."""
+    _, info = tensor_info(model)
+    return {k: v[0] for k, v in info.items()}, {k: v[1] for k, v in info.items()}
 
 
 def fusible_attentions(model: onnx.ModelProto) -> list[tuple[str, ...]]:
     """PAM attentions of ``model`` that a fused kernel would take and that run in FP16 / BF16: ``(energy MatMul,
-    Softmax, output MatMul)`` names for the heads form (the Softmax reading the energy MatMul directly and the
-    output MatMul reading the Softmax directly, Q/K/V rank 4), ``(Attention,)`` for the attention-op form."""
-    types = _types(model)
+    Softmax, output MatMul)`` names for the heads form (the Softmax reading the energy MatMul directly, the output
+    MatMul reading the Softmax directly, and Q, K, V of one head size: ``Q (.., L, d)``, ``K (.., d, L)``,
+    ``V (.., L, d)``), ``(Attention,)`` for the attention-op form. The chunked form (V's head size is C, Q's C/8)
+    and the explicit form (a Transpose before the second MatMul) are not: TensorRT materialises their map."""
+    types, shapes = _types(model)
     att = attention_nodes(model)
     by_name = {n.name: n for n in model.graph.node}
     found: list[tuple[str, ...]] = []
@@ -59,6 +60,9 @@ def fusible_attentions(model: onnx.ModelProto) -> list[tuple[str, ...]]:
         energy, softmax, out = by_name[e], by_name[s], by_name[o]
         if softmax.input[0] != energy.output[0] or out.input[0] != softmax.output[0]:
             continue  # Casts (an FP32 island) or a Transpose (the explicit form) between them: not the fused pattern
+        q, k, v = (shapes.get(t) or [] for t in (energy.input[0], energy.input[1], out.input[1]))
+        if len(q) < 2 or len(k) < 2 or len(v) < 2 or not q[-1] == k[-2] == v[-1]:
+            continue  # not one head size (the chunked form: V has C channels)
         if all(types.get(t) in _LOW for t in (energy.input[0], energy.input[1], out.input[1])):
             found.append((e, s, o))
     for a in att.pam_op:
@@ -78,8 +82,9 @@ def fused_attention_numerics(model: onnx.ModelProto) -> onnx.ModelProto:
     Shapes: heads form ``Q (N, h, L, d)``, ``K (N, h, d, L)``, ``V (N, h, L, d)``; ``Attention`` inputs
     ``(N, h, L, d)`` each. The output keeps its name, shape and type.
     """
+    found = fusible_attentions(model)
     model = copy.deepcopy(model)
-    types = _types(model)
+    types, _ = _types(model)
     g = model.graph
     by_name = {n.name: n for n in g.node}
     replaced: dict[str, list[onnx.NodeProto]] = {}  # last node of an attention -> the nodes written in its place
@@ -89,7 +94,7 @@ def fused_attention_numerics(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes.append(helper.make_node("Cast", [src], [name], name=name, to=to))
         return name
 
-    for i, names in enumerate(fusible_attentions(model)):
+    for i, names in enumerate(found):
         tag = f"fused_numerics_{i}"
         nodes: list[onnx.NodeProto] = []
         if len(names) == 3:

@@ -53,11 +53,17 @@ def engine_memory(manifest: Manifest, device_bytes: int, engine_bytes: int, fuse
 
 
 def judge_attention(onnx_path: Path, manifest: Manifest, fused: bool | str, memory: dict[str, Any],
-                     log: Callable[[str], None]) -> None:
+                     log: Callable[[str], None], precision: str = "fp32", energy_nodes: tuple[str, ...] = (),
+                     kept_fp32: tuple[str, ...] = ()) -> None:
     """What the built engine's attention and memory allow: an engine above the board's budget is refused; a fusible
     form (heads, attention-op) that did not fuse is refused when its FP16 energy could overflow (PAM's measured
     energy does not fit FP16 with the margin: ``graph.precision.PamEnergy``), else said plainly; ``unknown`` and a
     memory gap above :data:`MEMORY_GAP` are warnings.
+
+    ``precision``: what the engine computes in (the build plan's: a weak ``--fp16`` build of an FP32 graph is FP16);
+    ``energy_nodes``: PAM's energy MatMuls; ``kept_fp32``: the nodes the engine keeps in FP32 (the graph's FP32
+    islands, or the weak build's pinned ones). The energy is stored in FP16 only when the engine is FP16 / INT8 and
+    no energy MatMul is kept in FP32 (a graph exported before the energy was measured keeps it there).
 
     Raises:
         EngineError: one line naming the chunked form (nothing is written).
@@ -74,7 +80,8 @@ def judge_attention(onnx_path: Path, manifest: Manifest, fused: bool | str, memo
                           "nothing written")
     if form in FUSIBLE_FORMS and fused is False:
         energy = PamEnergy.from_record(form, attention.get("energy"))
-        if manifest.precision != "fp32" and not energy.fits_fp16:
+        stored_fp16 = precision != "fp32" and not set(energy_nodes) & set(kept_fp32)
+        if stored_fp16 and not energy.fits_fp16:
             measured = "not measured" if energy.max_abs is None else f"measured up to {energy.max_abs:.4g}"
             raise EngineError(f"{onnx_path.name}: TensorRT did not fuse PAM's {form} attention, so the engine stores its "
                               f"energy in FP16 ({measured}, FP16 holds 65504) and holds {attention.get('heads', 8)} maps: "

@@ -226,7 +226,9 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     layers, summary, device_bytes = _inspect(trt, logger, serialized, cfg.dla_core, matmuls)
     fused = attention_fused(layers, pam)
     memory = engine_memory(manifest, device_bytes, len(bytes(serialized)), fused)
-    judge_attention(onnx_path, manifest, fused, memory, log)
+    kept = plan.fp32_islands if "FP16" in plan.flags else (manifest.precision_report or {}).get("fp32_islands") or []
+    judge_attention(onnx_path, manifest, fused, memory, log, plan.precision, tuple(g[0] for g in pam if len(g) == 3),
+                    tuple(kept))
     asked = plan.precision
     if asked in ("fp16", "int8") and summary.counts.get(asked, 0) == 0 and summary.reduced == 0:
         raise EngineError(f"{onnx_path.name} asked for {asked.upper()} but the engine TensorRT built runs every "
@@ -249,8 +251,9 @@ def build_engine(onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[
     _write(out_path, serialized, engine_manifest, trt_entry, config if cfg.timing_cache is not None else None,
            cfg.timing_cache)
     log(f"engine layers: {summary.counts} (attention: {sorted(set(summary.attention.values())) or 'none found'}; "
-        f"PAM as one fused attention kernel: {fused}); memory: activations {memory['device_mib']:.0f} MiB (model "
-        f"{memory['estimate_mib']} MiB), engine {memory['engine_mib']:.0f} MiB")
+        f"PAM as one fused attention kernel: {fused}); memory: activations {memory['device_mib']:.0f} MiB"
+        + (f" (model {memory['estimate_mib']:.0f} MiB)" if isinstance(memory["estimate_mib"], (int, float)) else "")
+        + f", engine {memory['engine_mib']:.0f} MiB")
     return out_path
 
 

@@ -211,7 +211,7 @@ def plan_build(onnx_path: str | os.PathLike[str], cfg: EngineConfig, trt_version
                         "10.3 or JetPack 7.0's 10.13): export it with --attention heads, chunked or explicit")
     # chunked PAM: its chunk branches are independent; on auxiliary streams their map slices would be live at once
     aux = 0 if form == "chunked" else None
-    if form == "attention-op" and precision == "fp32":
+    if form == "attention-op" and precision == "fp32" and not cfg.fp16:
         warnings.append(f"{onnx_path.name} holds PAM as an FP32 ONNX Attention, a non-decomposable IAttention: TensorRT "
                         "documents fused kernels for FP16 / BF16 only and may find no implementation; build "
                         "model_fp16.onnx (its Attention takes FP16)")

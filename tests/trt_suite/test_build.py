@@ -514,6 +514,23 @@ def test_islanded_or_int8_heads_does_not_fuse_and_is_refused_when_its_energy_ove
     with pytest.raises(EngineError, match=r"did not fuse.*measured up to 9000.*--attention chunked instead; nothing"):
         build_engine(src, None, EngineConfig())
     assert not src.with_suffix(".engine").exists()
+    # a heads graph exported before the energy was measured kept it in FP32 (an island): unfused, it is a warning
+    old = tmp_path / "old"
+    old.mkdir()
+    convert_fp16(forms[("heads", "fp32")], old / "model_fp16.onnx",
+                 fp32_nodes=default_fp32_islands(onnx.load(str(forms[("heads", "fp32")])), pam_energy=True))
+    graph = onnx.load(str(old / "model_fp16.onnx"))
+    from danet_edge.graph.precision import precision_report
+
+    del meta["extra"]["attention"]["energy"]
+    meta["precision_report"] = precision_report(graph).to_dict()
+    graph.metadata_props.add().CopyFrom(onnx.StringStringEntryProto(key="danet_edge_manifest", value=json.dumps(meta)))
+    onnx.save(graph, str(old / "model_fp16.onnx"))
+    manifest_path(old / "model_fp16.onnx").write_text(json.dumps(meta))
+    logs = []
+    assert read_manifest(build_engine(old / "model_fp16.onnx", None, EngineConfig(), log=logs.append)
+                         ).tensorrt["attention_fused"] is False
+    assert any("did not fuse" in line for line in logs)
 
 
 def test_chunks_run_one_at_a_time_and_memory_is_read_back(forms, tmp_path):
