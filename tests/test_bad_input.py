@@ -397,3 +397,15 @@ def test_embedded_manifest_is_read_without_loading_the_graph(ws):
     assert embedded_manifest(ws["onnx"]) == inside
     assert embedded_manifest(ws["ckpt"]) is None  # not an ONNX protobuf: left to the loader
     assert np.isclose(read_manifest(ws["onnx"]).std, inside["std"]).all()
+
+
+def test_a_timing_cache_shared_through_a_link_is_the_users_choice(ws, capsys):
+    """--timing-cache names the user's own file: a link to a shared cache passes the checks before work (only the
+    fixed names danet-edge makes are refused as links); here the build then stops for want of TensorRT (exit 4)."""
+    real = ws["scratch"] / "shared.cache"
+    real.write_bytes(b"")
+    link = ws["scratch"] / "link.cache"
+    link.symlink_to(real)
+    code, err = _cli(["-q", "build", str(ws["onnx"]), "--timing-cache", str(link), "-o",
+                      str(ws["scratch"] / "tc" / "m.engine")], capsys)
+    assert code == 4 and "symbolic link" not in "\n".join(err) and "TensorRT" in "\n".join(err)

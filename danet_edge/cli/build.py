@@ -53,8 +53,8 @@ def register(app: typer.Typer) -> None:
         for option, path in (("--timing-cache", timing_cache), ("--calib-cache", calib_cache)):
             if path is not None:
                 ensure_output_file(path, option)  # read if there, written back after the build
-                extra = [path.name + ".json"] if option == "--calib-cache" else []  # its record (trt.calibrator)
-                ensure_output_names(path.parent, option, [path.name, *extra])
+                if option == "--calib-cache":  # its fixed-name record (trt.calibrator); the file named is the user's
+                    ensure_output_names(path.parent, option, [path.name + ".json"])  # own, a link to it is theirs
         path = build_engine(model, out, cfg, log=info)
         trt_info = read_manifest(path).tensorrt or {}
         console.print(f"engine: {path}", markup=False, highlight=False, soft_wrap=True)

@@ -183,7 +183,7 @@ def plan_export(checkpoint: str | os.PathLike[str], cfg: ExportConfig) -> Export
     plan = ExportPlan(cfg, ckpt, loaded, (h, w), cfg.out_dir(ckpt), recipes, calib_set, budget_set, bundle_set,
                       frames, [], build_engine)
     files, folders = plan.output_names()
-    caches = ["calib_*.json"] if calib_set is not None and loaded.qat is None and \
+    caches = ["calib_" + "?" * 16 + "_*.json"] if calib_set is not None and loaded.qat is None and \
         any(r.needs_calibration for r in recipes) else []  # named after a graph not traced yet: all of them
     ensure_output_names(plan.out_dir, "--out", files, folders, caches)  # a link or a folder there: refused now
     return plan

@@ -162,9 +162,10 @@ def board_dla(graph: str, dla_core: int, manifest: Manifest | None,
             return [f"--dla-core {dla_core}: {which}, which has no DLA ({board.source.split(':')[0]}): build without --dla-core"], []
         return [], [f"{which}, which has no DLA: --dla-core {dla_core} works only where this build runs on a module "
                     f"with DLA ({', '.join(dict.fromkeys(with_dla))})"]
-    if dla_core >= board.dla_cores:
+    if dla_core >= board.dla_cores:  # --jetson is the smallest board the graph must fit: a larger one may have it
         cores = "core 0" if board.dla_cores == 1 else f"cores 0..{board.dla_cores - 1}"
-        return [f"--dla-core {dla_core}: {which}, which has {board.dla_cores} DLA {cores} ({board.source.split(':')[0]})"], []
+        return [], [f"--dla-core {dla_core}: {which}, which has {board.dla_cores} DLA {cores} "
+                    f"({board.source.split(':')[0]}); it builds only on a module with that core"]
     if trt_version is not None and trt_major(trt_version) >= 11 and not any(t.startswith("11.")
                                                                             for _, t in board.tensorrt):
         shipped = "; ".join(f"JetPack {j}: TensorRT {t}" for j, t in board.tensorrt)
