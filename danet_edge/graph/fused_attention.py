@@ -52,7 +52,11 @@ def fusible_attentions(model: onnx.ModelProto) -> list[tuple[str, ...]]:
     MatMul reading the Softmax directly, and Q, K, V of one head size: ``Q (.., L, d)``, ``K (.., d, L)``,
     ``V (.., L, d)``), ``(Attention,)`` for the attention-op form. The chunked form (V's head size is C, Q's C/8)
     and the explicit form (a Transpose before the second MatMul) are not: TensorRT materialises their map."""
-    types, shapes = _types(model)
+    return _fusible(model, *_types(model))
+
+
+def _fusible(model: onnx.ModelProto, types: dict[str, int], shapes: dict[str, list[int]]) -> list[tuple[str, ...]]:
+    """:func:`fusible_attentions` with the graph's types and shapes already inferred."""
     att = attention_nodes(model)
     by_name = {n.name: n for n in model.graph.node}
     found: list[tuple[str, ...]] = []
@@ -82,9 +86,9 @@ def fused_attention_numerics(model: onnx.ModelProto) -> onnx.ModelProto:
     Shapes: heads form ``Q (N, h, L, d)``, ``K (N, h, d, L)``, ``V (N, h, L, d)``; ``Attention`` inputs
     ``(N, h, L, d)`` each. The output keeps its name, shape and type.
     """
-    found = fusible_attentions(model)
+    types, shapes = _types(model)  # one shape inference for the search and the rewrite
+    found = _fusible(model, types, shapes)
     model = copy.deepcopy(model)
-    types, _ = _types(model)
     g = model.graph
     by_name = {n.name: n for n in g.node}
     replaced: dict[str, list[onnx.NodeProto]] = {}  # last node of an attention -> the nodes written in its place

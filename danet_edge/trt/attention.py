@@ -107,13 +107,13 @@ def pin_islands(trt: Any, network: Any, config: Any, plan: "BuildPlan", onnx_pat
     Raises:
         EngineError: an island node that no layer of the parsed network carries (nothing would be pinned).
     """
-    import re
+    from .inspector import onnx_layer_names
 
     wanted = set(plan.fp32_islands)
     pinned, found = [], set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        nodes = set(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(getattr(layer, "metadata", "") or ""))) | {layer.name}
+        nodes = set(onnx_layer_names(getattr(layer, "metadata", ""))) | {layer.name}
         hit = nodes & wanted
         if not hit:
             continue

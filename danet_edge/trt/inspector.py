@@ -35,7 +35,7 @@ from typing import Any
 
 from ..core.errors import EngineError, ManifestError
 
-__all__ = ["LayerInfo", "EnginePrecision", "parse_layer_info", "summarize_layers", "check_engine_compat",
+__all__ = ["LayerInfo", "EnginePrecision", "onnx_layer_names", "parse_layer_info", "summarize_layers", "check_engine_compat",
            "trt_dtype_name"]
 
 _KINDS = (("int8", re.compile(r"\bint8\b", re.I)), ("fp16", re.compile(r"\b(fp16|half|bf16|bfloat16)\b", re.I)),
@@ -108,6 +108,12 @@ def _tensor_type(tensor: dict[str, Any]) -> str | None:
     return None
 
 
+def onnx_layer_names(metadata: Any) -> tuple[str, ...]:
+    """The ONNX node names in a layer's metadata (``"[ONNX Layer: /head/sa/MatMul][ONNX Layer: ...]"``), as the ONNX
+    parser writes it into ``ILayer.metadata`` and the inspector repeats it."""
+    return tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(metadata or "")))
+
+
 def parse_layer_info(text: str) -> list[LayerInfo]:
     """Parse the inspector's JSON into :class:`LayerInfo` rows.
 
@@ -136,7 +142,7 @@ def parse_layer_info(text: str) -> list[LayerInfo]:
         kinds = {_datatype(f) for f in ins} or {_datatype(t or "") for t in outs}
         tactic = str(layer.get("TacticName", ""))
         prec = next((k for k in ("int8", "fp16", "fp32") if k in kinds), "other")
-        onnx_nodes = tuple(re.findall(r"\[ONNX Layer: ([^\]]+)\]", str(layer.get("Metadata", ""))))
+        onnx_nodes = onnx_layer_names(layer.get("Metadata", ""))
         rows.append(LayerInfo(str(layer.get("Name", "?")), str(layer.get("LayerType", "?")), prec,
                               tuple(ins), tactic, onnx_nodes))
     if rows and not typed:
